@@ -1,0 +1,116 @@
+//! The admin listener: `/healthz`, `/metrics`, `/admin/status`, `/admin/config`.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::metrics::Metrics;
+use crate::reply::error_body;
+use crate::runtime::Snapshot;
+
+/// Serves the admin endpoints.
+pub struct Admin {
+    pub(crate) state: Arc<ArcSwap<Snapshot>>,
+    pub(crate) metrics: Metrics,
+    pub(crate) token: Option<String>,
+    pub(crate) started: SystemTime,
+}
+
+fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Vec<u8>> {
+    reply(status, "application/json", error_body(code, message, "").to_vec())
+}
+
+fn authorized(token: Option<&str>, session: &ServerSession) -> bool {
+    let Some(token) = token else { return true };
+    let given = session
+        .req_header()
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    constant_time_eq(given.as_bytes(), token.as_bytes())
+}
+
+/// Compares without an early exit on the first differing byte.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for (i, x) in a.iter().enumerate() {
+        diff |= x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        let get = session.req_header().method == http::Method::GET;
+        match (path.as_str(), get) {
+            ("/healthz", true) => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            ("/metrics", true) => reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render()),
+            (p, _) if p.starts_with("/admin/") && !authorized(self.token.as_deref(), session) => {
+                let mut r = json_error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong admin token");
+                r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+                r
+            }
+            ("/admin/status", true) => {
+                let snap = self.state.load();
+                let upstreams: serde_json::Map<String, serde_json::Value> = snap
+                    .upstreams
+                    .values()
+                    .map(|u| {
+                        let backends: Vec<_> = u
+                            .backends
+                            .iter()
+                            .map(|(addr, w)| serde_json::json!({"addr": addr, "weight": w, "healthy": true}))
+                            .collect();
+                        (u.name.clone(), serde_json::json!({ "backends": backends }))
+                    })
+                    .collect();
+                let uptime = SystemTime::now().duration_since(self.started).unwrap_or_default().as_secs();
+                let body = serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "uptime_seconds": uptime,
+                    "config_digest": snap.digest,
+                    "loaded_at": humantime::format_rfc3339_seconds(snap.loaded_at).to_string(),
+                    "routes": snap.routes.len(),
+                    "upstreams": upstreams,
+                });
+                reply(StatusCode::OK, "application/json", body.to_string().into_bytes())
+            }
+            ("/healthz" | "/metrics" | "/admin/status", false) => {
+                json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
+            }
+            _ => json_error(StatusCode::NOT_FOUND, "no_route", "unknown admin endpoint"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn constant_time_eq_compares_exactly() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

@@ -1,0 +1,550 @@
+//! From the parsed TOML document to a [`Snapshot`], collecting every error.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderName, HeaderValue, Method};
+use ipnet::IpNet;
+use pingora::lb::discovery::Static;
+use pingora::lb::{Backend, Backends, LoadBalancer};
+use serde::de::{DeserializeOwned, IntoDeserializer};
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use super::diagnostic::{join, Diagnostics};
+use super::file::{Balance, ConsumerFile, RouteFile, ServerFile, UpstreamFile};
+use super::{AccessLog, ConfigErrors, ServerSettings};
+use crate::context::Consumer;
+use crate::policy::{BoxPolicy, BuildCtx, Chain, Failure, Registry};
+use crate::router::{HostMatch, PathPattern, RouteSpec, Router};
+use crate::runtime::{Route, Selector, Snapshot, Upstream};
+
+const TOP_LEVEL: &[&str] = &["server", "upstreams", "consumers", "routes", "policies"];
+
+type Value<'a> = Spanned<DeValue<'a>>;
+
+struct Ctx<'a> {
+    diags: Diagnostics<'a>,
+    registry: &'a Registry,
+    config_dir: &'a Path,
+}
+
+pub(super) fn compile(
+    src: &str,
+    file: &str,
+    config_dir: &Path,
+    registry: &Registry,
+) -> Result<(ServerSettings, Snapshot), ConfigErrors> {
+    let (doc, syntax) = DeTable::parse_recoverable(src);
+    if !syntax.is_empty() {
+        let mut d = Diagnostics::new(file, src);
+        syntax.iter().for_each(|e| d.toml(e, ""));
+        return d.into_result(|| unreachable_ok());
+    }
+    let doc_ref: &DeTable<'_> = doc.get_ref();
+    let mut cx = Ctx { diags: Diagnostics::new(file, src), registry, config_dir };
+    cx.diags.set_root(doc_ref);
+
+    let mut sections: HashMap<&str, &Value<'_>> = HashMap::new();
+    for (k, v) in doc_ref.iter() {
+        let key = k.get_ref().as_ref();
+        if TOP_LEVEL.contains(&key) {
+            sections.insert(TOP_LEVEL[TOP_LEVEL.iter().position(|t| *t == key).unwrap_or(0)], v);
+        } else {
+            cx.diags.at(
+                k.span(),
+                key,
+                format!("unknown top-level table `{key}` (expected one of: {})", TOP_LEVEL.join(", ")),
+            );
+        }
+    }
+
+    let server = match sections.get("server") {
+        Some(v) => server_settings(&mut cx, v),
+        None => Some((ServerSettings::default(), Vec::new())),
+    };
+    let (trusted, server) = match server {
+        Some((s, t)) => (t, Some(s)),
+        None => (Vec::new(), None),
+    };
+
+    let upstreams = named_tables(&mut cx, sections.get("upstreams").copied(), "upstreams")
+        .into_iter()
+        .filter_map(|(name, v, _)| upstream(&mut cx, &name, v).map(|u| (name, Arc::new(u))))
+        .collect::<BTreeMap<_, _>>();
+    let upstream_names: BTreeSet<String> = named_tables_names(sections.get("upstreams").copied());
+
+    let consumers = consumers(&mut cx, sections.get("consumers").copied());
+
+    let defaults = policies(&mut cx, sections.get("policies").copied(), "policies");
+
+    let mut specs = Vec::new();
+    let mut routes = Vec::new();
+    for (name, v, _) in named_tables(&mut cx, sections.get("routes").copied(), "routes") {
+        if let Some((spec, route)) = route(&mut cx, &name, v, &upstreams, &upstream_names, &defaults) {
+            specs.push(spec);
+            routes.push(Arc::new(route));
+        }
+    }
+
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    src.hash(&mut h);
+    let digest = format!("{:016x}", h.finish());
+    let diags = cx.diags;
+    if !diags.is_empty() {
+        return diags.into_result(|| unreachable_ok());
+    }
+    let server = server.unwrap_or_default();
+    let snapshot = Snapshot {
+        router: Router::new(specs),
+        routes,
+        upstreams,
+        consumers,
+        trusted_proxies: trusted,
+        digest,
+        loaded_at: SystemTime::now(),
+    };
+    Ok((server, snapshot))
+}
+
+/// Only called when there are errors; the value is never produced.
+fn unreachable_ok() -> (ServerSettings, Snapshot) {
+    (
+        ServerSettings::default(),
+        Snapshot {
+            router: Router::default(),
+            routes: Vec::new(),
+            upstreams: BTreeMap::new(),
+            consumers: BTreeMap::new(),
+            trusted_proxies: Vec::new(),
+            digest: String::new(),
+            loaded_at: SystemTime::UNIX_EPOCH,
+        },
+    )
+}
+
+fn deser<T: DeserializeOwned>(cx: &mut Ctx<'_>, v: &Value<'_>, path: &str) -> Option<T> {
+    match T::deserialize(v.clone().into_deserializer()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            cx.diags.toml(&e, path);
+            None
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn named_tables_names(v: Option<&Value<'_>>) -> BTreeSet<String> {
+    v.and_then(|v| v.get_ref().as_table())
+        .map(|t| t.iter().map(|(k, _)| k.get_ref().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// The entries of `[section.NAME]` tables, in file order, with valid names.
+fn named_tables<'v, 'a>(
+    cx: &mut Ctx<'_>,
+    v: Option<&'v Value<'a>>,
+    section: &str,
+) -> Vec<(String, &'v Value<'a>, Range<usize>)> {
+    let Some(v) = v else { return Vec::new() };
+    let Some(t) = v.get_ref().as_table() else {
+        cx.diags.at(v.span(), section, format!("`{section}` must be a table of named tables"));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (k, val) in t.iter() {
+        let name = k.get_ref().to_string();
+        let path = join(section, &name);
+        if !valid_name(&name) {
+            cx.diags.at(k.span(), &path, format!("invalid name {name:?}: names must match [A-Za-z0-9_-]+"));
+            continue;
+        }
+        if val.get_ref().as_table().is_none() {
+            cx.diags.at(val.span(), &path, format!("`{path}` must be a table"));
+            continue;
+        }
+        out.push((name, val, k.span()));
+    }
+    out
+}
+
+/// Splits `policies` out of a table value so the rest can be deserialised strictly.
+fn split_policies<'a>(v: &Value<'a>) -> (Value<'a>, Option<Value<'a>>) {
+    let span = v.span();
+    let mut table = v.get_ref().as_table().cloned().unwrap_or_default();
+    let policies = table.remove("policies");
+    (Spanned::new(span, DeValue::Table(table)), policies)
+}
+
+fn not_yet(cx: &mut Ctx<'_>, span: Option<Range<usize>>, path: &str, issue: &str) {
+    if let Some(span) = span {
+        cx.diags.at(span, path, format!("`{path}` is not supported by this build yet ({issue})"));
+    }
+}
+
+fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, Vec<IpNet>)> {
+    let f: ServerFile = deser(cx, v, "server")?;
+    let mut s = ServerSettings::default();
+    let mut ok = true;
+    let mut addr = |cx: &mut Ctx<'_>, a: &Spanned<String>, path: &str| -> Option<SocketAddr> {
+        match a.get_ref().parse::<SocketAddr>() {
+            Ok(x) => Some(x),
+            Err(_) => {
+                cx.diags.at(a.span(), path, format!("invalid listen address {:?}: expected IP:PORT", a.get_ref()));
+                ok = false;
+                None
+            }
+        }
+    };
+    if !f.listen.is_empty() {
+        s.listen = f.listen.iter().filter_map(|a| addr(cx, a, "server.listen")).collect();
+    }
+    if let Some(a) = &f.admin_listen {
+        s.admin_listen = addr(cx, a, "server.admin_listen");
+    }
+    s.admin_token = f.admin_token;
+    if let Some(t) = &f.threads {
+        if *t.get_ref() == 0 {
+            cx.diags.at(t.span(), "server.threads", "threads must be at least 1");
+            ok = false;
+        }
+        s.threads = *t.get_ref();
+    }
+    if let Some(u) = f.upgrade_sock {
+        s.upgrade_sock = u;
+    }
+    if let Some(p) = f.pid_file {
+        s.pid_file = p;
+    }
+    if let Some(g) = f.grace_period {
+        s.grace_period = g.get();
+    }
+    if let Some(g) = f.graceful_shutdown_timeout {
+        s.graceful_shutdown_timeout = g.get();
+    }
+    if let Some(a) = &f.access_log {
+        s.access_log = match a.get_ref().as_str() {
+            "stdout" => AccessLog::Stdout,
+            "off" => AccessLog::Off,
+            "" => {
+                cx.diags.at(a.span(), "server.access_log", r#"expected "stdout", "off" or a file path"#);
+                ok = false;
+                AccessLog::Off
+            }
+            p => AccessLog::File(cx.config_dir.join(p)),
+        };
+    }
+    let mut trusted = Vec::new();
+    for t in &f.trusted_proxies {
+        match parse_net(t.get_ref()) {
+            Some(n) => trusted.push(n),
+            None => {
+                cx.diags.at(
+                    t.span(),
+                    "server.trusted_proxies",
+                    format!("invalid CIDR {:?}: expected an address or ADDRESS/PREFIX", t.get_ref()),
+                );
+                ok = false;
+            }
+        }
+    }
+    not_yet(cx, f.limits.map(|x| x.span()), "server.limits", "issue 8");
+    not_yet(cx, f.tls.map(|x| x.span()), "server.tls", "issue 5");
+    not_yet(cx, f.redis.map(|x| x.span()), "server.redis", "issue 4");
+    not_yet(cx, f.tracing.map(|x| x.span()), "server.tracing", "issue 6");
+    ok.then_some((s, trusted))
+}
+
+pub(crate) fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
+    let path = join("upstreams", name);
+    let f: UpstreamFile = deser(cx, v, &path)?;
+    let mut ok = true;
+    let bpath = format!("{path}.backends");
+    if f.backends.get_ref().is_empty() {
+        cx.diags.at(f.backends.span(), &bpath, "an upstream needs at least one backend");
+        ok = false;
+    }
+    let mut backends = Vec::new();
+    let mut set = std::collections::BTreeSet::new();
+    for (i, b) in f.backends.get_ref().iter().enumerate() {
+        let bp = format!("{bpath}[{i}]");
+        let be = b.get_ref();
+        if be.addr.parse::<SocketAddr>().is_err() {
+            cx.diags.at(b.span(), &bp, format!("invalid backend address {:?}: expected IP:PORT", be.addr));
+            ok = false;
+            continue;
+        }
+        if be.weight == 0 {
+            cx.diags.at(b.span(), &bp, "weight must be at least 1");
+            ok = false;
+            continue;
+        }
+        match Backend::new_with_weight(&be.addr, be.weight) {
+            Ok(backend) => {
+                if !set.insert(backend.clone()) {
+                    cx.diags.at(b.span(), &bp, format!("duplicate backend {:?}", be.addr));
+                    ok = false;
+                }
+                backends.push((be.addr.clone(), be.weight));
+            }
+            Err(e) => {
+                cx.diags.at(b.span(), &bp, format!("invalid backend {:?}: {e}", be.addr));
+                ok = false;
+            }
+        }
+    }
+    let balance = f.balance.as_ref().map_or(Balance::RoundRobin, |b| *b.get_ref());
+    if let Some(b) = f.balance.as_ref().filter(|_| matches!(balance, Balance::ConsistentHash | Balance::LeastConn)) {
+        cx.diags.at(
+            b.span(),
+            format!("{path}.balance"),
+            "consistent_hash and least_conn are not supported by this build yet (issue 5); use round_robin or random",
+        );
+        ok = false;
+    }
+    if let Some(h) = &f.hash_key {
+        cx.diags.at(h.span(), format!("{path}.hash_key"), "hash_key only applies to balance = \"consistent_hash\"");
+        ok = false;
+    }
+    not_yet(cx, f.health_check.map(|x| x.span()), &format!("{path}.health_check"), "issue 5");
+    if !ok {
+        return None;
+    }
+    let discovery = Static::new(set);
+    let selector = match balance {
+        Balance::Random => {
+            let lb = LoadBalancer::from_backends(Backends::new(discovery));
+            Selector::Random(ready(lb))
+        }
+        _ => {
+            let lb = LoadBalancer::from_backends(Backends::new(discovery));
+            Selector::RoundRobin(ready(lb))
+        }
+    };
+    let sni = f.sni.clone().unwrap_or_default();
+    Some(Upstream {
+        name: name.to_string(),
+        selector,
+        backends,
+        balance,
+        tls: f.tls,
+        sni,
+        connect_timeout: f.connect_timeout.map_or(Duration::from_secs(5), |d| d.get()),
+        read_timeout: f.read_timeout.map_or(Duration::from_secs(30), |d| d.get()),
+        retries: f.retries.unwrap_or(1),
+    })
+}
+
+/// Loads the static backend list into the balancer (static discovery never waits).
+fn ready<S>(lb: LoadBalancer<S>) -> LoadBalancer<S>
+where
+    S: pingora::lb::selection::BackendSelection + 'static,
+    S::Iter: pingora::lb::selection::BackendIter,
+{
+    use futures_lite_now::now_or_never;
+    let _ = now_or_never(lb.update());
+    lb
+}
+
+mod futures_lite_now {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    /// Polls a future once; static discovery completes on the first poll.
+    pub(super) fn now_or_never<F: Future>(f: F) -> Option<F::Output> {
+        let mut f = pin!(f);
+        match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(v) => Some(v),
+            Poll::Pending => None,
+        }
+    }
+}
+
+fn consumers(cx: &mut Ctx<'_>, v: Option<&Value<'_>>) -> BTreeMap<String, Arc<Consumer>> {
+    let mut out = BTreeMap::new();
+    let mut keys: HashMap<String, String> = HashMap::new();
+    for (name, v, _) in named_tables(cx, v, "consumers") {
+        let path = join("consumers", &name);
+        let (rest, policies) = split_policies(v);
+        if let Some(p) = policies {
+            cx.diags.at(
+                p.span(),
+                format!("{path}.policies"),
+                "per-consumer policy overrides are not supported by this build yet (issue 4)",
+            );
+        }
+        let Some(f) = deser::<ConsumerFile>(cx, &rest, &path) else { continue };
+        for k in &f.api_keys {
+            if k.get_ref().is_empty() {
+                cx.diags.at(k.span(), format!("{path}.api_keys"), "an API key cannot be empty");
+            } else if let Some(other) = keys.insert(k.get_ref().clone(), name.clone()) {
+                cx.diags.at(
+                    k.span(),
+                    format!("{path}.api_keys"),
+                    format!("this API key is already given to consumer {other:?}"),
+                );
+            }
+        }
+        out.insert(name.clone(), Arc::new(Consumer { name, groups: f.groups }));
+    }
+    out
+}
+
+/// Builds every policy of a `policies` table.
+fn policies(cx: &mut Ctx<'_>, v: Option<&Value<'_>>, path: &str) -> Vec<(Arc<str>, BoxPolicy)> {
+    let Some(v) = v else { return Vec::new() };
+    let Some(t) = v.get_ref().as_table() else {
+        cx.diags.at(v.span(), path, format!("`{path}` must be a table of policy tables"));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (k, val) in t.iter() {
+        let name = k.get_ref().as_ref();
+        let ppath = join(path, name);
+        let bcx = BuildCtx { config_dir: cx.config_dir, path: &ppath };
+        match cx.registry.build(name, val.clone(), &bcx) {
+            None => {
+                let known: Vec<&str> = cx.registry.names().collect();
+                cx.diags.at(k.span(), &ppath, format!("unknown policy `{name}` (known: {})", known.join(", ")));
+            }
+            Some(Ok(p)) => out.push((Arc::from(name), p)),
+            Some(Err(Failure::Toml(e))) => cx.diags.toml(&e, &ppath),
+            Some(Err(Failure::Build(e))) => {
+                let (span, at) = match e.field.as_deref().and_then(|f| {
+                    val.get_ref().as_table().and_then(|t| t.get_key_value(f)).map(|(k, _)| (k.span(), f))
+                }) {
+                    Some((span, f)) => (span, join(&ppath, f)),
+                    None => (val.span(), ppath.clone()),
+                };
+                cx.diags.at(span, at, e.message);
+            }
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn route(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    v: &Value<'_>,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    upstream_names: &BTreeSet<String>,
+    defaults: &[(Arc<str>, BoxPolicy)],
+) -> Option<(RouteSpec, Route)> {
+    let path = join("routes", name);
+    let (rest, own_policies) = split_policies(v);
+    let own = policies(cx, own_policies.as_ref(), &format!("{path}.policies"));
+    let f: RouteFile = deser(cx, &rest, &path)?;
+    let mut ok = true;
+    let mut spec = RouteSpec::default();
+
+    if f.paths.get_ref().is_empty() {
+        cx.diags.at(f.paths.span(), format!("{path}.paths"), "a route needs at least one path");
+        ok = false;
+    }
+    for p in f.paths.get_ref() {
+        match PathPattern::parse(p.get_ref()) {
+            Ok(pat) => spec.paths.push(pat),
+            Err(msg) => {
+                cx.diags.at(p.span(), format!("{path}.paths"), msg);
+                ok = false;
+            }
+        }
+    }
+    for m in f.methods.iter().flatten() {
+        let upper = m.get_ref().to_ascii_uppercase();
+        match Method::from_bytes(upper.as_bytes()) {
+            Ok(method) if !upper.is_empty() => spec.methods.push(method),
+            _ => {
+                cx.diags.at(m.span(), format!("{path}.methods"), format!("invalid method {:?}", m.get_ref()));
+                ok = false;
+            }
+        }
+    }
+    let mut hosts = Vec::new();
+    for h in f.hosts.iter().flatten() {
+        let host = h.get_ref();
+        let body = host.strip_prefix("*.").unwrap_or(host);
+        let valid = !body.is_empty()
+            && body.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+            && !body.contains("..");
+        if !valid {
+            cx.diags.at(
+                h.span(),
+                format!("{path}.hosts"),
+                format!("invalid host {host:?}: expected a name like api.example.com or *.example.com, without port"),
+            );
+            ok = false;
+        } else {
+            hosts.push(host.as_str());
+        }
+    }
+    spec.hosts = HostMatch::new(hosts);
+    for (k, val) in f.headers.iter().flatten() {
+        let name = HeaderName::from_bytes(k.get_ref().as_bytes());
+        let value = HeaderValue::from_str(val);
+        match (name, value) {
+            (Ok(n), Ok(v)) => spec.headers.push((n, v)),
+            _ => {
+                cx.diags.at(k.span(), format!("{path}.headers"), format!("invalid header match {:?}", k.get_ref()));
+                ok = false;
+            }
+        }
+    }
+    let upstream = match upstreams.get(f.upstream.get_ref()) {
+        Some(u) => Some(u.clone()),
+        None => {
+            if !upstream_names.contains(f.upstream.get_ref()) {
+                let known: Vec<&str> = upstream_names.iter().map(String::as_str).collect();
+                cx.diags.at(
+                    f.upstream.span(),
+                    format!("{path}.upstream"),
+                    format!("unknown upstream {:?} (known: {})", f.upstream.get_ref(), known.join(", ")),
+                );
+            }
+            // an upstream with its own errors was already reported
+            None
+        }
+    };
+    let rewrite = match &f.rewrite {
+        Some(r) => match regex::Regex::new(r.regex.get_ref()) {
+            Ok(re) => Some((re, r.to.clone())),
+            Err(e) => {
+                cx.diags.at(r.regex.span(), format!("{path}.rewrite.regex"), format!("invalid regex: {e}"));
+                ok = false;
+                None
+            }
+        },
+        None => None,
+    };
+    let upstream = upstream?;
+    if !ok {
+        return None;
+    }
+    let mut chain: Vec<(Arc<str>, BoxPolicy)> =
+        defaults.iter().filter(|(n, _)| !own.iter().any(|(o, _)| o == n)).cloned().collect();
+    chain.extend(own);
+    let route = Route {
+        name: name.to_string(),
+        upstream,
+        strip_prefix: f.strip_prefix,
+        rewrite,
+        preserve_host: f.preserve_host,
+        chain: Chain::new(chain),
+    };
+    Some((spec, route))
+}

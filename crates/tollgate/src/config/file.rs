@@ -1,0 +1,155 @@
+//! The serde mirror of the TOML file: one struct per table, unknown keys rejected.
+//!
+//! Values that are checked after parsing (names, addresses, CIDRs, regexes) are
+//! `Spanned` so their errors point at the right line and column. The `policies`
+//! sub-tables are not here: each is deserialised by its own policy's config type
+//! (see [`crate::policy::Registry`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::units::ConfigDuration;
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServerFile {
+    #[serde(default)]
+    pub listen: Vec<Spanned<String>>,
+    pub admin_listen: Option<Spanned<String>>,
+    pub admin_token: Option<String>,
+    pub threads: Option<Spanned<usize>>,
+    pub upgrade_sock: Option<String>,
+    pub pid_file: Option<String>,
+    pub grace_period: Option<ConfigDuration>,
+    pub graceful_shutdown_timeout: Option<ConfigDuration>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    pub access_log: Option<Spanned<String>>,
+    pub limits: Option<Spanned<IgnoredAny>>,
+    pub tls: Option<Spanned<IgnoredAny>>,
+    pub redis: Option<Spanned<IgnoredAny>>,
+    pub tracing: Option<Spanned<IgnoredAny>>,
+}
+
+/// `[upstreams.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamFile {
+    pub backends: Spanned<Vec<Spanned<BackendFile>>>,
+    pub balance: Option<Spanned<Balance>>,
+    pub hash_key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tls: bool,
+    pub sni: Option<String>,
+    pub connect_timeout: Option<ConfigDuration>,
+    pub read_timeout: Option<ConfigDuration>,
+    pub retries: Option<usize>,
+    pub health_check: Option<Spanned<IgnoredAny>>,
+}
+
+/// How an upstream spreads requests over its backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Weighted round robin. The default.
+    #[default]
+    RoundRobin,
+    /// Weighted random.
+    Random,
+    /// Ketama consistent hashing on `hash_key`.
+    ConsistentHash,
+    /// Fewest in-flight requests.
+    LeastConn,
+}
+
+/// One backend: `"127.0.0.1:9001"` or `{ addr = "127.0.0.1:9002", weight = 3 }`.
+#[derive(Debug, Clone)]
+pub(crate) struct BackendFile {
+    pub addr: String,
+    pub weight: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendTable {
+    addr: String,
+    #[serde(default = "one")]
+    weight: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl<'de> Deserialize<'de> for BackendFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BackendFile;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"an address "host:port" or a table { addr = "host:port", weight = N }"#)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<BackendFile, E> {
+                Ok(BackendFile { addr: v.to_string(), weight: 1 })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<BackendFile, A::Error> {
+                let t = BackendTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(BackendFile { addr: t.addr, weight: t.weight })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `[consumers.NAME]` (without its `policies`).
+// `basic` and `jwt_subject` are read by the authentication policies (issue 3).
+#[allow(dead_code)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConsumerFile {
+    #[serde(default)]
+    pub api_keys: Vec<Spanned<String>>,
+    pub basic: Option<Spanned<BasicFile>>,
+    pub jwt_subject: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// A consumer's Basic credentials.
+#[allow(dead_code)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BasicFile {
+    pub username: String,
+    pub password_hash: String,
+}
+
+/// `[routes.NAME]` (without its `policies`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteFile {
+    pub paths: Spanned<Vec<Spanned<String>>>,
+    pub methods: Option<Vec<Spanned<String>>>,
+    pub hosts: Option<Vec<Spanned<String>>>,
+    pub headers: Option<BTreeMap<Spanned<String>, String>>,
+    pub upstream: Spanned<String>,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    pub rewrite: Option<RewriteFile>,
+    #[serde(default)]
+    pub preserve_host: bool,
+}
+
+/// `rewrite = { regex = "...", to = "..." }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RewriteFile {
+    pub regex: Spanned<String>,
+    pub to: String,
+}
+

@@ -1,0 +1,87 @@
+//! Per-request state shared by the gateway and the policies of a route.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::reply::ErrorCode;
+use crate::runtime::{Route, Snapshot};
+
+/// An authenticated consumer (`[consumers.NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    /// The consumer's name (the table key); sent upstream as `X-Consumer-Name`.
+    pub name: String,
+    /// The consumer's groups, for `acl`.
+    pub groups: Vec<String>,
+}
+
+/// Everything the gateway knows about the request in flight.
+///
+/// One is created per request; policies read it and may write [`RequestCtx::consumer`]
+/// and [`RequestCtx::extensions`] (typed data for later policies of the same request).
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// The request id: the client's valid `X-Request-Id`, or a generated one.
+    pub request_id: String,
+    /// The client's IP: the peer, or the right-most untrusted `X-Forwarded-For` entry
+    /// when the peer is a trusted proxy.
+    pub client_ip: Option<IpAddr>,
+    /// The normalised request path (see [`crate::router::path::normalize`]).
+    pub path: String,
+    /// The consumer set by an authentication policy.
+    pub consumer: Option<Arc<Consumer>>,
+    /// Typed data that policies pass to each other and to their own later hooks.
+    pub extensions: http::Extensions,
+    pub(crate) snapshot: Option<Arc<Snapshot>>,
+    pub(crate) route: Option<Arc<Route>>,
+    pub(crate) prefix_segments: usize,
+    pub(crate) start: Instant,
+    pub(crate) upstream_start: Option<Instant>,
+    pub(crate) upstream_elapsed: Option<std::time::Duration>,
+    pub(crate) backend: Option<String>,
+    pub(crate) refusal: Option<ErrorCode>,
+    pub(crate) tries: usize,
+}
+
+impl RequestCtx {
+    pub(crate) fn new() -> Self {
+        Self {
+            request_id: String::new(),
+            client_ip: None,
+            path: String::new(),
+            consumer: None,
+            extensions: http::Extensions::new(),
+            snapshot: None,
+            route: None,
+            prefix_segments: 0,
+            start: Instant::now(),
+            upstream_start: None,
+            upstream_elapsed: None,
+            backend: None,
+            refusal: None,
+            tries: 0,
+        }
+    }
+
+    /// The name of the matched route, if one matched.
+    pub fn route_name(&self) -> Option<&str> {
+        self.route.as_deref().map(|r| r.name.as_str())
+    }
+
+    /// The name of the matched route's upstream, if one matched.
+    pub fn upstream_name(&self) -> Option<&str> {
+        self.route.as_deref().map(|r| r.upstream.name.as_str())
+    }
+
+    /// The backend address the request was sent to, once one was chosen.
+    pub fn backend(&self) -> Option<&str> {
+        self.backend.as_deref()
+    }
+
+    /// The refusal code of the gateway's own answer, if it made one.
+    pub fn refusal(&self) -> Option<ErrorCode> {
+        self.refusal
+    }
+}

@@ -1,0 +1,181 @@
+//! Header hygiene between client and upstream: hop-by-hop headers, `X-Forwarded-*`,
+//! spoofed identity headers, and the upstream path.
+
+use http::header::{self, HeaderMap, HeaderName};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::Result;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) removed in both directions. `Transfer-Encoding`
+/// is left to Pingora, which frames each side itself.
+const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
+
+/// True for a protocol upgrade request (WebSocket): `Connection: upgrade` + `Upgrade`.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Headers named in `Connection`, to be removed with it.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|n| !HOP_BY_HOP.contains(&n.as_str()))
+        .collect()
+}
+
+/// Removes hop-by-hop headers from the request going upstream. An upgrade request keeps
+/// `Upgrade` and a bare `Connection: upgrade`; `TE: trailers` is kept (gRPC needs it).
+pub fn strip_request_hop_by_hop(req: &mut RequestHeader) -> Result<()> {
+    let upgrade = is_upgrade(&req.headers);
+    let te_trailers = req
+        .headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    for n in connection_named(&req.headers) {
+        req.remove_header(&n);
+    }
+    for h in HOP_BY_HOP {
+        if upgrade && *h == "upgrade" {
+            continue;
+        }
+        req.remove_header(*h);
+    }
+    if upgrade {
+        req.insert_header(header::CONNECTION, "upgrade")?;
+    }
+    if te_trailers {
+        req.insert_header(header::TE, "trailers")?;
+    }
+    Ok(())
+}
+
+/// Removes hop-by-hop headers from an upstream response (not from a `101`).
+pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+    if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    for n in connection_named(&resp.headers) {
+        resp.remove_header(&n);
+    }
+    for h in HOP_BY_HOP {
+        resp.remove_header(*h);
+    }
+}
+
+/// Removes every client-sent `X-Consumer-*` header: only the gateway says who the
+/// consumer is.
+pub fn strip_consumer_headers(req: &mut RequestHeader) {
+    let spoofed: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-consumer-"))
+        .cloned()
+        .collect();
+    for n in spoofed {
+        req.remove_header(&n);
+    }
+}
+
+/// The path sent upstream: the normalised path minus the matched prefix
+/// (`strip_prefix`), then `rewrite`, plus the original query.
+pub fn upstream_path(
+    normalised: &str,
+    strip_segments: usize,
+    rewrite: Option<&(regex::Regex, String)>,
+    query: Option<&str>,
+) -> String {
+    let mut path = if strip_segments > 0 {
+        let mut rest = normalised;
+        for _ in 0..strip_segments {
+            rest = rest.trim_start_matches('/');
+            rest = rest.find('/').map_or("", |i| &rest[i..]);
+        }
+        if rest.is_empty() {
+            "/".to_string()
+        } else {
+            rest.to_string()
+        }
+    } else {
+        normalised.to_string()
+    };
+    if let Some((re, to)) = rewrite {
+        path = re.replace(&path, to.as_str()).into_owned();
+        if !path.starts_with('/') {
+            path.insert(0, '/');
+        }
+    }
+    if let Some(q) = query {
+        path.push('?');
+        path.push_str(q);
+    }
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_prefix_drops_matched_segments() {
+        assert_eq!(upstream_path("/api/orders/7", 2, None, None), "/7");
+        assert_eq!(upstream_path("/api/orders", 2, None, Some("x=1")), "/?x=1");
+        assert_eq!(upstream_path("/api/orders/7/", 2, None, None), "/7/");
+        assert_eq!(upstream_path("/api/orders/7", 0, None, None), "/api/orders/7");
+    }
+
+    #[test]
+    fn rewrite_applies_after_strip() {
+        let re = (regex::Regex::new("^/api/(.*)").unwrap(), "/v1/$1".to_string());
+        assert_eq!(upstream_path("/api/orders/7", 0, Some(&re), Some("a=b")), "/v1/orders/7?a=b");
+        let re = (regex::Regex::new("^/(.*)").unwrap(), "x/$1".to_string());
+        assert_eq!(upstream_path("/7", 0, Some(&re), None), "/x/7");
+    }
+
+    #[test]
+    fn removes_hop_by_hop_and_connection_named() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("connection", "keep-alive, x-secret").unwrap();
+        req.insert_header("keep-alive", "timeout=5").unwrap();
+        req.insert_header("x-secret", "1").unwrap();
+        req.insert_header("te", "trailers, deflate").unwrap();
+        req.insert_header("x-keep", "1").unwrap();
+        strip_request_hop_by_hop(&mut req).unwrap();
+        assert!(req.headers.get("connection").is_none());
+        assert!(req.headers.get("keep-alive").is_none());
+        assert!(req.headers.get("x-secret").is_none());
+        assert_eq!(req.headers.get("te").unwrap(), "trailers");
+        assert_eq!(req.headers.get("x-keep").unwrap(), "1");
+    }
+
+    #[test]
+    fn keeps_websocket_upgrade() {
+        let mut req = RequestHeader::build("GET", b"/ws", None).unwrap();
+        req.insert_header("connection", "Upgrade").unwrap();
+        req.insert_header("upgrade", "websocket").unwrap();
+        strip_request_hop_by_hop(&mut req).unwrap();
+        assert_eq!(req.headers.get("upgrade").unwrap(), "websocket");
+        assert_eq!(req.headers.get("connection").unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn removes_spoofed_consumer_headers() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x-consumer-name", "admin").unwrap();
+        req.insert_header("X-Consumer-Groups", "root").unwrap();
+        req.insert_header("x-consumerish", "ok").unwrap();
+        strip_consumer_headers(&mut req);
+        assert!(req.headers.get("x-consumer-name").is_none());
+        assert!(req.headers.get("x-consumer-groups").is_none());
+        assert!(req.headers.get("x-consumerish").is_some());
+    }
+}

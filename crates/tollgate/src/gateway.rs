@@ -1,0 +1,158 @@
+//! Assembling a gateway from a loaded [`Config`]: the proxy, the admin app, their
+//! Pingora services, and reloads.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use pingora::apps::http_app::HttpServer;
+use pingora::apps::HttpServerOptions;
+use pingora::proxy::HttpProxy;
+use pingora::server::configuration::ServerConf;
+use pingora::services::ServiceWithDependents;
+
+use crate::access_log::AccessLogger;
+use crate::admin::Admin;
+use crate::config::{Config, LoadError, ServerSettings};
+use crate::metrics::Metrics;
+use crate::policy::Registry;
+use crate::proxy::Gateway;
+use crate::runtime::Snapshot;
+use crate::service::ListenerService;
+
+/// Builds a [`GatewayHandle`] from a loaded configuration.
+#[derive(Debug)]
+pub struct GatewayBuilder<'a> {
+    config: &'a Config,
+    registry: Registry,
+    metrics: Option<Metrics>,
+}
+
+impl<'a> GatewayBuilder<'a> {
+    /// Starts from `config`, with the built-in policies for later reloads.
+    pub fn new(config: &'a Config) -> Self {
+        Self { config, registry: Registry::with_builtins(), metrics: None }
+    }
+
+    /// The registry reloads build policies with; use the one the config was loaded with.
+    #[must_use]
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Uses these metrics instead of a fresh set.
+    #[must_use]
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Builds the gateway. Starts the access log writer.
+    ///
+    /// # Errors
+    /// The access log file cannot be opened.
+    pub fn build(self) -> std::io::Result<GatewayHandle> {
+        let access_log = AccessLogger::start(&self.config.server.access_log)?;
+        Ok(GatewayHandle {
+            state: Arc::new(ArcSwap::new(self.config.snapshot.clone())),
+            metrics: self.metrics.unwrap_or_default(),
+            registry: self.registry,
+            path: self.config.path.clone(),
+            server: self.config.server.clone(),
+            access_log,
+            started: SystemTime::now(),
+        })
+    }
+}
+
+/// A running gateway's shared state: the current snapshot, metrics, and what a reload
+/// needs. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct GatewayHandle {
+    state: Arc<ArcSwap<Snapshot>>,
+    metrics: Metrics,
+    registry: Registry,
+    path: Option<PathBuf>,
+    server: ServerSettings,
+    access_log: Option<AccessLogger>,
+    started: SystemTime,
+}
+
+impl GatewayHandle {
+    /// The Pingora `ProxyHttp` implementation.
+    pub fn gateway(&self) -> Gateway {
+        Gateway { state: self.state.clone(), metrics: self.metrics.clone(), access_log: self.access_log.clone() }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The snapshot new requests use.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.state.load_full()
+    }
+
+    /// Re-reads the config file and, if it is valid, swaps it in for new requests.
+    /// Requests in flight finish on the snapshot they started with. `[server]`
+    /// changes (listeners, threads) need a restart or upgrade and are not applied.
+    ///
+    /// # Errors
+    /// The file is unreadable or invalid; nothing changed.
+    pub fn reload(&self) -> Result<String, LoadError> {
+        let Some(path) = &self.path else {
+            return Err(LoadError::Unreadable {
+                path: PathBuf::new(),
+                source: std::io::Error::other("this gateway was not loaded from a file"),
+            });
+        };
+        match Config::load_with(path, &self.registry) {
+            Ok(c) => {
+                let digest = c.snapshot.digest.clone();
+                self.state.store(c.snapshot);
+                self.metrics.reload(true);
+                tracing::info!("configuration reloaded, digest {digest}");
+                Ok(digest)
+            }
+            Err(e) => {
+                self.metrics.reload(false);
+                tracing::error!("reload failed, keeping the running configuration:\n{e}");
+                Err(e)
+            }
+        }
+    }
+
+    /// The proxy service on `[server] listen`, with h2c prior knowledge accepted.
+    pub fn proxy_service(&self, conf: &Arc<ServerConf>) -> ListenerService<HttpProxy<Gateway>> {
+        let mut proxy = HttpProxy::new(self.gateway(), conf.clone());
+        proxy.handle_init_modules();
+        let mut opts = HttpServerOptions::default();
+        opts.h2c = true;
+        proxy.server_options = Some(opts);
+        ListenerService::new("proxy", self.server.listen.clone(), proxy).threads(self.server.threads)
+    }
+
+    /// The admin service on `[server] admin_listen`, if configured.
+    pub fn admin_service(&self) -> Option<ListenerService<HttpServer<Admin>>> {
+        let addr = self.server.admin_listen?;
+        let admin = Admin {
+            state: self.state.clone(),
+            metrics: self.metrics.clone(),
+            token: self.server.admin_token.clone(),
+            started: self.started,
+        };
+        Some(ListenerService::new("admin", vec![addr], HttpServer::new_app(admin)).threads(1))
+    }
+
+    /// Every service of the gateway, ready for `Server::add_boxed_service`.
+    pub fn services(&self, conf: &Arc<ServerConf>) -> Vec<Box<dyn ServiceWithDependents>> {
+        let mut v: Vec<Box<dyn ServiceWithDependents>> = vec![Box::new(self.proxy_service(conf))];
+        if let Some(a) = self.admin_service() {
+            v.push(Box::new(a));
+        }
+        v
+    }
+}

@@ -1,0 +1,48 @@
+//! Tollgate: a programmable API gateway built on Cloudflare Pingora.
+//!
+//! Routes, upstreams, consumers and policies are declared in TOML (see
+//! `docs/config.md`), compiled once into a [`Snapshot`], and served by [`Gateway`],
+//! an implementation of Pingora's `ProxyHttp`. Policies, built-in or your own, implement
+//! [`policy::Policy`] and are enabled per route from TOML through a [`policy::Registry`].
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use tollgate::{Config, GatewayBuilder};
+//!
+//! let config = Config::load("examples/quickstart.toml").expect("valid config");
+//! let mut server = tollgate::server::build(&config, false);
+//! for service in GatewayBuilder::new(&config).build().services(&server.configuration) {
+//!     server.add_boxed_service(service);
+//! }
+//! server.run_forever();
+//! ```
+//!
+//! See `docs/architecture.md` for the path of a request through the phases.
+
+pub mod access_log;
+pub mod admin;
+pub mod config;
+pub mod context;
+pub mod forwarding;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod reply;
+pub mod request_id;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod service;
+
+mod gateway;
+
+pub use async_trait::async_trait;
+pub use config::{Config, ConfigError, ConfigErrors, LoadError};
+pub use context::{Consumer, RequestCtx};
+pub use gateway::{GatewayBuilder, GatewayHandle};
+pub use pingora;
+pub use pingora::proxy::Session;
+pub use proxy::Gateway;
+pub use reply::{ErrorCode, Reply};
+pub use runtime::Snapshot;

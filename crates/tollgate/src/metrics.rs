@@ -1,0 +1,175 @@
+//! Prometheus metrics. Label values come from config names and fixed sets only, never
+//! from raw client input, so a flood of random paths or methods cannot grow the output.
+
+use http::Method;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The `route` label of requests refused before a route was chosen (and of 405s).
+pub const NO_ROUTE: &str = "_none";
+
+/// Latency buckets in seconds: 0.5 ms .. 30 s.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The gateway's metric families, in their own registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    refusals: IntCounterVec,
+    reloads: IntCounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric definitions are static; a failure here is a programming error caught by tests.
+    r.unwrap_or_else(|e| panic!("invalid metric definition: {e}"))
+}
+
+impl Metrics {
+    /// Creates and registers every family.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = must(IntCounterVec::new(
+            Opts::new("tollgate_requests_total", "Requests answered, by route, method and status."),
+            &["route", "method", "status"],
+        ));
+        let duration = must(HistogramVec::new(
+            HistogramOpts::new("tollgate_request_duration_seconds", "Time from request head to the end of logging.")
+                .buckets(BUCKETS.to_vec()),
+            &["route"],
+        ));
+        let upstream_duration = must(HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_upstream_duration_seconds",
+                "Time from choosing a backend to its response header.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["upstream"],
+        ));
+        let refusals = must(IntCounterVec::new(
+            Opts::new("tollgate_refusals_total", "Responses made by the gateway itself, by route and error code."),
+            &["route", "reason"],
+        ));
+        let reloads = must(IntCounterVec::new(
+            Opts::new("tollgate_config_reloads_total", "Configuration reloads by result."),
+            &["result"],
+        ));
+        let build = must(IntGaugeVec::new(
+            Opts::new("tollgate_build_info", "Build information; always 1."),
+            &["version"],
+        ));
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(refusals.clone()),
+            Box::new(reloads.clone()),
+            Box::new(build),
+        ] {
+            must(registry.register(c));
+        }
+        // both results exist from the start, so a scrape sees 0 rather than nothing
+        reloads.with_label_values(&["ok"]);
+        reloads.with_label_values(&["error"]);
+        Self { registry, requests, duration, upstream_duration, refusals, reloads }
+    }
+
+    /// Records one finished request.
+    pub fn observe_request(&self, route: &str, method: &Method, status: u16, seconds: f64) {
+        let mut buf = [0u8; 3];
+        self.requests
+            .with_label_values(&[route, method_label(method), status_label(status, &mut buf)])
+            .inc();
+        self.duration.with_label_values(&[route]).observe(seconds);
+    }
+
+    /// Records the time an upstream took to answer.
+    pub fn observe_upstream(&self, upstream: &str, seconds: f64) {
+        self.upstream_duration.with_label_values(&[upstream]).observe(seconds);
+    }
+
+    /// Records a refusal made by the gateway.
+    pub fn refusal(&self, route: &str, reason: &str) {
+        self.refusals.with_label_values(&[route, reason]).inc();
+    }
+
+    /// Records a configuration reload.
+    pub fn reload(&self, ok: bool) {
+        self.reloads.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+    }
+
+    /// The Prometheus registry, to add families of your own.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The text exposition format 0.0.4.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8192);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!("encoding metrics failed: {e}");
+        }
+        out
+    }
+}
+
+/// Standard methods keep their name; anything else is `OTHER`.
+pub fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::CONNECT => "CONNECT",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::PATCH => "PATCH",
+        _ => "OTHER",
+    }
+}
+
+fn status_label(status: u16, buf: &mut [u8; 3]) -> &str {
+    let s = status.min(999);
+    buf[0] = b'0' + (s / 100) as u8;
+    buf[1] = b'0' + (s / 10 % 10) as u8;
+    buf[2] = b'0' + (s % 10) as u8;
+    std::str::from_utf8(buf).unwrap_or("000")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_families_with_config_labels() {
+        let m = Metrics::new();
+        m.observe_request("orders", &Method::GET, 200, 0.01);
+        m.observe_request(NO_ROUTE, &Method::from_bytes(b"BREW").unwrap(), 404, 0.001);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains(r#"tollgate_requests_total{method="GET",route="orders",status="200"} 1"#), "{text}");
+        assert!(text.contains(r#"tollgate_requests_total{method="OTHER",route="_none",status="404"} 1"#));
+        assert!(text.contains("tollgate_request_duration_seconds_bucket"));
+        assert!(text.contains(r#"tollgate_config_reloads_total{result="ok"} 0"#));
+        assert!(text.contains(&format!("tollgate_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));
+    }
+
+    #[test]
+    fn status_labels_are_three_digits() {
+        let mut b = [0u8; 3];
+        assert_eq!(status_label(200, &mut b), "200");
+        assert_eq!(status_label(5, &mut b), "005");
+    }
+}

@@ -1,0 +1,214 @@
+//! `request_headers` and `response_headers`: set, add and remove headers.
+//!
+//! # Config
+//!
+//! ```toml
+//! [routes.orders.policies.request_headers]
+//! set = { "x-env" = "prod" }          # replaces any value the client sent
+//! add = { "x-via" = "tollgate" }      # appends a value
+//! remove = ["x-debug"]
+//!
+//! [routes.orders.policies.response_headers]
+//! set = { "cache-control" = "no-store" }
+//! remove = ["server"]
+//! ```
+//!
+//! `request_headers` edits the request sent upstream; `response_headers` edits every
+//! response sent to the client on the route, including the gateway's own refusals.
+//! Removal runs first, then `set`, then `add`. Names and values are checked at load.
+
+use std::collections::BTreeMap;
+
+use http::{HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::Result;
+use serde::Deserialize;
+
+use super::{BuildCtx, BuildError, Policy, PolicyConfig, Stage};
+use crate::context::RequestCtx;
+
+// === Config ===
+
+/// The table of `request_headers` and `response_headers`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadersConfig {
+    /// Headers to set, replacing any existing value. Default: none.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Headers to append. Default: none.
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    /// Header names to remove. Default: none.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// `request_headers` config. See the [module docs](self).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct RequestHeadersConfig(pub HeadersConfig);
+
+/// `response_headers` config. See the [module docs](self).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct ResponseHeadersConfig(pub HeadersConfig);
+
+impl HeadersConfig {
+    fn compile(self) -> Result<HeaderEdit, BuildError> {
+        let name = |section: &str, n: &str| {
+            HeaderName::from_bytes(n.as_bytes())
+                .map_err(|_| BuildError::field(section, format!("invalid header name {n:?}")))
+        };
+        let pairs = |section: &str, m: BTreeMap<String, String>| {
+            m.into_iter()
+                .map(|(k, v)| {
+                    let value = HeaderValue::from_str(&v).map_err(|_| {
+                        BuildError::field(section, format!("invalid value for header {k:?}"))
+                    })?;
+                    Ok((name(section, &k)?, value))
+                })
+                .collect::<Result<Vec<_>, BuildError>>()
+        };
+        Ok(HeaderEdit {
+            remove: self.remove.iter().map(|n| name("remove", n)).collect::<Result<_, _>>()?,
+            set: pairs("set", self.set)?,
+            add: pairs("add", self.add)?,
+        })
+    }
+}
+
+impl PolicyConfig for RequestHeadersConfig {
+    type Policy = RequestHeaders;
+    fn build(self, _cx: &BuildCtx<'_>) -> Result<RequestHeaders, BuildError> {
+        Ok(RequestHeaders(self.0.compile()?))
+    }
+}
+
+impl PolicyConfig for ResponseHeadersConfig {
+    type Policy = ResponseHeaders;
+    fn build(self, _cx: &BuildCtx<'_>) -> Result<ResponseHeaders, BuildError> {
+        Ok(ResponseHeaders(self.0.compile()?))
+    }
+}
+
+// === Policy ===
+
+/// A compiled set of header edits.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderEdit {
+    remove: Vec<HeaderName>,
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HeaderEdit {
+    fn apply_request(&self, req: &mut RequestHeader) -> Result<()> {
+        for n in &self.remove {
+            req.remove_header(n);
+        }
+        for (n, v) in &self.set {
+            req.insert_header(n.clone(), v.clone())?;
+        }
+        for (n, v) in &self.add {
+            req.append_header(n.clone(), v.clone())?;
+        }
+        Ok(())
+    }
+
+    fn apply_response(&self, resp: &mut ResponseHeader) -> Result<()> {
+        for n in &self.remove {
+            resp.remove_header(n);
+        }
+        for (n, v) in &self.set {
+            resp.insert_header(n.clone(), v.clone())?;
+        }
+        for (n, v) in &self.add {
+            resp.append_header(n.clone(), v.clone())?;
+        }
+        Ok(())
+    }
+}
+
+/// Edits the request sent upstream.
+#[derive(Debug)]
+pub struct RequestHeaders(HeaderEdit);
+
+impl Policy for RequestHeaders {
+    fn stage(&self) -> Stage {
+        Stage::Transform
+    }
+    fn upstream_request_filter(&self, _cx: &mut RequestCtx, req: &mut RequestHeader) -> Result<()> {
+        self.0.apply_request(req)
+    }
+}
+
+/// Edits the response sent to the client.
+#[derive(Debug)]
+pub struct ResponseHeaders(HeaderEdit);
+
+impl Policy for ResponseHeaders {
+    fn stage(&self) -> Stage {
+        Stage::Transform
+    }
+    fn response_filter(&self, _cx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()> {
+        self.0.apply_response(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(src: &str) -> HeadersConfig {
+        toml::from_str(src).unwrap()
+    }
+
+    #[test]
+    fn edits_apply_remove_then_set_then_add() {
+        let edit = config(
+            "set = { x-env = \"prod\" }\nadd = { x-via = \"tollgate\" }\nremove = [\"x-debug\", \"x-env\"]",
+        )
+        .compile()
+        .unwrap();
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x-debug", "1").unwrap();
+        req.insert_header("x-env", "dev").unwrap();
+        req.insert_header("x-via", "client").unwrap();
+        edit.apply_request(&mut req).unwrap();
+        assert!(req.headers.get("x-debug").is_none());
+        assert_eq!(req.headers.get_all("x-env").iter().collect::<Vec<_>>(), ["prod"]);
+        assert_eq!(req.headers.get_all("x-via").iter().collect::<Vec<_>>(), ["client", "tollgate"]);
+    }
+
+    #[test]
+    fn invalid_names_and_values_are_build_errors() {
+        let e = config("set = { \"bad name\" = \"x\" }").compile().unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("set"));
+        let e = config("add = { ok = \"bad\\nvalue\" }").compile().unwrap_err();
+        assert!(e.message.contains("invalid value"), "{e}");
+    }
+
+    #[test]
+    fn rejects_unknown_field() {
+        let e = toml::from_str::<HeadersConfig>("sett = {}").unwrap_err();
+        assert!(e.message().contains("unknown field `sett`"), "{e}");
+    }
+
+    #[test]
+    fn config_example_parses() {
+        let doc: toml::Table = toml::from_str(
+            r#"
+[routes.orders.policies.request_headers]
+set = { "x-env" = "prod" }
+add = { "x-via" = "tollgate" }
+remove = ["x-debug"]
+"#,
+        )
+        .unwrap();
+        let t = &doc["routes"]["orders"]["policies"]["request_headers"];
+        let c: HeadersConfig = t.clone().try_into().unwrap();
+        assert_eq!(c.remove, ["x-debug"]);
+        c.compile().unwrap();
+    }
+}

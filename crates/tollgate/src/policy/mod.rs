@@ -1,0 +1,344 @@
+//! The policy extension point: one trait for built-in and user policies alike.
+//!
+//! A policy is built once from its TOML table (through its [`PolicyConfig`]) and shared by
+//! every request of the routes that enable it. Its hooks are named after the Pingora
+//! phases they run in; each does nothing by default.
+//!
+//! ```
+//! use tollgate::policy::{BuildCtx, BuildError, Flow, Policy, PolicyConfig};
+//! use tollgate::{async_trait, ErrorCode, Reply, RequestCtx, Session};
+//!
+//! /// Refuses requests without an `x-tenant` header.
+//! struct RequireTenant;
+//!
+//! #[async_trait]
+//! impl Policy for RequireTenant {
+//!     async fn request_filter(&self, session: &mut Session, _cx: &mut RequestCtx)
+//!         -> pingora::Result<Flow> {
+//!         if session.req_header().headers.contains_key("x-tenant") {
+//!             Ok(Flow::Continue)
+//!         } else {
+//!             Ok(Flow::Respond(Reply::refuse_with(ErrorCode::Forbidden, "missing x-tenant")))
+//!         }
+//!     }
+//! }
+//!
+//! #[derive(serde::Deserialize)]
+//! #[serde(deny_unknown_fields)]
+//! struct RequireTenantConfig {}
+//!
+//! impl PolicyConfig for RequireTenantConfig {
+//!     type Policy = RequireTenant;
+//!     fn build(self, _cx: &BuildCtx<'_>) -> Result<RequireTenant, BuildError> {
+//!         Ok(RequireTenant)
+//!     }
+//! }
+//!
+//! let mut registry = tollgate::policy::Registry::with_builtins();
+//! registry.register::<RequireTenantConfig>("require_tenant");
+//! ```
+
+pub mod headers;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora::Result;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use toml::de::DeValue;
+use toml::Spanned;
+
+use crate::context::RequestCtx;
+use crate::reply::Reply;
+
+/// What a policy decided about the request.
+#[derive(Debug)]
+#[must_use]
+pub enum Flow {
+    /// Run the next policy, then proxy upstream.
+    Continue,
+    /// Stop and send this response (a 401, a 429, a preflight's 204…).
+    Respond(Reply),
+}
+
+/// Where a policy runs in a route's chain. Policies run in stage order, not in file
+/// order; within a stage, in the order of their names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Stage {
+    /// `ip_restriction`.
+    Access,
+    /// `cors` (preflight answers).
+    Cors,
+    /// `key_auth`, `jwt_auth`, `basic_auth`: when several are configured, the first one
+    /// that continues authenticates and the others of the stage are skipped.
+    Authentication,
+    /// `acl`.
+    Authorization,
+    /// User policies, unless they say otherwise.
+    Custom,
+    /// `rate_limit`, `concurrency_limit`.
+    Traffic,
+    /// `body_limit`.
+    Body,
+    /// `request_headers` / `response_headers`.
+    Transform,
+}
+
+/// A request/response policy attached to routes.
+///
+/// Hooks run in the matched route's chain, in [`Stage`] order; see `docs/architecture.md`.
+/// A rejection is not an error: return [`Flow::Respond`]. An `Err` means the gateway
+/// itself failed and the client gets a 500.
+#[async_trait]
+pub trait Policy: Send + Sync + 'static {
+    /// Where the policy runs in the chain. Default: [`Stage::Custom`].
+    fn stage(&self) -> Stage {
+        Stage::Custom
+    }
+
+    /// Runs in Pingora's `request_filter` phase, after routing. By default continues.
+    async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<Flow> {
+        let _ = (session, cx);
+        Ok(Flow::Continue)
+    }
+
+    /// Runs in `upstream_request_filter`: edit the request sent upstream. By default
+    /// does nothing.
+    fn upstream_request_filter(&self, cx: &mut RequestCtx, req: &mut RequestHeader) -> Result<()> {
+        let _ = (cx, req);
+        Ok(())
+    }
+
+    /// Runs in `response_filter`: edit the response sent downstream, including the
+    /// gateway's own refusals on this route. By default does nothing.
+    fn response_filter(&self, cx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()> {
+        let _ = (cx, resp);
+        Ok(())
+    }
+
+    /// Runs once per request in `logging`, also after errors. By default does nothing.
+    fn logging(&self, cx: &RequestCtx, error: Option<&pingora::Error>) {
+        let _ = (cx, error);
+    }
+}
+
+/// A shared, type-erased policy.
+pub type BoxPolicy = Arc<dyn Policy>;
+
+/// Turns a policy's TOML table into a ready [`Policy`].
+///
+/// The type is deserialised from the `[routes.X.policies.NAME]` table; give it
+/// `#[serde(deny_unknown_fields)]` so typos are errors with line and column.
+pub trait PolicyConfig: DeserializeOwned + Send + 'static {
+    /// The policy this config builds.
+    type Policy: Policy;
+
+    /// Checks what serde cannot (cross-field rules, files, key material) and builds.
+    ///
+    /// # Errors
+    /// A [`BuildError`], reported with the policy's key path and location.
+    fn build(self, cx: &BuildCtx<'_>) -> std::result::Result<Self::Policy, BuildError>;
+}
+
+/// What a policy's `build` can see.
+#[derive(Debug)]
+pub struct BuildCtx<'a> {
+    /// The directory of the config file, for relative paths (key files…).
+    pub config_dir: &'a Path,
+    /// The dotted key path of the policy's table (`routes.orders.policies.key_auth`).
+    pub path: &'a str,
+}
+
+/// A policy config that is well-formed TOML but cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildError {
+    /// What is wrong.
+    pub message: String,
+    /// The key inside the policy table the error is about, if any.
+    pub field: Option<String>,
+}
+
+impl BuildError {
+    /// An error about the policy table as a whole.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into(), field: None }
+    }
+
+    /// An error about one key of the policy table.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { message: message.into(), field: Some(field.into()) }
+    }
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.field {
+            Some(k) => write!(f, "{k}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// Why a policy table failed to build.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Toml(toml::de::Error),
+    Build(BuildError),
+}
+
+type Builder =
+    Arc<dyn Fn(Spanned<DeValue<'_>>, &BuildCtx<'_>) -> std::result::Result<BoxPolicy, Failure> + Send + Sync>;
+
+/// Maps the TOML name of a policy (`key_auth`, `my_policy`) to its config type.
+#[derive(Clone)]
+pub struct Registry {
+    builders: BTreeMap<String, Builder>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry").field("policies", &self.builders.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::with_builtins()
+    }
+}
+
+impl Registry {
+    /// A registry with no policies at all.
+    pub fn empty() -> Self {
+        Self { builders: BTreeMap::new() }
+    }
+
+    /// A registry with every built-in policy.
+    pub fn with_builtins() -> Self {
+        let mut r = Self::empty();
+        r.register::<headers::RequestHeadersConfig>("request_headers");
+        r.register::<headers::ResponseHeadersConfig>("response_headers");
+        r
+    }
+
+    /// Registers config type `C` under `name`, so `[routes.X.policies.NAME]` builds it.
+    /// A later registration of the same name replaces the earlier one.
+    pub fn register<C: PolicyConfig>(&mut self, name: &str) -> &mut Self {
+        let builder: Builder = Arc::new(|value, cx| {
+            let config = C::deserialize(serde::de::IntoDeserializer::into_deserializer(value))
+                .map_err(Failure::Toml)?;
+            let policy = config.build(cx).map_err(Failure::Build)?;
+            Ok(Arc::new(policy) as BoxPolicy)
+        });
+        self.builders.insert(name.to_string(), builder);
+        self
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.builders.keys().map(String::as_str)
+    }
+
+    pub(crate) fn build(
+        &self,
+        name: &str,
+        value: Spanned<DeValue<'_>>,
+        cx: &BuildCtx<'_>,
+    ) -> Option<std::result::Result<BoxPolicy, Failure>> {
+        self.builders.get(name).map(|b| b(value, cx))
+    }
+}
+
+/// The policies of one route, in stage order.
+#[derive(Clone, Default)]
+pub struct Chain {
+    policies: Vec<(Arc<str>, BoxPolicy)>,
+}
+
+impl fmt::Debug for Chain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.policies.iter().map(|(n, _)| n)).finish()
+    }
+}
+
+impl Chain {
+    /// Orders named policies by stage, then name.
+    pub fn new(mut policies: Vec<(Arc<str>, BoxPolicy)>) -> Self {
+        policies.sort_by(|a, b| (a.1.stage(), &a.0).cmp(&(b.1.stage(), &b.0)));
+        Self { policies }
+    }
+
+    /// The policy names in run order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.policies.iter().map(|(n, _)| &**n)
+    }
+
+    /// True when the route has no policies.
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// Runs every policy's `request_filter`; the first [`Flow::Respond`] stops the chain.
+    /// In the authentication stage, the first policy that continues authenticates; if
+    /// none does, the first one's answer is sent.
+    pub async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<Flow> {
+        let mut auth_refusal: Option<Reply> = None;
+        let mut authenticated = false;
+        for (_, p) in &self.policies {
+            let stage = p.stage();
+            if stage == Stage::Authentication {
+                if authenticated {
+                    continue;
+                }
+                match p.request_filter(session, cx).await? {
+                    Flow::Continue => authenticated = true,
+                    Flow::Respond(r) => {
+                        auth_refusal.get_or_insert(r);
+                    }
+                }
+                continue;
+            }
+            if let Some(r) = auth_refusal.take() {
+                if !authenticated {
+                    return Ok(Flow::Respond(r));
+                }
+            }
+            if let Flow::Respond(r) = p.request_filter(session, cx).await? {
+                return Ok(Flow::Respond(r));
+            }
+        }
+        match auth_refusal {
+            Some(r) if !authenticated => Ok(Flow::Respond(r)),
+            _ => Ok(Flow::Continue),
+        }
+    }
+
+    /// Runs every policy's `upstream_request_filter`.
+    pub fn upstream_request_filter(&self, cx: &mut RequestCtx, req: &mut RequestHeader) -> Result<()> {
+        self.policies.iter().try_for_each(|(_, p)| p.upstream_request_filter(cx, req))
+    }
+
+    /// Runs every policy's `response_filter`.
+    pub fn response_filter(&self, cx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()> {
+        self.policies.iter().try_for_each(|(_, p)| p.response_filter(cx, resp))
+    }
+
+    /// Runs every policy's `logging`.
+    pub fn logging(&self, cx: &RequestCtx, error: Option<&pingora::Error>) {
+        self.policies.iter().for_each(|(_, p)| p.logging(cx, error));
+    }
+}
+
+/// An empty policy table: `[routes.X.policies.NAME]` with no keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoConfig {}

@@ -1,0 +1,315 @@
+//! `impl ProxyHttp for Gateway`: the only place that maps Pingora's phases to the
+//! gateway's steps (routing, the policy chain, forwarding, refusals, metrics).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::header;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use tokio::time::Instant;
+
+use crate::access_log::AccessLogger;
+use crate::context::RequestCtx;
+use crate::forwarding;
+use crate::metrics::{Metrics, NO_ROUTE};
+use crate::policy::Flow;
+use crate::reply::{ErrorCode, Reply};
+use crate::request_id;
+use crate::router::{self, path, Lookup, RequestFacts};
+use crate::runtime::Snapshot;
+
+/// The gateway: routes requests and runs their policies. Implements Pingora's
+/// [`ProxyHttp`]; see [`crate::service`] to turn it into a Pingora service.
+#[derive(Clone)]
+pub struct Gateway {
+    pub(crate) state: Arc<ArcSwap<Snapshot>>,
+    pub(crate) metrics: Metrics,
+    pub(crate) access_log: Option<AccessLogger>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("digest", &self.state.load().digest).finish_non_exhaustive()
+    }
+}
+
+const X_REQUEST_ID: &str = "x-request-id";
+
+impl Gateway {
+    /// Writes a gateway-made response, running the route's `response_filter`s on it.
+    async fn respond(&self, session: &mut Session, cx: &mut RequestCtx, reply: Reply) -> Result<bool> {
+        cx.refusal = reply.code;
+        let body = reply.body(&cx.request_id);
+        let mut resp = ResponseHeader::build(reply.status, Some(4 + reply.headers.len()))?;
+        if reply.code.is_some() {
+            resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+        }
+        resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+        resp.insert_header(X_REQUEST_ID, cx.request_id.as_str())?;
+        for (n, v) in reply.headers {
+            resp.append_header(n, v)?;
+        }
+        if let Some(route) = cx.route.clone() {
+            route.chain.response_filter(cx, &mut resp)?;
+        }
+        let head_only = session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(resp), head_only || body.is_empty()).await?;
+        if !head_only && !body.is_empty() {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(true)
+    }
+
+    fn route_label(cx: &RequestCtx) -> &str {
+        match (&cx.route, cx.refusal) {
+            (_, Some(ErrorCode::MethodNotAllowed)) | (None, _) => NO_ROUTE,
+            (Some(r), _) => r.name.as_str(),
+        }
+    }
+}
+
+/// Maps a proxying error to the contract's refusal.
+fn classify(e: &Error) -> Option<ErrorCode> {
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(503) => Some(ErrorCode::NoHealthyUpstream),
+        HTTPStatus(code) => match *code {
+            400 => Some(ErrorCode::BadRequest),
+            413 => Some(ErrorCode::PayloadTooLarge),
+            408 => Some(ErrorCode::RequestTimeout),
+            502 => Some(ErrorCode::BadGateway),
+            504 => Some(ErrorCode::GatewayTimeout),
+            _ => Some(ErrorCode::InternalError),
+        },
+        ConnectTimedout | ReadTimedout | WriteTimedout => match e.esource() {
+            ErrorSource::Upstream => Some(ErrorCode::GatewayTimeout),
+            ErrorSource::Downstream => Some(ErrorCode::RequestTimeout),
+            _ => Some(ErrorCode::InternalError),
+        },
+        _ => match e.esource() {
+            ErrorSource::Upstream => Some(ErrorCode::BadGateway),
+            ErrorSource::Downstream => match e.etype() {
+                ReadError | WriteError | ConnectionClosed => None,
+                _ => Some(ErrorCode::BadRequest),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => Some(ErrorCode::InternalError),
+        },
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<bool> {
+        let snap = self.state.load_full();
+        let req = session.req_header();
+        cx.request_id = match req.headers.get(X_REQUEST_ID).and_then(request_id::valid) {
+            Some(id) => id.to_string(),
+            None => request_id::generate(),
+        };
+        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            let xff = req.headers.get_all("x-forwarded-for");
+            cx.client_ip = Some(snap.client_ip(peer, xff.iter().filter_map(|v| v.to_str().ok())));
+        }
+        cx.snapshot = Some(snap.clone());
+        forwarding::strip_consumer_headers(session.req_header_mut());
+
+        let req = session.req_header();
+        let normalised = match path::normalize(req.uri.path()) {
+            Ok(p) => p.into_owned(),
+            Err(e) => return self.respond(session, cx, Reply::refuse_with(ErrorCode::BadRequest, e.to_string())).await,
+        };
+        let host = req
+            .uri
+            .host()
+            .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+            .map(router::host_without_port);
+        let facts = RequestFacts { method: &req.method, host, headers: &req.headers, path: &normalised };
+        let found = snap.router.lookup(&facts);
+        cx.path = normalised;
+        match found {
+            Lookup::Found { route, prefix_segments } => {
+                cx.route = snap.routes.get(route).cloned();
+                cx.prefix_segments = prefix_segments;
+            }
+            Lookup::MethodNotAllowed(allow) => {
+                let mut reply = Reply::refuse(ErrorCode::MethodNotAllowed);
+                if let Ok(v) = http::HeaderValue::from_str(&allow) {
+                    reply = reply.header(header::ALLOW, v);
+                }
+                return self.respond(session, cx, reply).await;
+            }
+            Lookup::NotFound => return self.respond(session, cx, Reply::refuse(ErrorCode::NoRoute)).await,
+        }
+        let Some(route) = cx.route.clone() else {
+            return self.respond(session, cx, Reply::refuse(ErrorCode::NoRoute)).await;
+        };
+        match route.chain.request_filter(session, cx).await? {
+            Flow::Continue => Ok(false),
+            Flow::Respond(reply) => self.respond(session, cx, reply).await,
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, cx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let Some(route) = cx.route.clone() else {
+            return Error::e_explain(ErrorType::InternalError, "no route chosen before upstream_peer");
+        };
+        let up = &route.upstream;
+        let tried: Vec<String> = cx.backend.iter().cloned().collect();
+        let Some(backend) = up.selector.select(cx.request_id.as_bytes(), &tried) else {
+            return Error::e_explain(ErrorType::HTTPStatus(503), "every backend is unhealthy");
+        };
+        let addr = backend.addr.to_string();
+        let mut peer = HttpPeer::new(backend.addr.clone(), up.tls, up.sni.clone());
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.total_connection_timeout = Some(up.connect_timeout);
+        peer.options.read_timeout = Some(up.read_timeout);
+        cx.backend = Some(addr);
+        cx.tries += 1;
+        if cx.upstream_start.is_none() {
+            cx.upstream_start = Some(Instant::now());
+        }
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        cx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let retries = cx.route.as_ref().map_or(0, |r| r.upstream.retries);
+        if cx.tries <= retries {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        cx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(route) = cx.route.clone() else { return Ok(()) };
+        let strip = if route.strip_prefix { cx.prefix_segments } else { 0 };
+        let query = session.req_header().uri.query().map(str::to_string);
+        let new_path = forwarding::upstream_path(&cx.path, strip, route.rewrite.as_ref(), query.as_deref());
+        match new_path.parse::<http::Uri>() {
+            Ok(uri) => up.set_uri(uri),
+            Err(_) => return Error::e_explain(ErrorType::HTTPStatus(400), "rewritten path is not a valid URI"),
+        }
+        forwarding::strip_request_hop_by_hop(up)?;
+
+        let client_host = session
+            .req_header()
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| session.req_header().uri.authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()));
+        if !route.preserve_host {
+            let u = &route.upstream;
+            let host = if u.tls && !u.sni.is_empty() { u.sni.clone() } else { cx.backend.clone().unwrap_or_default() };
+            up.insert_header(header::HOST, host)?;
+        }
+        if let Some(h) = client_host {
+            up.insert_header("x-forwarded-host", h)?;
+        }
+        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            let mut xff: Vec<String> = up
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok().map(str::to_string))
+                .collect();
+            xff.push(peer.to_string());
+            up.insert_header("x-forwarded-for", xff.join(", "))?;
+        }
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        up.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        up.insert_header(X_REQUEST_ID, cx.request_id.as_str())?;
+        if let Some(c) = &cx.consumer {
+            up.insert_header("x-consumer-name", c.name.as_str())?;
+        }
+        route.chain.upstream_request_filter(cx, up)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        cx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(start) = cx.upstream_start {
+            cx.upstream_elapsed = Some(start.elapsed());
+        }
+        forwarding::strip_response_hop_by_hop(resp);
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, cx: &mut RequestCtx) -> Result<()> {
+        resp.insert_header(X_REQUEST_ID, cx.request_id.as_str())?;
+        if let Some(route) = cx.route.clone() {
+            route.chain.response_filter(cx, resp)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, cx: &mut RequestCtx) -> FailToProxy {
+        let code = classify(e);
+        let status = match code {
+            Some(code) if session.response_written().is_none() => {
+                if cx.request_id.is_empty() {
+                    cx.request_id = request_id::generate();
+                }
+                let reply = Reply::refuse(code);
+                let status = reply.status.as_u16();
+                if let Err(we) = self.respond(session, cx, reply).await {
+                    tracing::debug!("could not write error response: {we}");
+                }
+                status
+            }
+            Some(code) => {
+                cx.refusal = Some(code);
+                code.status().as_u16()
+            }
+            None => 0,
+        };
+        FailToProxy { error_code: status, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, cx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route = Self::route_label(cx);
+        let elapsed = cx.start.elapsed();
+        self.metrics.observe_request(route, &session.req_header().method, status, elapsed.as_secs_f64());
+        if let Some(code) = cx.refusal {
+            self.metrics.refusal(route, code.as_str());
+        }
+        if let (Some(r), Some(t)) = (&cx.route, cx.upstream_elapsed) {
+            self.metrics.observe_upstream(&r.upstream.name, t.as_secs_f64());
+        }
+        if let Some(r) = cx.route.clone() {
+            r.chain.logging(cx, e);
+        }
+        if let Some(log) = &self.access_log {
+            log.log(session, cx, status, elapsed, session.body_bytes_sent());
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _cx: &RequestCtx, error: &Error) -> bool {
+        // upstream failures are counted in metrics and answered with a refusal
+        matches!(error.esource(), ErrorSource::Upstream)
+    }
+}
+

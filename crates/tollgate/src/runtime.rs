@@ -1,0 +1,132 @@
+//! The compiled configuration the request path reads: names resolved into `Arc`s,
+//! policies built, the route trie ready. Nothing at request time looks a name up.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+use pingora::lb::selection::{Random, RoundRobin};
+use pingora::lb::{Backend, LoadBalancer};
+use regex::Regex;
+
+use crate::config::file::Balance;
+use crate::context::Consumer;
+use crate::policy::Chain;
+use crate::router::Router;
+
+/// One configuration, compiled. Requests hold an `Arc` of the snapshot they started
+/// with, so a reload never changes a request in flight.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub(crate) router: Router,
+    pub(crate) routes: Vec<Arc<Route>>,
+    pub(crate) upstreams: BTreeMap<String, Arc<Upstream>>,
+    pub(crate) consumers: BTreeMap<String, Arc<Consumer>>,
+    pub(crate) trusted_proxies: Vec<IpNet>,
+    /// Hex digest of the configuration source.
+    pub digest: String,
+    /// When this configuration was loaded.
+    pub loaded_at: SystemTime,
+}
+
+impl Snapshot {
+    /// Route names in declaration order.
+    pub fn route_names(&self) -> impl Iterator<Item = &str> {
+        self.routes.iter().map(|r| r.name.as_str())
+    }
+
+    /// Upstream names, sorted.
+    pub fn upstream_names(&self) -> impl Iterator<Item = &str> {
+        self.upstreams.keys().map(String::as_str)
+    }
+
+    /// Consumer names, sorted.
+    pub fn consumer_names(&self) -> impl Iterator<Item = &str> {
+        self.consumers.keys().map(String::as_str)
+    }
+
+    /// The client IP for a request from `peer` with these `X-Forwarded-For` values:
+    /// the right-most forwarded address that is not a trusted proxy, believed only
+    /// when the peer itself is trusted.
+    pub fn client_ip<'a>(&self, peer: IpAddr, xff: impl DoubleEndedIterator<Item = &'a str>) -> IpAddr {
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let mut client = peer;
+        for hop in xff.rev().flat_map(|v| v.rsplit(',')) {
+            let Ok(ip) = hop.trim().parse::<IpAddr>() else { break };
+            client = ip;
+            if !self.is_trusted(ip) {
+                break;
+            }
+        }
+        client
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// The route's name (its table key); the `route` label of metrics.
+    pub name: String,
+    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) strip_prefix: bool,
+    pub(crate) rewrite: Option<(Regex, String)>,
+    pub(crate) preserve_host: bool,
+    pub(crate) chain: Chain,
+}
+
+/// A compiled upstream: its backends behind a Pingora load balancer.
+pub struct Upstream {
+    /// The upstream's name (its table key).
+    pub name: String,
+    pub(crate) selector: Selector,
+    pub(crate) backends: Vec<(String, usize)>,
+    pub(crate) balance: Balance,
+    pub(crate) tls: bool,
+    pub(crate) sni: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) read_timeout: Duration,
+    pub(crate) retries: usize,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("backends", &self.backends)
+            .field("balance", &self.balance)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The balancing algorithm of an upstream, over Pingora's load balancers.
+pub(crate) enum Selector {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Random(LoadBalancer<Random>),
+}
+
+impl Selector {
+    pub(crate) fn select(&self, key: &[u8], avoid: &[String]) -> Option<Backend> {
+        // try the others first; fall back to any backend when all were tried
+        let accept = |b: &Backend, healthy: bool| healthy && !avoid.iter().any(|a| *a == b.addr.to_string());
+        let picked = match self {
+            Self::RoundRobin(lb) => lb.select_with(key, 256, accept),
+            Self::Random(lb) => lb.select_with(key, 256, accept),
+        };
+        picked.or_else(|| match self {
+            Self::RoundRobin(lb) => lb.select(key, 256),
+            Self::Random(lb) => lb.select(key, 256),
+        })
+    }
+}

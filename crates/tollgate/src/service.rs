@@ -1,0 +1,111 @@
+//! Pingora services for the gateway and its admin listener.
+//!
+//! [`ListenerService`] wraps Pingora's listening service. Before delegating to it, it
+//! binds each address itself and records the socket in Pingora's listener table under
+//! its real address, so that:
+//! - port 0 works and the bound address is reported ([`ListenerService::bound`] and a
+//!   `tollgate: NAME listening on ADDR` line on stderr);
+//! - a bind failure is a clear error and exit status 1, not a panic in a worker;
+//! - a graceful upgrade still hands the very same sockets to the new process.
+
+use std::net::SocketAddr;
+use std::os::fd::IntoRawFd;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::server::{ListenFds, ShutdownWatch};
+use pingora::services::listening::Service as PingoraListening;
+use pingora::services::Service;
+use tokio::net::TcpSocket;
+use tokio::sync::watch;
+
+/// Accept backlog of the listening sockets.
+const BACKLOG: u32 = 65535;
+
+/// Accepts connections on its addresses and serves them with an HTTP app.
+pub struct ListenerService<A> {
+    name: String,
+    addrs: Vec<SocketAddr>,
+    inner: PingoraListening<A>,
+    threads: Option<usize>,
+    bound_tx: watch::Sender<Vec<SocketAddr>>,
+}
+
+impl<A> ListenerService<A> {
+    /// A service named `name` serving `app` on `addrs` (port 0 picks a free port).
+    pub fn new(name: impl Into<String>, addrs: Vec<SocketAddr>, app: A) -> Self {
+        let name = name.into();
+        Self {
+            inner: PingoraListening::new(name.clone(), app),
+            name,
+            addrs,
+            threads: None,
+            bound_tx: watch::channel(Vec::new()).0,
+        }
+    }
+
+    /// Worker threads for this service's runtime. Default: the server's `threads`.
+    #[must_use]
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = Some(n);
+        self
+    }
+
+    /// The bound addresses, published once every listener is bound.
+    pub fn bound(&self) -> watch::Receiver<Vec<SocketAddr>> {
+        self.bound_tx.subscribe()
+    }
+}
+
+/// Binds `addr` with `SO_REUSEADDR` and a large backlog; returns the socket and its
+/// real address.
+fn bind(addr: SocketAddr) -> std::io::Result<(std::net::TcpListener, SocketAddr)> {
+    let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    let l = sock.listen(BACKLOG)?.into_std()?;
+    l.set_nonblocking(true)?;
+    let actual = l.local_addr()?;
+    Ok((l, actual))
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> Service for ListenerService<A> {
+    async fn start_service(&mut self, fds: Option<ListenFds>, shutdown: ShutdownWatch, listeners_per_fd: usize) {
+        let mut bound = Vec::new();
+        for addr in &self.addrs {
+            let inherited = fds.as_ref().is_some_and(|f| f.lock().get(&addr.to_string()).is_some());
+            let actual = if inherited {
+                *addr
+            } else {
+                match bind(*addr) {
+                    Ok((l, actual)) => {
+                        if let Some(f) = &fds {
+                            f.lock().add(actual.to_string(), l.into_raw_fd());
+                        }
+                        actual
+                    }
+                    Err(e) => {
+                        tracing::error!("{}: cannot listen on {addr}: {e}", self.name);
+                        eprintln!("tollgate: {}: cannot listen on {addr}: {e}", self.name);
+                        std::process::exit(1);
+                    }
+                }
+            };
+            self.inner.add_tcp(&actual.to_string());
+            tracing::info!("{} listening on {actual}", self.name);
+            eprintln!("tollgate: {} listening on {actual}", self.name);
+            bound.push(actual);
+        }
+        let _ = self.bound_tx.send(bound);
+        Service::start_service(&mut self.inner, fds, shutdown, listeners_per_fd).await;
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn threads(&self) -> Option<usize> {
+        self.threads
+    }
+}

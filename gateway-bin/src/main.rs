@@ -1,0 +1,83 @@
+//! `tollgate`: run or check a gateway configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tollgate::{Config, GatewayBuilder, LoadError};
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "A programmable API gateway built on Pingora")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start serving the routes of a config file.
+    Run {
+        /// The TOML config file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Take over the sockets of the running instance (graceful upgrade).
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// Parse and validate a config file; prints `ok` and a summary.
+    Check {
+        /// The TOML config file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        match e {
+            LoadError::Unreadable { .. } => ExitCode::from(2),
+            _ => ExitCode::from(1),
+        }
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match load(&config) {
+            Ok(c) => {
+                println!("ok: {}", c.summary());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run { config, upgrade } => {
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .init();
+            let c = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let handle = match GatewayBuilder::new(&c).build() {
+                Ok(h) => h,
+                Err(e) => {
+                    eprintln!("{}: cannot open access log: {e}", config.display());
+                    return ExitCode::from(1);
+                }
+            };
+            let mut server = tollgate::server::build(&c, upgrade);
+            for s in handle.services(&server.configuration) {
+                server.add_boxed_service(s);
+            }
+            server.add_service(tollgate::server::sighup_reloader(handle));
+            tracing::info!("tollgate {} serving {}", env!("CARGO_PKG_VERSION"), c.summary());
+            server.run_forever()
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `tollgate` binary against real upstreams on loopback.
+
+mod support;
+
+mod admin;
+mod cli;
+mod policies;
+mod proxying;
+mod routing;

@@ -1,0 +1,57 @@
+//! Shared helpers for the end-to-end tests.
+
+use std::path::Path;
+
+pub use tollgate_tests::*;
+
+/// The binary under test.
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_tollgate"))
+}
+
+/// Starts the binary with `body` appended to a `[server]` table listening on port 0.
+pub fn gateway(body: &str) -> Gateway {
+    Gateway::start(bin(), &format!("{}\n{body}", server_table(false)))
+}
+
+/// Like [`gateway`], with an admin listener too.
+pub fn gateway_with_admin(body: &str) -> Gateway {
+    Gateway::start(bin(), &format!("{}\n{body}", server_table(true)))
+}
+
+fn server_table(admin: bool) -> String {
+    let n = std::process::id().to_string() + &fastid();
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n{}threads = 1\naccess_log = \"stdout\"\n\
+         pid_file = \"/tmp/tollgate-test-{n}.pid\"\nupgrade_sock = \"/tmp/tollgate-test-{n}.sock\"\n\
+         grace_period = \"1s\"\ngraceful_shutdown_timeout = \"1s\"\n",
+        if admin { "admin_listen = \"127.0.0.1:0\"\n" } else { "" }
+    )
+}
+
+fn fastid() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("-{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// An HTTP client that does not pool connections across tests.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client")
+}
+
+/// GET `url` and return (status, headers, JSON body or Null).
+pub async fn get_json(url: &str) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let r = client().get(url).send().await.expect("request");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.bytes().await.expect("body");
+    let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    (status, headers, v)
+}
+
+/// `[upstreams.NAME]` with these backends.
+pub fn upstream_table(name: &str, backends: &[std::net::SocketAddr]) -> String {
+    let list: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
+    format!("[upstreams.{name}]\nbackends = [{}]\n", list.join(", "))
+}

@@ -1,0 +1,339 @@
+//! Test support for Tollgate's end-to-end tests.
+//!
+//! - [`Upstream`]: a real HTTP/1.1 server on `127.0.0.1:0` that answers every request
+//!   with a JSON description of what it received (method, target, headers) and keeps
+//!   a record of it.
+//! - [`Gateway`]: runs the real `tollgate` binary on a config written to a temp dir,
+//!   with `127.0.0.1:0` listeners, and waits (with a deadline) for the line in which
+//!   the binary reports the address it bound.
+//! - [`raw`]: sends exact bytes and reads the whole answer, for requests a normal
+//!   client would "fix" before sending (dot segments, odd framing).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A request as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Method.
+    pub method: String,
+    /// Request target as received (path and query).
+    pub target: String,
+    /// Headers, lower-case names, in arrival order.
+    pub headers: Vec<(String, String)>,
+    /// Body length.
+    pub body_len: usize,
+}
+
+impl Seen {
+    /// All values of header `name`.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
+    }
+
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.header_all(name).first().copied()
+    }
+}
+
+/// A recording echo upstream.
+pub struct Upstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// What it received, in order.
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    /// An echo upstream named `name` (the `upstream` field of its JSON answers).
+    /// A request whose path contains `/slow` is answered after 2 s.
+    pub async fn start(name: &str) -> Self {
+        Self::start_on("127.0.0.1:0", name).await
+    }
+
+    /// Like [`Upstream::start`], on a given address.
+    pub async fn start_on(bind: &str, name: &str) -> Self {
+        let listener = TcpListener::bind(bind).await.unwrap_or_else(|e| panic!("bind upstream on {bind}: {e}"));
+        let addr = listener.local_addr().expect("upstream addr");
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let name: Arc<str> = Arc::from(name);
+        let rec = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let rec = rec.clone();
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let rec = rec.clone();
+                        let name = name.clone();
+                        async move { Ok::<_, Infallible>(echo(req, &name, &rec).await) }
+                    });
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
+                });
+            }
+        });
+        Self { addr, seen, task }
+    }
+
+    /// How many requests it received.
+    pub fn count(&self) -> usize {
+        self.seen.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// The last request it received.
+    pub fn last(&self) -> Option<Seen> {
+        self.seen.lock().ok().and_then(|s| s.last().cloned())
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn echo(req: Request<Incoming>, name: &str, rec: &Mutex<Vec<Seen>>) -> Response<Full<Bytes>> {
+    let method = req.method().to_string();
+    let target = req.uri().path_and_query().map_or("/".to_string(), |p| p.to_string());
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let slow = target.contains("/slow");
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    if let Ok(mut r) = rec.lock() {
+        r.push(Seen { method: method.clone(), target: target.clone(), headers: headers.clone(), body_len: body.len() });
+    }
+    if slow {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let mut hmap: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (n, v) in headers {
+        hmap.entry(n).or_default().push(v);
+    }
+    let json = serde_json::json!({
+        "upstream": name, "method": method, "target": target, "headers": hmap, "body_len": body.len(),
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .header("x-upstream", name)
+        .header("keep-alive", "timeout=5")
+        .body(Full::new(Bytes::from(json.to_string())))
+        .unwrap_or_default()
+}
+
+/// A closed port on loopback: connecting to it is refused.
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let a = l.local_addr().expect("addr");
+    drop(l);
+    a
+}
+
+/// A running `tollgate run` process.
+pub struct Gateway {
+    child: Child,
+    /// The proxy listener.
+    pub addr: SocketAddr,
+    /// The admin listener, when configured.
+    pub admin: Option<SocketAddr>,
+    /// The temp dir with the config file.
+    pub dir: tempfile::TempDir,
+    /// The config file.
+    pub config: PathBuf,
+    stdout: Arc<Mutex<Vec<String>>>,
+}
+
+/// How long a gateway may take to start.
+pub const START_DEADLINE: Duration = Duration::from_secs(20);
+
+impl Gateway {
+    /// Starts `bin run --config` on `toml` (which should listen on port 0) and waits until
+    /// it reports its listeners.
+    pub fn start(bin: &Path, toml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let mut child = Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tollgate");
+        let expect_admin = toml.contains("admin_listen");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[tollgate] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let stdout_lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let out = child.stdout.take().expect("stdout");
+        let sink = stdout_lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(mut s) = sink.lock() {
+                    s.push(line);
+                }
+            }
+        });
+        let deadline = Instant::now() + START_DEADLINE;
+        let (mut addr, mut admin) = (None, None);
+        while addr.is_none() || (expect_admin && admin.is_none()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("tollgate did not report its listeners within {START_DEADLINE:?}");
+                }
+            };
+            let parse = |l: &str| l.rsplit(' ').next().and_then(|a| a.parse::<SocketAddr>().ok());
+            if line.starts_with("tollgate: proxy listening on ") {
+                addr = parse(&line);
+            } else if line.starts_with("tollgate: admin listening on ") {
+                admin = parse(&line);
+            }
+        }
+        let addr = addr.expect("proxy address");
+        Self { child, addr, admin, dir, config, stdout: stdout_lines }
+    }
+
+    /// `http://ADDR` of the proxy.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `http://ADDR` of the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin.expect("admin listener configured"))
+    }
+
+    /// Lines the gateway wrote to stdout so far (the access log).
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "HUP", "TERM") to the process.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit, up to `deadline`.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A parsed raw HTTP/1.1 response.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers, lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes (de-chunking is not done).
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
+        })
+    }
+}
+
+/// Sends `request` bytes to `addr` and reads the answer until the connection closes
+/// (send `Connection: close`), for at most 10 s.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "no complete answer within 10 s; got {:?}", String::from_utf8_lossy(&buf));
+    parse_response(&buf)
+}
+
+/// Parses one HTTP/1.1 response.
+pub fn parse_response(buf: &[u8]) -> RawResponse {
+    let text_end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| {
+        panic!("no header block in {:?}", String::from_utf8_lossy(buf))
+    });
+    let head = String::from_utf8_lossy(&buf[..text_end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    RawResponse { status, headers, body: buf[text_end + 4..].to_vec() }
+}
+
+/// Polls `cond` every 20 ms until it holds or `deadline` passes.
+pub async fn eventually(deadline: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
