@@ -44,7 +44,11 @@ pub struct Seen {
 impl Seen {
     /// All values of header `name`.
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     /// The first value of header `name`.
@@ -71,14 +75,18 @@ impl Upstream {
 
     /// Like [`Upstream::start`], on a given address.
     pub async fn start_on(bind: &str, name: &str) -> Self {
-        let listener = TcpListener::bind(bind).await.unwrap_or_else(|e| panic!("bind upstream on {bind}: {e}"));
+        let listener = TcpListener::bind(bind)
+            .await
+            .unwrap_or_else(|e| panic!("bind upstream on {bind}: {e}"));
         let addr = listener.local_addr().expect("upstream addr");
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let name: Arc<str> = Arc::from(name);
         let rec = seen.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let rec = rec.clone();
                 let name = name.clone();
                 tokio::spawn(async move {
@@ -87,7 +95,10 @@ impl Upstream {
                         let name = name.clone();
                         async move { Ok::<_, Infallible>(echo(req, &name, &rec).await) }
                     });
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
                 });
             }
         });
@@ -113,16 +124,34 @@ impl Drop for Upstream {
 
 async fn echo(req: Request<Incoming>, name: &str, rec: &Mutex<Vec<Seen>>) -> Response<Full<Bytes>> {
     let method = req.method().to_string();
-    let target = req.uri().path_and_query().map_or("/".to_string(), |p| p.to_string());
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.to_string());
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
-        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let slow = target.contains("/slow");
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     if let Ok(mut r) = rec.lock() {
-        r.push(Seen { method: method.clone(), target: target.clone(), headers: headers.clone(), body_len: body.len() });
+        r.push(Seen {
+            method: method.clone(),
+            target: target.clone(),
+            headers: headers.clone(),
+            body_len: body.len(),
+        });
     }
     if slow {
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -213,7 +242,11 @@ impl Gateway {
                     panic!("tollgate did not report its listeners within {START_DEADLINE:?}");
                 }
             };
-            let parse = |l: &str| l.rsplit(' ').next().and_then(|a| a.parse::<SocketAddr>().ok());
+            let parse = |l: &str| {
+                l.rsplit(' ')
+                    .next()
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+            };
             if line.starts_with("tollgate: proxy listening on ") {
                 addr = parse(&line);
             } else if line.starts_with("tollgate: admin listening on ") {
@@ -221,7 +254,14 @@ impl Gateway {
             }
         }
         let addr = addr.expect("proxy address");
-        Self { child, addr, admin, dir, config, stdout: stdout_lines }
+        Self {
+            child,
+            addr,
+            admin,
+            dir,
+            config,
+            stdout: stdout_lines,
+        }
     }
 
     /// `http://ADDR` of the proxy.
@@ -231,7 +271,10 @@ impl Gateway {
 
     /// `http://ADDR` of the admin listener.
     pub fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.admin.expect("admin listener configured"))
+        format!(
+            "http://{}{path}",
+            self.admin.expect("admin listener configured")
+        )
     }
 
     /// Lines the gateway wrote to stdout so far (the access log).
@@ -246,7 +289,9 @@ impl Gateway {
 
     /// Sends `signal` (e.g. "HUP", "TERM") to the process.
     pub fn signal(&self, signal: &str) {
-        let ok = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status();
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status();
         assert!(ok.is_ok_and(|s| s.success()), "kill -{signal} failed");
     }
 
@@ -286,13 +331,19 @@ pub struct RawResponse {
 impl RawResponse {
     /// The first value of header `name`.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
         })
     }
 }
@@ -304,24 +355,37 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
     s.write_all(request).await.expect("write");
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
-    assert!(read.is_ok(), "no complete answer within 10 s; got {:?}", String::from_utf8_lossy(&buf));
+    assert!(
+        read.is_ok(),
+        "no complete answer within 10 s; got {:?}",
+        String::from_utf8_lossy(&buf)
+    );
     parse_response(&buf)
 }
 
 /// Parses one HTTP/1.1 response.
 pub fn parse_response(buf: &[u8]) -> RawResponse {
-    let text_end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| {
-        panic!("no header block in {:?}", String::from_utf8_lossy(buf))
-    });
+    let text_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header block in {:?}", String::from_utf8_lossy(buf)));
     let head = String::from_utf8_lossy(&buf[..text_end]);
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
-    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    RawResponse { status, headers, body: buf[text_end + 4..].to_vec() }
+    RawResponse {
+        status,
+        headers,
+        body: buf[text_end + 4..].to_vec(),
+    }
 }
 
 /// Polls `cond` every 20 ms until it holds or `deadline` passes.

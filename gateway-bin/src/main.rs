@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use tollgate::{Config, GatewayBuilder, LoadError};
 
 #[derive(Parser)]
-#[command(name = "tollgate", version, about = "A programmable API gateway built on Pingora")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "A programmable API gateway built on Pingora"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -76,7 +80,11 @@ fn main() -> ExitCode {
                 server.add_boxed_service(s);
             }
             server.add_service(tollgate::server::sighup_reloader(handle));
-            tracing::info!("tollgate {} serving {}", env!("CARGO_PKG_VERSION"), c.summary());
+            tracing::info!(
+                "tollgate {} serving {}",
+                env!("CARGO_PKG_VERSION"),
+                c.summary()
+            );
             server.run_forever()
         }
     }

@@ -1,0 +1,142 @@
+//! The admin listener: health, metrics with bounded label sets, status, and SIGHUP reload.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn healthz_and_metrics_with_route_labels_from_config_only() {
+    let up = Upstream::start("a").await;
+    let gw = gateway_with_admin(&format!(
+        "{}[routes.orders]\npaths = [\"/orders\"]\nupstream = \"a\"\n",
+        upstream_table("a", &[up.addr])
+    ));
+    let r = client().get(gw.admin_url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap().trim(), "ok");
+
+    let c = client();
+    c.get(gw.url("/orders/1")).send().await.unwrap();
+    for i in 0..1000 {
+        let path = format!("/random-{i}-{}", i * 7919 % 1013);
+        let method = if i % 2 == 0 { "GET" } else { "BREW" };
+        let _ = raw(
+            gw.addr,
+            format!("{method} {path} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+    }
+    let text = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"tollgate_requests_total{method="GET",route="orders",status="200"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"tollgate_requests_total{method="GET",route="_none",status="404"} 500"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"tollgate_requests_total{method="OTHER",route="_none",status="404"} 500"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"tollgate_refusals_total{reason="no_route",route="_none"} 1000"#),
+        "{text}"
+    );
+    assert!(text.contains("tollgate_request_duration_seconds_bucket{route=\"orders\""));
+    assert!(text.contains("tollgate_upstream_duration_seconds_count{upstream=\"a\"} 1"));
+    assert!(!text.contains("random-"), "a client path became a label");
+    assert!(text.len() < 20_000, "metrics grew to {} bytes", text.len());
+}
+
+#[tokio::test]
+async fn status_lists_upstreams_and_digest() {
+    let up = Upstream::start("a").await;
+    let gw = gateway_with_admin(&format!(
+        "{}[routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n",
+        upstream_table("a", &[up.addr])
+    ));
+    let (s, _, v) = get_json(&gw.admin_url("/admin/status")).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        v["upstreams"]["a"]["backends"][0]["addr"],
+        up.addr.to_string()
+    );
+    assert!(v["config_digest"].as_str().is_some_and(|d| d.len() == 16));
+}
+
+#[tokio::test]
+async fn sighup_reloads_a_valid_file_and_keeps_serving_on_an_invalid_one() {
+    let up = Upstream::start("a").await;
+    let base = format!(
+        "{}[routes.one]\npaths = [\"/one\"]\nupstream = \"a\"\n",
+        upstream_table("a", &[up.addr])
+    );
+    let gw = gateway_with_admin(&base);
+    let full = std::fs::read_to_string(&gw.config).unwrap();
+    assert_eq!(get_json(&gw.url("/two")).await.0, 404);
+
+    std::fs::write(
+        &gw.config,
+        format!("{full}[routes.two]\npaths = [\"/two\"]\nupstream = \"a\"\n"),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    let url = gw.url("/two");
+    assert!(
+        eventually(Duration::from_secs(10), async || get_json(&url).await.0
+            == 200)
+        .await,
+        "reload did not add /two"
+    );
+
+    std::fs::write(
+        &gw.config,
+        format!("{full}[routes.three]\npaths = [\"/three\"]\nupstream = \"missing\"\n"),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    let murl = gw.admin_url("/metrics");
+    let counted = eventually(Duration::from_secs(10), async || {
+        let t = client()
+            .get(&murl)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        t.contains(r#"tollgate_config_reloads_total{result="error"} 1"#)
+    })
+    .await;
+    assert!(counted, "failed reload was not counted");
+    assert_eq!(
+        get_json(&gw.url("/two")).await.0,
+        200,
+        "an invalid reload changed the running config"
+    );
+    assert_eq!(get_json(&gw.url("/one")).await.0, 200);
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_cleanly() {
+    let up = Upstream::start("a").await;
+    let mut gw = gateway(&format!(
+        "{}[routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n",
+        upstream_table("a", &[up.addr])
+    ));
+    assert_eq!(get_json(&gw.url("/")).await.0, 200);
+    gw.signal("TERM");
+    let status = gw
+        .wait_exit(Duration::from_secs(15))
+        .expect("exited after SIGTERM");
+    assert!(status.success(), "{status:?}");
+}

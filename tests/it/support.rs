@@ -37,7 +37,10 @@ fn fastid() -> String {
 
 /// An HTTP client that does not pool connections across tests.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client")
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
 }
 
 /// GET `url` and return (status, headers, JSON body or Null).

@@ -32,11 +32,21 @@ impl AccessLogger {
         let out: Box<dyn Write + Send> = match dest {
             AccessLog::Off => return Ok(None),
             AccessLog::Stdout => Box::new(std::io::stdout()),
-            AccessLog::File(p) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
+            AccessLog::File(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
         };
         let (tx, rx) = sync_channel(QUEUE);
-        std::thread::Builder::new().name("tollgate-access-log".into()).spawn(move || writer(rx, out))?;
-        Ok(Some(Self { tx, dropped: Arc::new(AtomicU64::new(0)) }))
+        std::thread::Builder::new()
+            .name("tollgate-access-log".into())
+            .spawn(move || writer(rx, out))?;
+        Ok(Some(Self {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }))
     }
 
     /// Lines dropped because the writer could not keep up.
@@ -44,7 +54,14 @@ impl AccessLogger {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn log(&self, session: &Session, cx: &RequestCtx, status: u16, elapsed: Duration, bytes: usize) {
+    pub(crate) fn log(
+        &self,
+        session: &Session,
+        cx: &RequestCtx,
+        status: u16,
+        elapsed: Duration,
+        bytes: usize,
+    ) {
         let req = session.req_header();
         let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let line = serde_json::json!({

@@ -31,7 +31,11 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
 }
 
 fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Vec<u8>> {
-    reply(status, "application/json", error_body(code, message, "").to_vec())
+    reply(
+        status,
+        "application/json",
+        error_body(code, message, "").to_vec(),
+    )
 }
 
 fn authorized(token: Option<&str>, session: &ServerSession) -> bool {
@@ -62,10 +66,21 @@ impl ServeHttp for Admin {
         let get = session.req_header().method == http::Method::GET;
         match (path.as_str(), get) {
             ("/healthz", true) => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-            ("/metrics", true) => reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render()),
+            ("/metrics", true) => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                self.metrics.render(),
+            ),
             (p, _) if p.starts_with("/admin/") && !authorized(self.token.as_deref(), session) => {
-                let mut r = json_error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong admin token");
-                r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+                let mut r = json_error(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "missing or wrong admin token",
+                );
+                r.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer"),
+                );
                 r
             }
             ("/admin/status", true) => {
@@ -82,7 +97,10 @@ impl ServeHttp for Admin {
                         (u.name.clone(), serde_json::json!({ "backends": backends }))
                     })
                     .collect();
-                let uptime = SystemTime::now().duration_since(self.started).unwrap_or_default().as_secs();
+                let uptime = SystemTime::now()
+                    .duration_since(self.started)
+                    .unwrap_or_default()
+                    .as_secs();
                 let body = serde_json::json!({
                     "version": env!("CARGO_PKG_VERSION"),
                     "uptime_seconds": uptime,
@@ -91,11 +109,17 @@ impl ServeHttp for Admin {
                     "routes": snap.routes.len(),
                     "upstreams": upstreams,
                 });
-                reply(StatusCode::OK, "application/json", body.to_string().into_bytes())
+                reply(
+                    StatusCode::OK,
+                    "application/json",
+                    body.to_string().into_bytes(),
+                )
             }
-            ("/healthz" | "/metrics" | "/admin/status", false) => {
-                json_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
-            }
+            ("/healthz" | "/metrics" | "/admin/status", false) => json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use GET",
+            ),
             _ => json_error(StatusCode::NOT_FOUND, "no_route", "unknown admin endpoint"),
         }
     }

@@ -7,11 +7,19 @@ use pingora::Result;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) removed in both directions. `Transfer-Encoding`
 /// is left to Pingora, which frames each side itself.
-const HOP_BY_HOP: &[&str] = &["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
 
 /// True for a protocol upgrade request (WebSocket): `Connection: upgrade` + `Upgrade`.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+    headers.contains_key(header::UPGRADE)
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
@@ -40,7 +48,10 @@ pub fn strip_request_hop_by_hop(req: &mut RequestHeader) -> Result<()> {
         .headers
         .get(header::TE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     for n in connection_named(&req.headers) {
         req.remove_header(&n);
     }
@@ -130,13 +141,22 @@ mod tests {
         assert_eq!(upstream_path("/api/orders/7", 2, None, None), "/7");
         assert_eq!(upstream_path("/api/orders", 2, None, Some("x=1")), "/?x=1");
         assert_eq!(upstream_path("/api/orders/7/", 2, None, None), "/7/");
-        assert_eq!(upstream_path("/api/orders/7", 0, None, None), "/api/orders/7");
+        assert_eq!(
+            upstream_path("/api/orders/7", 0, None, None),
+            "/api/orders/7"
+        );
     }
 
     #[test]
     fn rewrite_applies_after_strip() {
-        let re = (regex::Regex::new("^/api/(.*)").unwrap(), "/v1/$1".to_string());
-        assert_eq!(upstream_path("/api/orders/7", 0, Some(&re), Some("a=b")), "/v1/orders/7?a=b");
+        let re = (
+            regex::Regex::new("^/api/(.*)").unwrap(),
+            "/v1/$1".to_string(),
+        );
+        assert_eq!(
+            upstream_path("/api/orders/7", 0, Some(&re), Some("a=b")),
+            "/v1/orders/7?a=b"
+        );
         let re = (regex::Regex::new("^/(.*)").unwrap(), "x/$1".to_string());
         assert_eq!(upstream_path("/7", 0, Some(&re), None), "/x/7");
     }
@@ -144,7 +164,8 @@ mod tests {
     #[test]
     fn removes_hop_by_hop_and_connection_named() {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.insert_header("connection", "keep-alive, x-secret").unwrap();
+        req.insert_header("connection", "keep-alive, x-secret")
+            .unwrap();
         req.insert_header("keep-alive", "timeout=5").unwrap();
         req.insert_header("x-secret", "1").unwrap();
         req.insert_header("te", "trailers, deflate").unwrap();

@@ -32,7 +32,11 @@ pub struct GatewayBuilder<'a> {
 impl<'a> GatewayBuilder<'a> {
     /// Starts from `config`, with the built-in policies for later reloads.
     pub fn new(config: &'a Config) -> Self {
-        Self { config, registry: Registry::with_builtins(), metrics: None }
+        Self {
+            config,
+            registry: Registry::with_builtins(),
+            metrics: None,
+        }
     }
 
     /// The registry reloads build policies with; use the one the config was loaded with.
@@ -83,7 +87,11 @@ pub struct GatewayHandle {
 impl GatewayHandle {
     /// The Pingora `ProxyHttp` implementation.
     pub fn gateway(&self) -> Gateway {
-        Gateway { state: self.state.clone(), metrics: self.metrics.clone(), access_log: self.access_log.clone() }
+        Gateway {
+            state: self.state.clone(),
+            metrics: self.metrics.clone(),
+            access_log: self.access_log.clone(),
+        }
     }
 
     /// The metrics.
@@ -132,7 +140,8 @@ impl GatewayHandle {
         let mut opts = HttpServerOptions::default();
         opts.h2c = true;
         proxy.server_options = Some(opts);
-        ListenerService::new("proxy", self.server.listen.clone(), proxy).threads(self.server.threads)
+        ListenerService::new("proxy", self.server.listen.clone(), proxy)
+            .threads(self.server.threads)
     }
 
     /// The admin service on `[server] admin_listen`, if configured.

@@ -12,7 +12,8 @@
 //!
 //! let config = Config::load("examples/quickstart.toml").expect("valid config");
 //! let mut server = tollgate::server::build(&config, false);
-//! for service in GatewayBuilder::new(&config).build().services(&server.configuration) {
+//! let gateway = GatewayBuilder::new(&config).build().expect("access log opens");
+//! for service in gateway.services(&server.configuration) {
 //!     server.add_boxed_service(service);
 //! }
 //! server.run_forever();

@@ -41,12 +41,18 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = must(IntCounterVec::new(
-            Opts::new("tollgate_requests_total", "Requests answered, by route, method and status."),
+            Opts::new(
+                "tollgate_requests_total",
+                "Requests answered, by route, method and status.",
+            ),
             &["route", "method", "status"],
         ));
         let duration = must(HistogramVec::new(
-            HistogramOpts::new("tollgate_request_duration_seconds", "Time from request head to the end of logging.")
-                .buckets(BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "tollgate_request_duration_seconds",
+                "Time from request head to the end of logging.",
+            )
+            .buckets(BUCKETS.to_vec()),
             &["route"],
         ));
         let upstream_duration = must(HistogramVec::new(
@@ -58,11 +64,17 @@ impl Metrics {
             &["upstream"],
         ));
         let refusals = must(IntCounterVec::new(
-            Opts::new("tollgate_refusals_total", "Responses made by the gateway itself, by route and error code."),
+            Opts::new(
+                "tollgate_refusals_total",
+                "Responses made by the gateway itself, by route and error code.",
+            ),
             &["route", "reason"],
         ));
         let reloads = must(IntCounterVec::new(
-            Opts::new("tollgate_config_reloads_total", "Configuration reloads by result."),
+            Opts::new(
+                "tollgate_config_reloads_total",
+                "Configuration reloads by result.",
+            ),
             &["result"],
         ));
         let build = must(IntGaugeVec::new(
@@ -83,7 +95,14 @@ impl Metrics {
         // both results exist from the start, so a scrape sees 0 rather than nothing
         reloads.with_label_values(&["ok"]);
         reloads.with_label_values(&["error"]);
-        Self { registry, requests, duration, upstream_duration, refusals, reloads }
+        Self {
+            registry,
+            requests,
+            duration,
+            upstream_duration,
+            refusals,
+            reloads,
+        }
     }
 
     /// Records one finished request.
@@ -97,7 +116,9 @@ impl Metrics {
 
     /// Records the time an upstream took to answer.
     pub fn observe_upstream(&self, upstream: &str, seconds: f64) {
-        self.upstream_duration.with_label_values(&[upstream]).observe(seconds);
+        self.upstream_duration
+            .with_label_values(&[upstream])
+            .observe(seconds);
     }
 
     /// Records a refusal made by the gateway.
@@ -107,7 +128,9 @@ impl Metrics {
 
     /// Records a configuration reload.
     pub fn reload(&self, ok: bool) {
-        self.reloads.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+        self.reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
     }
 
     /// The Prometheus registry, to add families of your own.
@@ -159,11 +182,18 @@ mod tests {
         m.observe_request("orders", &Method::GET, 200, 0.01);
         m.observe_request(NO_ROUTE, &Method::from_bytes(b"BREW").unwrap(), 404, 0.001);
         let text = String::from_utf8(m.render()).unwrap();
-        assert!(text.contains(r#"tollgate_requests_total{method="GET",route="orders",status="200"} 1"#), "{text}");
-        assert!(text.contains(r#"tollgate_requests_total{method="OTHER",route="_none",status="404"} 1"#));
+        assert!(
+            text.contains(r#"tollgate_requests_total{method="GET",route="orders",status="200"} 1"#),
+            "{text}"
+        );
+        assert!(text
+            .contains(r#"tollgate_requests_total{method="OTHER",route="_none",status="404"} 1"#));
         assert!(text.contains("tollgate_request_duration_seconds_bucket"));
         assert!(text.contains(r#"tollgate_config_reloads_total{result="ok"} 0"#));
-        assert!(text.contains(&format!("tollgate_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));
+        assert!(text.contains(&format!(
+            "tollgate_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
     }
 
     #[test]

@@ -33,7 +33,9 @@ pub struct Gateway {
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway").field("digest", &self.state.load().digest).finish_non_exhaustive()
+        f.debug_struct("Gateway")
+            .field("digest", &self.state.load().digest)
+            .finish_non_exhaustive()
     }
 }
 
@@ -41,7 +43,12 @@ const X_REQUEST_ID: &str = "x-request-id";
 
 impl Gateway {
     /// Writes a gateway-made response, running the route's `response_filter`s on it.
-    async fn respond(&self, session: &mut Session, cx: &mut RequestCtx, reply: Reply) -> Result<bool> {
+    async fn respond(
+        &self,
+        session: &mut Session,
+        cx: &mut RequestCtx,
+        reply: Reply,
+    ) -> Result<bool> {
         cx.refusal = reply.code;
         let body = reply.body(&cx.request_id);
         let mut resp = ResponseHeader::build(reply.status, Some(4 + reply.headers.len()))?;
@@ -57,7 +64,9 @@ impl Gateway {
             route.chain.response_filter(cx, &mut resp)?;
         }
         let head_only = session.req_header().method == http::Method::HEAD;
-        session.write_response_header(Box::new(resp), head_only || body.is_empty()).await?;
+        session
+            .write_response_header(Box::new(resp), head_only || body.is_empty())
+            .await?;
         if !head_only && !body.is_empty() {
             session.write_response_body(Some(body), true).await?;
         }
@@ -116,7 +125,11 @@ impl ProxyHttp for Gateway {
             Some(id) => id.to_string(),
             None => request_id::generate(),
         };
-        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+        if let Some(peer) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
             let xff = req.headers.get_all("x-forwarded-for");
             cx.client_ip = Some(snap.client_ip(peer, xff.iter().filter_map(|v| v.to_str().ok())));
         }
@@ -126,18 +139,34 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         let normalised = match path::normalize(req.uri.path()) {
             Ok(p) => p.into_owned(),
-            Err(e) => return self.respond(session, cx, Reply::refuse_with(ErrorCode::BadRequest, e.to_string())).await,
+            Err(e) => {
+                return self
+                    .respond(
+                        session,
+                        cx,
+                        Reply::refuse_with(ErrorCode::BadRequest, e.to_string()),
+                    )
+                    .await
+            }
         };
         let host = req
             .uri
             .host()
             .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
             .map(router::host_without_port);
-        let facts = RequestFacts { method: &req.method, host, headers: &req.headers, path: &normalised };
+        let facts = RequestFacts {
+            method: &req.method,
+            host,
+            headers: &req.headers,
+            path: &normalised,
+        };
         let found = snap.router.lookup(&facts);
         cx.path = normalised;
         match found {
-            Lookup::Found { route, prefix_segments } => {
+            Lookup::Found {
+                route,
+                prefix_segments,
+            } => {
                 cx.route = snap.routes.get(route).cloned();
                 cx.prefix_segments = prefix_segments;
             }
@@ -148,10 +177,16 @@ impl ProxyHttp for Gateway {
                 }
                 return self.respond(session, cx, reply).await;
             }
-            Lookup::NotFound => return self.respond(session, cx, Reply::refuse(ErrorCode::NoRoute)).await,
+            Lookup::NotFound => {
+                return self
+                    .respond(session, cx, Reply::refuse(ErrorCode::NoRoute))
+                    .await
+            }
         }
         let Some(route) = cx.route.clone() else {
-            return self.respond(session, cx, Reply::refuse(ErrorCode::NoRoute)).await;
+            return self
+                .respond(session, cx, Reply::refuse(ErrorCode::NoRoute))
+                .await;
         };
         match route.chain.request_filter(session, cx).await? {
             Flow::Continue => Ok(false),
@@ -159,9 +194,16 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, cx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        cx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let Some(route) = cx.route.clone() else {
-            return Error::e_explain(ErrorType::InternalError, "no route chosen before upstream_peer");
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "no route chosen before upstream_peer",
+            );
         };
         let up = &route.upstream;
         let tried: Vec<String> = cx.backend.iter().cloned().collect();
@@ -201,13 +243,25 @@ impl ProxyHttp for Gateway {
         up: &mut RequestHeader,
         cx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(route) = cx.route.clone() else { return Ok(()) };
-        let strip = if route.strip_prefix { cx.prefix_segments } else { 0 };
+        let Some(route) = cx.route.clone() else {
+            return Ok(());
+        };
+        let strip = if route.strip_prefix {
+            cx.prefix_segments
+        } else {
+            0
+        };
         let query = session.req_header().uri.query().map(str::to_string);
-        let new_path = forwarding::upstream_path(&cx.path, strip, route.rewrite.as_ref(), query.as_deref());
+        let new_path =
+            forwarding::upstream_path(&cx.path, strip, route.rewrite.as_ref(), query.as_deref());
         match new_path.parse::<http::Uri>() {
             Ok(uri) => up.set_uri(uri),
-            Err(_) => return Error::e_explain(ErrorType::HTTPStatus(400), "rewritten path is not a valid URI"),
+            Err(_) => {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(400),
+                    "rewritten path is not a valid URI",
+                )
+            }
         }
         forwarding::strip_request_hop_by_hop(up)?;
 
@@ -216,16 +270,30 @@ impl ProxyHttp for Gateway {
             .headers
             .get(header::HOST)
             .cloned()
-            .or_else(|| session.req_header().uri.authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()));
+            .or_else(|| {
+                session
+                    .req_header()
+                    .uri
+                    .authority()
+                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+            });
         if !route.preserve_host {
             let u = &route.upstream;
-            let host = if u.tls && !u.sni.is_empty() { u.sni.clone() } else { cx.backend.clone().unwrap_or_default() };
+            let host = if u.tls && !u.sni.is_empty() {
+                u.sni.clone()
+            } else {
+                cx.backend.clone().unwrap_or_default()
+            };
             up.insert_header(header::HOST, host)?;
         }
         if let Some(h) = client_host {
             up.insert_header("x-forwarded-host", h)?;
         }
-        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+        if let Some(peer) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
             let mut xff: Vec<String> = up
                 .headers
                 .get_all("x-forwarded-for")
@@ -257,7 +325,12 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, cx: &mut RequestCtx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        cx: &mut RequestCtx,
+    ) -> Result<()> {
         resp.insert_header(X_REQUEST_ID, cx.request_id.as_str())?;
         if let Some(route) = cx.route.clone() {
             route.chain.response_filter(cx, resp)?;
@@ -265,7 +338,12 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, cx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        cx: &mut RequestCtx,
+    ) -> FailToProxy {
         let code = classify(e);
         let status = match code {
             Some(code) if session.response_written().is_none() => {
@@ -285,19 +363,28 @@ impl ProxyHttp for Gateway {
             }
             None => 0,
         };
-        FailToProxy { error_code: status, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, cx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = Self::route_label(cx);
         let elapsed = cx.start.elapsed();
-        self.metrics.observe_request(route, &session.req_header().method, status, elapsed.as_secs_f64());
+        self.metrics.observe_request(
+            route,
+            &session.req_header().method,
+            status,
+            elapsed.as_secs_f64(),
+        );
         if let Some(code) = cx.refusal {
             self.metrics.refusal(route, code.as_str());
         }
         if let (Some(r), Some(t)) = (&cx.route, cx.upstream_elapsed) {
-            self.metrics.observe_upstream(&r.upstream.name, t.as_secs_f64());
+            self.metrics
+                .observe_upstream(&r.upstream.name, t.as_secs_f64());
         }
         if let Some(r) = cx.route.clone() {
             r.chain.logging(cx, e);
@@ -312,4 +399,3 @@ impl ProxyHttp for Gateway {
         matches!(error.esource(), ErrorSource::Upstream)
     }
 }
-

@@ -133,12 +133,22 @@ impl Reply {
     /// A contract refusal with a specific message. The message is sent to the client:
     /// never put a secret in it.
     pub fn refuse_with(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { status: code.status(), code: Some(code), message: message.into(), headers: Vec::new() }
+        Self {
+            status: code.status(),
+            code: Some(code),
+            message: message.into(),
+            headers: Vec::new(),
+        }
     }
 
     /// A bodiless reply with any status (for example a CORS preflight's 204).
     pub fn empty(status: StatusCode) -> Self {
-        Self { status, code: None, message: String::new(), headers: Vec::new() }
+        Self {
+            status,
+            code: None,
+            message: String::new(),
+            headers: Vec::new(),
+        }
     }
 
     /// Adds a response header.

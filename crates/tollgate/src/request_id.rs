@@ -10,7 +10,8 @@ pub fn valid(v: &HeaderValue) -> Option<&str> {
     let b = v.as_bytes();
     let ok = !b.is_empty()
         && b.len() <= MAX_LEN
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'));
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'));
     if ok {
         v.to_str().ok()
     } else {
@@ -29,10 +30,16 @@ mod tests {
 
     #[test]
     fn keeps_valid_ids_only() {
-        assert_eq!(valid(&HeaderValue::from_static("abc-123_x.y:z")), Some("abc-123_x.y:z"));
+        assert_eq!(
+            valid(&HeaderValue::from_static("abc-123_x.y:z")),
+            Some("abc-123_x.y:z")
+        );
         assert_eq!(valid(&HeaderValue::from_static("")), None);
         assert_eq!(valid(&HeaderValue::from_static("has space")), None);
-        assert_eq!(valid(&HeaderValue::from_str(&"a".repeat(129)).unwrap()), None);
+        assert_eq!(
+            valid(&HeaderValue::from_str(&"a".repeat(129)).unwrap()),
+            None
+        );
     }
 
     #[test]

@@ -50,13 +50,19 @@ impl Snapshot {
     /// The client IP for a request from `peer` with these `X-Forwarded-For` values:
     /// the right-most forwarded address that is not a trusted proxy, believed only
     /// when the peer itself is trusted.
-    pub fn client_ip<'a>(&self, peer: IpAddr, xff: impl DoubleEndedIterator<Item = &'a str>) -> IpAddr {
+    pub fn client_ip<'a>(
+        &self,
+        peer: IpAddr,
+        xff: impl DoubleEndedIterator<Item = &'a str>,
+    ) -> IpAddr {
         if !self.is_trusted(peer) {
             return peer;
         }
         let mut client = peer;
         for hop in xff.rev().flat_map(|v| v.rsplit(',')) {
-            let Ok(ip) = hop.trim().parse::<IpAddr>() else { break };
+            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+                break;
+            };
             client = ip;
             if !self.is_trusted(ip) {
                 break;
@@ -119,7 +125,8 @@ pub(crate) enum Selector {
 impl Selector {
     pub(crate) fn select(&self, key: &[u8], avoid: &[String]) -> Option<Backend> {
         // try the others first; fall back to any backend when all were tried
-        let accept = |b: &Backend, healthy: bool| healthy && !avoid.iter().any(|a| *a == b.addr.to_string());
+        let accept =
+            |b: &Backend, healthy: bool| healthy && !avoid.iter().any(|a| *a == b.addr.to_string());
         let picked = match self {
             Self::RoundRobin(lb) => lb.select_with(key, 256, accept),
             Self::Random(lb) => lb.select_with(key, 256, accept),

@@ -18,7 +18,8 @@ pub fn build(config: &Config, upgrade: bool) -> Server {
     conf.pid_file = s.pid_file.clone();
     conf.upgrade_sock = s.upgrade_sock.clone();
     conf.grace_period_seconds = Some(s.grace_period.as_secs_f64().ceil() as u64);
-    conf.graceful_shutdown_timeout_seconds = Some(s.graceful_shutdown_timeout.as_secs_f64().ceil() as u64);
+    conf.graceful_shutdown_timeout_seconds =
+        Some(s.graceful_shutdown_timeout.as_secs_f64().ceil() as u64);
     let mut opt = Opt::default();
     opt.upgrade = upgrade;
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);

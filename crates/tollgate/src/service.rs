@@ -60,7 +60,11 @@ impl<A> ListenerService<A> {
 /// Binds `addr` with `SO_REUSEADDR` and a large backlog; returns the socket and its
 /// real address.
 fn bind(addr: SocketAddr) -> std::io::Result<(std::net::TcpListener, SocketAddr)> {
-    let sock = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     sock.set_reuseaddr(true)?;
     sock.bind(addr)?;
     let l = sock.listen(BACKLOG)?.into_std()?;
@@ -71,10 +75,17 @@ fn bind(addr: SocketAddr) -> std::io::Result<(std::net::TcpListener, SocketAddr)
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> Service for ListenerService<A> {
-    async fn start_service(&mut self, fds: Option<ListenFds>, shutdown: ShutdownWatch, listeners_per_fd: usize) {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+    ) {
         let mut bound = Vec::new();
         for addr in &self.addrs {
-            let inherited = fds.as_ref().is_some_and(|f| f.lock().get(&addr.to_string()).is_some());
+            let inherited = fds
+                .as_ref()
+                .is_some_and(|f| f.lock().get(&addr.to_string()).is_some());
             let actual = if inherited {
                 *addr
             } else {

@@ -47,19 +47,29 @@ pub(super) fn compile(
         return d.into_result(|| unreachable_ok());
     }
     let doc_ref: &DeTable<'_> = doc.get_ref();
-    let mut cx = Ctx { diags: Diagnostics::new(file, src), registry, config_dir };
+    let mut cx = Ctx {
+        diags: Diagnostics::new(file, src),
+        registry,
+        config_dir,
+    };
     cx.diags.set_root(doc_ref);
 
     let mut sections: HashMap<&str, &Value<'_>> = HashMap::new();
     for (k, v) in doc_ref.iter() {
         let key = k.get_ref().as_ref();
         if TOP_LEVEL.contains(&key) {
-            sections.insert(TOP_LEVEL[TOP_LEVEL.iter().position(|t| *t == key).unwrap_or(0)], v);
+            sections.insert(
+                TOP_LEVEL[TOP_LEVEL.iter().position(|t| *t == key).unwrap_or(0)],
+                v,
+            );
         } else {
             cx.diags.at(
                 k.span(),
                 key,
-                format!("unknown top-level table `{key}` (expected one of: {})", TOP_LEVEL.join(", ")),
+                format!(
+                    "unknown top-level table `{key}` (expected one of: {})",
+                    TOP_LEVEL.join(", ")
+                ),
             );
         }
     }
@@ -86,7 +96,9 @@ pub(super) fn compile(
     let mut specs = Vec::new();
     let mut routes = Vec::new();
     for (name, v, _) in named_tables(&mut cx, sections.get("routes").copied(), "routes") {
-        if let Some((spec, route)) = route(&mut cx, &name, v, &upstreams, &upstream_names, &defaults) {
+        if let Some((spec, route)) =
+            route(&mut cx, &name, v, &upstreams, &upstream_names, &defaults)
+        {
             specs.push(spec);
             routes.push(Arc::new(route));
         }
@@ -139,7 +151,10 @@ fn deser<T: DeserializeOwned>(cx: &mut Ctx<'_>, v: &Value<'_>, path: &str) -> Op
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn named_tables_names(v: Option<&Value<'_>>) -> BTreeSet<String> {
@@ -156,7 +171,11 @@ fn named_tables<'v, 'a>(
 ) -> Vec<(String, &'v Value<'a>, Range<usize>)> {
     let Some(v) = v else { return Vec::new() };
     let Some(t) = v.get_ref().as_table() else {
-        cx.diags.at(v.span(), section, format!("`{section}` must be a table of named tables"));
+        cx.diags.at(
+            v.span(),
+            section,
+            format!("`{section}` must be a table of named tables"),
+        );
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -164,11 +183,16 @@ fn named_tables<'v, 'a>(
         let name = k.get_ref().to_string();
         let path = join(section, &name);
         if !valid_name(&name) {
-            cx.diags.at(k.span(), &path, format!("invalid name {name:?}: names must match [A-Za-z0-9_-]+"));
+            cx.diags.at(
+                k.span(),
+                &path,
+                format!("invalid name {name:?}: names must match [A-Za-z0-9_-]+"),
+            );
             continue;
         }
         if val.get_ref().as_table().is_none() {
-            cx.diags.at(val.span(), &path, format!("`{path}` must be a table"));
+            cx.diags
+                .at(val.span(), &path, format!("`{path}` must be a table"));
             continue;
         }
         out.push((name, val, k.span()));
@@ -186,7 +210,11 @@ fn split_policies<'a>(v: &Value<'a>) -> (Value<'a>, Option<Value<'a>>) {
 
 fn not_yet(cx: &mut Ctx<'_>, span: Option<Range<usize>>, path: &str, issue: &str) {
     if let Some(span) = span {
-        cx.diags.at(span, path, format!("`{path}` is not supported by this build yet ({issue})"));
+        cx.diags.at(
+            span,
+            path,
+            format!("`{path}` is not supported by this build yet ({issue})"),
+        );
     }
 }
 
@@ -198,14 +226,22 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
         match a.get_ref().parse::<SocketAddr>() {
             Ok(x) => Some(x),
             Err(_) => {
-                cx.diags.at(a.span(), path, format!("invalid listen address {:?}: expected IP:PORT", a.get_ref()));
+                cx.diags.at(
+                    a.span(),
+                    path,
+                    format!("invalid listen address {:?}: expected IP:PORT", a.get_ref()),
+                );
                 ok = false;
                 None
             }
         }
     };
     if !f.listen.is_empty() {
-        s.listen = f.listen.iter().filter_map(|a| addr(cx, a, "server.listen")).collect();
+        s.listen = f
+            .listen
+            .iter()
+            .filter_map(|a| addr(cx, a, "server.listen"))
+            .collect();
     }
     if let Some(a) = &f.admin_listen {
         s.admin_listen = addr(cx, a, "server.admin_listen");
@@ -213,7 +249,8 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
     s.admin_token = f.admin_token;
     if let Some(t) = &f.threads {
         if *t.get_ref() == 0 {
-            cx.diags.at(t.span(), "server.threads", "threads must be at least 1");
+            cx.diags
+                .at(t.span(), "server.threads", "threads must be at least 1");
             ok = false;
         }
         s.threads = *t.get_ref();
@@ -235,7 +272,11 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
             "stdout" => AccessLog::Stdout,
             "off" => AccessLog::Off,
             "" => {
-                cx.diags.at(a.span(), "server.access_log", r#"expected "stdout", "off" or a file path"#);
+                cx.diags.at(
+                    a.span(),
+                    "server.access_log",
+                    r#"expected "stdout", "off" or a file path"#,
+                );
                 ok = false;
                 AccessLog::Off
             }
@@ -250,7 +291,10 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
                 cx.diags.at(
                     t.span(),
                     "server.trusted_proxies",
-                    format!("invalid CIDR {:?}: expected an address or ADDRESS/PREFIX", t.get_ref()),
+                    format!(
+                        "invalid CIDR {:?}: expected an address or ADDRESS/PREFIX",
+                        t.get_ref()
+                    ),
                 );
                 ok = false;
             }
@@ -264,7 +308,9 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
 }
 
 pub(crate) fn parse_net(s: &str) -> Option<IpNet> {
-    s.parse::<IpNet>().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
@@ -273,7 +319,11 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
     let mut ok = true;
     let bpath = format!("{path}.backends");
     if f.backends.get_ref().is_empty() {
-        cx.diags.at(f.backends.span(), &bpath, "an upstream needs at least one backend");
+        cx.diags.at(
+            f.backends.span(),
+            &bpath,
+            "an upstream needs at least one backend",
+        );
         ok = false;
     }
     let mut backends = Vec::new();
@@ -282,7 +332,11 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         let bp = format!("{bpath}[{i}]");
         let be = b.get_ref();
         if be.addr.parse::<SocketAddr>().is_err() {
-            cx.diags.at(b.span(), &bp, format!("invalid backend address {:?}: expected IP:PORT", be.addr));
+            cx.diags.at(
+                b.span(),
+                &bp,
+                format!("invalid backend address {:?}: expected IP:PORT", be.addr),
+            );
             ok = false;
             continue;
         }
@@ -294,19 +348,28 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         match Backend::new_with_weight(&be.addr, be.weight) {
             Ok(backend) => {
                 if !set.insert(backend.clone()) {
-                    cx.diags.at(b.span(), &bp, format!("duplicate backend {:?}", be.addr));
+                    cx.diags
+                        .at(b.span(), &bp, format!("duplicate backend {:?}", be.addr));
                     ok = false;
                 }
                 backends.push((be.addr.clone(), be.weight));
             }
             Err(e) => {
-                cx.diags.at(b.span(), &bp, format!("invalid backend {:?}: {e}", be.addr));
+                cx.diags
+                    .at(b.span(), &bp, format!("invalid backend {:?}: {e}", be.addr));
                 ok = false;
             }
         }
     }
-    let balance = f.balance.as_ref().map_or(Balance::RoundRobin, |b| *b.get_ref());
-    if let Some(b) = f.balance.as_ref().filter(|_| matches!(balance, Balance::ConsistentHash | Balance::LeastConn)) {
+    let balance = f
+        .balance
+        .as_ref()
+        .map_or(Balance::RoundRobin, |b| *b.get_ref());
+    if let Some(b) = f
+        .balance
+        .as_ref()
+        .filter(|_| matches!(balance, Balance::ConsistentHash | Balance::LeastConn))
+    {
         cx.diags.at(
             b.span(),
             format!("{path}.balance"),
@@ -315,10 +378,19 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         ok = false;
     }
     if let Some(h) = &f.hash_key {
-        cx.diags.at(h.span(), format!("{path}.hash_key"), "hash_key only applies to balance = \"consistent_hash\"");
+        cx.diags.at(
+            h.span(),
+            format!("{path}.hash_key"),
+            "hash_key only applies to balance = \"consistent_hash\"",
+        );
         ok = false;
     }
-    not_yet(cx, f.health_check.map(|x| x.span()), &format!("{path}.health_check"), "issue 5");
+    not_yet(
+        cx,
+        f.health_check.map(|x| x.span()),
+        &format!("{path}.health_check"),
+        "issue 5",
+    );
     if !ok {
         return None;
     }
@@ -341,7 +413,9 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         balance,
         tls: f.tls,
         sni,
-        connect_timeout: f.connect_timeout.map_or(Duration::from_secs(5), |d| d.get()),
+        connect_timeout: f
+            .connect_timeout
+            .map_or(Duration::from_secs(5), |d| d.get()),
         read_timeout: f.read_timeout.map_or(Duration::from_secs(30), |d| d.get()),
         retries: f.retries.unwrap_or(1),
     })
@@ -386,10 +460,16 @@ fn consumers(cx: &mut Ctx<'_>, v: Option<&Value<'_>>) -> BTreeMap<String, Arc<Co
                 "per-consumer policy overrides are not supported by this build yet (issue 4)",
             );
         }
-        let Some(f) = deser::<ConsumerFile>(cx, &rest, &path) else { continue };
+        let Some(f) = deser::<ConsumerFile>(cx, &rest, &path) else {
+            continue;
+        };
         for k in &f.api_keys {
             if k.get_ref().is_empty() {
-                cx.diags.at(k.span(), format!("{path}.api_keys"), "an API key cannot be empty");
+                cx.diags.at(
+                    k.span(),
+                    format!("{path}.api_keys"),
+                    "an API key cannot be empty",
+                );
             } else if let Some(other) = keys.insert(k.get_ref().clone(), name.clone()) {
                 cx.diags.at(
                     k.span(),
@@ -398,7 +478,13 @@ fn consumers(cx: &mut Ctx<'_>, v: Option<&Value<'_>>) -> BTreeMap<String, Arc<Co
                 );
             }
         }
-        out.insert(name.clone(), Arc::new(Consumer { name, groups: f.groups }));
+        out.insert(
+            name.clone(),
+            Arc::new(Consumer {
+                name,
+                groups: f.groups,
+            }),
+        );
     }
     out
 }
@@ -407,24 +493,38 @@ fn consumers(cx: &mut Ctx<'_>, v: Option<&Value<'_>>) -> BTreeMap<String, Arc<Co
 fn policies(cx: &mut Ctx<'_>, v: Option<&Value<'_>>, path: &str) -> Vec<(Arc<str>, BoxPolicy)> {
     let Some(v) = v else { return Vec::new() };
     let Some(t) = v.get_ref().as_table() else {
-        cx.diags.at(v.span(), path, format!("`{path}` must be a table of policy tables"));
+        cx.diags.at(
+            v.span(),
+            path,
+            format!("`{path}` must be a table of policy tables"),
+        );
         return Vec::new();
     };
     let mut out = Vec::new();
     for (k, val) in t.iter() {
         let name = k.get_ref().as_ref();
         let ppath = join(path, name);
-        let bcx = BuildCtx { config_dir: cx.config_dir, path: &ppath };
+        let bcx = BuildCtx {
+            config_dir: cx.config_dir,
+            path: &ppath,
+        };
         match cx.registry.build(name, val.clone(), &bcx) {
             None => {
                 let known: Vec<&str> = cx.registry.names().collect();
-                cx.diags.at(k.span(), &ppath, format!("unknown policy `{name}` (known: {})", known.join(", ")));
+                cx.diags.at(
+                    k.span(),
+                    &ppath,
+                    format!("unknown policy `{name}` (known: {})", known.join(", ")),
+                );
             }
             Some(Ok(p)) => out.push((Arc::from(name), p)),
             Some(Err(Failure::Toml(e))) => cx.diags.toml(&e, &ppath),
             Some(Err(Failure::Build(e))) => {
                 let (span, at) = match e.field.as_deref().and_then(|f| {
-                    val.get_ref().as_table().and_then(|t| t.get_key_value(f)).map(|(k, _)| (k.span(), f))
+                    val.get_ref()
+                        .as_table()
+                        .and_then(|t| t.get_key_value(f))
+                        .map(|(k, _)| (k.span(), f))
                 }) {
                     Some((span, f)) => (span, join(&ppath, f)),
                     None => (val.span(), ppath.clone()),
@@ -453,7 +553,11 @@ fn route(
     let mut spec = RouteSpec::default();
 
     if f.paths.get_ref().is_empty() {
-        cx.diags.at(f.paths.span(), format!("{path}.paths"), "a route needs at least one path");
+        cx.diags.at(
+            f.paths.span(),
+            format!("{path}.paths"),
+            "a route needs at least one path",
+        );
         ok = false;
     }
     for p in f.paths.get_ref() {
@@ -470,7 +574,11 @@ fn route(
         match Method::from_bytes(upper.as_bytes()) {
             Ok(method) if !upper.is_empty() => spec.methods.push(method),
             _ => {
-                cx.diags.at(m.span(), format!("{path}.methods"), format!("invalid method {:?}", m.get_ref()));
+                cx.diags.at(
+                    m.span(),
+                    format!("{path}.methods"),
+                    format!("invalid method {:?}", m.get_ref()),
+                );
                 ok = false;
             }
         }
@@ -480,7 +588,9 @@ fn route(
         let host = h.get_ref();
         let body = host.strip_prefix("*.").unwrap_or(host);
         let valid = !body.is_empty()
-            && body.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
             && !body.contains("..");
         if !valid {
             cx.diags.at(
@@ -500,7 +610,11 @@ fn route(
         match (name, value) {
             (Ok(n), Ok(v)) => spec.headers.push((n, v)),
             _ => {
-                cx.diags.at(k.span(), format!("{path}.headers"), format!("invalid header match {:?}", k.get_ref()));
+                cx.diags.at(
+                    k.span(),
+                    format!("{path}.headers"),
+                    format!("invalid header match {:?}", k.get_ref()),
+                );
                 ok = false;
             }
         }
@@ -513,7 +627,11 @@ fn route(
                 cx.diags.at(
                     f.upstream.span(),
                     format!("{path}.upstream"),
-                    format!("unknown upstream {:?} (known: {})", f.upstream.get_ref(), known.join(", ")),
+                    format!(
+                        "unknown upstream {:?} (known: {})",
+                        f.upstream.get_ref(),
+                        known.join(", ")
+                    ),
                 );
             }
             // an upstream with its own errors was already reported
@@ -524,7 +642,11 @@ fn route(
         Some(r) => match regex::Regex::new(r.regex.get_ref()) {
             Ok(re) => Some((re, r.to.clone())),
             Err(e) => {
-                cx.diags.at(r.regex.span(), format!("{path}.rewrite.regex"), format!("invalid regex: {e}"));
+                cx.diags.at(
+                    r.regex.span(),
+                    format!("{path}.rewrite.regex"),
+                    format!("invalid regex: {e}"),
+                );
                 ok = false;
                 None
             }
@@ -535,8 +657,11 @@ fn route(
     if !ok {
         return None;
     }
-    let mut chain: Vec<(Arc<str>, BoxPolicy)> =
-        defaults.iter().filter(|(n, _)| !own.iter().any(|(o, _)| o == n)).cloned().collect();
+    let mut chain: Vec<(Arc<str>, BoxPolicy)> = defaults
+        .iter()
+        .filter(|(n, _)| !own.iter().any(|(o, _)| o == n))
+        .cloned()
+        .collect();
     chain.extend(own);
     let route = Route {
         name: name.to_string(),

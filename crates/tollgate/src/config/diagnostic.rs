@@ -72,7 +72,12 @@ pub(crate) struct Diagnostics<'a> {
 
 impl<'a> Diagnostics<'a> {
     pub(crate) fn new(file: &'a str, src: &'a str) -> Self {
-        Self { file, src, root: None, errors: Vec::new() }
+        Self {
+            file,
+            src,
+            root: None,
+            errors: Vec::new(),
+        }
     }
 
     pub(crate) fn set_root(&mut self, root: &'a DeTable<'a>) {
@@ -80,7 +85,12 @@ impl<'a> Diagnostics<'a> {
     }
 
     /// An error at `span`, with an explicit key path.
-    pub(crate) fn at(&mut self, span: Range<usize>, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn at(
+        &mut self,
+        span: Range<usize>,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         let (line, column) = line_col(self.src, span.start);
         self.errors.push((
             span.start,
@@ -129,7 +139,9 @@ impl<'a> Diagnostics<'a> {
         }
         self.errors.sort_by_key(|(pos, _)| *pos);
         self.errors.dedup_by(|a, b| a.1 == b.1);
-        Err(ConfigErrors(self.errors.into_iter().map(|(_, e)| e).collect()))
+        Err(ConfigErrors(
+            self.errors.into_iter().map(|(_, e)| e).collect(),
+        ))
     }
 }
 
@@ -148,7 +160,11 @@ pub(crate) fn push_key(path: &mut String, key: &str) {
     if !path.is_empty() {
         path.push('.');
     }
-    if !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+    if !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
         path.push_str(key);
     } else {
         path.push_str(&format!("{key:?}"));
@@ -191,7 +207,12 @@ fn search_table(table: &DeTable<'_>, pos: usize, prefix: &str, best: &mut Option
     false
 }
 
-fn search_value(v: &Spanned<DeValue<'_>>, pos: usize, path: String, best: &mut Option<String>) -> bool {
+fn search_value(
+    v: &Spanned<DeValue<'_>>,
+    pos: usize,
+    path: String,
+    best: &mut Option<String>,
+) -> bool {
     match v.get_ref() {
         DeValue::Table(t) => {
             if contains(&v.span(), pos) {
@@ -241,7 +262,10 @@ mod tests {
         let doc = DeTable::parse(src).unwrap();
         assert_eq!(path_at(doc.get_ref(), 0).as_deref(), Some("routes.orders"));
         let pos = src.find("k =").unwrap();
-        assert_eq!(path_at(doc.get_ref(), pos).as_deref(), Some("routes.orders.policies.a.k"));
+        assert_eq!(
+            path_at(doc.get_ref(), pos).as_deref(),
+            Some("routes.orders.policies.a.k")
+        );
     }
 
     #[test]
@@ -249,9 +273,15 @@ mod tests {
         let src = "[routes.orders]\nupstream = \"x\"\nmethods = [\"GET\", \"PUT\"]\n";
         let doc = DeTable::parse(src).unwrap();
         let pos = src.find("\"x\"").unwrap();
-        assert_eq!(path_at(doc.get_ref(), pos).as_deref(), Some("routes.orders.upstream"));
+        assert_eq!(
+            path_at(doc.get_ref(), pos).as_deref(),
+            Some("routes.orders.upstream")
+        );
         let pos = src.find("\"PUT\"").unwrap();
-        assert_eq!(path_at(doc.get_ref(), pos).as_deref(), Some("routes.orders.methods[1]"));
+        assert_eq!(
+            path_at(doc.get_ref(), pos).as_deref(),
+            Some("routes.orders.methods[1]")
+        );
     }
 
     #[test]

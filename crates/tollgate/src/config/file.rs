@@ -92,14 +92,22 @@ impl<'de> Deserialize<'de> for BackendFile {
         impl<'de> Visitor<'de> for V {
             type Value = BackendFile;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(r#"an address "host:port" or a table { addr = "host:port", weight = N }"#)
+                f.write_str(
+                    r#"an address "host:port" or a table { addr = "host:port", weight = N }"#,
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<BackendFile, E> {
-                Ok(BackendFile { addr: v.to_string(), weight: 1 })
+                Ok(BackendFile {
+                    addr: v.to_string(),
+                    weight: 1,
+                })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<BackendFile, A::Error> {
                 let t = BackendTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(BackendFile { addr: t.addr, weight: t.weight })
+                Ok(BackendFile {
+                    addr: t.addr,
+                    weight: t.weight,
+                })
             }
         }
         d.deserialize_any(V)
@@ -152,4 +160,3 @@ pub(crate) struct RewriteFile {
     pub regex: Spanned<String>,
     pub to: String,
 }
-

@@ -102,7 +102,9 @@ pub enum LoadError {
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Unreadable { path, source } => write!(f, "{}: cannot read: {source}", path.display()),
+            Self::Unreadable { path, source } => {
+                write!(f, "{}: cannot read: {source}", path.display())
+            }
             Self::Invalid(e) => write!(f, "{e}"),
         }
     }
@@ -132,8 +134,10 @@ impl Config {
     /// [`LoadError::Unreadable`] or [`LoadError::Invalid`] with every error found.
     pub fn load_with(path: impl AsRef<Path>, registry: &Registry) -> Result<Self, LoadError> {
         let path = path.as_ref();
-        let src = std::fs::read_to_string(path)
-            .map_err(|source| LoadError::Unreadable { path: path.to_path_buf(), source })?;
+        let src = std::fs::read_to_string(path).map_err(|source| LoadError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut config = Self::parse(&src, &path.display().to_string(), dir, registry)
             .map_err(LoadError::Invalid)?;
@@ -146,9 +150,18 @@ impl Config {
     ///
     /// # Errors
     /// Every error found, in file order.
-    pub fn parse(src: &str, file: &str, config_dir: &Path, registry: &Registry) -> Result<Self, ConfigErrors> {
+    pub fn parse(
+        src: &str,
+        file: &str,
+        config_dir: &Path,
+        registry: &Registry,
+    ) -> Result<Self, ConfigErrors> {
         let (server, snapshot) = compile::compile(src, file, config_dir, registry)?;
-        Ok(Self { server, path: None, snapshot: Arc::new(snapshot) })
+        Ok(Self {
+            server,
+            path: None,
+            snapshot: Arc::new(snapshot),
+        })
     }
 
     /// The compiled routes, upstreams and consumers.
@@ -166,5 +179,228 @@ impl Config {
             plural(s.upstreams.len(), "upstream"),
             plural(s.consumers.len(), "consumer")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(src, "gw.toml", Path::new("."), &Registry::with_builtins())
+    }
+
+    fn errors(src: &str) -> Vec<String> {
+        parse(src)
+            .unwrap_err()
+            .errors()
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    const OK: &str = r#"
+[server]
+listen = ["127.0.0.1:8080"]
+trusted_proxies = ["10.0.0.0/8", "192.168.1.1"]
+
+[upstreams.orders]
+backends = ["127.0.0.1:9001", { addr = "127.0.0.1:9002", weight = 3 }]
+connect_timeout = "250ms"
+
+[upstreams.users]
+backends = ["127.0.0.1:9003"]
+
+[consumers.alice]
+api_keys = ["k-alice-1"]
+groups = ["partners"]
+
+[routes.orders]
+paths = ["/api/orders", "=/orders"]
+methods = ["get", "POST"]
+hosts = ["api.example.com", "*.example.com"]
+headers = { "x-api-version" = "2" }
+upstream = "orders"
+strip_prefix = true
+rewrite = { regex = "^/(.*)", to = "/v1/$1" }
+
+[routes.orders.policies.request_headers]
+set = { "x-env" = "prod" }
+
+[policies.response_headers]
+remove = ["server"]
+"#;
+
+    #[test]
+    fn valid_config_compiles() {
+        let c = parse(OK).unwrap();
+        assert_eq!(c.summary(), "1 route, 2 upstreams, 1 consumer");
+        let route = &c.snapshot.routes[0];
+        assert_eq!(
+            route.chain.names().collect::<Vec<_>>(),
+            ["request_headers", "response_headers"]
+        );
+        assert_eq!(route.upstream.connect_timeout, Duration::from_millis(250));
+        assert_eq!(
+            route.upstream.backends[1],
+            ("127.0.0.1:9002".to_string(), 3)
+        );
+    }
+
+    #[test]
+    fn reports_every_error_with_line_column_and_path() {
+        let src = r#"[upstreams.orders]
+backends = ["127.0.0.1:9001"]
+
+[upstreams.users]
+backends = ["nope"]
+
+[routes.a]
+paths = ["/a"]
+upstream = "order"
+
+[routes.b]
+paths = ["/b"]
+upstream = "orders"
+colour = "red"
+"#;
+        let e = errors(src);
+        assert_eq!(e.len(), 3, "{e:#?}");
+        assert_eq!(
+            e[0],
+            r#"gw.toml:5:13: upstreams.users.backends[0]: invalid backend address "nope": expected IP:PORT"#
+        );
+        assert_eq!(
+            e[1],
+            r#"gw.toml:9:12: routes.a.upstream: unknown upstream "order" (known: orders, users)"#
+        );
+        assert!(
+            e[2].starts_with("gw.toml:14:1: routes.b.colour: unknown field `colour`"),
+            "{}",
+            e[2]
+        );
+    }
+
+    #[test]
+    fn policy_errors_point_inside_the_policy_table() {
+        let src = "[upstreams.u]\nbackends = [\"127.0.0.1:1\"]\n[routes.r]\npaths = [\"/\"]\nupstream = \"u\"\n\
+                   [routes.r.policies.request_headers]\nsett = {}\n[routes.r.policies.nope]\n";
+        let e = errors(src);
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(
+            e[0].starts_with(
+                "gw.toml:7:1: routes.r.policies.request_headers.sett: unknown field `sett`"
+            ),
+            "{}",
+            e[0]
+        );
+        assert!(
+            e[1].starts_with("gw.toml:8:20: routes.r.policies.nope: unknown policy `nope` (known:"),
+            "{}",
+            e[1]
+        );
+    }
+
+    #[test]
+    fn build_errors_point_at_the_field() {
+        let src = "[upstreams.u]\nbackends = [\"127.0.0.1:1\"]\n[routes.r]\npaths = [\"/\"]\nupstream = \"u\"\n\
+                   [routes.r.policies.request_headers]\nset = { \"bad name\" = \"x\" }\n";
+        let e = errors(src);
+        assert_eq!(
+            e,
+            [
+                r#"gw.toml:7:1: routes.r.policies.request_headers.set: invalid header name "bad name""#
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_located() {
+        let e = errors("[server\nlisten = 1");
+        assert!(e[0].starts_with("gw.toml:1:"), "{e:?}");
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let e = errors(
+            "[server]\nlisten = [\"localhost\"]\nthreads = 0\ntrusted_proxies = [\"10.0.0.0/33\"]\n\
+             [upstreams.u]\nbackends = []\nconnect_timeout = 5\n[upstreams.\"bad name\"]\nbackends = [\"127.0.0.1:1\"]\n\
+             [routes.r]\npaths = [\"api\"]\nmethods = [\"G T\"]\nhosts = [\"a.com:80\"]\nupstream = \"u\"\nrewrite = { regex = \"(\", to = \"\" }\n\
+             [nonsense]\n",
+        );
+        let joined = e.join("\n");
+        for needle in [
+            "server.listen: invalid listen address \"localhost\"",
+            "server.threads: threads must be at least 1",
+            "server.trusted_proxies: invalid CIDR",
+            "upstreams.u.connect_timeout: durations need a unit",
+            "invalid name \"bad name\"",
+            "nonsense: unknown top-level table",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
+    }
+
+    #[test]
+    fn route_value_errors_are_all_reported() {
+        let e = errors(
+            "[upstreams.u]\nbackends = [\"127.0.0.1:1\"]\n[routes.r]\npaths = [\"api\"]\nmethods = [\"G T\"]\n\
+             hosts = [\"a.com:80\"]\nupstream = \"u\"\nrewrite = { regex = \"(\", to = \"\" }\n",
+        );
+        let joined = e.join("\n");
+        for needle in [
+            "routes.r.paths",
+            "routes.r.methods",
+            "routes.r.hosts",
+            "routes.r.rewrite.regex: invalid regex",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
+    }
+
+    #[test]
+    fn unsupported_features_are_errors_not_silently_ignored() {
+        let e = errors("[server.tls]\nlisten = \"127.0.0.1:8443\"\n");
+        assert!(
+            e[0].contains("server.tls` is not supported by this build yet"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn duplicate_api_keys_are_refused() {
+        let e = errors("[consumers.a]\napi_keys = [\"k\"]\n[consumers.b]\napi_keys = [\"k\"]\n");
+        assert!(e[0].contains("already given to consumer \"a\""), "{e:?}");
+        assert!(
+            !e[0].contains("\"k\""),
+            "the key itself must not be echoed: {e:?}"
+        );
+    }
+
+    #[test]
+    fn routes_keep_declaration_order() {
+        let c = parse(
+            "[upstreams.u]\nbackends = [\"127.0.0.1:1\"]\n[routes.zeta]\npaths = [\"/\"]\nupstream = \"u\"\n\
+             [routes.alpha]\npaths = [\"/\"]\nupstream = \"u\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.snapshot.route_names().collect::<Vec<_>>(),
+            ["zeta", "alpha"]
+        );
+    }
+
+    #[test]
+    fn every_example_config_compiles() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                Config::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 1);
     }
 }

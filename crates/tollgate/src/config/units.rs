@@ -111,8 +111,14 @@ mod tests {
 
     #[test]
     fn parses_durations_with_units() {
-        assert_eq!(parse(r#"d = "250ms""#).unwrap().d.unwrap().get(), Duration::from_millis(250));
-        assert_eq!(parse(r#"d = "1m""#).unwrap().d.unwrap().get(), Duration::from_secs(60));
+        assert_eq!(
+            parse(r#"d = "250ms""#).unwrap().d.unwrap().get(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            parse(r#"d = "1m""#).unwrap().d.unwrap().get(),
+            Duration::from_secs(60)
+        );
     }
 
     #[test]
@@ -125,7 +131,10 @@ mod tests {
     #[test]
     fn parses_sizes() {
         assert_eq!(parse(r#"s = "1MiB""#).unwrap().s.unwrap().bytes(), 1 << 20);
-        assert_eq!(parse(r#"s = "32KiB""#).unwrap().s.unwrap().bytes(), 32 << 10);
+        assert_eq!(
+            parse(r#"s = "32KiB""#).unwrap().s.unwrap().bytes(),
+            32 << 10
+        );
         assert_eq!(parse("s = 1048576").unwrap().s.unwrap().bytes(), 1 << 20);
         assert!(parse("s = -1").is_err());
         assert!(parse(r#"s = "lots""#).is_err());

@@ -71,7 +71,11 @@ impl HeadersConfig {
                 .collect::<Result<Vec<_>, BuildError>>()
         };
         Ok(HeaderEdit {
-            remove: self.remove.iter().map(|n| name("remove", n)).collect::<Result<_, _>>()?,
+            remove: self
+                .remove
+                .iter()
+                .map(|n| name("remove", n))
+                .collect::<Result<_, _>>()?,
             set: pairs("set", self.set)?,
             add: pairs("add", self.add)?,
         })
@@ -177,15 +181,25 @@ mod tests {
         req.insert_header("x-via", "client").unwrap();
         edit.apply_request(&mut req).unwrap();
         assert!(req.headers.get("x-debug").is_none());
-        assert_eq!(req.headers.get_all("x-env").iter().collect::<Vec<_>>(), ["prod"]);
-        assert_eq!(req.headers.get_all("x-via").iter().collect::<Vec<_>>(), ["client", "tollgate"]);
+        assert_eq!(
+            req.headers.get_all("x-env").iter().collect::<Vec<_>>(),
+            ["prod"]
+        );
+        assert_eq!(
+            req.headers.get_all("x-via").iter().collect::<Vec<_>>(),
+            ["client", "tollgate"]
+        );
     }
 
     #[test]
     fn invalid_names_and_values_are_build_errors() {
-        let e = config("set = { \"bad name\" = \"x\" }").compile().unwrap_err();
+        let e = config("set = { \"bad name\" = \"x\" }")
+            .compile()
+            .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("set"));
-        let e = config("add = { ok = \"bad\\nvalue\" }").compile().unwrap_err();
+        let e = config("add = { ok = \"bad\\nvalue\" }")
+            .compile()
+            .unwrap_err();
         assert!(e.message.contains("invalid value"), "{e}");
     }
 

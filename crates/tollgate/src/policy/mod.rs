@@ -168,12 +168,18 @@ pub struct BuildError {
 impl BuildError {
     /// An error about the policy table as a whole.
     pub fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into(), field: None }
+        Self {
+            message: message.into(),
+            field: None,
+        }
     }
 
     /// An error about one key of the policy table.
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { message: message.into(), field: Some(field.into()) }
+        Self {
+            message: message.into(),
+            field: Some(field.into()),
+        }
     }
 }
 
@@ -195,8 +201,11 @@ pub(crate) enum Failure {
     Build(BuildError),
 }
 
-type Builder =
-    Arc<dyn Fn(Spanned<DeValue<'_>>, &BuildCtx<'_>) -> std::result::Result<BoxPolicy, Failure> + Send + Sync>;
+type Builder = Arc<
+    dyn Fn(Spanned<DeValue<'_>>, &BuildCtx<'_>) -> std::result::Result<BoxPolicy, Failure>
+        + Send
+        + Sync,
+>;
 
 /// Maps the TOML name of a policy (`key_auth`, `my_policy`) to its config type.
 #[derive(Clone)]
@@ -206,7 +215,9 @@ pub struct Registry {
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Registry").field("policies", &self.builders.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("Registry")
+            .field("policies", &self.builders.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -219,7 +230,9 @@ impl Default for Registry {
 impl Registry {
     /// A registry with no policies at all.
     pub fn empty() -> Self {
-        Self { builders: BTreeMap::new() }
+        Self {
+            builders: BTreeMap::new(),
+        }
     }
 
     /// A registry with every built-in policy.
@@ -266,7 +279,9 @@ pub struct Chain {
 
 impl fmt::Debug for Chain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.policies.iter().map(|(n, _)| n)).finish()
+        f.debug_list()
+            .entries(self.policies.iter().map(|(n, _)| n))
+            .finish()
     }
 }
 
@@ -323,13 +338,21 @@ impl Chain {
     }
 
     /// Runs every policy's `upstream_request_filter`.
-    pub fn upstream_request_filter(&self, cx: &mut RequestCtx, req: &mut RequestHeader) -> Result<()> {
-        self.policies.iter().try_for_each(|(_, p)| p.upstream_request_filter(cx, req))
+    pub fn upstream_request_filter(
+        &self,
+        cx: &mut RequestCtx,
+        req: &mut RequestHeader,
+    ) -> Result<()> {
+        self.policies
+            .iter()
+            .try_for_each(|(_, p)| p.upstream_request_filter(cx, req))
     }
 
     /// Runs every policy's `response_filter`.
     pub fn response_filter(&self, cx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()> {
-        self.policies.iter().try_for_each(|(_, p)| p.response_filter(cx, resp))
+        self.policies
+            .iter()
+            .try_for_each(|(_, p)| p.response_filter(cx, resp))
     }
 
     /// Runs every policy's `logging`.

@@ -95,14 +95,19 @@ impl PathPattern {
             None => (false, entry),
         };
         if !p.starts_with('/') {
-            return Err(format!("path {entry:?} must start with '/' (or '=/' for an exact match)"));
+            return Err(format!(
+                "path {entry:?} must start with '/' (or '=/' for an exact match)"
+            ));
         }
         if p.contains('?') || p.contains('#') {
             return Err(format!("path {entry:?} must not contain '?' or '#'"));
         }
         let norm = path::normalize(p).map_err(|e| format!("path {entry:?} is not valid: {e}"))?;
         if norm != p {
-            return Err(format!("path {entry:?} is not in normal form; write {:?}", norm));
+            return Err(format!(
+                "path {entry:?} is not in normal form; write {:?}",
+                norm
+            ));
         }
         let mut segments = Vec::new();
         for s in norm.split('/').filter(|s| !s.is_empty()) {
@@ -236,8 +241,14 @@ impl Router {
         let mut method_mismatch = false;
         walk(&self.root, &segs, 0, &mut |e: &Entry| {
             let spec = &self.specs[e.route];
-            let Some(host_score) = spec.hosts.score(req.host) else { return };
-            if !spec.headers.iter().all(|(n, v)| req.headers.get(n) == Some(v)) {
+            let Some(host_score) = spec.hosts.score(req.host) else {
+                return;
+            };
+            if !spec
+                .headers
+                .iter()
+                .all(|(n, v)| req.headers.get(n) == Some(v))
+            {
                 return;
             }
             if !spec.methods.is_empty() && !spec.methods.contains(req.method) {
@@ -258,7 +269,10 @@ impl Router {
             }
         });
         if let Some((_, route, prefix_segments)) = best {
-            return Lookup::Found { route, prefix_segments };
+            return Lookup::Found {
+                route,
+                prefix_segments,
+            };
         }
         if !method_mismatch {
             return Lookup::NotFound;
@@ -267,7 +281,10 @@ impl Router {
         walk(&self.root, &segs, 0, &mut |e: &Entry| {
             let spec = &self.specs[e.route];
             if spec.hosts.score(req.host).is_some()
-                && spec.headers.iter().all(|(n, v)| req.headers.get(n) == Some(v))
+                && spec
+                    .headers
+                    .iter()
+                    .all(|(n, v)| req.headers.get(n) == Some(v))
             {
                 for m in &spec.methods {
                     if !allow.contains(&m) {
@@ -307,7 +324,10 @@ mod tests {
 
     fn spec(paths: &[&str]) -> RouteSpec {
         RouteSpec {
-            paths: paths.iter().map(|p| PathPattern::parse(p).unwrap()).collect(),
+            paths: paths
+                .iter()
+                .map(|p| PathPattern::parse(p).unwrap())
+                .collect(),
             ..Default::default()
         }
     }
@@ -318,11 +338,19 @@ mod tests {
 
     fn look(r: &Router, m: &Method, host: Option<&str>, path: &str) -> Lookup {
         let headers = HeaderMap::new();
-        r.lookup(&RequestFacts { method: m, host, headers: &headers, path })
+        r.lookup(&RequestFacts {
+            method: m,
+            host,
+            headers: &headers,
+            path,
+        })
     }
 
     fn found(route: usize, prefix_segments: usize) -> Lookup {
-        Lookup::Found { route, prefix_segments }
+        Lookup::Found {
+            route,
+            prefix_segments,
+        }
     }
 
     #[test]
@@ -365,9 +393,18 @@ mod tests {
         b.hosts = HostMatch::new(["*.example.com"]);
         let c = spec(&["/"]);
         let r = Router::new(vec![c, b, a]);
-        assert_eq!(look(&r, &Method::GET, Some("API.Example.com"), "/"), found(2, 0));
-        assert_eq!(look(&r, &Method::GET, Some("a.b.example.com"), "/"), found(1, 0));
-        assert_eq!(look(&r, &Method::GET, Some("example.com"), "/"), found(0, 0));
+        assert_eq!(
+            look(&r, &Method::GET, Some("API.Example.com"), "/"),
+            found(2, 0)
+        );
+        assert_eq!(
+            look(&r, &Method::GET, Some("a.b.example.com"), "/"),
+            found(1, 0)
+        );
+        assert_eq!(
+            look(&r, &Method::GET, Some("example.com"), "/"),
+            found(0, 0)
+        );
         assert_eq!(look(&r, &Method::GET, None, "/"), found(0, 0));
     }
 
@@ -397,13 +434,21 @@ mod tests {
     #[test]
     fn more_constraints_win_then_declaration_order() {
         let mut a = spec(&["/x"]);
-        a.headers = vec![(HeaderName::from_static("x-v"), HeaderValue::from_static("2"))];
+        a.headers = vec![(
+            HeaderName::from_static("x-v"),
+            HeaderValue::from_static("2"),
+        )];
         let b = spec(&["/x"]);
         let c = spec(&["/x"]);
         let r = Router::new(vec![b, c, a]);
         let mut h = HeaderMap::new();
         h.insert("x-v", HeaderValue::from_static("2"));
-        let facts = RequestFacts { method: &Method::GET, host: None, headers: &h, path: "/x" };
+        let facts = RequestFacts {
+            method: &Method::GET,
+            host: None,
+            headers: &h,
+            path: "/x",
+        };
         assert_eq!(r.lookup(&facts), found(2, 1));
         assert_eq!(get(&r, "/x"), found(0, 1));
     }

@@ -185,9 +185,15 @@ mod tests {
 
     #[test]
     fn plain_paths_are_borrowed() {
-        assert!(matches!(normalize("/api/orders/7").unwrap(), Cow::Borrowed(_)));
+        assert!(matches!(
+            normalize("/api/orders/7").unwrap(),
+            Cow::Borrowed(_)
+        ));
         assert!(matches!(normalize("/").unwrap(), Cow::Borrowed(_)));
-        assert!(matches!(normalize("/a/.hidden/b..c").unwrap(), Cow::Borrowed(_)));
+        assert!(matches!(
+            normalize("/a/.hidden/b..c").unwrap(),
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]
@@ -229,7 +235,13 @@ mod tests {
 
     #[test]
     fn normal_form_is_a_fixed_point() {
-        for p in ["/public/../admin", "/a/%2e/b//c/", "/%7euser/x%20y", "/a/b/..", "/"] {
+        for p in [
+            "/public/../admin",
+            "/a/%2e/b//c/",
+            "/%7euser/x%20y",
+            "/a/b/..",
+            "/",
+        ] {
             let once = n(p).unwrap();
             assert_eq!(n(&once).unwrap(), once, "{p}");
         }
