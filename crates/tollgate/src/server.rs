@@ -13,15 +13,19 @@ use crate::gateway::GatewayHandle;
 /// instance through `upgrade_sock`.
 pub fn build(config: &Config, upgrade: bool) -> Server {
     let s = &config.server;
-    let mut conf = ServerConf::default();
-    conf.threads = s.threads;
-    conf.pid_file = s.pid_file.clone();
-    conf.upgrade_sock = s.upgrade_sock.clone();
-    conf.grace_period_seconds = Some(s.grace_period.as_secs_f64().ceil() as u64);
-    conf.graceful_shutdown_timeout_seconds =
-        Some(s.graceful_shutdown_timeout.as_secs_f64().ceil() as u64);
-    let mut opt = Opt::default();
-    opt.upgrade = upgrade;
+    let secs = |d: std::time::Duration| Some(d.as_secs_f64().ceil() as u64);
+    let conf = ServerConf {
+        threads: s.threads,
+        pid_file: s.pid_file.clone(),
+        upgrade_sock: s.upgrade_sock.clone(),
+        grace_period_seconds: secs(s.grace_period),
+        graceful_shutdown_timeout_seconds: secs(s.graceful_shutdown_timeout),
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
     server

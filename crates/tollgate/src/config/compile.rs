@@ -44,7 +44,7 @@ pub(super) fn compile(
     if !syntax.is_empty() {
         let mut d = Diagnostics::new(file, src);
         syntax.iter().for_each(|e| d.toml(e, ""));
-        return d.into_result(|| unreachable_ok());
+        return Err(d.into_errors());
     }
     let doc_ref: &DeTable<'_> = doc.get_ref();
     let mut cx = Ctx {
@@ -107,10 +107,7 @@ pub(super) fn compile(
     let mut h = std::collections::hash_map::DefaultHasher::new();
     src.hash(&mut h);
     let digest = format!("{:016x}", h.finish());
-    let diags = cx.diags;
-    if !diags.is_empty() {
-        return diags.into_result(|| unreachable_ok());
-    }
+    cx.diags.finish()?;
     let server = server.unwrap_or_default();
     let snapshot = Snapshot {
         router: Router::new(specs),
@@ -122,22 +119,6 @@ pub(super) fn compile(
         loaded_at: SystemTime::now(),
     };
     Ok((server, snapshot))
-}
-
-/// Only called when there are errors; the value is never produced.
-fn unreachable_ok() -> (ServerSettings, Snapshot) {
-    (
-        ServerSettings::default(),
-        Snapshot {
-            router: Router::default(),
-            routes: Vec::new(),
-            upstreams: BTreeMap::new(),
-            consumers: BTreeMap::new(),
-            trusted_proxies: Vec::new(),
-            digest: String::new(),
-            loaded_at: SystemTime::UNIX_EPOCH,
-        },
-    )
 }
 
 fn deser<T: DeserializeOwned>(cx: &mut Ctx<'_>, v: &Value<'_>, path: &str) -> Option<T> {

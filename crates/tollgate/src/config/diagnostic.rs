@@ -129,19 +129,20 @@ impl<'a> Diagnostics<'a> {
         }
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.errors.is_empty()
+    /// Ok when nothing was reported.
+    pub(crate) fn finish(self) -> Result<(), ConfigErrors> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(self.into_errors())
+        }
     }
 
-    pub(crate) fn into_result<T>(mut self, ok: impl FnOnce() -> T) -> Result<T, ConfigErrors> {
-        if self.errors.is_empty() {
-            return Ok(ok());
-        }
+    /// The reported errors in file order.
+    pub(crate) fn into_errors(mut self) -> ConfigErrors {
         self.errors.sort_by_key(|(pos, _)| *pos);
         self.errors.dedup_by(|a, b| a.1 == b.1);
-        Err(ConfigErrors(
-            self.errors.into_iter().map(|(_, e)| e).collect(),
-        ))
+        ConfigErrors(self.errors.into_iter().map(|(_, e)| e).collect())
     }
 }
 

@@ -105,8 +105,7 @@ impl PathPattern {
         let norm = path::normalize(p).map_err(|e| format!("path {entry:?} is not valid: {e}"))?;
         if norm != p {
             return Err(format!(
-                "path {entry:?} is not in normal form; write {:?}",
-                norm
+                "path {entry:?} is not in normal form; write {norm:?}"
             ));
         }
         let mut segments = Vec::new();

@@ -1,0 +1,28 @@
+# Recipes mirror CI; `just ci` is exactly what CI runs.
+
+default: ci
+
+# Everything CI runs: fmt, clippy, docs, example checks, all tests.
+ci:
+    ./scripts/test.sh
+
+# Demo upstream + gateway on examples/quickstart.toml.
+quickstart:
+    ./scripts/quickstart.sh
+
+fmt:
+    cargo fmt --all
+
+clippy:
+    cargo clippy --workspace --all-targets -- -D warnings
+
+test:
+    cargo test --workspace
+
+# Criterion micro-benchmarks (route matching, …).
+bench:
+    cargo bench -p tollgate
+
+check-examples:
+    cargo build -p tollgate-bin
+    for f in examples/*.toml; do ./target/debug/tollgate check --config "$f"; done

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Starts a demo upstream on 127.0.0.1:9001 and the gateway on examples/quickstart.toml
+# (proxy on 127.0.0.1:8080, admin on 127.0.0.1:9901). Ctrl-C stops both.
+#
+#   curl -i localhost:8080/hello/world
+#   curl -i localhost:8080/api/orders/7
+#   curl -s localhost:9901/metrics | grep tollgate_requests_total
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+cargo build --locked --release -p tollgate-bin -p tollgate-tests --example demo_upstream
+./target/release/examples/demo_upstream 127.0.0.1:9001 demo &
+demo=$!
+trap 'kill $demo 2>/dev/null || true' EXIT
+echo "gateway on http://127.0.0.1:8080 (try: curl -i localhost:8080/hello/world)" >&2
+./target/release/tollgate run --config examples/quickstart.toml
