@@ -3,6 +3,9 @@
 //!
 //! Run with `cargo bench -p tollgate --bench routing`.
 
+// criterion_group! generates an undocumented public function
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
