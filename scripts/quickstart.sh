@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-cargo build --locked --release -p tollgate-bin -p tollgate-tests --example demo_upstream
+cargo build --locked --release -p tollgate-bin
+cargo build --locked --release -p tollgate-tests --example demo_upstream
 ./target/release/examples/demo_upstream 127.0.0.1:9001 demo &
 demo=$!
 trap 'kill $demo 2>/dev/null || true' EXIT
