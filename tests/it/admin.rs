@@ -84,12 +84,13 @@ async fn sighup_reloads_a_valid_file_and_keeps_serving_on_an_invalid_one() {
     let full = std::fs::read_to_string(&gw.config).unwrap();
     assert_eq!(get_json(&gw.url("/two")).await.0, 404);
 
-    std::fs::write(
-        &gw.config,
-        format!("{full}[routes.two]\npaths = [\"/two\"]\nupstream = \"a\"\n"),
-    )
-    .unwrap();
-    gw.signal("HUP");
+    let reload_with = |route: &str, upstream: &str| {
+        let extra =
+            format!("[routes.{route}]\npaths = [\"/{route}\"]\nupstream = \"{upstream}\"\n");
+        std::fs::write(&gw.config, format!("{full}{extra}")).unwrap();
+        gw.signal("HUP");
+    };
+    reload_with("two", "a");
     let url = gw.url("/two");
     assert!(
         eventually(Duration::from_secs(10), async || get_json(&url).await.0
@@ -98,12 +99,7 @@ async fn sighup_reloads_a_valid_file_and_keeps_serving_on_an_invalid_one() {
         "reload did not add /two"
     );
 
-    std::fs::write(
-        &gw.config,
-        format!("{full}[routes.three]\npaths = [\"/three\"]\nupstream = \"missing\"\n"),
-    )
-    .unwrap();
-    gw.signal("HUP");
+    reload_with("three", "missing");
     let murl = gw.admin_url("/metrics");
     let counted = eventually(Duration::from_secs(10), async || {
         let t = client()

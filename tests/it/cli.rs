@@ -4,15 +4,20 @@ use std::process::Command;
 
 use crate::support::*;
 
-fn check(toml: &str) -> (i32, String, String) {
+/// Runs `tollgate SUBCOMMAND --config FILE` on `toml` written to a temp file.
+fn tollgate(subcommand: &str, toml: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("gateway.toml");
     std::fs::write(&p, toml).unwrap();
-    let out = Command::new(bin())
-        .args(["check", "--config"])
+    Command::new(bin())
+        .args([subcommand, "--config"])
         .arg(&p)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn check(toml: &str) -> (i32, String, String) {
+    let out = tollgate("check", toml);
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -70,14 +75,10 @@ fn check_on_a_missing_file_exits_2() {
 
 #[test]
 fn run_with_an_invalid_config_never_starts() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("gateway.toml");
-    std::fs::write(&p, "[routes.r]\npaths = [\"/\"]\nupstream = \"missing\"\n").unwrap();
-    let out = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
+    let out = tollgate(
+        "run",
+        "[routes.r]\npaths = [\"/\"]\nupstream = \"missing\"\n",
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -112,21 +113,13 @@ fn bundled_examples_pass_check() {
 fn run_reports_a_busy_port_and_exits_1() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("gateway.toml");
     let n = std::process::id();
-    std::fs::write(
-        &p,
-        format!(
+    let out = tollgate(
+        "run",
+        &format!(
             "[server]\nlisten = [\"{addr}\"]\npid_file = \"/tmp/tg-busy-{n}.pid\"\nupgrade_sock = \"/tmp/tg-busy-{n}.sock\"\n"
         ),
-    )
-    .unwrap();
-    let out = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cannot listen on {addr}")));
 }

@@ -5,18 +5,20 @@ use std::collections::HashMap;
 
 use crate::support::*;
 
+/// An upstream named "a" and a gateway with `routes` in front of it.
+async fn with_upstream_a(routes: &str) -> (Upstream, Gateway) {
+    let up = Upstream::start("a").await;
+    let gw = gateway(&format!("{}{routes}", upstream_table("a", &[up.addr])));
+    (up, gw)
+}
+
 fn route(name: &str, path: &str, upstream: &str, extra: &str) -> String {
     format!("[routes.{name}]\npaths = [\"{path}\"]\nupstream = \"{upstream}\"\n{extra}\n")
 }
 
 #[tokio::test]
 async fn proxies_to_the_upstream_with_strip_prefix() {
-    let up = Upstream::start("a").await;
-    let gw = gateway(&format!(
-        "{}{}",
-        upstream_table("a", &[up.addr]),
-        route("r", "/api/orders", "a", "strip_prefix = true")
-    ));
+    let (_up, gw) = with_upstream_a(&route("r", "/api/orders", "a", "strip_prefix = true")).await;
     let (status, headers, body) = get_json(&gw.url("/api/orders/7?x=1")).await;
     assert_eq!(status, 200);
     assert_eq!(body["target"], "/7?x=1");
@@ -27,30 +29,27 @@ async fn proxies_to_the_upstream_with_strip_prefix() {
 
 #[tokio::test]
 async fn rewrite_applies_after_strip_prefix_and_keeps_the_query() {
-    let up = Upstream::start("a").await;
-    let gw = gateway(&format!(
-        "{}{}",
-        upstream_table("a", &[up.addr]),
-        route(
-            "r",
-            "/api",
-            "a",
-            "rewrite = { regex = \"^/api/(.*)\", to = \"/v1/$1\" }"
-        )
-    ));
+    let (_up, gw) = with_upstream_a(&route(
+        "r",
+        "/api",
+        "a",
+        "rewrite = { regex = \"^/api/(.*)\", to = \"/v1/$1\" }",
+    ))
+    .await;
     let (_, _, body) = get_json(&gw.url("/api/orders/7?q=a%20b")).await;
     assert_eq!(body["target"], "/v1/orders/7?q=a%20b");
 }
 
 #[tokio::test]
 async fn host_is_the_backend_unless_preserve_host() {
-    let up = Upstream::start("a").await;
-    let gw = gateway(&format!(
-        "{}{}{}",
-        upstream_table("a", &[up.addr]),
-        route("plain", "/plain", "a", ""),
-        route("kept", "/kept", "a", "preserve_host = true")
-    ));
+    let (up, gw) = with_upstream_a(
+        &[
+            route("plain", "/plain", "a", ""),
+            route("kept", "/kept", "a", "preserve_host = true"),
+        ]
+        .concat(),
+    )
+    .await;
     raw(
         gw.addr,
         b"GET /plain HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n",
@@ -69,12 +68,7 @@ async fn host_is_the_backend_unless_preserve_host() {
 
 #[tokio::test]
 async fn forwarding_headers_are_set_and_hop_by_hop_removed() {
-    let up = Upstream::start("a").await;
-    let gw = gateway(&format!(
-        "{}{}",
-        upstream_table("a", &[up.addr]),
-        route("r", "/", "a", "")
-    ));
+    let (up, gw) = with_upstream_a(&route("r", "/", "a", "")).await;
     let r = raw(
         gw.addr,
         b"GET /x HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\n\
@@ -113,12 +107,7 @@ async fn forwarding_headers_are_set_and_hop_by_hop_removed() {
 
 #[tokio::test]
 async fn request_ids_are_kept_when_valid_generated_otherwise_and_propagated() {
-    let up = Upstream::start("a").await;
-    let gw = gateway(&format!(
-        "{}{}",
-        upstream_table("a", &[up.addr]),
-        route("r", "/", "a", "")
-    ));
+    let (up, gw) = with_upstream_a(&route("r", "/", "a", "")).await;
     let r = client()
         .get(gw.url("/"))
         .header("x-request-id", "abc-123")
@@ -231,12 +220,7 @@ async fn failed_connect_is_retried_on_another_backend() {
 
 #[tokio::test]
 async fn post_bodies_are_forwarded() {
-    let up = Upstream::start("a").await;
-    let gw = gateway(&format!(
-        "{}{}",
-        upstream_table("a", &[up.addr]),
-        route("r", "/", "a", "")
-    ));
+    let (up, gw) = with_upstream_a(&route("r", "/", "a", "")).await;
     let r = client()
         .post(gw.url("/upload"))
         .body(vec![b'x'; 100_000])
