@@ -5,17 +5,10 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+pub use crate::consumer::Consumer;
+use crate::consumer::Consumers;
 use crate::reply::ErrorCode;
 use crate::runtime::{Route, Snapshot};
-
-/// An authenticated consumer (`[consumers.NAME]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Consumer {
-    /// The consumer's name (the table key); sent upstream as `X-Consumer-Name`.
-    pub name: String,
-    /// The consumer's groups, for `acl`.
-    pub groups: Vec<String>,
-}
 
 /// Everything the gateway knows about the request in flight.
 ///
@@ -62,6 +55,16 @@ impl RequestCtx {
             backend: None,
             refusal: None,
             tries: 0,
+        }
+    }
+
+    /// The consumers of the configuration this request runs on (for authentication
+    /// policies). Empty before routing.
+    pub fn consumers(&self) -> &Consumers {
+        static EMPTY: std::sync::OnceLock<Consumers> = std::sync::OnceLock::new();
+        match &self.snapshot {
+            Some(s) => &s.consumers,
+            None => EMPTY.get_or_init(Consumers::default),
         }
     }
 

@@ -24,6 +24,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod config;
+pub mod consumer;
 pub mod context;
 pub mod forwarding;
 pub mod metrics;
@@ -40,7 +41,8 @@ mod gateway;
 
 pub use async_trait::async_trait;
 pub use config::{Config, ConfigError, ConfigErrors, LoadError};
-pub use context::{Consumer, RequestCtx};
+pub use consumer::{Consumer, Consumers};
+pub use context::RequestCtx;
 pub use gateway::{GatewayBuilder, GatewayHandle};
 pub use pingora;
 pub use pingora::proxy::Session;

@@ -12,7 +12,7 @@ use pingora::lb::{Backend, LoadBalancer};
 use regex::Regex;
 
 use crate::config::file::Balance;
-use crate::context::Consumer;
+use crate::consumer::Consumers;
 use crate::policy::Chain;
 use crate::router::Router;
 
@@ -23,7 +23,7 @@ pub struct Snapshot {
     pub(crate) router: Router,
     pub(crate) routes: Vec<Arc<Route>>,
     pub(crate) upstreams: BTreeMap<String, Arc<Upstream>>,
-    pub(crate) consumers: BTreeMap<String, Arc<Consumer>>,
+    pub(crate) consumers: Consumers,
     pub(crate) trusted_proxies: Vec<IpNet>,
     /// Hex digest of the configuration source.
     pub digest: String,
@@ -42,9 +42,9 @@ impl Snapshot {
         self.upstreams.keys().map(String::as_str)
     }
 
-    /// Consumer names, sorted.
-    pub fn consumer_names(&self) -> impl Iterator<Item = &str> {
-        self.consumers.keys().map(String::as_str)
+    /// The consumers and their credentials.
+    pub fn consumers(&self) -> &Consumers {
+        &self.consumers
     }
 
     /// The client IP for a request from `peer` with these `X-Forwarded-For` values:

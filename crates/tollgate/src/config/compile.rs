@@ -19,7 +19,7 @@ use toml::Spanned;
 use super::diagnostic::{join, Diagnostics};
 use super::file::{Balance, ConsumerFile, RouteFile, ServerFile, UpstreamFile};
 use super::{AccessLog, ConfigErrors, ServerSettings};
-use crate::context::Consumer;
+use crate::consumer::{Consumer, Consumers, PasswordHash};
 use crate::policy::{BoxPolicy, BuildCtx, Chain, Failure, Registry};
 use crate::router::{HostMatch, PathPattern, RouteSpec, Router};
 use crate::runtime::{Route, Selector, Snapshot, Upstream};
@@ -288,7 +288,8 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
     ok.then_some((s, trusted))
 }
 
-pub(crate) fn parse_net(s: &str) -> Option<IpNet> {
+/// Parses a CIDR (`10.0.0.0/8`) or a bare address (a /32 or /128).
+pub fn parse_net(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()
         .ok()
         .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
@@ -428,9 +429,8 @@ mod futures_lite_now {
     }
 }
 
-fn consumers(cx: &mut Ctx<'_>, v: Option<&Value<'_>>) -> BTreeMap<String, Arc<Consumer>> {
-    let mut out = BTreeMap::new();
-    let mut keys: HashMap<String, String> = HashMap::new();
+fn consumers(cx: &mut Ctx<'_>, v: Option<&Value<'_>>) -> Consumers {
+    let mut out = Consumers::default();
     for (name, v, _) in named_tables(cx, v, "consumers") {
         let path = join("consumers", &name);
         let (rest, policies) = split_policies(v);
@@ -444,28 +444,59 @@ fn consumers(cx: &mut Ctx<'_>, v: Option<&Value<'_>>) -> BTreeMap<String, Arc<Co
         let Some(f) = deser::<ConsumerFile>(cx, &rest, &path) else {
             continue;
         };
+        let consumer = out.insert(Consumer {
+            name: name.clone(),
+            groups: f.groups,
+        });
         for k in &f.api_keys {
+            let kpath = format!("{path}.api_keys");
             if k.get_ref().is_empty() {
+                cx.diags.at(k.span(), kpath, "an API key cannot be empty");
+            } else if let Some(other) = out.add_api_key(&consumer, k.get_ref()) {
                 cx.diags.at(
                     k.span(),
-                    format!("{path}.api_keys"),
-                    "an API key cannot be empty",
-                );
-            } else if let Some(other) = keys.insert(k.get_ref().clone(), name.clone()) {
-                cx.diags.at(
-                    k.span(),
-                    format!("{path}.api_keys"),
-                    format!("this API key is already given to consumer {other:?}"),
+                    kpath,
+                    format!("this API key is already given to consumer {:?}", other.name),
                 );
             }
         }
-        out.insert(
-            name.clone(),
-            Arc::new(Consumer {
-                name,
-                groups: f.groups,
-            }),
-        );
+        if let Some(b) = &f.basic {
+            let bpath = format!("{path}.basic");
+            let basic = b.get_ref();
+            match PasswordHash::parse(&basic.password_hash) {
+                Err(msg) => cx.diags.at(b.span(), format!("{bpath}.password_hash"), msg),
+                Ok(_) if basic.username.is_empty() || basic.username.contains(':') => cx.diags.at(
+                    b.span(),
+                    format!("{bpath}.username"),
+                    "a user name is non-empty and has no ':'",
+                ),
+                Ok(h) => {
+                    if let Some(other) = out.add_basic(&consumer, &basic.username, h) {
+                        cx.diags.at(
+                            b.span(),
+                            format!("{bpath}.username"),
+                            format!(
+                                "user name {:?} is already used by consumer {:?}",
+                                basic.username, other.name
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(s) = &f.jwt_subject {
+            if let Some(other) = out.add_subject(&consumer, s.get_ref()) {
+                cx.diags.at(
+                    s.span(),
+                    format!("{path}.jwt_subject"),
+                    format!(
+                        "subject {:?} is already mapped to consumer {:?}",
+                        s.get_ref(),
+                        other.name
+                    ),
+                );
+            }
+        }
     }
     out
 }

@@ -115,21 +115,18 @@ impl<'de> Deserialize<'de> for BackendFile {
 }
 
 /// `[consumers.NAME]` (without its `policies`).
-// `basic` and `jwt_subject` are read by the authentication policies (issue 3).
-#[allow(dead_code)]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ConsumerFile {
     #[serde(default)]
     pub api_keys: Vec<Spanned<String>>,
     pub basic: Option<Spanned<BasicFile>>,
-    pub jwt_subject: Option<String>,
+    pub jwt_subject: Option<Spanned<String>>,
     #[serde(default)]
     pub groups: Vec<String>,
 }
 
 /// A consumer's Basic credentials.
-#[allow(dead_code)]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BasicFile {

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use compile::parse_net;
 pub use diagnostic::{ConfigError, ConfigErrors};
 pub use file::Balance;
 

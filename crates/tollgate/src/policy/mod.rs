@@ -38,7 +38,10 @@
 //! registry.register::<RequireTenantConfig>("require_tenant");
 //! ```
 
+pub mod acl;
 pub mod headers;
+pub mod ip_restriction;
+pub mod key_auth;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -238,6 +241,9 @@ impl Registry {
     /// A registry with every built-in policy.
     pub fn with_builtins() -> Self {
         let mut r = Self::empty();
+        r.register::<ip_restriction::IpRestrictionConfig>("ip_restriction");
+        r.register::<key_auth::KeyAuthConfig>("key_auth");
+        r.register::<acl::AclConfig>("acl");
         r.register::<headers::RequestHeadersConfig>("request_headers");
         r.register::<headers::ResponseHeadersConfig>("response_headers");
         r

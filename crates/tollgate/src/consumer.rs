@@ -1,0 +1,267 @@
+//! Consumers (`[consumers.NAME]`) and their credentials, indexed for the
+//! authentication policies.
+//!
+//! - API keys are indexed by their SHA-256 digest: a look-up is one hash-map probe
+//!   whatever the number of consumers, and the comparison that decides a match is made
+//!   on digests in constant time, so response timing reveals nothing about the keys.
+//! - Basic credentials are indexed by user name; passwords are verified against an
+//!   argon2 or bcrypt hash, and an unknown user is checked against a dummy hash so it
+//!   costs the same as a known one.
+//! - JWT subjects map a claim value to a consumer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// An authenticated consumer (`[consumers.NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    /// The consumer's name (the table key); sent upstream as `X-Consumer-Name`.
+    pub name: String,
+    /// The consumer's groups, for `acl`.
+    pub groups: Vec<String>,
+}
+
+/// A password hash in PHC (argon2) or modular crypt (bcrypt `$2a$`/`$2b$`/`$2y$`) form.
+#[derive(Clone)]
+pub enum PasswordHash {
+    /// `$argon2id$...` (or argon2i / argon2d).
+    Argon2(String),
+    /// `$2b$...`.
+    Bcrypt(String),
+}
+
+impl fmt::Debug for PasswordHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Argon2(_) => "Argon2(***)",
+            Self::Bcrypt(_) => "Bcrypt(***)",
+        })
+    }
+}
+
+impl PasswordHash {
+    /// Parses and checks a hash string.
+    ///
+    /// # Errors
+    /// A message saying what is wrong, without echoing the hash.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.starts_with("$argon2") {
+            let ph =
+                argon2::PasswordHash::new(s).map_err(|e| format!("invalid argon2 hash: {e}"))?;
+            argon2::Algorithm::try_from(ph.algorithm)
+                .map_err(|e| format!("invalid argon2 hash: {e}"))?;
+            argon2::Params::try_from(&ph)
+                .map_err(|e| format!("invalid argon2 hash parameters: {e}"))?;
+            if ph.salt.is_none() || ph.hash.is_none() {
+                return Err("invalid argon2 hash: a salt and a hash are required".into());
+            }
+            Ok(Self::Argon2(s.to_string()))
+        } else if s.starts_with("$2a$") || s.starts_with("$2b$") || s.starts_with("$2y$") {
+            s.parse::<bcrypt::HashParts>()
+                .map_err(|e| format!("invalid bcrypt hash: {e}"))?;
+            Ok(Self::Bcrypt(s.to_string()))
+        } else {
+            Err("expected an argon2 ($argon2id$...) or bcrypt ($2b$...) hash".into())
+        }
+    }
+
+    /// Checks `password` against the hash. Slow by design: call it off the event loop.
+    pub fn verify(&self, password: &[u8]) -> bool {
+        match self {
+            Self::Argon2(h) => {
+                use argon2::PasswordVerifier;
+                argon2::PasswordHash::new(h).is_ok_and(|ph| {
+                    argon2::Argon2::default()
+                        .verify_password(password, &ph)
+                        .is_ok()
+                })
+            }
+            Self::Bcrypt(h) => bcrypt::verify(password, h).unwrap_or(false),
+        }
+    }
+}
+
+/// The dummy hash checked for unknown users (argon2id, default parameters, of a
+/// random password), so that an unknown user name costs as much as a known one.
+const DUMMY_ARGON2: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$yHYoN9Hp0VXgxIkvRIvm3ZZr3eZnC1JrKU9ypW1pz0k";
+
+/// Every consumer of one configuration, indexed by credential.
+#[derive(Debug, Default)]
+pub struct Consumers {
+    by_name: BTreeMap<String, Arc<Consumer>>,
+    by_key: HashMap<[u8; 32], Arc<Consumer>>,
+    by_user: HashMap<String, (Arc<Consumer>, PasswordHash)>,
+    by_subject: HashMap<String, Arc<Consumer>>,
+}
+
+fn digest(key: &[u8]) -> [u8; 32] {
+    Sha256::digest(key).into()
+}
+
+impl Consumers {
+    /// Adds a consumer. Credentials are added with the `with_*` methods.
+    pub fn insert(&mut self, consumer: Consumer) -> Arc<Consumer> {
+        let c = Arc::new(consumer);
+        self.by_name.insert(c.name.clone(), c.clone());
+        c
+    }
+
+    /// Gives `consumer` an API key. Returns the other consumer that already has it.
+    pub fn add_api_key(&mut self, consumer: &Arc<Consumer>, key: &str) -> Option<Arc<Consumer>> {
+        self.by_key
+            .insert(digest(key.as_bytes()), consumer.clone())
+            .filter(|o| o.name != consumer.name)
+    }
+
+    /// Gives `consumer` Basic credentials. Returns the other consumer with that user name.
+    pub fn add_basic(
+        &mut self,
+        consumer: &Arc<Consumer>,
+        user: &str,
+        hash: PasswordHash,
+    ) -> Option<Arc<Consumer>> {
+        self.by_user
+            .insert(user.to_string(), (consumer.clone(), hash))
+            .map(|(o, _)| o)
+    }
+
+    /// Maps a JWT subject to `consumer`. Returns the other consumer with that subject.
+    pub fn add_subject(
+        &mut self,
+        consumer: &Arc<Consumer>,
+        subject: &str,
+    ) -> Option<Arc<Consumer>> {
+        self.by_subject
+            .insert(subject.to_string(), consumer.clone())
+    }
+
+    /// The consumer with this name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Consumer>> {
+        self.by_name.get(name)
+    }
+
+    /// Number of consumers.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// True when there are no consumers.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// Consumer names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
+    /// The consumer owning API key `key`: one hash probe on the key's digest, then a
+    /// constant-time comparison of digests.
+    pub fn by_api_key(&self, key: &[u8]) -> Option<&Arc<Consumer>> {
+        let d = digest(key);
+        self.by_key
+            .get_key_value(&d)
+            .and_then(|(k, c)| bool::from(k.ct_eq(&d)).then_some(c))
+    }
+
+    /// The consumer whose JWT subject is `subject`.
+    pub fn by_subject(&self, subject: &str) -> Option<&Arc<Consumer>> {
+        self.by_subject.get(subject)
+    }
+
+    /// Verifies Basic credentials. Blocking and slow by design (password hashing):
+    /// call from a blocking task. Unknown users are checked against a dummy hash.
+    pub fn verify_basic(&self, user: &str, password: &[u8]) -> Option<Arc<Consumer>> {
+        match self.by_user.get(user) {
+            Some((c, h)) => h.verify(password).then(|| c.clone()),
+            None => {
+                let _ = PasswordHash::Argon2(DUMMY_ARGON2.into()).verify(password);
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Consumer {
+        Consumer {
+            name: "alice".into(),
+            groups: vec!["partners".into()],
+        }
+    }
+
+    #[test]
+    fn api_keys_are_found_by_value_only() {
+        let mut cs = Consumers::default();
+        let a = cs.insert(alice());
+        assert!(cs.add_api_key(&a, "k-alice-1").is_none());
+        assert_eq!(
+            cs.by_api_key(b"k-alice-1").map(|c| c.name.as_str()),
+            Some("alice")
+        );
+        assert!(cs.by_api_key(b"k-alice-2").is_none());
+        assert!(cs.by_api_key(b"").is_none());
+        let b = cs.insert(Consumer {
+            name: "bob".into(),
+            groups: vec![],
+        });
+        assert_eq!(
+            cs.add_api_key(&b, "k-alice-1").map(|c| c.name.clone()),
+            Some("alice".into())
+        );
+    }
+
+    #[test]
+    fn dummy_hash_is_a_valid_argon2_hash() {
+        assert!(matches!(
+            PasswordHash::parse(DUMMY_ARGON2),
+            Ok(PasswordHash::Argon2(_))
+        ));
+    }
+
+    #[test]
+    fn verifies_argon2_and_bcrypt_and_refuses_bad_hashes() {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let h = argon2::Argon2::default()
+            .hash_password(b"s3cret", &salt)
+            .unwrap()
+            .to_string();
+        let ph = PasswordHash::parse(&h).unwrap();
+        assert!(ph.verify(b"s3cret"));
+        assert!(!ph.verify(b"wrong"));
+        let b = bcrypt::hash("s3cret", 4).unwrap();
+        let pb = PasswordHash::parse(&b).unwrap();
+        assert!(pb.verify(b"s3cret"));
+        assert!(!pb.verify(b"s3creT"));
+        assert!(PasswordHash::parse("plaintext").is_err());
+        assert!(PasswordHash::parse("$argon2id$nonsense").is_err());
+        assert!(PasswordHash::parse("$2b$04$short").is_err());
+        assert_eq!(format!("{ph:?}"), "Argon2(***)");
+    }
+
+    #[test]
+    fn basic_verification_knows_users() {
+        let mut cs = Consumers::default();
+        let a = cs.insert(alice());
+        cs.add_basic(
+            &a,
+            "alice",
+            PasswordHash::parse(&bcrypt::hash("pw", 4).unwrap()).unwrap(),
+        );
+        assert_eq!(
+            cs.verify_basic("alice", b"pw").map(|c| c.name.clone()),
+            Some("alice".into())
+        );
+        assert!(cs.verify_basic("alice", b"nope").is_none());
+        assert!(cs.verify_basic("mallory", b"pw").is_none());
+    }
+}

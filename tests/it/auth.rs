@@ -1,0 +1,222 @@
+//! Authentication and authorization against real upstreams: key_auth, acl,
+//! ip_restriction, spoofed identity headers, and secrets kept out of logs.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+const CONSUMERS: &str = "[consumers.alice]\napi_keys = [\"k-alice-1\"]\ngroups = [\"partners\"]\n\
+                         [consumers.bob]\napi_keys = [\"k-bob-1\"]\n\
+                         [consumers.eve]\napi_keys = [\"k-eve-1\"]\ngroups = [\"partners\", \"suspended\"]\n";
+
+async fn key_gateway(extra: &str) -> (Upstream, Gateway) {
+    let up = Upstream::start("a").await;
+    let gw = gateway(&format!(
+        "{}{CONSUMERS}\
+         [routes.open]\npaths = [\"/open\"]\nupstream = \"a\"\n\
+         [routes.keyed]\npaths = [\"/keyed\"]\nupstream = \"a\"\n[routes.keyed.policies.key_auth]\n\
+         [routes.shown]\npaths = [\"/shown\"]\nupstream = \"a\"\n\
+         [routes.shown.policies.key_auth]\nheader = \"x-api-key\"\nquery = \"\"\nhide_credentials = false\n\
+         [routes.partners]\npaths = [\"/partners\"]\nupstream = \"a\"\n[routes.partners.policies.key_auth]\n\
+         [routes.partners.policies.acl]\nallow_groups = [\"partners\"]\ndeny_groups = [\"suspended\"]\n{extra}",
+        upstream_table("a", &[up.addr])
+    ));
+    (up, gw)
+}
+
+fn get(path: &str, headers: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: h\r\n{headers}Connection: close\r\n\r\n").into_bytes()
+}
+
+#[tokio::test]
+async fn key_auth_accepts_header_and_query_keys_and_hides_them() {
+    let (up, gw) = key_gateway("").await;
+    let r = raw(
+        gw.addr,
+        &get(
+            "/keyed/x",
+            "apikey: k-alice-1\r\nX-Consumer-Name: admin\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = up.last().unwrap();
+    assert_eq!(
+        seen.header_all("x-consumer-name"),
+        ["alice"],
+        "the gateway names the consumer, not the client"
+    );
+    assert_eq!(
+        seen.header("apikey"),
+        None,
+        "hide_credentials defaults to true"
+    );
+
+    let r = raw(gw.addr, &get("/keyed/x?a=1&apikey=k-bob-1&b=2", "")).await;
+    assert_eq!(r.status, 200);
+    let seen = up.last().unwrap();
+    assert_eq!(seen.header("x-consumer-name"), Some("bob"));
+    assert_eq!(seen.target, "/keyed/x?a=1&b=2");
+
+    let r = raw(gw.addr, &get("/shown", "x-api-key: k-bob-1\r\n")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        up.last().unwrap().header("x-api-key"),
+        Some("k-bob-1"),
+        "hide_credentials = false forwards it"
+    );
+}
+
+#[tokio::test]
+async fn key_auth_refuses_missing_and_unknown_keys_with_401() {
+    let (up, gw) = key_gateway("").await;
+    for (headers, message) in [
+        ("", "missing API key"),
+        ("apikey: k-nobody\r\n", "invalid API key"),
+        ("apikey: \r\n", "missing API key"),
+    ] {
+        let r = raw(gw.addr, &get("/keyed", headers)).await;
+        assert_eq!(r.status, 401, "{headers:?}");
+        assert_eq!(r.header("www-authenticate"), Some("Key"));
+        let body = r.json();
+        assert_eq!(body["error"], "unauthorized");
+        assert_eq!(body["message"], message);
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains("k-nobody"),
+            "the key was echoed"
+        );
+    }
+    // the key of another route's header name does not count
+    let r = raw(gw.addr, &get("/shown", "apikey: k-bob-1\r\n")).await;
+    assert_eq!(r.status, 401);
+    let r = raw(gw.addr, &get("/shown?apikey=k-bob-1", "")).await;
+    assert_eq!(r.status, 401, "query keys are off on this route");
+    assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn spoofed_consumer_headers_never_reach_an_open_route() {
+    let (up, gw) = key_gateway("").await;
+    let r = raw(
+        gw.addr,
+        &get(
+            "/open",
+            "X-Consumer-Name: alice\r\nx-consumer-groups: admin\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = up.last().unwrap();
+    assert_eq!(seen.header("x-consumer-name"), None);
+    assert_eq!(seen.header("x-consumer-groups"), None);
+}
+
+#[tokio::test]
+async fn acl_allows_groups_denies_others_with_403() {
+    let (up, gw) = key_gateway("").await;
+    assert_eq!(
+        raw(gw.addr, &get("/partners", "apikey: k-alice-1\r\n"))
+            .await
+            .status,
+        200
+    );
+    let r = raw(gw.addr, &get("/partners", "apikey: k-bob-1\r\n")).await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let r = raw(gw.addr, &get("/partners", "apikey: k-eve-1\r\n")).await;
+    assert_eq!(r.status, 403, "deny_groups wins over allow_groups");
+    let r = raw(gw.addr, &get("/partners", "")).await;
+    assert_eq!(r.status, 401, "authentication runs before acl");
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn ip_restriction_runs_first_and_uses_the_peer_address() {
+    let (up, gw) = key_gateway(
+        "[routes.local]\npaths = [\"/local\"]\nupstream = \"a\"\n\
+         [routes.local.policies.ip_restriction]\nallow = [\"127.0.0.0/8\"]\n\
+         [routes.blocked]\npaths = [\"/blocked\"]\nupstream = \"a\"\n\
+         [routes.blocked.policies.ip_restriction]\ndeny = [\"127.0.0.1\"]\n[routes.blocked.policies.key_auth]\n\
+         [routes.lan]\npaths = [\"/lan\"]\nupstream = \"a\"\n\
+         [routes.lan.policies.ip_restriction]\nallow = [\"198.51.100.0/24\"]\n",
+    )
+    .await;
+    assert_eq!(raw(gw.addr, &get("/local", "")).await.status, 200);
+    let r = raw(gw.addr, &get("/blocked", "")).await;
+    assert_eq!(
+        r.status, 403,
+        "ip_restriction answers before key_auth would"
+    );
+    assert_eq!(r.json()["error"], "forbidden");
+    let r = raw(gw.addr, &get("/lan", "X-Forwarded-For: 198.51.100.7\r\n")).await;
+    assert_eq!(
+        r.status, 403,
+        "X-Forwarded-For from an untrusted peer was believed"
+    );
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start(
+        bin(),
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n\
+             pid_file = \"/tmp/tg-trust-{0}.pid\"\nupgrade_sock = \"/tmp/tg-trust-{0}.sock\"\n{1}\
+             [routes.lan]\npaths = [\"/lan\"]\nupstream = \"a\"\n\
+             [routes.lan.policies.ip_restriction]\nallow = [\"198.51.100.0/24\"]\n",
+            std::process::id(),
+            upstream_table("a", &[up.addr])
+        ),
+    );
+    // right-most untrusted address wins: 198.51.100.7 sent through a trusted 10.1.1.1
+    let r = raw(
+        gw.addr,
+        &get(
+            "/lan",
+            "X-Forwarded-For: 203.0.113.5, 198.51.100.7, 10.1.1.1\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    // a client cannot prepend an allowed address: the right-most untrusted one is its own
+    let r = raw(
+        gw.addr,
+        &get("/lan", "X-Forwarded-For: 198.51.100.7, 203.0.113.5\r\n"),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = raw(gw.addr, &get("/lan", "")).await;
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test]
+async fn api_keys_never_appear_in_the_access_log() {
+    let (_up, gw) = key_gateway("").await;
+    raw(gw.addr, &get("/keyed?apikey=k-alice-1", "")).await;
+    raw(gw.addr, &get("/keyed", "apikey: k-bob-1\r\n")).await;
+    raw(gw.addr, &get("/keyed", "apikey: k-unknown-secret\r\n")).await;
+    assert!(
+        eventually(Duration::from_secs(5), async || gw.stdout_lines().len()
+            >= 3)
+        .await,
+        "no access log lines"
+    );
+    let lines = gw.stdout_lines();
+    for l in &lines {
+        for secret in ["k-alice-1", "k-bob-1", "k-unknown-secret"] {
+            assert!(!l.contains(secret), "secret in access log: {l}");
+        }
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(v["request_id"].is_string());
+    }
+    let consumers: Vec<_> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["consumer"].clone())
+        .collect();
+    assert!(consumers.contains(&serde_json::json!("alice")));
+    assert!(consumers.contains(&serde_json::json!(null)));
+}
