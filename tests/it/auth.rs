@@ -220,3 +220,93 @@ async fn api_keys_never_appear_in_the_access_log() {
     assert!(consumers.contains(&serde_json::json!("alice")));
     assert!(consumers.contains(&serde_json::json!(null)));
 }
+
+fn argon2_hash(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt = SaltString::encode_b64(b"tollgate-test-salt").unwrap();
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .unwrap()
+        .to_string()
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Authorization: Basic {}\r\n",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+#[tokio::test]
+async fn basic_auth_verifies_argon2_and_bcrypt_and_hides_credentials() {
+    let up = Upstream::start("a").await;
+    let gw = gateway(&format!(
+        "{}[consumers.alice]\nbasic = {{ username = \"alice\", password_hash = \"{}\" }}\n\
+         [consumers.bob]\nbasic = {{ username = \"bob\", password_hash = \"{}\" }}\napi_keys = [\"k-bob\"]\n\
+         [routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n\
+         [routes.r.policies.basic_auth]\nrealm = \"orders\"\n[routes.r.policies.key_auth]\n",
+        upstream_table("a", &[up.addr]),
+        argon2_hash("alice-pw"),
+        bcrypt::hash("bob-pw", 4).unwrap(),
+    ));
+    let r = raw(gw.addr, &get("/", &basic("alice", "alice-pw"))).await;
+    assert_eq!(r.status, 200);
+    let seen = up.last().unwrap();
+    assert_eq!(seen.header("x-consumer-name"), Some("alice"));
+    assert_eq!(seen.header("authorization"), None, "credentials forwarded");
+    assert_eq!(
+        raw(gw.addr, &get("/", &basic("bob", "bob-pw")))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(up.last().unwrap().header("x-consumer-name"), Some("bob"));
+    // either configured authentication succeeds
+    assert_eq!(
+        raw(gw.addr, &get("/", "apikey: k-bob\r\n")).await.status,
+        200
+    );
+
+    for (headers, message) in [
+        (basic("alice", "wrong"), "invalid user name or password"),
+        (
+            basic("mallory", "alice-pw"),
+            "invalid user name or password",
+        ),
+        (
+            "Authorization: Basic not-base64!!\r\n".to_string(),
+            "malformed Basic credentials",
+        ),
+        (String::new(), "missing Basic credentials"),
+    ] {
+        let r = raw(gw.addr, &get("/", &headers)).await;
+        assert_eq!(r.status, 401, "{headers:?}");
+        assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"orders\""));
+        assert_eq!(r.json()["message"], message);
+    }
+    assert_eq!(up.count(), 3);
+}
+
+#[test]
+fn a_bad_password_hash_is_a_config_error_at_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("g.toml");
+    std::fs::write(
+        &p,
+        "[consumers.alice]\nbasic = { username = \"alice\", password_hash = \"hunter2\" }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("g.toml:2:9: consumers.alice.basic.password_hash: expected an argon2"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "the hash was echoed: {err}");
+}

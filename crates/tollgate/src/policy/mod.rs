@@ -39,6 +39,7 @@
 //! ```
 
 pub mod acl;
+pub mod basic_auth;
 pub mod headers;
 pub mod ip_restriction;
 pub mod key_auth;
@@ -243,6 +244,7 @@ impl Registry {
         let mut r = Self::empty();
         r.register::<ip_restriction::IpRestrictionConfig>("ip_restriction");
         r.register::<key_auth::KeyAuthConfig>("key_auth");
+        r.register::<basic_auth::BasicAuthConfig>("basic_auth");
         r.register::<acl::AclConfig>("acl");
         r.register::<headers::RequestHeadersConfig>("request_headers");
         r.register::<headers::ResponseHeadersConfig>("response_headers");
