@@ -5,6 +5,7 @@ mod support;
 mod admin;
 mod auth;
 mod cli;
+mod jwt;
 mod policies;
 mod proxying;
 mod routing;

@@ -42,6 +42,7 @@ pub mod acl;
 pub mod basic_auth;
 pub mod headers;
 pub mod ip_restriction;
+pub mod jwt_auth;
 pub mod key_auth;
 
 use std::collections::BTreeMap;
@@ -245,6 +246,7 @@ impl Registry {
         r.register::<ip_restriction::IpRestrictionConfig>("ip_restriction");
         r.register::<key_auth::KeyAuthConfig>("key_auth");
         r.register::<basic_auth::BasicAuthConfig>("basic_auth");
+        r.register::<jwt_auth::JwtAuthConfig>("jwt_auth");
         r.register::<acl::AclConfig>("acl");
         r.register::<headers::RequestHeadersConfig>("request_headers");
         r.register::<headers::ResponseHeadersConfig>("response_headers");

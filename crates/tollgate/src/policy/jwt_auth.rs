@@ -1,0 +1,682 @@
+//! `jwt_auth`: authenticate a consumer with a signed JWT.
+//!
+//! # Config
+//!
+//! ```toml
+//! [routes.orders.policies.jwt_auth]
+//! algorithms = ["RS256"]                 # required; the only algorithms accepted
+//! public_key_file = "keys/issuer.pem"    # or: secret = "...", or: jwks_file = "keys/jwks.json"
+//! issuer = "https://issuer.example"      # optional; when set, `iss` is required and must match
+//! audience = ["orders", "billing"]       # optional, string or list; `aud` must contain one
+//! leeway = "30s"                         # default: clock skew allowed on exp / nbf
+//! claim = "sub"                          # default: the claim naming the consumer (jwt_subject)
+//! header = "authorization"               # default: `Authorization: Bearer <token>`
+//! cookie = "session"                     # optional: also read the token from this cookie
+//! hide_credentials = true                # default: the token is not forwarded
+//! ```
+//!
+//! Key material is loaded and checked at config load: a bad PEM or JWKS, a secret
+//! shorter than its algorithm's hash, or algorithms of another family than the key are
+//! config errors. A token is refused with 401 `unauthorized` (`WWW-Authenticate:
+//! Bearer`) when it is missing, larger than 8 KiB, unsigned (`alg: none`), signed with
+//! an algorithm not in `algorithms` or not matching the key's family (so an HS256 token
+//! "signed" with an RSA public key fails), has a `crit` header, a bad signature, no
+//! `exp`, is expired or not yet valid (beyond `leeway`), has the wrong `iss`/`aud`, names
+//! an unknown `kid`, or names no known consumer.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use base64::Engine;
+use http::{HeaderName, HeaderValue};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use super::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
+use crate::config::units::ConfigDuration;
+use crate::consumer::{Consumer, Consumers};
+use crate::context::RequestCtx;
+use crate::reply::{ErrorCode, Reply};
+
+/// Largest token accepted, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+// === Config ===
+
+/// `jwt_auth` config. See the [module docs](self).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtAuthConfig {
+    /// Accepted algorithms (`HS256`, `RS256`, `PS256`, `ES256`, `EdDSA`, …). Required.
+    pub algorithms: Vec<String>,
+    /// Shared secret for HS* algorithms.
+    pub secret: Option<String>,
+    /// PEM public key for RS*/PS*/ES*/EdDSA, relative to the config file.
+    pub public_key_file: Option<String>,
+    /// JWKS document; the token's `kid` picks the key. Relative to the config file.
+    pub jwks_file: Option<String>,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Accepted audiences; the token's `aud` must contain one.
+    pub audience: Option<Audience>,
+    /// Clock skew allowed on `exp` and `nbf`. Default: `30s`.
+    #[serde(default = "default_leeway")]
+    pub leeway: ConfigDuration,
+    /// The claim naming the consumer. Default: `sub`.
+    #[serde(default = "default_claim")]
+    pub claim: String,
+    /// The header carrying the token. Default: `authorization` (with `Bearer `).
+    #[serde(default = "default_header")]
+    pub header: String,
+    /// A cookie carrying the token, tried when the header is absent.
+    pub cookie: Option<String>,
+    /// Remove the token before forwarding. Default: `true`.
+    #[serde(default = "yes")]
+    pub hide_credentials: bool,
+}
+
+fn default_leeway() -> ConfigDuration {
+    ConfigDuration::new(std::time::Duration::from_secs(30))
+}
+fn default_claim() -> String {
+    "sub".into()
+}
+fn default_header() -> String {
+    "authorization".into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// One audience or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audience(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Audience {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Audience;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an audience string or a list of them")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Audience, E> {
+                Ok(Audience(vec![v.to_string()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Audience, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(Audience(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn min_secret_len(alg: Algorithm) -> usize {
+    match alg {
+        Algorithm::HS384 => 48,
+        Algorithm::HS512 => 64,
+        _ => 32,
+    }
+}
+
+fn read(cx: &BuildCtx<'_>, field: &str, file: &str) -> Result<Vec<u8>, BuildError> {
+    let path = cx.config_dir.join(file);
+    std::fs::read(&path)
+        .map_err(|e| BuildError::field(field, format!("cannot read {}: {e}", path.display())))
+}
+
+impl PolicyConfig for JwtAuthConfig {
+    type Policy = JwtAuth;
+
+    fn build(self, cx: &BuildCtx<'_>) -> Result<JwtAuth, BuildError> {
+        if self.algorithms.is_empty() {
+            return Err(BuildError::field(
+                "algorithms",
+                "at least one algorithm is required",
+            ));
+        }
+        let mut algs = Vec::new();
+        for a in &self.algorithms {
+            let alg = Algorithm::from_str(a).map_err(|_| {
+                BuildError::field(
+                    "algorithms",
+                    format!("unknown algorithm {a:?} (HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA)"),
+                )
+            })?;
+            algs.push(alg);
+        }
+        let mut base = Validation::new(algs[0]);
+        base.algorithms = algs.clone();
+        base.leeway = self.leeway.get().as_secs();
+        base.validate_nbf = true;
+        let mut required = vec!["exp"];
+        if let Some(iss) = &self.issuer {
+            base.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        match &self.audience {
+            Some(Audience(list)) if !list.is_empty() => {
+                base.set_audience(list);
+                required.push("aud");
+            }
+            Some(_) => return Err(BuildError::field("audience", "give at least one audience")),
+            None => base.validate_aud = false,
+        }
+        base.set_required_spec_claims(&required);
+
+        let sources = [
+            self.secret.is_some(),
+            self.public_key_file.is_some(),
+            self.jwks_file.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err(BuildError::new(
+                "give exactly one of secret, public_key_file, jwks_file",
+            ));
+        }
+        let family_validation =
+            |family: AlgorithmFamily, field: &str| -> Result<Validation, BuildError> {
+                let mut v = base.clone();
+                v.algorithms.retain(|a| a.family() == family);
+                if v.algorithms.len() != algs.len() {
+                    return Err(BuildError::field(
+                        field,
+                        format!("this key is for {family:?} algorithms; algorithms lists others"),
+                    ));
+                }
+                Ok(v)
+            };
+        let keys = if let Some(secret) = &self.secret {
+            let v = family_validation(AlgorithmFamily::Hmac, "secret")?;
+            if let Some(short) = algs.iter().find(|a| secret.len() < min_secret_len(**a)) {
+                return Err(BuildError::field(
+                    "secret",
+                    format!(
+                        "a {short:?} secret needs at least {} bytes",
+                        min_secret_len(*short)
+                    ),
+                ));
+            }
+            Keys::Single(DecodingKey::from_secret(secret.as_bytes()), v)
+        } else if let Some(file) = &self.public_key_file {
+            let pem = read(cx, "public_key_file", file)?;
+            let family = algs[0].family();
+            let key = match family {
+                AlgorithmFamily::Rsa => DecodingKey::from_rsa_pem(&pem),
+                AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&pem),
+                AlgorithmFamily::Ed => DecodingKey::from_ed_pem(&pem),
+                AlgorithmFamily::Hmac => {
+                    return Err(BuildError::field(
+                        "public_key_file",
+                        "HS* algorithms use `secret`, not a public key",
+                    ))
+                }
+            }
+            .map_err(|e| {
+                BuildError::field(
+                    "public_key_file",
+                    format!("not a valid {family:?} public key PEM: {e}"),
+                )
+            })?;
+            Keys::Single(key, family_validation(family, "algorithms")?)
+        } else {
+            let file = self.jwks_file.as_deref().unwrap_or_default();
+            let raw = read(cx, "jwks_file", file)?;
+            let set: JwkSet = serde_json::from_slice(&raw).map_err(|e| {
+                BuildError::field("jwks_file", format!("not a valid JWKS document: {e}"))
+            })?;
+            let mut by_kid = HashMap::new();
+            let mut sole = None;
+            for jwk in &set.keys {
+                let key = DecodingKey::from_jwk(jwk).map_err(|e| {
+                    BuildError::field("jwks_file", format!("unusable key in JWKS: {e}"))
+                })?;
+                let mut v = base.clone();
+                v.algorithms.retain(|a| a.family() == key.family());
+                if let Some(ka) = jwk.common.key_algorithm {
+                    let name = format!("{ka:?}");
+                    v.algorithms.retain(|a| format!("{a:?}") == name);
+                }
+                let kid = jwk.common.key_id.clone();
+                if v.algorithms.is_empty() {
+                    return Err(BuildError::field(
+                        "jwks_file",
+                        format!(
+                            "key {:?} fits none of the configured algorithms",
+                            kid.unwrap_or_default()
+                        ),
+                    ));
+                }
+                match kid {
+                    Some(kid) if by_kid.contains_key(&kid) => {
+                        return Err(BuildError::field(
+                            "jwks_file",
+                            format!("duplicate kid {kid:?}"),
+                        ));
+                    }
+                    Some(kid) => {
+                        by_kid.insert(kid, (key.clone(), v.clone()));
+                    }
+                    None if set.keys.len() > 1 => {
+                        return Err(BuildError::field(
+                            "jwks_file",
+                            "every key needs a kid when there are several",
+                        ))
+                    }
+                    None => {}
+                }
+                if set.keys.len() == 1 {
+                    sole = Some((key, v));
+                }
+            }
+            if set.keys.is_empty() {
+                return Err(BuildError::field("jwks_file", "the JWKS has no keys"));
+            }
+            Keys::Set { by_kid, sole }
+        };
+        let header = HeaderName::from_bytes(self.header.as_bytes()).map_err(|_| {
+            BuildError::field("header", format!("invalid header name {:?}", self.header))
+        })?;
+        if self.claim.is_empty() {
+            return Err(BuildError::field("claim", "the claim name cannot be empty"));
+        }
+        Ok(JwtAuth {
+            keys,
+            bearer: header == http::header::AUTHORIZATION,
+            header,
+            cookie: self.cookie.filter(|c| !c.is_empty()),
+            claim: self.claim,
+            hide: self.hide_credentials,
+        })
+    }
+}
+
+// === Policy ===
+
+enum Keys {
+    Single(DecodingKey, Validation),
+    Set {
+        by_kid: HashMap<String, (DecodingKey, Validation)>,
+        sole: Option<(DecodingKey, Validation)>,
+    },
+}
+
+/// Authenticates with a signed JWT.
+pub struct JwtAuth {
+    keys: Keys,
+    header: HeaderName,
+    bearer: bool,
+    cookie: Option<String>,
+    claim: String,
+    hide: bool,
+}
+
+impl fmt::Debug for JwtAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtAuth")
+            .field("header", &self.header)
+            .field("claim", &self.claim)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The value of cookie `name` in `Cookie` headers.
+fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
+}
+
+impl JwtAuth {
+    fn token<'a>(&self, headers: &'a http::HeaderMap) -> Option<&'a str> {
+        if let Some(v) = headers.get(&self.header).and_then(|v| v.to_str().ok()) {
+            let v = v.trim();
+            let token = match v.split_once(' ') {
+                Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => Some(t.trim()),
+                _ if self.bearer => None,
+                _ => Some(v),
+            };
+            if token.is_some() {
+                return token;
+            }
+        }
+        self.cookie
+            .as_deref()
+            .and_then(|c| cookie_value(headers, c))
+    }
+
+    /// Verifies `token` and finds its consumer; the error is the client message.
+    pub fn verify(
+        &self,
+        token: &str,
+        consumers: &Consumers,
+    ) -> Result<std::sync::Arc<Consumer>, &'static str> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err("token too large");
+        }
+        let mut parts = token.split('.');
+        let (Some(head), Some(_), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("malformed token");
+        };
+        let head: serde_json::Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(head.trim_end_matches('='))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or("malformed token")?;
+        if head.get("crit").is_some() {
+            return Err("token uses critical header extensions");
+        }
+        if head
+            .get("alg")
+            .and_then(|a| a.as_str())
+            .is_some_and(|a| a.eq_ignore_ascii_case("none"))
+        {
+            return Err("unsigned tokens are not accepted");
+        }
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| "token algorithm not allowed")?;
+        let (key, validation) = match &self.keys {
+            Keys::Single(k, v) => (k, v),
+            Keys::Set { by_kid, sole } => match header.kid.as_deref() {
+                Some(kid) => by_kid
+                    .get(kid)
+                    .map(|(k, v)| (k, v))
+                    .ok_or("unknown key id")?,
+                None => sole
+                    .as_ref()
+                    .map(|(k, v)| (k, v))
+                    .ok_or("token has no key id")?,
+            },
+        };
+        if !validation.algorithms.contains(&header.alg) {
+            return Err("token algorithm not allowed");
+        }
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token, key, validation,
+        )
+        .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => "token expired",
+            ErrorKind::ImmatureSignature => "token not yet valid",
+            ErrorKind::InvalidIssuer => "wrong token issuer",
+            ErrorKind::InvalidAudience => "wrong token audience",
+            ErrorKind::MissingRequiredClaim(_) => "token lacks a required claim (exp, iss or aud)",
+            ErrorKind::InvalidSignature => "invalid token signature",
+            ErrorKind::InvalidAlgorithm => "token algorithm not allowed",
+            _ => "malformed token",
+        })?;
+        let subject = data
+            .claims
+            .get(&self.claim)
+            .and_then(|v| v.as_str())
+            .ok_or("token names no consumer")?;
+        consumers
+            .by_subject(subject)
+            .cloned()
+            .ok_or("token subject is not a known consumer")
+    }
+}
+
+fn challenge(message: &str) -> Flow {
+    Flow::Respond(Reply::refuse_with(ErrorCode::Unauthorized, message).header(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer"),
+    ))
+}
+
+#[async_trait]
+impl Policy for JwtAuth {
+    fn stage(&self) -> Stage {
+        Stage::Authentication
+    }
+
+    async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<Flow> {
+        let Some(token) = self.token(&session.req_header().headers) else {
+            return Ok(challenge("missing bearer token"));
+        };
+        match self.verify(token, cx.consumers()) {
+            Ok(c) => {
+                cx.consumer = Some(c);
+                Ok(Flow::Continue)
+            }
+            Err(msg) => Ok(challenge(msg)),
+        }
+    }
+
+    fn upstream_request_filter(&self, _cx: &mut RequestCtx, req: &mut RequestHeader) -> Result<()> {
+        if !self.hide {
+            return Ok(());
+        }
+        req.remove_header(&self.header);
+        if let Some(name) = &self.cookie {
+            let kept: Vec<String> = req
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .map(str::trim)
+                .filter(|p| !p.is_empty() && p.split_once('=').is_none_or(|(k, _)| k != name))
+                .map(str::to_string)
+                .collect();
+            req.remove_header(&http::header::COOKIE);
+            if !kept.is_empty() {
+                req.insert_header(http::header::COOKIE, kept.join("; "))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn cx() -> BuildCtx<'static> {
+        BuildCtx {
+            config_dir: std::path::Path::new("."),
+            path: "p",
+        }
+    }
+
+    fn config(src: &str) -> JwtAuthConfig {
+        toml::from_str(src).unwrap()
+    }
+
+    fn consumers() -> Consumers {
+        let mut cs = Consumers::default();
+        let a = cs.insert(Consumer {
+            name: "alice".into(),
+            groups: vec![],
+        });
+        cs.add_subject(&a, "alice-sub");
+        cs
+    }
+
+    fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    fn hs(claims: serde_json::Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn policy(extra: &str) -> JwtAuth {
+        config(&format!(
+            "algorithms = [\"HS256\"]\nsecret = \"{SECRET}\"\n{extra}"
+        ))
+        .build(&cx())
+        .unwrap()
+    }
+
+    #[test]
+    fn accepts_a_valid_token_and_maps_the_subject() {
+        let p = policy("");
+        let t = hs(serde_json::json!({"sub": "alice-sub", "exp": now() + 60}));
+        assert_eq!(p.verify(&t, &consumers()).unwrap().name, "alice");
+    }
+
+    #[test]
+    fn refuses_expired_immature_unknown_and_tampered_tokens() {
+        let p = policy("leeway = \"5s\"");
+        let cs = consumers();
+        let expired = hs(serde_json::json!({"sub": "alice-sub", "exp": now() - 60}));
+        assert_eq!(p.verify(&expired, &cs).unwrap_err(), "token expired");
+        let within_leeway = hs(serde_json::json!({"sub": "alice-sub", "exp": now() - 2}));
+        assert!(p.verify(&within_leeway, &cs).is_ok());
+        let immature =
+            hs(serde_json::json!({"sub": "alice-sub", "exp": now() + 600, "nbf": now() + 300}));
+        assert_eq!(p.verify(&immature, &cs).unwrap_err(), "token not yet valid");
+        let no_exp = hs(serde_json::json!({"sub": "alice-sub"}));
+        assert!(p
+            .verify(&no_exp, &cs)
+            .unwrap_err()
+            .contains("required claim"));
+        let stranger = hs(serde_json::json!({"sub": "mallory", "exp": now() + 60}));
+        assert_eq!(
+            p.verify(&stranger, &cs).unwrap_err(),
+            "token subject is not a known consumer"
+        );
+        let good = hs(serde_json::json!({"sub": "alice-sub", "exp": now() + 60}));
+        let mut parts: Vec<&str> = good.split('.').collect();
+        let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::json!({"sub": "alice-sub", "exp": now() + 99999}).to_string());
+        parts[1] = &forged;
+        assert_eq!(
+            p.verify(&parts.join("."), &cs).unwrap_err(),
+            "invalid token signature"
+        );
+        assert_eq!(p.verify("a.b", &cs).unwrap_err(), "malformed token");
+        assert_eq!(
+            p.verify(&"a".repeat(9000), &cs).unwrap_err(),
+            "token too large"
+        );
+    }
+
+    #[test]
+    fn refuses_alg_none_and_crit() {
+        let p = policy("");
+        let enc = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let body = enc(serde_json::json!({"sub": "alice-sub", "exp": now() + 60}));
+        let none = format!(
+            "{}.{body}.",
+            enc(serde_json::json!({"alg": "none", "typ": "JWT"}))
+        );
+        assert_eq!(
+            p.verify(&none, &consumers()).unwrap_err(),
+            "unsigned tokens are not accepted"
+        );
+        let mut h = Header::new(Algorithm::HS256);
+        h.typ = Some("JWT".into());
+        let crit_head = enc(serde_json::json!({"alg": "HS256", "crit": ["exp"], "exp": 1}));
+        let real = hs(serde_json::json!({"sub": "alice-sub", "exp": now() + 60}));
+        let rest: Vec<&str> = real.split('.').collect();
+        let crit = format!("{crit_head}.{}.{}", rest[1], rest[2]);
+        assert_eq!(
+            p.verify(&crit, &consumers()).unwrap_err(),
+            "token uses critical header extensions"
+        );
+    }
+
+    #[test]
+    fn issuer_and_audience_are_required_when_configured() {
+        let p = policy("issuer = \"https://iss\"\naudience = [\"orders\", \"billing\"]");
+        let cs = consumers();
+        let ok = hs(
+            serde_json::json!({"sub": "alice-sub", "exp": now() + 60, "iss": "https://iss", "aud": ["x", "billing"]}),
+        );
+        assert!(p.verify(&ok, &cs).is_ok());
+        let ok1 = hs(
+            serde_json::json!({"sub": "alice-sub", "exp": now() + 60, "iss": "https://iss", "aud": "orders"}),
+        );
+        assert!(p.verify(&ok1, &cs).is_ok());
+        let wrong_iss = hs(
+            serde_json::json!({"sub": "alice-sub", "exp": now() + 60, "iss": "https://evil", "aud": "orders"}),
+        );
+        assert_eq!(p.verify(&wrong_iss, &cs).unwrap_err(), "wrong token issuer");
+        let wrong_aud = hs(
+            serde_json::json!({"sub": "alice-sub", "exp": now() + 60, "iss": "https://iss", "aud": "x"}),
+        );
+        assert_eq!(
+            p.verify(&wrong_aud, &cs).unwrap_err(),
+            "wrong token audience"
+        );
+        let no_aud =
+            hs(serde_json::json!({"sub": "alice-sub", "exp": now() + 60, "iss": "https://iss"}));
+        assert!(p
+            .verify(&no_aud, &cs)
+            .unwrap_err()
+            .contains("required claim"));
+    }
+
+    #[test]
+    fn build_errors_for_bad_key_material() {
+        let e = config("algorithms = [\"HS256\"]\nsecret = \"short\"")
+            .build(&cx())
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("secret"));
+        let e = config("algorithms = [\"none\"]\nsecret = \"x\"")
+            .build(&cx())
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("algorithms"));
+        let e = config(&format!("algorithms = [\"RS256\"]\nsecret = \"{SECRET}\""))
+            .build(&cx())
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("secret"));
+        let e = config("algorithms = [\"RS256\"]").build(&cx()).unwrap_err();
+        assert!(e.message.contains("exactly one"));
+        let e = config("algorithms = [\"RS256\"]\npublic_key_file = \"/nonexistent.pem\"")
+            .build(&cx())
+            .unwrap_err();
+        assert!(e.message.contains("cannot read"), "{e}");
+        assert!(
+            toml::from_str::<JwtAuthConfig>("algorithms = [\"HS256\"]\nsecrt = \"x\"").is_err()
+        );
+    }
+
+    #[test]
+    fn reads_tokens_from_bearer_header_or_cookie() {
+        let p = policy("cookie = \"session\"");
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer abc.def.ghi"),
+        );
+        assert_eq!(p.token(&h), Some("abc.def.ghi"));
+        h.insert("authorization", HeaderValue::from_static("Basic xyz"));
+        assert_eq!(p.token(&h), None);
+        h.insert(
+            "cookie",
+            HeaderValue::from_static("a=1; session=tok.en.x; b=2"),
+        );
+        assert_eq!(p.token(&h), Some("tok.en.x"));
+    }
+}
