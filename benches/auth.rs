@@ -50,7 +50,6 @@ fn policy(dir: &Path, toml: &str) -> JwtAuth {
 }
 
 fn bench_jwt(c: &mut Criterion) {
-    use ed25519_dalek::pkcs8::EncodePrivateKey as _;
     use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
     let dir = tempfile::tempdir().expect("tempdir");
     let mut rng = rand::thread_rng();
