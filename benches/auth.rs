@@ -20,10 +20,7 @@ fn bench_key_lookup(c: &mut Criterion) {
     for n in [100usize, 100_000] {
         let mut cs = Consumers::default();
         for i in 0..n {
-            let consumer = cs.insert(Consumer {
-                name: format!("c{i}"),
-                groups: vec![],
-            });
+            let consumer = cs.insert(Consumer::new(format!("c{i}"), vec![]));
             cs.add_api_key(&consumer, &format!("key-{i:08}-0123456789abcdef"));
         }
         let hit = format!("key-{:08}-0123456789abcdef", n / 2);
@@ -79,10 +76,7 @@ fn bench_jwt(c: &mut Criterion) {
     let secret = "a-very-long-shared-secret-of-32+bytes";
 
     let mut cs = Consumers::default();
-    let alice = cs.insert(Consumer {
-        name: "alice".into(),
-        groups: vec![],
-    });
+    let alice = cs.insert(Consumer::new("alice", vec![]));
     cs.add_subject(&alice, "alice");
     let claims =
         serde_json::json!({ "sub": "alice", "exp": jsonwebtoken::get_current_timestamp() + 3600 });

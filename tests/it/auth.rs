@@ -310,3 +310,41 @@ fn a_bad_password_hash_is_a_config_error_at_its_key() {
     );
     assert!(!err.contains("hunter2"), "the hash was echoed: {err}");
 }
+
+#[tokio::test]
+async fn a_consumers_policy_entry_replaces_the_routes_for_its_requests() {
+    let up = Upstream::start("a").await;
+    let gw = gateway(&format!(
+        "{}[consumers.gold]\napi_keys = [\"k-gold\"]\n\
+         [consumers.gold.policies.request_headers]\nset = {{ \"x-tier\" = \"gold\" }}\n\
+         [consumers.plain]\napi_keys = [\"k-plain\"]\n\
+         [routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n[routes.r.policies.key_auth]\n\
+         [routes.r.policies.request_headers]\nset = {{ \"x-tier\" = \"basic\" }}\n",
+        upstream_table("a", &[up.addr])
+    ));
+    assert_eq!(
+        raw(gw.addr, &get("/", "apikey: k-gold\r\n")).await.status,
+        200
+    );
+    assert_eq!(up.last().unwrap().header_all("x-tier"), ["gold"]);
+    assert_eq!(
+        raw(gw.addr, &get("/", "apikey: k-plain\r\n")).await.status,
+        200
+    );
+    assert_eq!(up.last().unwrap().header_all("x-tier"), ["basic"]);
+}
+
+#[test]
+fn authentication_policies_cannot_be_overridden_per_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("g.toml");
+    std::fs::write(&p, "[consumers.alice]\napi_keys = [\"k\"]\n[consumers.alice.policies.key_auth]\nheader = \"x\"\n").unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("g.toml:3:27: consumers.alice.policies.key_auth: `key_auth` runs before the consumer is known"), "{err}");
+}

@@ -16,13 +16,50 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::policy::BoxPolicy;
+
 /// An authenticated consumer (`[consumers.NAME]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Consumer {
     /// The consumer's name (the table key); sent upstream as `X-Consumer-Name`.
     pub name: String,
     /// The consumer's groups, for `acl`.
     pub groups: Vec<String>,
+    /// `[consumers.NAME.policies.*]`: for this consumer's requests, each replaces the
+    /// route's policy of the same name (policies after authentication only).
+    pub policies: Vec<(Arc<str>, BoxPolicy)>,
+}
+
+impl Consumer {
+    /// A consumer with groups and no policy overrides.
+    pub fn new(name: impl Into<String>, groups: Vec<String>) -> Self {
+        Self {
+            name: name.into(),
+            groups,
+            policies: Vec::new(),
+        }
+    }
+
+    /// This consumer's override of policy `name`, if any.
+    pub fn policy(&self, name: &str) -> Option<&BoxPolicy> {
+        self.policies
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, p)| p)
+    }
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("name", &self.name)
+            .field("groups", &self.groups)
+            .field(
+                "policies",
+                &self.policies.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 /// A password hash in PHC (argon2) or modular crypt (bcrypt `$2a$`/`$2b$`/`$2y$`) form.
@@ -192,10 +229,7 @@ mod tests {
     use super::*;
 
     fn alice() -> Consumer {
-        Consumer {
-            name: "alice".into(),
-            groups: vec!["partners".into()],
-        }
+        Consumer::new("alice", vec!["partners".into()])
     }
 
     #[test]
@@ -209,10 +243,7 @@ mod tests {
         );
         assert!(cs.by_api_key(b"k-alice-2").is_none());
         assert!(cs.by_api_key(b"").is_none());
-        let b = cs.insert(Consumer {
-            name: "bob".into(),
-            groups: vec![],
-        });
+        let b = cs.insert(Consumer::new("bob", vec![]));
         assert_eq!(
             cs.add_api_key(&b, "k-alice-1").map(|c| c.name.clone()),
             Some("alice".into())

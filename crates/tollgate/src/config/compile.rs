@@ -434,20 +434,13 @@ fn consumers(cx: &mut Ctx<'_>, v: Option<&Value<'_>>) -> Consumers {
     for (name, v, _) in named_tables(cx, v, "consumers") {
         let path = join("consumers", &name);
         let (rest, policies) = split_policies(v);
-        if let Some(p) = policies {
-            cx.diags.at(
-                p.span(),
-                format!("{path}.policies"),
-                "per-consumer policy overrides are not supported by this build yet (issue 4)",
-            );
-        }
+        let overrides = consumer_policies(cx, policies.as_ref(), &format!("{path}.policies"));
         let Some(f) = deser::<ConsumerFile>(cx, &rest, &path) else {
             continue;
         };
-        let consumer = out.insert(Consumer {
-            name: name.clone(),
-            groups: f.groups,
-        });
+        let mut consumer = Consumer::new(name.clone(), f.groups);
+        consumer.policies = overrides;
+        let consumer = out.insert(consumer);
         for k in &f.api_keys {
             let kpath = format!("{path}.api_keys");
             if k.get_ref().is_empty() {
@@ -496,6 +489,32 @@ fn consumers(cx: &mut Ctx<'_>, v: Option<&Value<'_>>) -> Consumers {
                     ),
                 );
             }
+        }
+    }
+    out
+}
+
+/// Builds a consumer's policy overrides; authentication policies cannot be overridden.
+fn consumer_policies(
+    cx: &mut Ctx<'_>,
+    v: Option<&Value<'_>>,
+    path: &str,
+) -> Vec<(Arc<str>, BoxPolicy)> {
+    let built = policies(cx, v, path);
+    let mut out = Vec::new();
+    for (name, p) in built {
+        if p.stage() <= crate::policy::Stage::Authentication {
+            let span = v
+                .and_then(|v| v.get_ref().as_table())
+                .and_then(|t| t.get_key_value(&*name))
+                .map_or(0..0, |(k, _)| k.span());
+            cx.diags.at(
+                span,
+                join(path, &name),
+                format!("`{name}` runs before the consumer is known and cannot be overridden per consumer"),
+            );
+        } else {
+            out.push((name, p));
         }
     }
     out

@@ -506,10 +506,7 @@ mod tests {
 
     fn consumers() -> Consumers {
         let mut cs = Consumers::default();
-        let a = cs.insert(Consumer {
-            name: "alice".into(),
-            groups: vec![],
-        });
+        let a = cs.insert(Consumer::new("alice", vec![]));
         cs.add_subject(&a, "alice-sub");
         cs
     }

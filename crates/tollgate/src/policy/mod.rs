@@ -314,11 +314,14 @@ impl Chain {
 
     /// Runs every policy's `request_filter`; the first [`Flow::Respond`] stops the chain.
     /// In the authentication stage, the first policy that continues authenticates; if
-    /// none does, the first one's answer is sent.
+    /// none does, the first one's answer is sent. After authentication, a consumer's
+    /// own entry of a policy replaces the route's (see [`Consumer::policies`]).
+    ///
+    /// [`Consumer::policies`]: crate::consumer::Consumer::policies
     pub async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<Flow> {
         let mut auth_refusal: Option<Reply> = None;
         let mut authenticated = false;
-        for (_, p) in &self.policies {
+        for (name, p) in &self.policies {
             let stage = p.stage();
             if stage == Stage::Authentication {
                 if authenticated {
@@ -337,6 +340,7 @@ impl Chain {
                     return Ok(Flow::Respond(r));
                 }
             }
+            let p = effective(cx, name, p);
             if let Flow::Respond(r) = p.request_filter(session, cx).await? {
                 return Ok(Flow::Respond(r));
             }
@@ -355,20 +359,32 @@ impl Chain {
     ) -> Result<()> {
         self.policies
             .iter()
-            .try_for_each(|(_, p)| p.upstream_request_filter(cx, req))
+            .try_for_each(|(n, p)| effective(cx, n, p).upstream_request_filter(cx, req))
     }
 
     /// Runs every policy's `response_filter`.
     pub fn response_filter(&self, cx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()> {
         self.policies
             .iter()
-            .try_for_each(|(_, p)| p.response_filter(cx, resp))
+            .try_for_each(|(n, p)| effective(cx, n, p).response_filter(cx, resp))
     }
 
     /// Runs every policy's `logging`.
     pub fn logging(&self, cx: &RequestCtx, error: Option<&pingora::Error>) {
-        self.policies.iter().for_each(|(_, p)| p.logging(cx, error));
+        self.policies
+            .iter()
+            .for_each(|(n, p)| effective(cx, n, p).logging(cx, error));
     }
+}
+
+/// The consumer's override of a post-authentication policy, or the route's own.
+fn effective(cx: &RequestCtx, name: &str, route_policy: &BoxPolicy) -> BoxPolicy {
+    if route_policy.stage() > Stage::Authentication {
+        if let Some(p) = cx.consumer.as_ref().and_then(|c| c.policy(name)) {
+            return p.clone();
+        }
+    }
+    route_policy.clone()
 }
 
 /// An empty policy table: `[routes.X.policies.NAME]` with no keys.
