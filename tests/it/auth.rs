@@ -24,10 +24,6 @@ async fn key_gateway(extra: &str) -> (Upstream, Gateway) {
     (up, gw)
 }
 
-fn get(path: &str, headers: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: h\r\n{headers}Connection: close\r\n\r\n").into_bytes()
-}
-
 #[tokio::test]
 async fn key_auth_accepts_header_and_query_keys_and_hides_them() {
     let (up, gw) = key_gateway("").await;

@@ -58,3 +58,8 @@ pub fn upstream_table(name: &str, backends: &[std::net::SocketAddr]) -> String {
     let list: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
     format!("[upstreams.{name}]\nbackends = [{}]\n", list.join(", "))
 }
+
+/// A `GET` request with extra header lines (each ending in `\r\n`) and `Connection: close`.
+pub fn get(path: &str, headers: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: h\r\n{headers}Connection: close\r\n\r\n").into_bytes()
+}
