@@ -9,3 +9,4 @@ mod jwt;
 mod policies;
 mod proxying;
 mod routing;
+mod traffic;

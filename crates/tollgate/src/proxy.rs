@@ -237,6 +237,19 @@ impl ProxyHttp for Gateway {
         e
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        cx: &mut RequestCtx,
+    ) -> Result<()> {
+        match cx.route.clone() {
+            Some(route) => route.chain.request_body_filter(cx, body, end_of_stream),
+            None => Ok(()),
+        }
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,

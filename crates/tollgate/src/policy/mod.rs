@@ -40,6 +40,7 @@
 
 pub mod acl;
 pub mod basic_auth;
+pub mod body_limit;
 pub mod headers;
 pub mod ip_restriction;
 pub mod jwt_auth;
@@ -51,6 +52,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::Result;
@@ -112,6 +114,19 @@ pub trait Policy: Send + Sync + 'static {
     async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<Flow> {
         let _ = (session, cx);
         Ok(Flow::Continue)
+    }
+
+    /// Runs in `request_body_filter` for each piece of the request body as it streams
+    /// to the upstream (never buffered whole). An `Err` aborts the request. By default
+    /// does nothing.
+    fn request_body_filter(
+        &self,
+        cx: &mut RequestCtx,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+    ) -> Result<()> {
+        let _ = (cx, body, end_of_stream);
+        Ok(())
     }
 
     /// Runs in `upstream_request_filter`: edit the request sent upstream. By default
@@ -248,6 +263,7 @@ impl Registry {
         r.register::<basic_auth::BasicAuthConfig>("basic_auth");
         r.register::<jwt_auth::JwtAuthConfig>("jwt_auth");
         r.register::<acl::AclConfig>("acl");
+        r.register::<body_limit::BodyLimitConfig>("body_limit");
         r.register::<headers::RequestHeadersConfig>("request_headers");
         r.register::<headers::ResponseHeadersConfig>("response_headers");
         r
@@ -349,6 +365,18 @@ impl Chain {
             Some(r) if !authenticated => Ok(Flow::Respond(r)),
             _ => Ok(Flow::Continue),
         }
+    }
+
+    /// Runs every policy's `request_body_filter`.
+    pub fn request_body_filter(
+        &self,
+        cx: &mut RequestCtx,
+        body: &mut Option<Bytes>,
+        end: bool,
+    ) -> Result<()> {
+        self.policies
+            .iter()
+            .try_for_each(|(n, p)| effective(cx, n, p).request_body_filter(cx, body, end))
     }
 
     /// Runs every policy's `upstream_request_filter`.
