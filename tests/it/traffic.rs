@@ -45,3 +45,60 @@ async fn body_limit_refuses_declared_and_streamed_bodies_past_the_limit() {
         "the upstream received the whole oversized body"
     );
 }
+
+#[tokio::test]
+async fn rate_limit_admits_exactly_the_budget_per_key_with_headers() {
+    let up = Upstream::start("a").await;
+    let gw = gateway(&format!(
+        "{}[routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n\
+         [routes.r.policies.rate_limit]\nrequests = 5\nwindow = \"1m\"\nby = \"header:x-user\"\n",
+        upstream_table("a", &[up.addr])
+    ));
+    for user in ["ann", "ben"] {
+        for i in 1..=5u64 {
+            let r = raw(gw.addr, &get("/", &format!("x-user: {user}\r\n"))).await;
+            assert_eq!(r.status, 200, "{user} request {i}");
+            assert_eq!(r.header("ratelimit-limit"), Some("5"));
+            assert_eq!(
+                r.header("ratelimit-remaining"),
+                Some((5 - i).to_string().as_str())
+            );
+            let reset: u64 = r.header("ratelimit-reset").unwrap().parse().unwrap();
+            assert!((1..=60).contains(&reset), "{reset}");
+        }
+        let r = raw(gw.addr, &get("/", &format!("x-user: {user}\r\n"))).await;
+        assert_eq!(r.status, 429, "{user} got past the limit");
+        assert_eq!(r.json()["error"], "rate_limited");
+        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!(retry >= 1);
+        assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+    }
+    assert_eq!(up.count(), 10, "a refused request reached the upstream");
+}
+
+#[tokio::test]
+async fn a_consumer_override_gets_its_own_budget() {
+    let up = Upstream::start("a").await;
+    let gw = gateway(&format!(
+        "{}[consumers.gold]\napi_keys = [\"k-gold\"]\n[consumers.gold.policies.rate_limit]\nrequests = 4\nwindow = \"1m\"\nby = \"consumer\"\n\
+         [consumers.plain]\napi_keys = [\"k-plain\"]\n\
+         [routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n[routes.r.policies.key_auth]\n\
+         [routes.r.policies.rate_limit]\nrequests = 2\nwindow = \"1m\"\nby = \"consumer\"\n",
+        upstream_table("a", &[up.addr])
+    ));
+    let admitted = async |key: &str| {
+        let mut n = 0;
+        for _ in 0..6 {
+            if raw(gw.addr, &get("/", &format!("apikey: {key}\r\n")))
+                .await
+                .status
+                == 200
+            {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert_eq!(admitted("k-plain").await, 2);
+    assert_eq!(admitted("k-gold").await, 4);
+}

@@ -45,6 +45,7 @@ pub mod headers;
 pub mod ip_restriction;
 pub mod jwt_auth;
 pub mod key_auth;
+pub mod rate_limit;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -263,6 +264,7 @@ impl Registry {
         r.register::<basic_auth::BasicAuthConfig>("basic_auth");
         r.register::<jwt_auth::JwtAuthConfig>("jwt_auth");
         r.register::<acl::AclConfig>("acl");
+        r.register::<rate_limit::RateLimitConfig>("rate_limit");
         r.register::<body_limit::BodyLimitConfig>("body_limit");
         r.register::<headers::RequestHeadersConfig>("request_headers");
         r.register::<headers::ResponseHeadersConfig>("response_headers");

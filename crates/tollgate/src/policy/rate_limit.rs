@@ -1,0 +1,405 @@
+//! `rate_limit`: at most `requests` per fixed `window` for each client key.
+//!
+//! # Config
+//!
+//! ```toml
+//! [routes.orders.policies.rate_limit]
+//! requests = 100
+//! window = "1s"            # default
+//! by = "consumer"          # consumer | client_ip (default) | route | "header:NAME"
+//! store = "local"          # default; "redis" is not supported by this build yet
+//! ```
+//!
+//! Every response on the route carries `RateLimit-Limit`, `RateLimit-Remaining` and
+//! `RateLimit-Reset` (seconds to the end of the window). Over the limit the answer is 429
+//! `rate_limited` with `Retry-After` (whole seconds, at least 1), and the request never
+//! reaches the upstream. With `by = "consumer"` (or a header) and no consumer (or no such
+//! header), the client IP is the key.
+//!
+//! Counting is local to the process, in fixed windows aligned to the process clock, in
+//! count-min sketches from `pingora-limits`: memory is bounded (a fixed few MiB per
+//! distinct window length, shared by every limiter) whatever the number of keys; with
+//! very many distinct keys in one window the estimate can only over-count. Counts are
+//! keyed by the policy's key path, so they survive a reload.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{HeaderName, HeaderValue};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+use pingora_limits::estimator::Estimator;
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
+use crate::config::units::ConfigDuration;
+use crate::context::RequestCtx;
+use crate::reply::{ErrorCode, Reply};
+
+// === Config ===
+
+/// What identifies a client for a limit.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum KeySource {
+    /// The authenticated consumer (client IP when there is none).
+    Consumer,
+    /// The client IP. The default.
+    #[default]
+    ClientIp,
+    /// The route: one budget for everyone.
+    Route,
+    /// A request header's value (client IP when absent).
+    Header(HeaderName),
+}
+
+impl<'de> Deserialize<'de> for KeySource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = KeySource;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#""consumer", "client_ip", "route" or "header:NAME""#)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<KeySource, E> {
+                match v {
+                    "consumer" => Ok(KeySource::Consumer),
+                    "client_ip" => Ok(KeySource::ClientIp),
+                    "route" => Ok(KeySource::Route),
+                    _ => match v.strip_prefix("header:") {
+                        Some(h) => HeaderName::from_bytes(h.trim().as_bytes())
+                            .map(KeySource::Header)
+                            .map_err(|_| E::custom(format!("invalid header name {h:?}"))),
+                        None => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+                    },
+                }
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl KeySource {
+    /// The key of this request, written into `out`.
+    pub(crate) fn key(&self, session: &Session, cx: &RequestCtx, out: &mut Vec<u8>) {
+        let ip = |out: &mut Vec<u8>| match cx.client_ip {
+            Some(IpAddr::V4(v4)) => out.extend_from_slice(&v4.octets()),
+            Some(IpAddr::V6(v6)) => out.extend_from_slice(&v6.octets()),
+            None => {}
+        };
+        match self {
+            Self::Consumer => match &cx.consumer {
+                Some(c) => {
+                    out.push(b'c');
+                    out.extend_from_slice(c.name.as_bytes());
+                }
+                None => ip(out),
+            },
+            Self::ClientIp => ip(out),
+            Self::Route => out.extend_from_slice(cx.route_name().unwrap_or_default().as_bytes()),
+            Self::Header(h) => match session.req_header().headers.get(h) {
+                Some(v) => {
+                    out.push(b'h');
+                    out.extend_from_slice(v.as_bytes());
+                }
+                None => ip(out),
+            },
+        }
+    }
+}
+
+/// Where counts are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Store {
+    /// In this process. The default.
+    #[default]
+    Local,
+    /// In `[server.redis]`, shared by every instance.
+    Redis,
+}
+
+/// What to do when the shared store cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Let the request through. The default.
+    #[default]
+    Allow,
+    /// Answer 503 `overloaded`.
+    Deny,
+}
+
+/// `rate_limit` config. See the [module docs](self).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Requests allowed per window and key. Required, at least 1.
+    pub requests: u64,
+    /// Window length. Default: `1s`.
+    #[serde(default = "one_second")]
+    pub window: ConfigDuration,
+    /// What identifies a client. Default: `client_ip`.
+    #[serde(default)]
+    pub by: KeySource,
+    /// Where counts are kept. Default: `local`.
+    #[serde(default)]
+    pub store: Store,
+    /// With `store = "redis"`: what to do when Redis cannot be reached. Default: `allow`.
+    #[serde(default)]
+    pub on_store_error: OnStoreError,
+}
+
+fn one_second() -> ConfigDuration {
+    ConfigDuration::new(Duration::from_secs(1))
+}
+
+impl PolicyConfig for RateLimitConfig {
+    type Policy = RateLimit;
+    fn build(self, cx: &BuildCtx<'_>) -> Result<RateLimit, BuildError> {
+        if self.requests == 0 {
+            return Err(BuildError::field("requests", "requests must be at least 1"));
+        }
+        let window = self.window.get();
+        if window < Duration::from_millis(100) || window > Duration::from_secs(24 * 3600) {
+            return Err(BuildError::field(
+                "window",
+                "window must be between 100ms and 24h",
+            ));
+        }
+        if self.store == Store::Redis {
+            return Err(BuildError::field(
+                "store",
+                "store = \"redis\" is not supported by this build yet (issue 4)",
+            ));
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        cx.path.hash(&mut h);
+        Ok(RateLimit {
+            limit: self.requests,
+            by: self.by,
+            windows: FixedWindows::shared(window),
+            id: h.finish(),
+        })
+    }
+}
+
+// === Counting ===
+
+const HASHES: usize = 4;
+const SLOTS: usize = 65_536;
+
+/// Fixed windows of one length, counted in two alternating count-min sketches.
+pub struct FixedWindows {
+    window_ms: u64,
+    epoch: Instant,
+    slots: [Estimator; 2],
+    current: AtomicU64,
+}
+
+impl fmt::Debug for FixedWindows {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FixedWindows")
+            .field("window_ms", &self.window_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of counting one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the request is within the limit.
+    pub allowed: bool,
+    /// Requests left in this window.
+    pub remaining: u64,
+    /// Time to the end of the window.
+    pub reset: Duration,
+}
+
+impl FixedWindows {
+    /// Windows of `window` starting at `epoch`.
+    pub fn new(window: Duration, epoch: Instant) -> Self {
+        Self {
+            window_ms: (window.as_millis() as u64).max(1),
+            epoch,
+            slots: [Estimator::new(HASHES, SLOTS), Estimator::new(HASHES, SLOTS)],
+            current: AtomicU64::new(0),
+        }
+    }
+
+    /// The process-wide windows of this length (created on first use, at config load).
+    pub fn shared(window: Duration) -> Arc<Self> {
+        static ALL: OnceLock<Mutex<HashMap<Duration, Arc<FixedWindows>>>> = OnceLock::new();
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        let epoch = *EPOCH.get_or_init(Instant::now);
+        let mut all = ALL
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        all.entry(window)
+            .or_insert_with(|| Arc::new(Self::new(window, epoch)))
+            .clone()
+    }
+
+    /// Counts one request for `key` at `now` against `limit`.
+    pub fn check(&self, key: &(u64, &[u8]), limit: u64, now: Instant) -> Decision {
+        let elapsed = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        let index = elapsed / self.window_ms;
+        let current = self.current.load(Ordering::Acquire);
+        if index > current
+            && self
+                .current
+                .compare_exchange(current, index, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // the slot of the new window last held window index-2 (or older): clear it
+            self.slots[(index % 2) as usize].reset();
+            if index > current + 1 {
+                self.slots[((index + 1) % 2) as usize].reset();
+            }
+        }
+        let n = self.slots[(index % 2) as usize].incr(key, 1).max(0) as u64;
+        Decision {
+            allowed: n <= limit,
+            remaining: limit.saturating_sub(n),
+            reset: Duration::from_millis(self.window_ms - elapsed % self.window_ms),
+        }
+    }
+}
+
+// === Policy ===
+
+/// Limits requests per window and key.
+#[derive(Debug)]
+pub struct RateLimit {
+    limit: u64,
+    by: KeySource,
+    windows: Arc<FixedWindows>,
+    id: u64,
+}
+
+/// The values of the `RateLimit-*` headers for this request.
+#[derive(Debug, Clone, Copy)]
+struct Headers {
+    limit: u64,
+    remaining: u64,
+    reset_secs: u64,
+}
+
+#[async_trait]
+impl Policy for RateLimit {
+    fn stage(&self) -> Stage {
+        Stage::Traffic
+    }
+
+    async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<Flow> {
+        let mut key = Vec::with_capacity(32);
+        self.by.key(session, cx, &mut key);
+        let d = self
+            .windows
+            .check(&(self.id, key.as_slice()), self.limit, Instant::now());
+        let reset_secs = d.reset.as_secs() + u64::from(d.reset.subsec_nanos() > 0);
+        cx.extensions.insert(Headers {
+            limit: self.limit,
+            remaining: d.remaining,
+            reset_secs,
+        });
+        if d.allowed {
+            return Ok(Flow::Continue);
+        }
+        Ok(Flow::Respond(
+            Reply::refuse_with(
+                ErrorCode::RateLimited,
+                format!("rate limit of {} requests exceeded", self.limit),
+            )
+            .header(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(reset_secs.max(1)),
+            ),
+        ))
+    }
+
+    fn response_filter(&self, cx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()> {
+        if let Some(h) = cx.extensions.get::<Headers>() {
+            resp.insert_header("ratelimit-limit", h.limit)?;
+            resp.insert_header("ratelimit-remaining", h.remaining)?;
+            resp.insert_header("ratelimit-reset", h.reset_secs)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allows_up_to_the_limit_per_key_then_refuses() {
+        let epoch = Instant::now();
+        let w = FixedWindows::new(Duration::from_secs(1), epoch);
+        let t = epoch + Duration::from_millis(100);
+        for i in 1..=5 {
+            let d = w.check(&(1, b"a".as_slice()), 5, t);
+            assert!(d.allowed, "request {i}");
+            assert_eq!(d.remaining, 5 - i);
+        }
+        let d = w.check(&(1, b"a".as_slice()), 5, t);
+        assert!(!d.allowed);
+        assert_eq!(d.reset, Duration::from_millis(900));
+        assert!(
+            w.check(&(1, b"b".as_slice()), 5, t).allowed,
+            "another key has its own budget"
+        );
+        assert!(
+            w.check(&(2, b"a".as_slice()), 5, t).allowed,
+            "another limiter has its own budget"
+        );
+    }
+
+    #[test]
+    fn resets_in_the_next_window_and_forgets_old_ones() {
+        let epoch = Instant::now();
+        let w = FixedWindows::new(Duration::from_secs(1), epoch);
+        let key = (1, b"k".as_slice());
+        for _ in 0..3 {
+            w.check(&key, 3, epoch);
+        }
+        assert!(!w.check(&key, 3, epoch + Duration::from_millis(999)).allowed);
+        let d = w.check(&key, 3, epoch + Duration::from_millis(1000));
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 2);
+        assert_eq!(d.reset, Duration::from_secs(1));
+        // skipping several windows starts from zero too
+        let d = w.check(&key, 3, epoch + Duration::from_millis(5500));
+        assert_eq!(d.remaining, 2);
+    }
+
+    #[test]
+    fn config_parses_key_sources_and_rejects_bad_ones() {
+        let c: RateLimitConfig = toml::from_str("requests = 5\nby = \"header:x-user\"").unwrap();
+        assert_eq!(c.by, KeySource::Header(HeaderName::from_static("x-user")));
+        assert_eq!(c.window.get(), Duration::from_secs(1));
+        assert!(toml::from_str::<RateLimitConfig>("requests = 5\nby = \"ip\"").is_err());
+        assert!(
+            toml::from_str::<RateLimitConfig>("requests = 5\nby = \"header:bad name\"").is_err()
+        );
+        assert!(toml::from_str::<RateLimitConfig>("requests = -1").is_err());
+        let cx = BuildCtx {
+            config_dir: std::path::Path::new("."),
+            path: "p",
+        };
+        let zero: RateLimitConfig = toml::from_str("requests = 0").unwrap();
+        assert_eq!(
+            zero.build(&cx).unwrap_err().field.as_deref(),
+            Some("requests")
+        );
+    }
+}
