@@ -102,3 +102,28 @@ async fn a_consumer_override_gets_its_own_budget() {
     assert_eq!(admitted("k-plain").await, 2);
     assert_eq!(admitted("k-gold").await, 4);
 }
+
+#[tokio::test]
+async fn concurrency_limit_refuses_while_the_slot_is_held_and_frees_it_after() {
+    let up = Upstream::start("a").await;
+    let gw = gateway(&format!(
+        "{}[routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n\
+         [routes.r.policies.concurrency_limit]\nmax = 1\nby = \"route\"\n",
+        upstream_table("a", &[up.addr])
+    ));
+    let addr = gw.addr;
+    let slow = tokio::spawn(async move { raw(addr, &get("/slow", "")).await.status });
+    let held = eventually(std::time::Duration::from_secs(5), async || up.count() == 1).await;
+    assert!(held, "the slow request never reached the upstream");
+    let r = raw(gw.addr, &get("/fast", "")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "overloaded");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(
+        raw(gw.addr, &get("/fast", "")).await.status,
+        200,
+        "the slot was not released"
+    );
+    assert_eq!(up.count(), 2);
+}

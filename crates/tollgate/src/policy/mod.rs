@@ -41,6 +41,7 @@
 pub mod acl;
 pub mod basic_auth;
 pub mod body_limit;
+pub mod concurrency_limit;
 pub mod headers;
 pub mod ip_restriction;
 pub mod jwt_auth;
@@ -265,6 +266,7 @@ impl Registry {
         r.register::<jwt_auth::JwtAuthConfig>("jwt_auth");
         r.register::<acl::AclConfig>("acl");
         r.register::<rate_limit::RateLimitConfig>("rate_limit");
+        r.register::<concurrency_limit::ConcurrencyLimitConfig>("concurrency_limit");
         r.register::<body_limit::BodyLimitConfig>("body_limit");
         r.register::<headers::RequestHeadersConfig>("request_headers");
         r.register::<headers::ResponseHeadersConfig>("response_headers");
