@@ -127,3 +127,90 @@ async fn concurrency_limit_refuses_while_the_slot_is_held_and_frees_it_after() {
     );
     assert_eq!(up.count(), 2);
 }
+
+#[tokio::test]
+async fn cors_preflights_are_answered_by_the_gateway_and_actual_responses_labelled() {
+    let up = Upstream::start("a").await;
+    let gw = gateway(&format!(
+        "{}[routes.api]\npaths = [\"/api\"]\nmethods = [\"GET\", \"POST\"]\nupstream = \"a\"\n\
+         [routes.api.policies.cors]\nallow_origins = [\"https://app.example.com\"]\nallow_methods = [\"GET\", \"POST\"]\n\
+         allow_headers = [\"content-type\", \"x-api-key\"]\nexpose_headers = [\"x-request-id\"]\nmax_age = \"10m\"\nallow_credentials = true\n",
+        upstream_table("a", &[up.addr])
+    ));
+    let preflight = |origin: &str, method: &str, headers: &str| {
+        format!(
+            "OPTIONS /api/items HTTP/1.1\r\nHost: h\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: {method}\r\n\
+             Access-Control-Request-Headers: {headers}\r\nConnection: close\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    let r = raw(
+        gw.addr,
+        &preflight("https://app.example.com", "POST", "Content-Type, X-Api-Key"),
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(r.header("access-control-allow-methods"), Some("GET, POST"));
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("content-type, x-api-key")
+    );
+    assert_eq!(r.header("access-control-max-age"), Some("600"));
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+
+    // a method the route itself does not accept: the route's own 405, without CORS headers
+    let r = raw(
+        gw.addr,
+        &preflight("https://app.example.com", "DELETE", "content-type"),
+    )
+    .await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    for (origin, method, headers) in [
+        ("https://evil.example.com", "POST", "content-type"),
+        ("https://app.example.com", "POST", "x-secret"),
+    ] {
+        let r = raw(gw.addr, &preflight(origin, method, headers)).await;
+        assert_eq!(r.status, 204, "{origin} {method} {headers}");
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            None,
+            "{origin} {method} {headers}"
+        );
+    }
+    assert_eq!(up.count(), 0, "a preflight reached the upstream");
+
+    let r = raw(
+        gw.addr,
+        &get("/api/items", "Origin: https://app.example.com\r\n"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        r.header("access-control-expose-headers"),
+        Some("x-request-id")
+    );
+    assert_eq!(r.header("vary"), Some("Origin"));
+    let r = raw(
+        gw.addr,
+        &get("/api/items", "Origin: https://evil.example.com\r\n"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    // a plain OPTIONS (not a preflight) on a GET/POST route is still 405
+    let r = raw(
+        gw.addr,
+        b"OPTIONS /api HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 405);
+}

@@ -160,7 +160,36 @@ impl ProxyHttp for Gateway {
             headers: &req.headers,
             path: &normalised,
         };
-        let found = snap.router.lookup(&facts);
+        let mut found = snap.router.lookup(&facts);
+        // A CORS preflight is routed by the method it asks about, when that route has cors.
+        if crate::policy::cors::is_preflight(req) {
+            let asked = req
+                .headers
+                .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+                .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok());
+            if let Some(asked) = asked {
+                let as_asked = RequestFacts {
+                    method: &asked,
+                    ..facts
+                };
+                if let Lookup::Found {
+                    route,
+                    prefix_segments,
+                } = snap.router.lookup(&as_asked)
+                {
+                    if snap
+                        .routes
+                        .get(route)
+                        .is_some_and(|r| r.chain.has_stage(crate::policy::Stage::Cors))
+                    {
+                        found = Lookup::Found {
+                            route,
+                            prefix_segments,
+                        };
+                    }
+                }
+            }
+        }
         cx.path = normalised;
         match found {
             Lookup::Found {

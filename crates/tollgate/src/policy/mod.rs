@@ -42,6 +42,7 @@ pub mod acl;
 pub mod basic_auth;
 pub mod body_limit;
 pub mod concurrency_limit;
+pub mod cors;
 pub mod headers;
 pub mod ip_restriction;
 pub mod jwt_auth;
@@ -261,6 +262,7 @@ impl Registry {
     pub fn with_builtins() -> Self {
         let mut r = Self::empty();
         r.register::<ip_restriction::IpRestrictionConfig>("ip_restriction");
+        r.register::<cors::CorsConfig>("cors");
         r.register::<key_auth::KeyAuthConfig>("key_auth");
         r.register::<basic_auth::BasicAuthConfig>("basic_auth");
         r.register::<jwt_auth::JwtAuthConfig>("jwt_auth");
@@ -325,6 +327,11 @@ impl Chain {
     /// The policy names in run order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.policies.iter().map(|(n, _)| &**n)
+    }
+
+    /// True when a policy of `stage` is in the chain.
+    pub fn has_stage(&self, stage: Stage) -> bool {
+        self.policies.iter().any(|(_, p)| p.stage() == stage)
     }
 
     /// True when the route has no policies.
