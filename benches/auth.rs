@@ -38,12 +38,7 @@ fn bench_key_lookup(c: &mut Criterion) {
 
 fn policy(dir: &Path, toml: &str) -> JwtAuth {
     let config: JwtAuthConfig = toml::from_str(toml).expect("config");
-    config
-        .build(&BuildCtx {
-            config_dir: dir,
-            path: "bench",
-        })
-        .expect("build")
+    config.build(&BuildCtx::new(dir, "bench")).expect("build")
 }
 
 fn bench_jwt(c: &mut Criterion) {

@@ -214,3 +214,63 @@ async fn cors_preflights_are_answered_by_the_gateway_and_actual_responses_labell
     .await;
     assert_eq!(r.status, 405);
 }
+
+fn redis_route(redis: &RedisServer, up: &Upstream, on_error: &str) -> String {
+    format!(
+        "[server.redis]\nurl = \"{}\"\ntimeout = \"200ms\"\n{}\
+         [routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n\
+         [routes.r.policies.rate_limit]\nrequests = 5\nwindow = \"1h\"\nby = \"route\"\nstore = \"redis\"\non_store_error = \"{on_error}\"\n",
+        redis.url(),
+        upstream_table("a", &[up.addr])
+    )
+}
+
+#[tokio::test]
+async fn two_gateways_sharing_redis_admit_exactly_the_budget_in_total() {
+    let redis = RedisServer::start();
+    let up = Upstream::start("a").await;
+    let one = gateway(&redis_route(&redis, &up, "deny"));
+    let two = gateway(&redis_route(&redis, &up, "deny"));
+    let mut admitted = 0;
+    for i in 0..12 {
+        let gw = if i % 2 == 0 { &one } else { &two };
+        let r = raw(gw.addr, &get("/", "")).await;
+        match r.status {
+            200 => admitted += 1,
+            429 => assert!(r.header("retry-after").is_some()),
+            s => panic!(
+                "unexpected status {s}: {}",
+                String::from_utf8_lossy(&r.body)
+            ),
+        }
+    }
+    assert_eq!(
+        admitted, 5,
+        "the two instances together admitted {admitted}"
+    );
+    assert_eq!(up.count(), 5);
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_allows_or_denies_as_configured() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start("a").await;
+    let allow = gateway(&redis_route(&redis, &up, "allow"));
+    let deny = gateway(&redis_route(&redis, &up, "deny"));
+    assert_eq!(raw(allow.addr, &get("/", "")).await.status, 200);
+    assert_eq!(raw(deny.addr, &get("/", "")).await.status, 200);
+    redis.stop();
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let r = raw(allow.addr, &get("/", "")).await;
+        assert_eq!(r.status, 200, "on_store_error = allow");
+        let r = raw(deny.addr, &get("/", "")).await;
+        assert_eq!(r.status, 503, "on_store_error = deny");
+        assert_eq!(r.json()["error"], "overloaded");
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "a dead store stalled requests"
+        );
+    }
+}

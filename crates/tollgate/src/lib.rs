@@ -36,6 +36,7 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod service;
+pub mod store;
 
 mod gateway;
 

@@ -23,6 +23,7 @@ use crate::consumer::{Consumer, Consumers, PasswordHash};
 use crate::policy::{BoxPolicy, BuildCtx, Chain, Failure, Registry};
 use crate::router::{HostMatch, PathPattern, RouteSpec, Router};
 use crate::runtime::{Route, Selector, Snapshot, Upstream};
+use crate::store::RedisStore;
 
 const TOP_LEVEL: &[&str] = &["server", "upstreams", "consumers", "routes", "policies"];
 
@@ -32,6 +33,7 @@ struct Ctx<'a> {
     diags: Diagnostics<'a>,
     registry: &'a Registry,
     config_dir: &'a Path,
+    redis: Option<Arc<RedisStore>>,
 }
 
 pub(super) fn compile(
@@ -51,6 +53,7 @@ pub(super) fn compile(
         diags: Diagnostics::new(file, src),
         registry,
         config_dir,
+        redis: None,
     };
     cx.diags.set_root(doc_ref);
 
@@ -283,7 +286,17 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
     }
     not_yet(cx, f.limits.map(|x| x.span()), "server.limits", "issue 8");
     not_yet(cx, f.tls.map(|x| x.span()), "server.tls", "issue 5");
-    not_yet(cx, f.redis.map(|x| x.span()), "server.redis", "issue 4");
+    if let Some(r) = &f.redis {
+        let r = r.get_ref();
+        let timeout = r.timeout.map_or(Duration::from_millis(100), |t| t.get());
+        match RedisStore::new(r.url.get_ref(), timeout) {
+            Ok(store) => cx.redis = Some(Arc::new(store)),
+            Err(msg) => {
+                cx.diags.at(r.url.span(), "server.redis.url", msg);
+                ok = false;
+            }
+        }
+    }
     not_yet(cx, f.tracing.map(|x| x.span()), "server.tracing", "issue 6");
     ok.then_some((s, trusted))
 }
@@ -538,6 +551,7 @@ fn policies(cx: &mut Ctx<'_>, v: Option<&Value<'_>>, path: &str) -> Vec<(Arc<str
         let bcx = BuildCtx {
             config_dir: cx.config_dir,
             path: &ppath,
+            redis: cx.redis.as_ref(),
         };
         match cx.registry.build(name, val.clone(), &bcx) {
             None => {

@@ -32,7 +32,7 @@ pub(crate) struct ServerFile {
     pub access_log: Option<Spanned<String>>,
     pub limits: Option<Spanned<IgnoredAny>>,
     pub tls: Option<Spanned<IgnoredAny>>,
-    pub redis: Option<Spanned<IgnoredAny>>,
+    pub redis: Option<Spanned<RedisFile>>,
     pub tracing: Option<Spanned<IgnoredAny>>,
 }
 
@@ -156,4 +156,12 @@ pub(crate) struct RouteFile {
 pub(crate) struct RewriteFile {
     pub regex: Spanned<String>,
     pub to: String,
+}
+
+/// `[server.redis]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RedisFile {
+    pub url: Spanned<String>,
+    pub timeout: Option<ConfigDuration>,
 }

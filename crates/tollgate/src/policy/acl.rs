@@ -92,10 +92,7 @@ mod tests {
     use super::*;
 
     fn acl(allow: &[&str], deny: &[&str]) -> Acl {
-        let cx = BuildCtx {
-            config_dir: std::path::Path::new("."),
-            path: "p",
-        };
+        let cx = BuildCtx::new(std::path::Path::new("."), "p");
         AclConfig {
             allow_groups: allow.iter().map(|s| s.to_string()).collect(),
             deny_groups: deny.iter().map(|s| s.to_string()).collect(),
@@ -121,10 +118,7 @@ mod tests {
 
     #[test]
     fn empty_acl_is_a_build_error() {
-        let cx = BuildCtx {
-            config_dir: std::path::Path::new("."),
-            path: "p",
-        };
+        let cx = BuildCtx::new(std::path::Path::new("."), "p");
         assert!(AclConfig::default().build(&cx).is_err());
         assert!(toml::from_str::<AclConfig>("allow = []").is_err());
     }

@@ -189,10 +189,7 @@ mod tests {
         let c: BasicAuthConfig = toml::from_str("").unwrap();
         assert_eq!(c.realm, "tollgate");
         assert!(c.hide_credentials);
-        let cx = BuildCtx {
-            config_dir: std::path::Path::new("."),
-            path: "p",
-        };
+        let cx = BuildCtx::new(std::path::Path::new("."), "p");
         let p = c.build(&cx).unwrap();
         assert_eq!(p.challenge, "Basic realm=\"tollgate\"");
         let bad = BasicAuthConfig {

@@ -115,10 +115,7 @@ mod tests {
 
     #[test]
     fn slots_are_released_when_dropped() {
-        let cx = BuildCtx {
-            config_dir: std::path::Path::new("."),
-            path: "p",
-        };
+        let cx = BuildCtx::new(std::path::Path::new("."), "p");
         let p = ConcurrencyLimitConfig {
             max: 2,
             by: KeySource::Route,
@@ -138,10 +135,7 @@ mod tests {
 
     #[test]
     fn zero_is_a_build_error() {
-        let cx = BuildCtx {
-            config_dir: std::path::Path::new("."),
-            path: "p",
-        };
+        let cx = BuildCtx::new(std::path::Path::new("."), "p");
         let e = ConcurrencyLimitConfig {
             max: 0,
             by: KeySource::ClientIp,

@@ -287,10 +287,7 @@ mod tests {
     use super::*;
 
     fn build(src: &str) -> Result<Cors, BuildError> {
-        let cx = BuildCtx {
-            config_dir: std::path::Path::new("."),
-            path: "p",
-        };
+        let cx = BuildCtx::new(std::path::Path::new("."), "p");
         toml::from_str::<CorsConfig>(src).unwrap().build(&cx)
     }
 

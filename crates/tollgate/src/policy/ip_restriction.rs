@@ -108,10 +108,7 @@ mod tests {
     use super::*;
 
     fn build(allow: &[&str], deny: &[&str]) -> Result<IpRestriction, BuildError> {
-        let cx = BuildCtx {
-            config_dir: std::path::Path::new("."),
-            path: "p",
-        };
+        let cx = BuildCtx::new(std::path::Path::new("."), "p");
         IpRestrictionConfig {
             allow: allow.iter().map(|s| s.to_string()).collect(),
             deny: deny.iter().map(|s| s.to_string()).collect(),

@@ -494,10 +494,7 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     fn cx() -> BuildCtx<'static> {
-        BuildCtx {
-            config_dir: std::path::Path::new("."),
-            path: "p",
-        }
+        BuildCtx::new(std::path::Path::new("."), "p")
     }
 
     fn config(src: &str) -> JwtAuthConfig {

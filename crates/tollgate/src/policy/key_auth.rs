@@ -193,10 +193,7 @@ mod tests {
 
     #[test]
     fn invalid_header_name_is_a_build_error() {
-        let cx = BuildCtx {
-            config_dir: std::path::Path::new("."),
-            path: "p",
-        };
+        let cx = BuildCtx::new(std::path::Path::new("."), "p");
         let e = KeyAuthConfig {
             header: "bad header".into(),
             ..Default::default()

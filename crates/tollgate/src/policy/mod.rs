@@ -172,11 +172,25 @@ pub trait PolicyConfig: DeserializeOwned + Send + 'static {
 
 /// What a policy's `build` can see.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct BuildCtx<'a> {
     /// The directory of the config file, for relative paths (key files…).
     pub config_dir: &'a Path,
     /// The dotted key path of the policy's table (`routes.orders.policies.key_auth`).
     pub path: &'a str,
+    /// The shared store of `[server.redis]`, when configured.
+    pub redis: Option<&'a Arc<crate::store::RedisStore>>,
+}
+
+impl<'a> BuildCtx<'a> {
+    /// A context for a policy at `path`, with files relative to `config_dir` and no store.
+    pub fn new(config_dir: &'a Path, path: &'a str) -> Self {
+        Self {
+            config_dir,
+            path,
+            redis: None,
+        }
+    }
 }
 
 /// A policy config that is well-formed TOML but cannot be built.

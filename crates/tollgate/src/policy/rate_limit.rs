@@ -7,7 +7,8 @@
 //! requests = 100
 //! window = "1s"            # default
 //! by = "consumer"          # consumer | client_ip (default) | route | "header:NAME"
-//! store = "local"          # default; "redis" is not supported by this build yet
+//! store = "local"          # default; "redis" shares the count via [server.redis]
+//! on_store_error = "allow"  # default; "deny": 503 when Redis cannot answer in time
 //! ```
 //!
 //! Every response on the route carries `RateLimit-Limit`, `RateLimit-Remaining` and
@@ -16,11 +17,17 @@
 //! reaches the upstream. With `by = "consumer"` (or a header) and no consumer (or no such
 //! header), the client IP is the key.
 //!
-//! Counting is local to the process, in fixed windows aligned to the process clock, in
-//! count-min sketches from `pingora-limits`: memory is bounded (a fixed few MiB per
-//! distinct window length, shared by every limiter) whatever the number of keys; with
-//! very many distinct keys in one window the estimate can only over-count. Counts are
-//! keyed by the policy's key path, so they survive a reload.
+//! With `store = "local"`, counting is local to the process, in fixed windows aligned to
+//! the process clock, in count-min sketches from `pingora-limits`: memory is bounded (a
+//! fixed few MiB per distinct window length, shared by every limiter) whatever the
+//! number of keys; with very many distinct keys in one window the estimate can only
+//! over-count. Counts are keyed by the policy's key path, so they survive a reload.
+//!
+//! With `store = "redis"`, every instance using the same Redis shares one count per key
+//! (`tollgate:rl:<policy path>:<window>:<key>`, windows aligned to wall-clock time, one
+//! atomic script per request, so concurrent instances never over-admit). When Redis does
+//! not answer within `[server.redis] timeout`, `on_store_error` decides: `allow` lets the
+//! request through, `deny` answers 503 `overloaded` with `Retry-After`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -28,7 +35,7 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
@@ -44,6 +51,7 @@ use super::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
 use crate::config::units::ConfigDuration;
 use crate::context::RequestCtx;
 use crate::reply::{ErrorCode, Reply};
+use crate::store::RedisStore;
 
 // === Config ===
 
@@ -175,19 +183,29 @@ impl PolicyConfig for RateLimitConfig {
                 "window must be between 100ms and 24h",
             ));
         }
-        if self.store == Store::Redis {
-            return Err(BuildError::field(
-                "store",
-                "store = \"redis\" is not supported by this build yet (issue 4)",
-            ));
-        }
         let mut h = std::collections::hash_map::DefaultHasher::new();
         cx.path.hash(&mut h);
+        let counter = match self.store {
+            Store::Local => Counter::Local(FixedWindows::shared(window), h.finish()),
+            Store::Redis => match cx.redis {
+                Some(store) => Counter::Redis {
+                    store: store.clone(),
+                    prefix: format!("tollgate:rl:{}:", cx.path).into_bytes(),
+                    window_ms: window.as_millis() as u64,
+                    on_error: self.on_store_error,
+                },
+                None => {
+                    return Err(BuildError::field(
+                        "store",
+                        "store = \"redis\" needs a [server.redis] table",
+                    ))
+                }
+            },
+        };
         Ok(RateLimit {
             limit: self.requests,
             by: self.by,
-            windows: FixedWindows::shared(window),
-            id: h.finish(),
+            counter,
         })
     }
 }
@@ -277,13 +295,75 @@ impl FixedWindows {
 
 // === Policy ===
 
+/// Where a limiter counts.
+#[derive(Debug)]
+enum Counter {
+    /// In-process windows; the `u64` tells this limiter's keys apart from others'.
+    Local(Arc<FixedWindows>, u64),
+    /// In Redis, shared by every instance.
+    Redis {
+        store: Arc<RedisStore>,
+        prefix: Vec<u8>,
+        window_ms: u64,
+        on_error: OnStoreError,
+    },
+}
+
 /// Limits requests per window and key.
 #[derive(Debug)]
 pub struct RateLimit {
     limit: u64,
     by: KeySource,
-    windows: Arc<FixedWindows>,
-    id: u64,
+    counter: Counter,
+}
+
+impl RateLimit {
+    /// Counts this request; `Err` carries the answer to give when the store failed.
+    async fn count(&self, key: &[u8]) -> std::result::Result<Decision, Flow> {
+        match &self.counter {
+            Counter::Local(windows, id) => {
+                Ok(windows.check(&(*id, key), self.limit, Instant::now()))
+            }
+            Counter::Redis {
+                store,
+                prefix,
+                window_ms,
+                on_error,
+            } => {
+                let now_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as u64;
+                let index = now_ms / window_ms;
+                let reset = Duration::from_millis(window_ms - now_ms % window_ms);
+                let mut k = Vec::with_capacity(prefix.len() + 24 + key.len());
+                k.extend_from_slice(prefix);
+                k.extend_from_slice(index.to_string().as_bytes());
+                k.push(b':');
+                k.extend_from_slice(key);
+                match store.incr_window(&k, reset + Duration::from_secs(1)).await {
+                    Ok(n) => Ok(Decision {
+                        allowed: n <= self.limit,
+                        remaining: self.limit.saturating_sub(n),
+                        reset,
+                    }),
+                    Err(e) => {
+                        tracing::warn!("rate_limit: {e}");
+                        match on_error {
+                            OnStoreError::Allow => Err(Flow::Continue),
+                            OnStoreError::Deny => Err(Flow::Respond(
+                                Reply::refuse_with(
+                                    ErrorCode::Overloaded,
+                                    "rate limit store unavailable",
+                                )
+                                .header(http::header::RETRY_AFTER, HeaderValue::from_static("1")),
+                            )),
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The values of the `RateLimit-*` headers for this request.
@@ -303,9 +383,10 @@ impl Policy for RateLimit {
     async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<Flow> {
         let mut key = Vec::with_capacity(32);
         self.by.key(session, cx, &mut key);
-        let d = self
-            .windows
-            .check(&(self.id, key.as_slice()), self.limit, Instant::now());
+        let d = match self.count(&key).await {
+            Ok(d) => d,
+            Err(flow) => return Ok(flow),
+        };
         let reset_secs = d.reset.as_secs() + u64::from(d.reset.subsec_nanos() > 0);
         cx.extensions.insert(Headers {
             limit: self.limit,
@@ -392,10 +473,11 @@ mod tests {
             toml::from_str::<RateLimitConfig>("requests = 5\nby = \"header:bad name\"").is_err()
         );
         assert!(toml::from_str::<RateLimitConfig>("requests = -1").is_err());
-        let cx = BuildCtx {
-            config_dir: std::path::Path::new("."),
-            path: "p",
-        };
+        let cx = BuildCtx::new(std::path::Path::new("."), "p");
+        let redis: RateLimitConfig = toml::from_str("requests = 5\nstore = \"redis\"").unwrap();
+        let e = redis.build(&cx).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("store"));
+        assert!(e.message.contains("[server.redis]"), "{e}");
         let zero: RateLimitConfig = toml::from_str("requests = 0").unwrap();
         assert_eq!(
             zero.build(&cx).unwrap_err().field.as_deref(),
