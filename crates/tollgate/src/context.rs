@@ -36,6 +36,8 @@ pub struct RequestCtx {
     pub(crate) backend: Option<String>,
     pub(crate) refusal: Option<ErrorCode>,
     pub(crate) tries: usize,
+    pub(crate) tried: Vec<String>,
+    pub(crate) slot: Option<crate::balance::BackendSlot>,
 }
 
 impl RequestCtx {
@@ -55,6 +57,8 @@ impl RequestCtx {
             backend: None,
             refusal: None,
             tries: 0,
+            tried: Vec::new(),
+            slot: None,
         }
     }
 

@@ -23,6 +23,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod balance;
 pub mod config;
 pub mod consumer;
 pub mod context;

@@ -225,7 +225,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         cx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let Some(route) = cx.route.clone() else {
@@ -235,11 +235,23 @@ impl ProxyHttp for Gateway {
             );
         };
         let up = &route.upstream;
-        let tried: Vec<String> = cx.backend.iter().cloned().collect();
-        let Some(backend) = up.selector.select(cx.request_id.as_bytes(), &tried) else {
+        let key = match up.selector.hash_key() {
+            Some(k) => k.key(
+                cx.client_ip,
+                cx.consumer.as_deref().map(|c| c.name.as_str()),
+                &cx.path,
+                &session.req_header().headers,
+            ),
+            None => Vec::new(),
+        };
+        // a retry releases its hold on the backend that failed before choosing another
+        cx.slot = None;
+        let Some((backend, slot)) = up.selector.select(&key, &cx.tried) else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "every backend is unhealthy");
         };
+        cx.slot = slot;
         let addr = backend.addr.to_string();
+        cx.tried.push(addr.clone());
         let mut peer = HttpPeer::new(backend.addr.clone(), up.tls, up.sni.clone());
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout);

@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
-use pingora::lb::selection::{Random, RoundRobin};
-use pingora::lb::{Backend, LoadBalancer};
 use regex::Regex;
 
+use crate::balance::Selector;
 use crate::config::file::Balance;
 use crate::consumer::Consumers;
 use crate::policy::Chain;
@@ -113,27 +112,5 @@ impl std::fmt::Debug for Upstream {
             .field("backends", &self.backends)
             .field("balance", &self.balance)
             .finish_non_exhaustive()
-    }
-}
-
-/// The balancing algorithm of an upstream, over Pingora's load balancers.
-pub(crate) enum Selector {
-    RoundRobin(LoadBalancer<RoundRobin>),
-    Random(LoadBalancer<Random>),
-}
-
-impl Selector {
-    pub(crate) fn select(&self, key: &[u8], avoid: &[String]) -> Option<Backend> {
-        // try the others first; fall back to any backend when all were tried
-        let accept =
-            |b: &Backend, healthy: bool| healthy && !avoid.iter().any(|a| *a == b.addr.to_string());
-        let picked = match self {
-            Self::RoundRobin(lb) => lb.select_with(key, 256, accept),
-            Self::Random(lb) => lb.select_with(key, 256, accept),
-        };
-        picked.or_else(|| match self {
-            Self::RoundRobin(lb) => lb.select(key, 256),
-            Self::Random(lb) => lb.select(key, 256),
-        })
     }
 }

@@ -19,10 +19,11 @@ use toml::Spanned;
 use super::diagnostic::{join, Diagnostics};
 use super::file::{Balance, ConsumerFile, RouteFile, ServerFile, UpstreamFile};
 use super::{AccessLog, ConfigErrors, ServerSettings};
+use crate::balance::{HashKey, LeastConn, Selector};
 use crate::consumer::{Consumer, Consumers, PasswordHash};
 use crate::policy::{BoxPolicy, BuildCtx, Chain, Failure, Registry};
 use crate::router::{HostMatch, PathPattern, RouteSpec, Router};
-use crate::runtime::{Route, Selector, Snapshot, Upstream};
+use crate::runtime::{Route, Snapshot, Upstream};
 use crate::store::RedisStore;
 
 const TOP_LEVEL: &[&str] = &["server", "upstreams", "consumers", "routes", "policies"];
@@ -360,26 +361,26 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         .balance
         .as_ref()
         .map_or(Balance::RoundRobin, |b| *b.get_ref());
-    if let Some(b) = f
-        .balance
-        .as_ref()
-        .filter(|_| matches!(balance, Balance::ConsistentHash | Balance::LeastConn))
-    {
-        cx.diags.at(
-            b.span(),
-            format!("{path}.balance"),
-            "consistent_hash and least_conn are not supported by this build yet (issue 5); use round_robin or random",
-        );
-        ok = false;
-    }
-    if let Some(h) = &f.hash_key {
-        cx.diags.at(
-            h.span(),
-            format!("{path}.hash_key"),
-            "hash_key only applies to balance = \"consistent_hash\"",
-        );
-        ok = false;
-    }
+    let hash_key = match &f.hash_key {
+        Some(h) if balance != Balance::ConsistentHash => {
+            cx.diags.at(
+                h.span(),
+                format!("{path}.hash_key"),
+                "hash_key only applies to balance = \"consistent_hash\"",
+            );
+            ok = false;
+            HashKey::default()
+        }
+        Some(h) => match HashKey::parse(h.get_ref()) {
+            Ok(k) => k,
+            Err(msg) => {
+                cx.diags.at(h.span(), format!("{path}.hash_key"), msg);
+                ok = false;
+                HashKey::default()
+            }
+        },
+        None => HashKey::default(),
+    };
     not_yet(
         cx,
         f.health_check.map(|x| x.span()),
@@ -389,16 +390,19 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
     if !ok {
         return None;
     }
-    let discovery = Static::new(set);
+    let backends_lb = || Backends::new(Static::new(set.clone()));
     let selector = match balance {
-        Balance::Random => {
-            let lb = LoadBalancer::from_backends(Backends::new(discovery));
-            Selector::Random(ready(lb))
+        Balance::RoundRobin => {
+            Selector::RoundRobin(ready(LoadBalancer::from_backends(backends_lb())))
         }
-        _ => {
-            let lb = LoadBalancer::from_backends(Backends::new(discovery));
-            Selector::RoundRobin(ready(lb))
+        Balance::Random => Selector::Random(ready(LoadBalancer::from_backends(backends_lb()))),
+        Balance::ConsistentHash => {
+            Selector::Consistent(ready(LoadBalancer::from_backends(backends_lb())), hash_key)
         }
+        Balance::LeastConn => Selector::LeastConn(
+            ready(LoadBalancer::from_backends(backends_lb())),
+            Arc::new(LeastConn::new(backends.iter().map(|(a, _)| a.as_str()))),
+        ),
     };
     let sni = f.sni.clone().unwrap_or_default();
     Some(Upstream {
@@ -422,24 +426,8 @@ where
     S: pingora::lb::selection::BackendSelection + 'static,
     S::Iter: pingora::lb::selection::BackendIter,
 {
-    use futures_lite_now::now_or_never;
-    let _ = now_or_never(lb.update());
+    let _ = super::now_or_never(lb.update());
     lb
-}
-
-mod futures_lite_now {
-    use std::future::Future;
-    use std::pin::pin;
-    use std::task::{Context, Poll, Waker};
-
-    /// Polls a future once; static discovery completes on the first poll.
-    pub(super) fn now_or_never<F: Future>(f: F) -> Option<F::Output> {
-        let mut f = pin!(f);
-        match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(v) => Some(v),
-            Poll::Pending => None,
-        }
-    }
 }
 
 fn consumers(cx: &mut Ctx<'_>, v: Option<&Value<'_>>) -> Consumers {

@@ -24,6 +24,16 @@ pub use file::Balance;
 use crate::policy::Registry;
 use crate::runtime::Snapshot;
 
+/// Polls a future once; for work that completes on its first poll (static discovery).
+pub(crate) fn now_or_never<F: std::future::Future>(f: F) -> Option<F::Output> {
+    use std::task::{Context, Poll, Waker};
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}
+
 /// Where access log lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccessLog {

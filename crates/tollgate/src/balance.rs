@@ -1,0 +1,302 @@
+//! Choosing a backend: Pingora's load balancers for `round_robin`, `random` and
+//! `consistent_hash` (Ketama), and in-flight counting for `least_conn`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName};
+use pingora::lb::selection::consistent::KetamaHashing;
+use pingora::lb::selection::{Random, RoundRobin};
+use pingora::lb::{Backend, LoadBalancer};
+
+/// What `consistent_hash` hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HashKey {
+    /// The client IP. The default.
+    #[default]
+    ClientIp,
+    /// The authenticated consumer's name (client IP when there is none).
+    Consumer,
+    /// The normalised request path.
+    Path,
+    /// A request header's value (client IP when absent).
+    Header(HeaderName),
+}
+
+impl HashKey {
+    /// Parses `client_ip`, `consumer`, `path` or `header:NAME`.
+    ///
+    /// # Errors
+    /// A message naming what was expected.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "client_ip" => Ok(Self::ClientIp),
+            "consumer" => Ok(Self::Consumer),
+            "path" => Ok(Self::Path),
+            _ => match s.strip_prefix("header:") {
+                Some(h) => HeaderName::from_bytes(h.trim().as_bytes())
+                    .map(Self::Header)
+                    .map_err(|_| format!("invalid header name {h:?}")),
+                None => Err(format!(
+                    r#"unknown hash_key {s:?} (expected client_ip, consumer, path or "header:NAME")"#
+                )),
+            },
+        }
+    }
+
+    /// The bytes to hash for a request.
+    pub(crate) fn key<'a>(
+        &self,
+        client_ip: Option<IpAddr>,
+        consumer: Option<&'a str>,
+        path: &'a str,
+        headers: &'a HeaderMap,
+    ) -> Vec<u8> {
+        let ip = || {
+            client_ip
+                .map(|ip| ip.to_string().into_bytes())
+                .unwrap_or_default()
+        };
+        match self {
+            Self::ClientIp => ip(),
+            Self::Consumer => consumer.map_or_else(ip, |c| c.as_bytes().to_vec()),
+            Self::Path => path.as_bytes().to_vec(),
+            Self::Header(h) => headers.get(h).map_or_else(ip, |v| v.as_bytes().to_vec()),
+        }
+    }
+}
+
+/// In-flight requests per backend, for `least_conn`.
+#[derive(Debug, Default)]
+pub struct LeastConn {
+    inflight: HashMap<String, AtomicUsize>,
+}
+
+/// One request's hold on a backend; dropping it ends the request for `least_conn`.
+pub struct BackendSlot {
+    counts: Arc<LeastConn>,
+    addr: String,
+}
+
+impl fmt::Debug for BackendSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("BackendSlot").field(&self.addr).finish()
+    }
+}
+
+impl Drop for BackendSlot {
+    fn drop(&mut self) {
+        if let Some(c) = self.counts.inflight.get(&self.addr) {
+            c.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl LeastConn {
+    /// Tracks these backend addresses.
+    pub fn new<'a>(addrs: impl IntoIterator<Item = &'a str>) -> Self {
+        Self {
+            inflight: addrs
+                .into_iter()
+                .map(|a| (a.to_string(), AtomicUsize::new(0)))
+                .collect(),
+        }
+    }
+
+    /// Requests in flight on `addr`.
+    pub fn inflight(&self, addr: &str) -> usize {
+        self.inflight
+            .get(addr)
+            .map_or(0, |c| c.load(Ordering::Acquire))
+    }
+
+    /// The candidate with the fewest in-flight requests per unit of weight (first wins ties).
+    fn pick<'b>(&self, candidates: impl Iterator<Item = &'b Backend>) -> Option<&'b Backend> {
+        candidates.min_by(|a, b| {
+            let (ia, ib) = (
+                self.inflight(&a.addr.to_string()),
+                self.inflight(&b.addr.to_string()),
+            );
+            (ia * b.weight.max(1)).cmp(&(ib * a.weight.max(1)))
+        })
+    }
+}
+
+/// The balancing algorithm of an upstream.
+pub(crate) enum Selector {
+    RoundRobin(LoadBalancer<RoundRobin>),
+    Random(LoadBalancer<Random>),
+    Consistent(LoadBalancer<KetamaHashing>, HashKey),
+    LeastConn(LoadBalancer<RoundRobin>, Arc<LeastConn>),
+}
+
+impl fmt::Debug for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::RoundRobin(_) => "RoundRobin",
+            Self::Random(_) => "Random",
+            Self::Consistent(..) => "Consistent",
+            Self::LeastConn(..) => "LeastConn",
+        })
+    }
+}
+
+impl Selector {
+    /// The hash key, for `consistent_hash`.
+    pub(crate) fn hash_key(&self) -> Option<&HashKey> {
+        match self {
+            Self::Consistent(_, k) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// Picks a backend for `key`, preferring ones not in `avoid` (already tried); falls
+    /// back to any backend when every other was tried. For `least_conn` the returned slot
+    /// must be held until the request ends.
+    pub(crate) fn select(
+        &self,
+        key: &[u8],
+        avoid: &[String],
+    ) -> Option<(Backend, Option<BackendSlot>)> {
+        let fresh =
+            |b: &Backend, healthy: bool| healthy && !avoid.iter().any(|a| *a == b.addr.to_string());
+        let any = |_: &Backend, healthy: bool| healthy;
+        let plain = |b: Option<Backend>| b.map(|b| (b, None));
+        match self {
+            Self::RoundRobin(lb) => plain(
+                lb.select_with(key, 256, fresh)
+                    .or_else(|| lb.select_with(key, 256, any)),
+            ),
+            Self::Random(lb) => plain(
+                lb.select_with(key, 256, fresh)
+                    .or_else(|| lb.select_with(key, 256, any)),
+            ),
+            Self::Consistent(lb, _) => plain(
+                lb.select_with(key, 256, fresh)
+                    .or_else(|| lb.select_with(key, 256, any)),
+            ),
+            Self::LeastConn(lb, counts) => {
+                let backends = lb.backends().get_backend();
+                let healthy: Vec<&Backend> =
+                    backends.iter().filter(|b| lb.backends().ready(b)).collect();
+                let untried = healthy
+                    .iter()
+                    .copied()
+                    .filter(|b| !avoid.iter().any(|a| *a == b.addr.to_string()));
+                let chosen = counts
+                    .pick(untried)
+                    .or_else(|| counts.pick(healthy.iter().copied()))?
+                    .clone();
+                let addr = chosen.addr.to_string();
+                let c = counts.inflight.get(&addr)?;
+                c.fetch_add(1, Ordering::AcqRel);
+                Some((
+                    chosen,
+                    Some(BackendSlot {
+                        counts: counts.clone(),
+                        addr,
+                    }),
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use pingora::lb::discovery::Static;
+    use pingora::lb::Backends;
+
+    use super::*;
+
+    fn lb<S>(addrs: &[&str]) -> LoadBalancer<S>
+    where
+        S: pingora::lb::selection::BackendSelection + 'static,
+        S::Iter: pingora::lb::selection::BackendIter,
+    {
+        let set: BTreeSet<Backend> = addrs.iter().map(|a| Backend::new(a).unwrap()).collect();
+        let lb = LoadBalancer::from_backends(Backends::new(Static::new(set)));
+        crate::config::now_or_never(lb.update());
+        lb
+    }
+
+    fn owner(s: &Selector, key: &str) -> String {
+        s.select(key.as_bytes(), &[]).unwrap().0.addr.to_string()
+    }
+
+    #[test]
+    fn consistent_hash_is_stable_and_moves_only_the_removed_share() {
+        let three = Selector::Consistent(
+            lb(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]),
+            HashKey::ClientIp,
+        );
+        let two = Selector::Consistent(lb(&["127.0.0.1:1", "127.0.0.1:2"]), HashKey::ClientIp);
+        let keys: Vec<String> = (0..3000)
+            .map(|i| format!("10.0.{}.{}", i / 250, i % 250))
+            .collect();
+        let mut moved = 0;
+        let mut on_removed = 0;
+        for k in &keys {
+            let before = owner(&three, k);
+            assert_eq!(before, owner(&three, k), "not stable");
+            if before == "127.0.0.1:3" {
+                on_removed += 1;
+            } else if owner(&two, k) != before {
+                moved += 1;
+            }
+        }
+        assert_eq!(moved, 0, "keys of remaining backends moved");
+        assert!(
+            (700..1300).contains(&on_removed),
+            "uneven share: {on_removed} of 3000"
+        );
+    }
+
+    #[test]
+    fn retries_avoid_tried_backends() {
+        let s = Selector::Consistent(lb(&["127.0.0.1:1", "127.0.0.1:2"]), HashKey::Path);
+        let first = owner(&s, "/x");
+        let second = s
+            .select(b"/x", std::slice::from_ref(&first))
+            .unwrap()
+            .0
+            .addr
+            .to_string();
+        assert_ne!(first, second);
+    }
+
+    #[test]
+    fn least_conn_prefers_the_idle_backend_and_releases_on_drop() {
+        let addrs = ["127.0.0.1:1", "127.0.0.1:2"];
+        let counts = Arc::new(LeastConn::new(addrs));
+        let s = Selector::LeastConn(lb(&addrs), counts.clone());
+        let (a, slot_a) = s.select(b"", &[]).unwrap();
+        let (b, slot_b) = s.select(b"", &[]).unwrap();
+        assert_ne!(
+            a.addr, b.addr,
+            "the second request went to the busy backend"
+        );
+        drop(slot_b);
+        let (c, _slot_c) = s.select(b"", &[]).unwrap();
+        assert_eq!(c.addr, b.addr, "the freed backend is the idle one");
+        assert_eq!(counts.inflight(&a.addr.to_string()), 1);
+        drop(slot_a);
+        assert_eq!(counts.inflight(&a.addr.to_string()), 0);
+    }
+
+    #[test]
+    fn hash_keys_parse() {
+        assert_eq!(HashKey::parse("path"), Ok(HashKey::Path));
+        assert_eq!(
+            HashKey::parse("header:x-user"),
+            Ok(HashKey::Header(HeaderName::from_static("x-user")))
+        );
+        assert!(HashKey::parse("ip").is_err());
+        assert!(HashKey::parse("header:bad name").is_err());
+    }
+}
