@@ -61,8 +61,9 @@ impl Seen {
 pub struct Upstream {
     /// Where it listens.
     pub addr: SocketAddr,
-    /// What it received, in order.
+    /// What it received, in order (health checks to `/healthz` are not recorded).
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -80,8 +81,10 @@ impl Upstream {
             .unwrap_or_else(|e| panic!("bind upstream on {bind}: {e}"));
         let addr = listener.local_addr().expect("upstream addr");
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let name: Arc<str> = Arc::from(name);
         let rec = seen.clone();
+        let health = healthy.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -89,11 +92,22 @@ impl Upstream {
                 };
                 let rec = rec.clone();
                 let name = name.clone();
+                let health = health.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let rec = rec.clone();
                         let name = name.clone();
-                        async move { Ok::<_, Infallible>(echo(req, &name, &rec).await) }
+                        let up = health.load(std::sync::atomic::Ordering::Acquire);
+                        async move {
+                            if req.uri().path() == "/healthz" {
+                                let status = if up { 200 } else { 503 };
+                                let resp = Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::new()));
+                                return Ok::<_, Infallible>(resp.unwrap_or_default());
+                            }
+                            Ok::<_, Infallible>(echo(req, &name, &rec).await)
+                        }
                     });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -102,7 +116,18 @@ impl Upstream {
                 });
             }
         });
-        Self { addr, seen, task }
+        Self {
+            addr,
+            seen,
+            healthy,
+            task,
+        }
+    }
+
+    /// Makes `/healthz` answer 200 (healthy) or 503.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy
+            .store(healthy, std::sync::atomic::Ordering::Release);
     }
 
     /// How many requests it received.

@@ -90,3 +90,114 @@ fn hash_key_without_consistent_hash_is_a_config_error() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("g.toml:3:12: upstreams.u.hash_key: hash_key only applies"));
 }
+
+/// Sends `n` requests and returns which backends answered.
+async fn answered_by(gw: &Gateway, n: usize) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for i in 0..n {
+        let r = raw(gw.addr, &get(&format!("/{i}"), "")).await;
+        let who = r
+            .header("x-upstream")
+            .map_or_else(|| format!("status {}", r.status), str::to_string);
+        *m.entry(who).or_default() += 1;
+    }
+    m
+}
+
+#[tokio::test]
+async fn an_unhealthy_backend_stops_receiving_traffic_and_comes_back() {
+    let ups = backends(2).await;
+    let gw = gateway_with_admin(&pool(
+        "p",
+        &ups,
+        "[upstreams.p.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\nunhealthy_after = 2\nhealthy_after = 1",
+    ));
+    assert_eq!(
+        answered_by(&gw, 4).await.len(),
+        2,
+        "both backends serve while healthy"
+    );
+
+    ups[1].set_healthy(false);
+    let out = eventually(Duration::from_secs(5), async || {
+        answered_by(&gw, 6).await.keys().all(|k| k == "b0")
+    })
+    .await;
+    assert!(out, "b1 kept receiving traffic after failing its checks");
+    let metrics = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge = format!(
+        "tollgate_upstream_backend_healthy{{backend=\"{}\",upstream=\"p\"}} 0",
+        ups[1].addr
+    );
+    assert!(metrics.contains(&gauge), "{metrics}");
+    let (_, _, status) = get_json(&gw.admin_url("/admin/status")).await;
+    let b1 = status["upstreams"]["p"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["addr"] == ups[1].addr.to_string())
+        .cloned();
+    assert_eq!(b1.unwrap()["healthy"], false);
+
+    ups[1].set_healthy(true);
+    let back = eventually(Duration::from_secs(5), async || {
+        answered_by(&gw, 6).await.contains_key("b1")
+    })
+    .await;
+    assert!(back, "b1 did not come back after recovering");
+}
+
+#[tokio::test]
+async fn every_backend_unhealthy_is_503_at_once() {
+    let ups = backends(2).await;
+    let gw = gateway(&pool(
+        "p",
+        &ups,
+        "[upstreams.p.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\nunhealthy_after = 1",
+    ));
+    ups[0].set_healthy(false);
+    ups[1].set_healthy(false);
+    let down = eventually(Duration::from_secs(5), async || {
+        raw(gw.addr, &get("/", "")).await.status == 503
+    })
+    .await;
+    assert!(down, "never answered 503");
+    let started = std::time::Instant::now();
+    let r = raw(gw.addr, &get("/x", "")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "no_healthy_upstream");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the refusal was not immediate"
+    );
+}
+
+#[tokio::test]
+async fn tcp_checks_mark_a_dead_backend_unhealthy() {
+    let live = Upstream::start("live").await;
+    let dead = closed_port();
+    let gw = gateway_with_admin(&format!(
+        "[upstreams.p]\nbackends = [\"{}\", \"{dead}\"]\nretries = 0\n\
+         [upstreams.p.health_check]\nkind = \"tcp\"\ninterval = \"100ms\"\nunhealthy_after = 1\n\
+         [routes.r]\npaths = [\"/\"]\nupstream = \"p\"\n",
+        live.addr
+    ));
+    let url = gw.admin_url("/admin/status");
+    let marked = eventually(Duration::from_secs(5), async || {
+        let (_, _, s) = get_json(&url).await;
+        s["upstreams"]["p"]["backends"]
+            .as_array()
+            .is_some_and(|b| b.iter().any(|x| x["healthy"] == false))
+    })
+    .await;
+    assert!(marked, "the closed port was never marked unhealthy");
+    let m = answered_by(&gw, 6).await;
+    assert_eq!(m.get("live"), Some(&6), "{m:?}");
+}

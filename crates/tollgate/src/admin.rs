@@ -90,9 +90,9 @@ impl ServeHttp for Admin {
                     .values()
                     .map(|u| {
                         let backends: Vec<_> = u
-                            .backends
-                            .iter()
-                            .map(|(addr, w)| serde_json::json!({"addr": addr, "weight": w, "healthy": true}))
+                            .backend_health()
+                            .into_iter()
+                            .map(|(addr, w, healthy)| serde_json::json!({"addr": addr, "weight": w, "healthy": healthy}))
                             .collect();
                         (u.name.clone(), serde_json::json!({ "backends": backends }))
                     })

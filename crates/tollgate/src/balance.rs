@@ -145,6 +145,15 @@ impl fmt::Debug for Selector {
 }
 
 impl Selector {
+    /// The backends and their health.
+    pub(crate) fn backends(&self) -> &pingora::lb::Backends {
+        match self {
+            Self::RoundRobin(lb) | Self::LeastConn(lb, _) => lb.backends(),
+            Self::Random(lb) => lb.backends(),
+            Self::Consistent(lb, _) => lb.backends(),
+        }
+    }
+
     /// The hash key, for `consistent_hash`.
     pub(crate) fn hash_key(&self) -> Option<&HashKey> {
         match self {

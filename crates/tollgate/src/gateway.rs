@@ -15,6 +15,7 @@ use pingora::services::ServiceWithDependents;
 use crate::access_log::AccessLogger;
 use crate::admin::Admin;
 use crate::config::{Config, LoadError, ServerSettings};
+use crate::health::HealthChecker;
 use crate::metrics::Metrics;
 use crate::policy::Registry;
 use crate::proxy::Gateway;
@@ -59,7 +60,7 @@ impl<'a> GatewayBuilder<'a> {
     /// The access log file cannot be opened.
     pub fn build(self) -> std::io::Result<GatewayHandle> {
         let access_log = AccessLogger::start(&self.config.server.access_log)?;
-        Ok(GatewayHandle {
+        let handle = GatewayHandle {
             state: Arc::new(ArcSwap::new(self.config.snapshot.clone())),
             metrics: self.metrics.unwrap_or_default(),
             registry: self.registry,
@@ -67,7 +68,9 @@ impl<'a> GatewayBuilder<'a> {
             server: self.config.server.clone(),
             access_log,
             started: SystemTime::now(),
-        })
+        };
+        handle.publish_health();
+        Ok(handle)
     }
 }
 
@@ -122,6 +125,7 @@ impl GatewayHandle {
                 let digest = c.snapshot.digest.clone();
                 self.state.store(c.snapshot);
                 self.metrics.reload(true);
+                self.publish_health();
                 tracing::info!("configuration reloaded, digest {digest}");
                 Ok(digest)
             }
@@ -156,9 +160,32 @@ impl GatewayHandle {
         Some(ListenerService::new("admin", vec![addr], HttpServer::new_app(admin)).threads(1))
     }
 
+    /// The background service running active health checks of the current config.
+    pub fn health_service(&self) -> impl ServiceWithDependents {
+        pingora::services::background::background_service(
+            "health checks",
+            HealthChecker {
+                state: self.state.clone(),
+                metrics: self.metrics.clone(),
+            },
+        )
+    }
+
+    /// Sets the health gauge of every backend of the current config.
+    fn publish_health(&self) {
+        for u in self.state.load().upstreams.values() {
+            for (addr, _, healthy) in u.backend_health() {
+                self.metrics.backend_health(&u.name, &addr, healthy);
+            }
+        }
+    }
+
     /// Every service of the gateway, ready for `Server::add_boxed_service`.
     pub fn services(&self, conf: &Arc<ServerConf>) -> Vec<Box<dyn ServiceWithDependents>> {
-        let mut v: Vec<Box<dyn ServiceWithDependents>> = vec![Box::new(self.proxy_service(conf))];
+        let mut v: Vec<Box<dyn ServiceWithDependents>> = vec![
+            Box::new(self.proxy_service(conf)),
+            Box::new(self.health_service()),
+        ];
         if let Some(a) = self.admin_service() {
             v.push(Box::new(a));
         }

@@ -28,6 +28,7 @@ pub mod config;
 pub mod consumer;
 pub mod context;
 pub mod forwarding;
+pub mod health;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -23,6 +23,7 @@ pub struct Metrics {
     upstream_duration: HistogramVec,
     refusals: IntCounterVec,
     reloads: IntCounterVec,
+    backend_healthy: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -77,6 +78,13 @@ impl Metrics {
             ),
             &["result"],
         ));
+        let backend_healthy = must(IntGaugeVec::new(
+            Opts::new(
+                "tollgate_upstream_backend_healthy",
+                "1 when the backend receives traffic, 0 when unhealthy.",
+            ),
+            &["upstream", "backend"],
+        ));
         let build = must(IntGaugeVec::new(
             Opts::new("tollgate_build_info", "Build information; always 1."),
             &["version"],
@@ -88,6 +96,7 @@ impl Metrics {
             Box::new(upstream_duration.clone()),
             Box::new(refusals.clone()),
             Box::new(reloads.clone()),
+            Box::new(backend_healthy.clone()),
             Box::new(build),
         ] {
             must(registry.register(c));
@@ -102,6 +111,7 @@ impl Metrics {
             upstream_duration,
             refusals,
             reloads,
+            backend_healthy,
         }
     }
 
@@ -124,6 +134,13 @@ impl Metrics {
     /// Records a refusal made by the gateway.
     pub fn refusal(&self, route: &str, reason: &str) {
         self.refusals.with_label_values(&[route, reason]).inc();
+    }
+
+    /// Sets a backend's health gauge. Labels are config names and configured addresses.
+    pub fn backend_health(&self, upstream: &str, backend: &str, healthy: bool) {
+        self.backend_healthy
+            .with_label_values(&[upstream, backend])
+            .set(i64::from(healthy));
     }
 
     /// Records a configuration reload.

@@ -103,6 +103,24 @@ pub struct Upstream {
     pub(crate) connect_timeout: Duration,
     pub(crate) read_timeout: Duration,
     pub(crate) retries: usize,
+    pub(crate) health: Option<crate::health::Schedule>,
+}
+
+impl Upstream {
+    /// Each backend's address, weight and current health.
+    pub fn backend_health(&self) -> Vec<(String, usize, bool)> {
+        let set = self.selector.backends().get_backend();
+        self.backends
+            .iter()
+            .map(|(addr, w)| {
+                let healthy = set
+                    .iter()
+                    .find(|b| b.addr.to_string() == *addr)
+                    .is_some_and(|b| self.selector.backends().ready(b));
+                (addr.clone(), *w, healthy)
+            })
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for Upstream {

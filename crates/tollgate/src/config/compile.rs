@@ -381,26 +381,39 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         },
         None => HashKey::default(),
     };
-    not_yet(
-        cx,
-        f.health_check.map(|x| x.span()),
-        &format!("{path}.health_check"),
-        "issue 5",
-    );
+    let mut health = None;
+    if let Some(hc) = &f.health_check {
+        let host = f.sni.clone().unwrap_or_else(|| "localhost".into());
+        match hc.get_ref().build(&host, f.tls) {
+            Ok(built) => health = Some(built),
+            Err((key, msg)) => {
+                cx.diags
+                    .at(hc.span(), format!("{path}.health_check.{key}"), msg);
+                ok = false;
+            }
+        }
+    }
     if !ok {
         return None;
     }
+    let (check, schedule) = match health {
+        Some((c, s)) => (Some(c), Some(s)),
+        None => (None, None),
+    };
     let backends_lb = || Backends::new(Static::new(set.clone()));
     let selector = match balance {
         Balance::RoundRobin => {
-            Selector::RoundRobin(ready(LoadBalancer::from_backends(backends_lb())))
+            Selector::RoundRobin(ready(LoadBalancer::from_backends(backends_lb()), check))
         }
-        Balance::Random => Selector::Random(ready(LoadBalancer::from_backends(backends_lb()))),
-        Balance::ConsistentHash => {
-            Selector::Consistent(ready(LoadBalancer::from_backends(backends_lb())), hash_key)
+        Balance::Random => {
+            Selector::Random(ready(LoadBalancer::from_backends(backends_lb()), check))
         }
+        Balance::ConsistentHash => Selector::Consistent(
+            ready(LoadBalancer::from_backends(backends_lb()), check),
+            hash_key,
+        ),
         Balance::LeastConn => Selector::LeastConn(
-            ready(LoadBalancer::from_backends(backends_lb())),
+            ready(LoadBalancer::from_backends(backends_lb()), check),
             Arc::new(LeastConn::new(backends.iter().map(|(a, _)| a.as_str()))),
         ),
     };
@@ -417,15 +430,23 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
             .map_or(Duration::from_secs(5), |d| d.get()),
         read_timeout: f.read_timeout.map_or(Duration::from_secs(30), |d| d.get()),
         retries: f.retries.unwrap_or(1),
+        health: schedule,
     })
 }
 
-/// Loads the static backend list into the balancer (static discovery never waits).
-fn ready<S>(lb: LoadBalancer<S>) -> LoadBalancer<S>
+/// Installs the health check and loads the static backend list into the balancer
+/// (static discovery never waits).
+fn ready<S>(
+    mut lb: LoadBalancer<S>,
+    check: Option<Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync>>,
+) -> LoadBalancer<S>
 where
     S: pingora::lb::selection::BackendSelection + 'static,
     S::Iter: pingora::lb::selection::BackendIter,
 {
+    if let Some(c) = check {
+        lb.set_health_check(c);
+    }
     let _ = super::now_or_never(lb.update());
     lb
 }

@@ -49,7 +49,7 @@ pub(crate) struct UpstreamFile {
     pub connect_timeout: Option<ConfigDuration>,
     pub read_timeout: Option<ConfigDuration>,
     pub retries: Option<usize>,
-    pub health_check: Option<Spanned<IgnoredAny>>,
+    pub health_check: Option<Spanned<crate::health::HealthCheckConfig>>,
 }
 
 /// How an upstream spreads requests over its backends.
