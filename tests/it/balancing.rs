@@ -201,3 +201,18 @@ async fn tcp_checks_mark_a_dead_backend_unhealthy() {
     let m = answered_by(&gw, 6).await;
     assert_eq!(m.get("live"), Some(&6), "{m:?}");
 }
+
+#[tokio::test]
+async fn connect_failures_take_a_backend_out_passively() {
+    let live = Upstream::start("live").await;
+    let dead = closed_port();
+    let gw = gateway(&format!(
+        "[upstreams.p]\nbackends = [\"{}\", \"{dead}\"]\nretries = 0\n\
+         [routes.r]\npaths = [\"/\"]\nupstream = \"p\"\n",
+        live.addr
+    ));
+    let m = answered_by(&gw, 20).await;
+    let failed = m.get("status 502").copied().unwrap_or(0);
+    assert!(failed <= 3, "the dead backend kept getting requests: {m:?}");
+    assert_eq!(m.get("live").copied().unwrap_or(0), 20 - failed, "{m:?}");
+}

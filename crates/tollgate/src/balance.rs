@@ -69,6 +69,64 @@ impl HashKey {
     }
 }
 
+/// Passive health: consecutive connect failures per backend. A backend that failed
+/// `threshold` times in a row is skipped for `cooldown`, then tried again (one failure
+/// then takes it out again); any response from it resets its count.
+#[derive(Debug)]
+pub struct Passive {
+    threshold: u32,
+    cooldown_ms: u64,
+    epoch: tokio::time::Instant,
+    state: HashMap<String, (std::sync::atomic::AtomicU32, std::sync::atomic::AtomicU64)>,
+}
+
+impl Passive {
+    /// Tracks these backend addresses.
+    pub fn new<'a>(
+        addrs: impl IntoIterator<Item = &'a str>,
+        threshold: u32,
+        cooldown: std::time::Duration,
+    ) -> Self {
+        Self {
+            threshold: threshold.max(1),
+            cooldown_ms: cooldown.as_millis() as u64,
+            epoch: tokio::time::Instant::now(),
+            state: addrs
+                .into_iter()
+                .map(|a| (a.to_string(), Default::default()))
+                .collect(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Records a failed connect to `addr`.
+    pub fn failed(&self, addr: &str) {
+        if let Some((n, until)) = self.state.get(addr) {
+            if n.fetch_add(1, Ordering::AcqRel) + 1 >= self.threshold {
+                until.store(self.now_ms() + self.cooldown_ms, Ordering::Release);
+            }
+        }
+    }
+
+    /// Records a response from `addr`.
+    pub fn succeeded(&self, addr: &str) {
+        if let Some((n, until)) = self.state.get(addr) {
+            n.store(0, Ordering::Release);
+            until.store(0, Ordering::Release);
+        }
+    }
+
+    /// True while `addr` is taken out.
+    pub fn is_down(&self, addr: &str) -> bool {
+        self.state
+            .get(addr)
+            .is_some_and(|(_, until)| self.now_ms() < until.load(Ordering::Acquire))
+    }
+}
+
 /// In-flight requests per backend, for `least_conn`.
 #[derive(Debug, Default)]
 pub struct LeastConn {
@@ -169,10 +227,13 @@ impl Selector {
         &self,
         key: &[u8],
         avoid: &[String],
+        passive: Option<&Passive>,
     ) -> Option<(Backend, Option<BackendSlot>)> {
-        let fresh =
-            |b: &Backend, healthy: bool| healthy && !avoid.iter().any(|a| *a == b.addr.to_string());
-        let any = |_: &Backend, healthy: bool| healthy;
+        let up = |b: &Backend| passive.is_none_or(|p| !p.is_down(&b.addr.to_string()));
+        let fresh = |b: &Backend, healthy: bool| {
+            healthy && up(b) && !avoid.iter().any(|a| *a == b.addr.to_string())
+        };
+        let any = |b: &Backend, healthy: bool| healthy && up(b);
         let plain = |b: Option<Backend>| b.map(|b| (b, None));
         match self {
             Self::RoundRobin(lb) => plain(
@@ -189,8 +250,10 @@ impl Selector {
             ),
             Self::LeastConn(lb, counts) => {
                 let backends = lb.backends().get_backend();
-                let healthy: Vec<&Backend> =
-                    backends.iter().filter(|b| lb.backends().ready(b)).collect();
+                let healthy: Vec<&Backend> = backends
+                    .iter()
+                    .filter(|b| lb.backends().ready(b) && up(b))
+                    .collect();
                 let untried = healthy
                     .iter()
                     .copied()
@@ -235,7 +298,11 @@ mod tests {
     }
 
     fn owner(s: &Selector, key: &str) -> String {
-        s.select(key.as_bytes(), &[]).unwrap().0.addr.to_string()
+        s.select(key.as_bytes(), &[], None)
+            .unwrap()
+            .0
+            .addr
+            .to_string()
     }
 
     #[test]
@@ -271,7 +338,7 @@ mod tests {
         let s = Selector::Consistent(lb(&["127.0.0.1:1", "127.0.0.1:2"]), HashKey::Path);
         let first = owner(&s, "/x");
         let second = s
-            .select(b"/x", std::slice::from_ref(&first))
+            .select(b"/x", std::slice::from_ref(&first), None)
             .unwrap()
             .0
             .addr
@@ -284,18 +351,48 @@ mod tests {
         let addrs = ["127.0.0.1:1", "127.0.0.1:2"];
         let counts = Arc::new(LeastConn::new(addrs));
         let s = Selector::LeastConn(lb(&addrs), counts.clone());
-        let (a, slot_a) = s.select(b"", &[]).unwrap();
-        let (b, slot_b) = s.select(b"", &[]).unwrap();
+        let (a, slot_a) = s.select(b"", &[], None).unwrap();
+        let (b, slot_b) = s.select(b"", &[], None).unwrap();
         assert_ne!(
             a.addr, b.addr,
             "the second request went to the busy backend"
         );
         drop(slot_b);
-        let (c, _slot_c) = s.select(b"", &[]).unwrap();
+        let (c, _slot_c) = s.select(b"", &[], None).unwrap();
         assert_eq!(c.addr, b.addr, "the freed backend is the idle one");
         assert_eq!(counts.inflight(&a.addr.to_string()), 1);
         drop(slot_a);
         assert_eq!(counts.inflight(&a.addr.to_string()), 0);
+    }
+
+    #[test]
+    fn passive_failures_take_a_backend_out_until_it_answers() {
+        let p = Passive::new(["a:1", "b:1"], 2, std::time::Duration::from_secs(60));
+        p.failed("a:1");
+        assert!(!p.is_down("a:1"), "one failure is below the threshold");
+        p.failed("a:1");
+        assert!(p.is_down("a:1"));
+        assert!(!p.is_down("b:1"));
+        p.succeeded("a:1");
+        assert!(!p.is_down("a:1"));
+        let s = Selector::RoundRobin(lb(&["127.0.0.1:1", "127.0.0.1:2"]));
+        let p = Passive::new(
+            ["127.0.0.1:1", "127.0.0.1:2"],
+            1,
+            std::time::Duration::from_secs(60),
+        );
+        p.failed("127.0.0.1:1");
+        for _ in 0..4 {
+            assert_eq!(
+                s.select(b"", &[], Some(&p)).unwrap().0.addr.to_string(),
+                "127.0.0.1:2"
+            );
+        }
+        p.failed("127.0.0.1:2");
+        assert!(
+            s.select(b"", &[], Some(&p)).is_none(),
+            "every backend down: no backend"
+        );
     }
 
     #[test]

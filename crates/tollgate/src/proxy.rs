@@ -246,7 +246,7 @@ impl ProxyHttp for Gateway {
         };
         // a retry releases its hold on the backend that failed before choosing another
         cx.slot = None;
-        let Some((backend, slot)) = up.selector.select(&key, &cx.tried) else {
+        let Some((backend, slot)) = up.selector.select(&key, &cx.tried, Some(&up.passive)) else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "every backend is unhealthy");
         };
         cx.slot = slot;
@@ -271,6 +271,9 @@ impl ProxyHttp for Gateway {
         cx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let (Some(route), Some(addr)) = (&cx.route, &cx.backend) {
+            route.upstream.passive.failed(addr);
+        }
         let retries = cx.route.as_ref().map_or(0, |r| r.upstream.retries);
         if cx.tries <= retries {
             e.set_retry(true);
@@ -374,6 +377,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if let Some(start) = cx.upstream_start {
             cx.upstream_elapsed = Some(start.elapsed());
+        }
+        if let (Some(route), Some(addr)) = (&cx.route, &cx.backend) {
+            route.upstream.passive.succeeded(addr);
         }
         forwarding::strip_response_hop_by_hop(resp);
         Ok(())

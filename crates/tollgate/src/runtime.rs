@@ -104,6 +104,7 @@ pub struct Upstream {
     pub(crate) read_timeout: Duration,
     pub(crate) retries: usize,
     pub(crate) health: Option<crate::health::Schedule>,
+    pub(crate) passive: crate::balance::Passive,
 }
 
 impl Upstream {

@@ -19,7 +19,7 @@ use toml::Spanned;
 use super::diagnostic::{join, Diagnostics};
 use super::file::{Balance, ConsumerFile, RouteFile, ServerFile, UpstreamFile};
 use super::{AccessLog, ConfigErrors, ServerSettings};
-use crate::balance::{HashKey, LeastConn, Selector};
+use crate::balance::{HashKey, LeastConn, Passive, Selector};
 use crate::consumer::{Consumer, Consumers, PasswordHash};
 use crate::policy::{BoxPolicy, BuildCtx, Chain, Failure, Registry};
 use crate::router::{HostMatch, PathPattern, RouteSpec, Router};
@@ -381,6 +381,17 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         },
         None => HashKey::default(),
     };
+    // passive checks share the active check's threshold; without active checks a backend
+    // is taken out for 10 s after 3 consecutive connect failures
+    let (passive_threshold, passive_cooldown) = match &f.health_check {
+        Some(hc) => (
+            hc.get_ref().unhealthy_after.unwrap_or(2) as u32,
+            hc.get_ref()
+                .interval
+                .map_or(Duration::from_secs(1), |d| d.get()),
+        ),
+        None => (3, Duration::from_secs(10)),
+    };
     let mut health = None;
     if let Some(hc) = &f.health_check {
         let host = f.sni.clone().unwrap_or_else(|| "localhost".into());
@@ -418,6 +429,11 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         ),
     };
     let sni = f.sni.clone().unwrap_or_default();
+    let passive = Passive::new(
+        backends.iter().map(|(a, _)| a.as_str()),
+        passive_threshold,
+        passive_cooldown,
+    );
     Some(Upstream {
         name: name.to_string(),
         selector,
@@ -430,6 +446,7 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
             .map_or(Duration::from_secs(5), |d| d.get()),
         read_timeout: f.read_timeout.map_or(Duration::from_secs(30), |d| d.get()),
         retries: f.retries.unwrap_or(1),
+        passive,
         health: schedule,
     })
 }
