@@ -94,21 +94,27 @@ impl Upstream {
                 let name = name.clone();
                 let health = health.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let rec = rec.clone();
-                        let name = name.clone();
-                        let up = health.load(std::sync::atomic::Ordering::Acquire);
-                        async move {
-                            if req.uri().path() == "/healthz" {
-                                let status = if up { 200 } else { 503 };
-                                let resp = Response::builder()
-                                    .status(status)
-                                    .body(Full::new(Bytes::new()));
-                                return Ok::<_, Infallible>(resp.unwrap_or_default());
+                    let svc =
+                        service_fn(move |req: Request<Incoming>| {
+                            let rec = rec.clone();
+                            let name = name.clone();
+                            let up = health.load(std::sync::atomic::Ordering::Acquire);
+                            async move {
+                                if req.headers().get("upgrade").is_some_and(|v| {
+                                    v.as_bytes().eq_ignore_ascii_case(b"websocket")
+                                }) {
+                                    return Ok::<_, Infallible>(upgrade_echo(req));
+                                }
+                                if req.uri().path() == "/healthz" {
+                                    let status = if up { 200 } else { 503 };
+                                    let resp = Response::builder()
+                                        .status(status)
+                                        .body(Full::new(Bytes::new()));
+                                    return Ok::<_, Infallible>(resp.unwrap_or_default());
+                                }
+                                Ok::<_, Infallible>(echo(req, &name, &rec).await)
                             }
-                            Ok::<_, Infallible>(echo(req, &name, &rec).await)
-                        }
-                    });
+                        });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .with_upgrades()
@@ -145,6 +151,32 @@ impl Drop for Upstream {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Answers an upgrade with 101 and then echoes every byte back on the raw connection.
+fn upgrade_echo(req: Request<Incoming>) -> Response<Full<Bytes>> {
+    tokio::spawn(async move {
+        if let Ok(upgraded) = hyper::upgrade::on(req).await {
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 4096];
+            loop {
+                match io.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(Full::new(Bytes::new()))
+        .unwrap_or_default()
 }
 
 async fn echo(req: Request<Incoming>, name: &str, rec: &Mutex<Vec<Seen>>) -> Response<Full<Bytes>> {

@@ -8,6 +8,7 @@ mod balancing;
 mod cli;
 mod jwt;
 mod policies;
+mod protocols;
 mod proxying;
 mod routing;
 mod traffic;

@@ -1,0 +1,85 @@
+//! Protocols through the gateway: WebSocket upgrades and h2c prior knowledge.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn websocket_upgrades_are_proxied_both_ways() {
+    let up = Upstream::start("ws").await;
+    let gw = gateway(&format!(
+        "{}[routes.ws]\npaths = [\"/ws\"]\nupstream = \"ws\"\n",
+        upstream_table("ws", &[up.addr])
+    ));
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"GET /ws/chat HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "connection closed during the handshake: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in [&b"hello"[..], b"second frame", &[0u8, 159, 146, 150]] {
+        s.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, msg);
+    }
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_is_accepted() {
+    let up = Upstream::start("a").await;
+    let gw = gateway(&format!(
+        "{}[routes.r]\npaths = [\"/h2\"]\nupstream = \"a\"\n",
+        upstream_table("a", &[up.addr])
+    ));
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for i in 0..3 {
+        let r = c
+            .get(gw.url(&format!("/h2/{i}")))
+            .header("x-request-id", format!("h2-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-request-id"], format!("h2-{i}").as_str());
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["target"], format!("/h2/{i}"));
+    }
+    let r = c.get(gw.url("/nowhere")).send().await.unwrap();
+    assert_eq!(
+        (r.version(), r.status().as_u16()),
+        (reqwest::Version::HTTP_2, 404)
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "no_route");
+    assert_eq!(up.count(), 3);
+}
