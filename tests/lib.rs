@@ -243,6 +243,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// The admin listener, when configured.
     pub admin: Option<SocketAddr>,
+    /// The first TLS listener, when configured.
+    pub tls: Option<SocketAddr>,
     /// The temp dir with the config file.
     pub dir: tempfile::TempDir,
     /// The config file.
@@ -270,6 +272,7 @@ impl Gateway {
             .spawn()
             .expect("spawn tollgate");
         let expect_admin = toml.contains("admin_listen");
+        let expect_tls = toml.contains("[[server.tls]]");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         std::thread::spawn(move || {
@@ -289,8 +292,8 @@ impl Gateway {
             }
         });
         let deadline = Instant::now() + START_DEADLINE;
-        let (mut addr, mut admin) = (None, None);
-        while addr.is_none() || (expect_admin && admin.is_none()) {
+        let (mut addr, mut admin, mut tls) = (None, None, None);
+        while addr.is_none() || (expect_admin && admin.is_none()) || (expect_tls && tls.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(l) => l,
@@ -308,6 +311,8 @@ impl Gateway {
                 addr = parse(&line);
             } else if line.starts_with("tollgate: admin listening on ") {
                 admin = parse(&line);
+            } else if line.starts_with("tollgate: proxy-tls listening on ") && tls.is_none() {
+                tls = parse(&line);
             }
         }
         let addr = addr.expect("proxy address");
@@ -315,6 +320,7 @@ impl Gateway {
             child,
             addr,
             admin,
+            tls,
             dir,
             config,
             stdout: stdout_lines,

@@ -11,4 +11,5 @@ mod policies;
 mod protocols;
 mod proxying;
 mod routing;
+mod tls;
 mod traffic;

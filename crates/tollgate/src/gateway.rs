@@ -145,6 +145,7 @@ impl GatewayHandle {
         opts.h2c = true;
         proxy.server_options = Some(opts);
         ListenerService::new("proxy", self.server.listen.clone(), proxy)
+            .tls(self.server.tls.clone())
             .threads(self.server.threads)
     }
 

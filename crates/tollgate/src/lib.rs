@@ -39,6 +39,7 @@ pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;
 
 mod gateway;
 

@@ -13,11 +13,14 @@ use std::os::fd::IntoRawFd;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::listeners::tls::TlsSettings;
 use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::listening::Service as PingoraListening;
 use pingora::services::Service;
 use tokio::net::TcpSocket;
 use tokio::sync::watch;
+
+use crate::tls::TlsListener;
 
 /// Accept backlog of the listening sockets.
 const BACKLOG: u32 = 65535;
@@ -26,6 +29,7 @@ const BACKLOG: u32 = 65535;
 pub struct ListenerService<A> {
     name: String,
     addrs: Vec<SocketAddr>,
+    tls: Vec<TlsListener>,
     inner: PingoraListening<A>,
     threads: Option<usize>,
     bound_tx: watch::Sender<Vec<SocketAddr>>,
@@ -39,6 +43,7 @@ impl<A> ListenerService<A> {
             inner: PingoraListening::new(name.clone(), app),
             name,
             addrs,
+            tls: Vec::new(),
             threads: None,
             bound_tx: watch::channel(Vec::new()).0,
         }
@@ -48,6 +53,13 @@ impl<A> ListenerService<A> {
     #[must_use]
     pub fn threads(mut self, n: usize) -> Self {
         self.threads = Some(n);
+        self
+    }
+
+    /// Adds TLS listeners (certificates chosen by SNI, ALPN h2 and http/1.1).
+    #[must_use]
+    pub fn tls(mut self, listeners: Vec<TlsListener>) -> Self {
+        self.tls = listeners;
         self
     }
 
@@ -82,14 +94,17 @@ impl<A: ServerApp + Send + Sync + 'static> Service for ListenerService<A> {
         listeners_per_fd: usize,
     ) {
         let mut bound = Vec::new();
-        for addr in &self.addrs {
+        let plain = self.addrs.iter().map(|a| (*a, None));
+        let tls = self.tls.iter().map(|t| (t.addr, Some(t.resolver.clone())));
+        let all: Vec<_> = plain.chain(tls).collect();
+        for (addr, resolver) in all {
             let inherited = fds
                 .as_ref()
                 .is_some_and(|f| f.lock().get(&addr.to_string()).is_some());
             let actual = if inherited {
-                *addr
+                addr
             } else {
-                match bind(*addr) {
+                match bind(addr) {
                     Ok((l, actual)) => {
                         if let Some(f) = &fds {
                             f.lock().add(actual.to_string(), l.into_raw_fd());
@@ -103,9 +118,28 @@ impl<A: ServerApp + Send + Sync + 'static> Service for ListenerService<A> {
                     }
                 }
             };
-            self.inner.add_tcp(&actual.to_string());
-            tracing::info!("{} listening on {actual}", self.name);
-            eprintln!("tollgate: {} listening on {actual}", self.name);
+            let kind = match resolver {
+                None => {
+                    self.inner.add_tcp(&actual.to_string());
+                    ""
+                }
+                Some(r) => {
+                    let mut settings = match TlsSettings::intermediate("", "") {
+                        Ok(s) => s,
+                        Err(e) => {
+                            eprintln!("tollgate: {}: TLS settings for {actual}: {e}", self.name);
+                            std::process::exit(1);
+                        }
+                    };
+                    settings.set_cert_resolver(r);
+                    settings.enable_h2();
+                    self.inner
+                        .add_tls_with_settings(&actual.to_string(), None, settings);
+                    "-tls"
+                }
+            };
+            tracing::info!("{}{kind} listening on {actual}", self.name);
+            eprintln!("tollgate: {}{kind} listening on {actual}", self.name);
             bound.push(actual);
         }
         let _ = self.bound_tx.send(bound);

@@ -207,20 +207,15 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
     let f: ServerFile = deser(cx, v, "server")?;
     let mut s = ServerSettings::default();
     let mut ok = true;
-    let mut addr = |cx: &mut Ctx<'_>, a: &Spanned<String>, path: &str| -> Option<SocketAddr> {
-        match a.get_ref().parse::<SocketAddr>() {
-            Ok(x) => Some(x),
-            Err(_) => {
-                cx.diags.at(
-                    a.span(),
-                    path,
-                    format!("invalid listen address {:?}: expected IP:PORT", a.get_ref()),
-                );
-                ok = false;
-                None
-            }
+    let addr = |cx: &mut Ctx<'_>, a: &Spanned<String>, path: &str| -> Option<SocketAddr> {
+        let parsed = a.get_ref().parse::<SocketAddr>().ok();
+        if parsed.is_none() {
+            let msg = format!("invalid listen address {:?}: expected IP:PORT", a.get_ref());
+            cx.diags.at(a.span(), path, msg);
         }
+        parsed
     };
+    let errors_before = cx.diags.len();
     if !f.listen.is_empty() {
         s.listen = f
             .listen
@@ -286,7 +281,33 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
         }
     }
     not_yet(cx, f.limits.map(|x| x.span()), "server.limits", "issue 8");
-    not_yet(cx, f.tls.map(|x| x.span()), "server.tls", "issue 5");
+    for (i, t) in f.tls.iter().enumerate() {
+        let t = t.get_ref();
+        let path = format!("server.tls[{i}]");
+        let Some(addr) = addr(cx, &t.listen, &format!("{path}.listen")) else {
+            continue;
+        };
+        let pairs: Vec<(String, String)> = t
+            .certs
+            .get_ref()
+            .iter()
+            .map(|p| {
+                let file = |f: &str| cx.config_dir.join(f).display().to_string();
+                (file(&p.cert), file(&p.key))
+            })
+            .collect();
+        match crate::tls::SniResolver::load(&pairs) {
+            Ok(r) => s.tls.push(crate::tls::TlsListener {
+                addr,
+                resolver: Arc::new(r),
+            }),
+            Err((j, msg)) => {
+                cx.diags
+                    .at(t.certs.span(), format!("{path}.certs[{j}]"), msg);
+                ok = false;
+            }
+        }
+    }
     if let Some(r) = &f.redis {
         let r = r.get_ref();
         let timeout = r.timeout.map_or(Duration::from_millis(100), |t| t.get());
@@ -299,7 +320,7 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
         }
     }
     not_yet(cx, f.tracing.map(|x| x.span()), "server.tracing", "issue 6");
-    ok.then_some((s, trusted))
+    (ok && cx.diags.len() == errors_before).then_some((s, trusted))
 }
 
 /// Parses a CIDR (`10.0.0.0/8`) or a bare address (a /32 or /128).

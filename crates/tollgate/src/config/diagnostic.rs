@@ -129,6 +129,11 @@ impl<'a> Diagnostics<'a> {
         }
     }
 
+    /// How many errors were reported so far.
+    pub(crate) fn len(&self) -> usize {
+        self.errors.len()
+    }
+
     /// Ok when nothing was reported.
     pub(crate) fn finish(self) -> Result<(), ConfigErrors> {
         if self.errors.is_empty() {

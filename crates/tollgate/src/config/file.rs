@@ -31,7 +31,8 @@ pub(crate) struct ServerFile {
     pub trusted_proxies: Vec<Spanned<String>>,
     pub access_log: Option<Spanned<String>>,
     pub limits: Option<Spanned<IgnoredAny>>,
-    pub tls: Option<Spanned<IgnoredAny>>,
+    #[serde(default)]
+    pub tls: Vec<Spanned<TlsFile>>,
     pub redis: Option<Spanned<RedisFile>>,
     pub tracing: Option<Spanned<IgnoredAny>>,
 }
@@ -164,4 +165,20 @@ pub(crate) struct RewriteFile {
 pub(crate) struct RedisFile {
     pub url: Spanned<String>,
     pub timeout: Option<ConfigDuration>,
+}
+
+/// One `[[server.tls]]` listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsFile {
+    pub listen: Spanned<String>,
+    pub certs: Spanned<Vec<CertPair>>,
+}
+
+/// `{ cert = "...", key = "..." }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CertPair {
+    pub cert: String,
+    pub key: String,
 }

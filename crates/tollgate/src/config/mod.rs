@@ -67,6 +67,8 @@ pub struct ServerSettings {
     pub graceful_shutdown_timeout: Duration,
     /// Access log destination. Default: stdout.
     pub access_log: AccessLog,
+    /// TLS listeners (`[[server.tls]]`).
+    pub tls: Vec<crate::tls::TlsListener>,
 }
 
 impl Default for ServerSettings {
@@ -81,6 +83,7 @@ impl Default for ServerSettings {
             grace_period: Duration::from_secs(5),
             graceful_shutdown_timeout: Duration::from_secs(10),
             access_log: AccessLog::Stdout,
+            tls: Vec::new(),
         }
     }
 }
@@ -371,9 +374,9 @@ colour = "red"
 
     #[test]
     fn unsupported_features_are_errors_not_silently_ignored() {
-        let e = errors("[server.tls]\nlisten = \"127.0.0.1:8443\"\n");
+        let e = errors("[server.tracing]\notlp_endpoint = \"http://127.0.0.1:4317\"\n");
         assert!(
-            e[0].contains("server.tls` is not supported by this build yet"),
+            e[0].contains("server.tracing` is not supported by this build yet"),
             "{e:?}"
         );
     }

@@ -1,0 +1,105 @@
+//! TLS listeners (`[[server.tls]]`): certificates chosen by SNI, ALPN h2 and http/1.1.
+//!
+//! ```toml
+//! [[server.tls]]
+//! listen = "127.0.0.1:8443"
+//! certs = [
+//!   { cert = "certs/api.pem", key = "certs/api.key" },   # the default: used when no name matches
+//!   { cert = "certs/www.pem", key = "certs/www.key" },
+//! ]
+//! ```
+//!
+//! Each certificate serves the names it is valid for (its subject alternative names,
+//! wildcards included), checked the way a client checks them; a client that sends no
+//! SNI, or a name no certificate covers, gets the first. Files are loaded and keys
+//! parsed at config load: a missing file or a bad key is a config error.
+
+use std::fmt;
+use std::sync::Arc;
+
+use pingora::tls::sign::CertifiedKey;
+use pingora::tls::{CertificateDer, ClientHello, CryptoProvider, ResolvesServerCert, ServerName};
+
+/// Certificates of one TLS listener, selected by SNI.
+pub struct SniResolver {
+    certs: Vec<(CertificateDer<'static>, Arc<CertifiedKey>)>,
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("certs", &self.certs.len())
+            .finish()
+    }
+}
+
+impl SniResolver {
+    /// Loads `(cert, key)` PEM file pairs; the first is the default.
+    ///
+    /// # Errors
+    /// `(index, message)` of the first pair that cannot be used.
+    pub fn load(pairs: &[(String, String)]) -> Result<Self, (usize, String)> {
+        pingora::tls::install_default_crypto_provider();
+        let provider =
+            CryptoProvider::get_default().ok_or((0, "no TLS crypto provider".to_string()))?;
+        let mut certs = Vec::new();
+        for (i, (cert, key)) in pairs.iter().enumerate() {
+            let loaded = pingora::tls::load_certs_and_key_files(cert, key)
+                .map_err(|e| (i, format!("cannot load {cert} / {key}: {e}")))?
+                .ok_or_else(|| {
+                    (
+                        i,
+                        format!("{cert} has no certificate or {key} no private key"),
+                    )
+                })?;
+            let (chain, key_der) = loaded;
+            let signing = provider
+                .key_provider
+                .load_private_key(key_der)
+                .map_err(|e| (i, format!("unusable private key {key}: {e}")))?;
+            let leaf = chain
+                .first()
+                .cloned()
+                .ok_or_else(|| (i, format!("{cert} has no certificate")))?;
+            webpki::EndEntityCert::try_from(&leaf)
+                .map_err(|e| (i, format!("{cert}: not a valid certificate: {e}")))?;
+            certs.push((
+                leaf.into_owned(),
+                Arc::new(CertifiedKey::new(chain, signing)),
+            ));
+        }
+        if certs.is_empty() {
+            return Err((0, "a TLS listener needs at least one certificate".into()));
+        }
+        Ok(Self { certs })
+    }
+
+    /// The certificate for `sni`: the first valid for that name, else the first.
+    pub fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        if let Some(name) = sni.and_then(|n| ServerName::try_from(n.to_string()).ok()) {
+            for (der, key) in &self.certs {
+                let valid = webpki::EndEntityCert::try_from(der)
+                    .is_ok_and(|c| c.verify_is_valid_for_subject_name(&name).is_ok());
+                if valid {
+                    return key.clone();
+                }
+            }
+        }
+        self.certs[0].1.clone()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
+}
+
+/// One TLS listener, ready to serve.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    /// The address to listen on.
+    pub addr: std::net::SocketAddr,
+    /// Its certificates.
+    pub resolver: Arc<SniResolver>,
+}
