@@ -79,6 +79,35 @@ impl Upstream {
         let listener = TcpListener::bind(bind)
             .await
             .unwrap_or_else(|e| panic!("bind upstream on {bind}: {e}"));
+        Self::serve(listener, name, None)
+    }
+
+    /// An echo upstream that speaks HTTPS with the given PEM certificate chain and key.
+    pub async fn start_tls(name: &str, cert_pem: &str, key_pem: &str) -> Self {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("cert pem");
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key pem");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::serve(
+            TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+            name,
+            Some(acceptor),
+        )
+    }
+
+    fn serve(listener: TcpListener, name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let addr = listener.local_addr().expect("upstream addr");
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -93,32 +122,44 @@ impl Upstream {
                 let rec = rec.clone();
                 let name = name.clone();
                 let health = health.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let svc =
-                        service_fn(move |req: Request<Incoming>| {
-                            let rec = rec.clone();
-                            let name = name.clone();
-                            let up = health.load(std::sync::atomic::Ordering::Acquire);
-                            async move {
-                                if req.headers().get("upgrade").is_some_and(|v| {
-                                    v.as_bytes().eq_ignore_ascii_case(b"websocket")
-                                }) {
-                                    return Ok::<_, Infallible>(upgrade_echo(req));
-                                }
-                                if req.uri().path() == "/healthz" {
-                                    let status = if up { 200 } else { 503 };
-                                    let resp = Response::builder()
-                                        .status(status)
-                                        .body(Full::new(Bytes::new()));
-                                    return Ok::<_, Infallible>(resp.unwrap_or_default());
-                                }
-                                Ok::<_, Infallible>(echo(req, &name, &rec).await)
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let rec = rec.clone();
+                        let name = name.clone();
+                        let up = health.load(std::sync::atomic::Ordering::Acquire);
+                        async move {
+                            let websocket = req
+                                .headers()
+                                .get("upgrade")
+                                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+                            if websocket {
+                                return Ok::<_, Infallible>(upgrade_echo(req));
                             }
-                        });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
+                            if req.uri().path() == "/healthz" {
+                                let status = if up { 200 } else { 503 };
+                                let resp = Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::new()));
+                                return Ok::<_, Infallible>(resp.unwrap_or_default());
+                            }
+                            Ok::<_, Infallible>(echo(req, &name, &rec).await)
+                        }
+                    });
+                    match tls {
+                        None => {
+                            let conn =
+                                http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                            let _ = conn.with_upgrades().await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), svc)
+                                    .await;
+                            }
+                        }
+                    }
                 });
             }
         });

@@ -106,3 +106,53 @@ fn a_missing_or_bad_key_is_a_config_error() {
     assert!(err.contains("server.tls[0].certs[0]:"), "{err}");
     assert!(err.contains("server.tls[1].certs[0]:"), "{err}");
 }
+
+/// A CA and a leaf certificate for `name` signed by it: (ca_pem, leaf_pem, leaf_key_pem).
+fn ca_and_leaf(name: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
+}
+
+#[tokio::test]
+async fn upstream_tls_is_verified_against_the_configured_ca() {
+    let (ca, leaf, key) = ca_and_leaf("orders.internal");
+    let up = Upstream::start_tls("secure", &leaf, &key).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca).unwrap();
+    let d = dir.path().display();
+    let gw = gateway(&format!(
+        "[upstreams.trusted]\nbackends = [\"{a}\"]\ntls = true\nsni = \"orders.internal\"\nca_file = \"{d}/ca.pem\"\nretries = 0\n\
+         [upstreams.roots]\nbackends = [\"{a}\"]\ntls = true\nsni = \"orders.internal\"\nretries = 0\n\
+         [upstreams.wrong_name]\nbackends = [\"{a}\"]\ntls = true\nsni = \"billing.internal\"\nca_file = \"{d}/ca.pem\"\nretries = 0\n\
+         [routes.trusted]\npaths = [\"/trusted\"]\nupstream = \"trusted\"\n\
+         [routes.roots]\npaths = [\"/roots\"]\nupstream = \"roots\"\n\
+         [routes.wrong]\npaths = [\"/wrong\"]\nupstream = \"wrong_name\"\n",
+        a = up.addr
+    ));
+    let r = raw(gw.addr, &get("/trusted/x", "")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-upstream"), Some("secure"));
+    assert_eq!(
+        up.last().unwrap().header("host"),
+        Some("orders.internal"),
+        "Host is the SNI name"
+    );
+    for path in ["/roots", "/wrong"] {
+        let r = raw(gw.addr, &get(path, "")).await;
+        assert_eq!(
+            r.status, 502,
+            "{path}: an unverifiable upstream was trusted"
+        );
+        assert_eq!(r.json()["error"], "bad_gateway");
+    }
+    assert_eq!(up.count(), 1);
+}

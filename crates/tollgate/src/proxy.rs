@@ -256,6 +256,10 @@ impl ProxyHttp for Gateway {
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout);
         peer.options.read_timeout = Some(up.read_timeout);
+        if up.ca.is_some() {
+            peer.options.ca = up.ca.clone();
+            peer.group_key = up.trust_key;
+        }
         cx.backend = Some(addr);
         cx.tries += 1;
         if cx.upstream_start.is_none() {

@@ -100,6 +100,10 @@ pub struct Upstream {
     pub(crate) balance: Balance,
     pub(crate) tls: bool,
     pub(crate) sni: String,
+    pub(crate) ca: Option<std::sync::Arc<pingora::protocols::tls::CaType>>,
+    /// Separates pooled connections verified under different trust roots (Pingora's pool
+    /// key does not include the CA list); 0 for the system roots.
+    pub(crate) trust_key: u64,
     pub(crate) connect_timeout: Duration,
     pub(crate) read_timeout: Duration,
     pub(crate) retries: usize,

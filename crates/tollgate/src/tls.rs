@@ -103,3 +103,30 @@ pub struct TlsListener {
     /// Its certificates.
     pub resolver: Arc<SniResolver>,
 }
+
+/// Loads the CA certificates of a PEM file, for verifying upstream TLS.
+///
+/// # Errors
+/// A message when the file cannot be read or holds no valid CA certificate.
+pub fn load_ca_file(
+    path: &std::path::Path,
+) -> Result<Arc<pingora::protocols::tls::CaType>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: invalid PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} has no certificate", path.display()));
+    }
+    let mut out = Vec::new();
+    for der in certs {
+        webpki::anchor_from_trusted_cert(&der)
+            .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+        out.push(pingora::utils::tls::WrappedX509::new(
+            der.to_vec(),
+            pingora::utils::tls::parse_x509,
+        ));
+    }
+    Ok(Arc::from(out.into_boxed_slice()))
+}

@@ -413,6 +413,25 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         ),
         None => (3, Duration::from_secs(10)),
     };
+    let mut ca = None;
+    if let Some(file) = &f.ca_file {
+        if !f.tls {
+            cx.diags.at(
+                file.span(),
+                format!("{path}.ca_file"),
+                "ca_file only applies with tls = true",
+            );
+            ok = false;
+        } else {
+            match crate::tls::load_ca_file(&cx.config_dir.join(file.get_ref())) {
+                Ok(c) => ca = Some(c),
+                Err(msg) => {
+                    cx.diags.at(file.span(), format!("{path}.ca_file"), msg);
+                    ok = false;
+                }
+            }
+        }
+    }
     let mut health = None;
     if let Some(hc) = &f.health_check {
         let host = f.sni.clone().unwrap_or_else(|| "localhost".into());
@@ -462,6 +481,14 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         balance,
         tls: f.tls,
         sni,
+        trust_key: ca.as_ref().map_or(0, |certs| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for c in certs.iter() {
+                c.borrow_raw_cert().hash(&mut h);
+            }
+            h.finish() | 1
+        }),
+        ca,
         connect_timeout: f
             .connect_timeout
             .map_or(Duration::from_secs(5), |d| d.get()),

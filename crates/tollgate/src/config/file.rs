@@ -47,6 +47,7 @@ pub(crate) struct UpstreamFile {
     #[serde(default)]
     pub tls: bool,
     pub sni: Option<String>,
+    pub ca_file: Option<Spanned<String>>,
     pub connect_timeout: Option<ConfigDuration>,
     pub read_timeout: Option<ConfigDuration>,
     pub retries: Option<usize>,
