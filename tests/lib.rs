@@ -64,6 +64,7 @@ pub struct Upstream {
     /// What it received, in order (health checks to `/healthz` are not recorded).
     pub seen: Arc<Mutex<Vec<Seen>>>,
     healthy: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -114,11 +115,14 @@ impl Upstream {
         let name: Arc<str> = Arc::from(name);
         let rec = seen.clone();
         let health = healthy.clone();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 let rec = rec.clone();
                 let name = name.clone();
                 let health = health.clone();
@@ -167,8 +171,14 @@ impl Upstream {
             addr,
             seen,
             healthy,
+            connections,
             task,
         }
+    }
+
+    /// How many TCP connections it accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Makes `/healthz` answer 200 (healthy) or 503.

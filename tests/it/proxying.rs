@@ -230,3 +230,21 @@ async fn post_bodies_are_forwarded() {
     assert_eq!(r.status(), 200);
     assert_eq!(up.last().unwrap().body_len, 100_000);
 }
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let (up, gw) = with_upstream_a(&route("r", "/", "a", "")).await;
+    let c = client();
+    for i in 0..20 {
+        let r = c.get(gw.url(&format!("/{i}"))).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    assert_eq!(up.count(), 20);
+    assert_eq!(
+        up.connections(),
+        1,
+        "20 sequential requests opened {} upstream connections",
+        up.connections()
+    );
+}
