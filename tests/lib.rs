@@ -591,3 +591,155 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// A response body of one data frame followed by trailers (as gRPC answers).
+struct TrailerBody {
+    data: Option<Bytes>,
+    trailers: Option<hyper::HeaderMap>,
+}
+
+impl hyper::body::Body for TrailerBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        use hyper::body::Frame;
+        if let Some(d) = self.data.take() {
+            return std::task::Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        std::task::Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+}
+
+/// What a gRPC upstream saw of one call: path, HTTP version, `te` header.
+pub type GrpcCall = (String, String, Option<String>);
+
+/// A gRPC-style unary echo server over h2c (HTTP/2 prior knowledge): answers each call
+/// with the request's message, `content-type: application/grpc` and trailers
+/// `grpc-status: 0`, `grpc-message: echo`. Records what it received.
+pub struct GrpcUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// `(path, http version, te header)` of each call.
+    pub calls: Arc<Mutex<Vec<GrpcCall>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GrpcUpstream {
+    /// Starts the server on `127.0.0.1:0`.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let calls: Arc<Mutex<Vec<GrpcCall>>> = Arc::default();
+        let rec = calls.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let rec = rec.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let rec = rec.clone();
+                        async move {
+                            let te = req
+                                .headers()
+                                .get("te")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_string);
+                            let entry = (
+                                req.uri().path().to_string(),
+                                format!("{:?}", req.version()),
+                                te,
+                            );
+                            if let Ok(mut r) = rec.lock() {
+                                r.push(entry);
+                            }
+                            let msg = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let mut trailers = hyper::HeaderMap::new();
+                            trailers.insert(
+                                "grpc-status",
+                                hyper::header::HeaderValue::from_static("0"),
+                            );
+                            trailers.insert(
+                                "grpc-message",
+                                hyper::header::HeaderValue::from_static("echo"),
+                            );
+                            let resp = Response::builder()
+                                .header("content-type", "application/grpc")
+                                .body(TrailerBody {
+                                    data: Some(msg),
+                                    trailers: Some(trailers),
+                                })
+                                .expect("response");
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let builder = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        Self { addr, calls, task }
+    }
+}
+
+impl Drop for GrpcUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One gRPC-framed unary call over h2c to `addr`: returns (status, content-type,
+/// response message, trailers).
+pub async fn grpc_call(
+    addr: SocketAddr,
+    path: &str,
+    message: &[u8],
+) -> (u16, String, Bytes, hyper::HeaderMap) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from(frame)))
+        .expect("request");
+    let resp = send.send_request(req).await.expect("response");
+    let status = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let collected = resp.into_body().collect().await.expect("body");
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let body = collected.to_bytes();
+    let msg = if body.len() >= 5 {
+        body.slice(5..)
+    } else {
+        body
+    };
+    (status, ct, msg, trailers)
+}

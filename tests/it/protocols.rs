@@ -83,3 +83,39 @@ async fn h2c_prior_knowledge_is_accepted() {
     assert_eq!(body["error"], "no_route");
     assert_eq!(up.count(), 3);
 }
+
+#[tokio::test]
+async fn grpc_unary_calls_pass_over_http2_with_trailers_intact() {
+    let grpc = GrpcUpstream::start().await;
+    let gw = gateway(&format!(
+        "[upstreams.grpc]\nbackends = [\"{}\"]\nhttp2 = true\n\
+         [routes.greeter]\npaths = [\"/helloworld.Greeter\"]\nupstream = \"grpc\"\n",
+        grpc.addr
+    ));
+    for name in ["world", "tollgate"] {
+        let (status, ct, msg, trailers) =
+            grpc_call(gw.addr, "/helloworld.Greeter/SayHello", name.as_bytes()).await;
+        assert_eq!(status, 200);
+        assert_eq!(ct, "application/grpc");
+        assert_eq!(&msg[..], name.as_bytes());
+        assert_eq!(
+            trailers.get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"0"[..]),
+            "{trailers:?}"
+        );
+        assert_eq!(
+            trailers.get("grpc-message").map(|v| v.as_bytes()),
+            Some(&b"echo"[..])
+        );
+    }
+    let calls = grpc.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2);
+    for (path, version, te) in calls {
+        assert_eq!(path, "/helloworld.Greeter/SayHello");
+        assert_eq!(
+            version, "HTTP/2.0",
+            "the upstream was not spoken to in HTTP/2"
+        );
+        assert_eq!(te.as_deref(), Some("trailers"));
+    }
+}

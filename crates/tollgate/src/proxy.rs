@@ -256,6 +256,11 @@ impl ProxyHttp for Gateway {
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout);
         peer.options.read_timeout = Some(up.read_timeout);
+        if up.http2 {
+            // TLS: offer h2 and http/1.1 by ALPN; plain: HTTP/2 with prior knowledge (h2c)
+            let min = if up.tls { 1 } else { 2 };
+            peer.options.set_http_version(2, min);
+        }
         if up.ca.is_some() {
             peer.options.ca = up.ca.clone();
             peer.group_key = up.trust_key;

@@ -104,6 +104,8 @@ pub struct Upstream {
     /// Separates pooled connections verified under different trust roots (Pingora's pool
     /// key does not include the CA list); 0 for the system roots.
     pub(crate) trust_key: u64,
+    /// Speak HTTP/2 to the backends (h2c prior knowledge without TLS).
+    pub(crate) http2: bool,
     pub(crate) connect_timeout: Duration,
     pub(crate) read_timeout: Duration,
     pub(crate) retries: usize,

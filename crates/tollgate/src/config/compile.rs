@@ -481,6 +481,7 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         balance,
         tls: f.tls,
         sni,
+        http2: f.http2,
         trust_key: ca.as_ref().map_or(0, |certs| {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             for c in certs.iter() {

@@ -48,6 +48,8 @@ pub(crate) struct UpstreamFile {
     pub tls: bool,
     pub sni: Option<String>,
     pub ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub http2: bool,
     pub connect_timeout: Option<ConfigDuration>,
     pub read_timeout: Option<ConfigDuration>,
     pub retries: Option<usize>,
