@@ -136,3 +136,133 @@ async fn sigterm_drains_and_exits_cleanly() {
         .expect("exited after SIGTERM");
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn admin_reload_over_http_needs_the_token_and_reports_errors() {
+    let up = Upstream::start("a").await;
+    let base = format!(
+        "admin_token = \"t0ken-secret\"\n{}[consumers.c]\napi_keys = [\"k-very-secret\"]\n\
+         [routes.one]\npaths = [\"/one\"]\nupstream = \"a\"\n",
+        upstream_table("a", &[up.addr])
+    );
+    // admin_token belongs to [server]: put it right after the generated [server] table
+    let gw = gateway_with_admin(&base);
+    let full = std::fs::read_to_string(&gw.config).unwrap();
+    let c = client();
+    let reload = || c.post(gw.admin_url("/admin/reload"));
+
+    let r = reload().send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let r = reload().bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    std::fs::write(
+        &gw.config,
+        format!("{full}[routes.two]\npaths = [\"/two\"]\nupstream = \"a\"\n"),
+    )
+    .unwrap();
+    let r = reload().bearer_auth("t0ken-secret").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(v["config_digest"].as_str().is_some_and(|d| d.len() == 16));
+    assert_eq!(get_json(&gw.url("/two")).await.0, 200);
+
+    std::fs::write(
+        &gw.config,
+        format!("{full}[routes.bad]\npaths = [\"/bad\"]\nupstream = \"nope\"\n"),
+    )
+    .unwrap();
+    let r = reload().bearer_auth("t0ken-secret").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let errors = v["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0]
+            .as_str()
+            .unwrap()
+            .contains("routes.bad.upstream: unknown upstream \"nope\""),
+        "{v}"
+    );
+    assert_eq!(
+        get_json(&gw.url("/two")).await.0,
+        200,
+        "the invalid reload changed the running config"
+    );
+    assert_eq!(get_json(&gw.url("/bad")).await.0, 404);
+
+    let r = c
+        .get(gw.admin_url("/admin/config"))
+        .bearer_auth("t0ken-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(
+        !text.contains("t0ken-secret") && !text.contains("k-very-secret"),
+        "{text}"
+    );
+    assert!(text.contains("\"***\""));
+}
+
+#[tokio::test]
+async fn reloads_under_load_fail_no_request() {
+    let up = Upstream::start("a").await;
+    let gw = gateway_with_admin(&format!(
+        "{}[routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n",
+        upstream_table("a", &[up.addr])
+    ));
+    let full = std::fs::read_to_string(&gw.config).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        let url = gw.url("/load");
+        clients.push(tokio::spawn(async move {
+            let c = client();
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                match c.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let c = client();
+    for i in 0..10 {
+        let variant =
+            format!("{full}[routes.extra{i}]\npaths = [\"/extra{i}\"]\nupstream = \"a\"\n");
+        std::fs::write(&gw.config, variant).unwrap();
+        let r = c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "reload {i}");
+        assert_eq!(get_json(&gw.url(&format!("/extra{i}"))).await.0, 200);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (mut ok, mut failed) = (0, 0);
+    for c in clients {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    assert_eq!(
+        failed, 0,
+        "{failed} requests failed across 10 reloads ({ok} succeeded)"
+    );
+    assert!(ok > 40, "the clients barely ran: {ok}");
+    let m = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("tollgate_config_reloads_total{result=\"ok\"} 10"),
+        "{m}"
+    );
+}

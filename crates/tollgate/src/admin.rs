@@ -1,24 +1,52 @@
-//! The admin listener: `/healthz`, `/metrics`, `/admin/status`, `/admin/config`.
+//! The admin listener: `/healthz`, `/metrics`, `/admin/status`, `/admin/config`,
+//! `POST /admin/reload`. With `admin_token`, `/admin/*` needs `Authorization: Bearer`.
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::metrics::Metrics;
+use crate::config::LoadError;
+use crate::gateway::GatewayHandle;
 use crate::reply::error_body;
-use crate::runtime::Snapshot;
 
 /// Serves the admin endpoints.
 pub struct Admin {
-    pub(crate) state: Arc<ArcSwap<Snapshot>>,
-    pub(crate) metrics: Metrics,
+    pub(crate) handle: GatewayHandle,
     pub(crate) token: Option<String>,
     pub(crate) started: SystemTime,
+}
+
+/// Keys whose values are secrets, wherever they appear in the config.
+const SECRET_KEYS: &[&str] = &["admin_token", "api_keys", "password_hash", "secret"];
+
+/// The config source as JSON with every secret replaced by `"***"`.
+pub(crate) fn redacted_config(src: &str) -> serde_json::Value {
+    let mut v = toml::from_str::<toml::Table>(src)
+        .ok()
+        .and_then(|t| serde_json::to_value(t).ok())
+        .unwrap_or(serde_json::Value::Null);
+    redact(&mut v, "");
+    v
+}
+
+fn redact(v: &mut serde_json::Value, parent: &str) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                // a Redis URL may carry a password
+                if SECRET_KEYS.contains(&k.as_str()) || (k == "url" && parent == "redis") {
+                    *val = serde_json::Value::String("***".into());
+                } else {
+                    redact(val, k);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|i| redact(i, parent)),
+        _ => {}
+    }
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -63,13 +91,14 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let path = session.req_header().uri.path().to_string();
-        let get = session.req_header().method == http::Method::GET;
+        let method = session.req_header().method.clone();
+        let get = method == http::Method::GET;
         match (path.as_str(), get) {
             ("/healthz", true) => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             ("/metrics", true) => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                self.metrics.render(),
+                self.handle.metrics().render(),
             ),
             (p, _) if p.starts_with("/admin/") && !authorized(self.token.as_deref(), session) => {
                 let mut r = json_error(
@@ -83,8 +112,40 @@ impl ServeHttp for Admin {
                 );
                 r
             }
+            ("/admin/reload", _) if method == http::Method::POST => match self.handle.reload() {
+                Ok(digest) => {
+                    let body = serde_json::json!({ "ok": true, "config_digest": digest });
+                    reply(
+                        StatusCode::OK,
+                        "application/json",
+                        body.to_string().into_bytes(),
+                    )
+                }
+                Err(e) => {
+                    let errors: Vec<String> = match &e {
+                        LoadError::Invalid(errs) => {
+                            errs.errors().iter().map(|x| x.to_string()).collect()
+                        }
+                        other => vec![other.to_string()],
+                    };
+                    let body = serde_json::json!({
+                        "error": "bad_request",
+                        "message": "the configuration is invalid; nothing changed",
+                        "errors": errors,
+                    });
+                    reply(
+                        StatusCode::BAD_REQUEST,
+                        "application/json",
+                        body.to_string().into_bytes(),
+                    )
+                }
+            },
+            ("/admin/config", true) => {
+                let body = self.handle.snapshot().redacted.to_string().into_bytes();
+                reply(StatusCode::OK, "application/json", body)
+            }
             ("/admin/status", true) => {
-                let snap = self.state.load();
+                let snap = self.handle.snapshot();
                 let upstreams: serde_json::Map<String, serde_json::Value> = snap
                     .upstreams
                     .values()
@@ -127,7 +188,26 @@ impl ServeHttp for Admin {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{constant_time_eq, redacted_config};
+
+    #[test]
+    fn secrets_are_redacted_everywhere() {
+        let v = redacted_config(
+            "[server]\nadmin_token = \"t0p\"\n[server.redis]\nurl = \"redis://:pw@h:6379\"\n\
+             [consumers.a]\napi_keys = [\"k1\", \"k2\"]\nbasic = { username = \"a\", password_hash = \"$argon2id$x\" }\n\
+             [routes.r.policies.jwt_auth]\nsecret = \"s3\"\nalgorithms = [\"HS256\"]\n",
+        );
+        let text = v.to_string();
+        for secret in ["t0p", "pw@", "k1", "k2", "$argon2id$x", "s3"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        assert_eq!(v["consumers"]["a"]["basic"]["username"], "a");
+        assert_eq!(
+            v["routes"]["r"]["policies"]["jwt_auth"]["algorithms"][0],
+            "HS256"
+        );
+        assert_eq!(v["server"]["admin_token"], "***");
+    }
 
     #[test]
     fn constant_time_eq_compares_exactly() {

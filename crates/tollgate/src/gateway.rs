@@ -153,8 +153,7 @@ impl GatewayHandle {
     pub fn admin_service(&self) -> Option<ListenerService<HttpServer<Admin>>> {
         let addr = self.server.admin_listen?;
         let admin = Admin {
-            state: self.state.clone(),
-            metrics: self.metrics.clone(),
+            handle: self.clone(),
             token: self.server.admin_token.clone(),
             started: self.started,
         };

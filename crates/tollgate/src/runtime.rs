@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub(crate) trusted_proxies: Vec<IpNet>,
     /// Hex digest of the configuration source.
     pub digest: String,
+    /// The configuration as JSON with secrets replaced by `"***"` (for `/admin/config`).
+    pub redacted: serde_json::Value,
     /// When this configuration was loaded.
     pub loaded_at: SystemTime,
 }

@@ -120,6 +120,7 @@ pub(super) fn compile(
         consumers,
         trusted_proxies: trusted,
         digest,
+        redacted: crate::admin::redacted_config(src),
         loaded_at: SystemTime::now(),
     };
     Ok((server, snapshot))
