@@ -248,3 +248,56 @@ async fn upstream_connections_are_kept_alive_and_reused() {
         up.connections()
     );
 }
+
+#[tokio::test]
+async fn traceparent_is_propagated_with_a_new_span_or_started() {
+    let (up, gw) = with_upstream_a(&route("r", "/", "a", "")).await;
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    raw(
+        gw.addr,
+        &get(
+            "/t",
+            &format!("traceparent: {incoming}\r\ntracestate: vendor=1\r\n"),
+        ),
+    )
+    .await;
+    let seen = up.last().unwrap();
+    let out = seen.header("traceparent").unwrap().to_string();
+    let parts: Vec<&str> = out.split('-').collect();
+    assert_eq!(parts.len(), 4, "{out}");
+    assert_eq!(
+        (parts[0], parts[1], parts[3]),
+        ("00", "4bf92f3577b34da6a3ce929d0e0e4736", "01")
+    );
+    assert_ne!(
+        parts[2], "00f067aa0ba902b7",
+        "the upstream hop needs its own span id"
+    );
+    assert_eq!(parts[2].len(), 16);
+    assert_eq!(seen.header("tracestate"), Some("vendor=1"));
+
+    let mut traces = std::collections::HashSet::new();
+    for bad in [
+        "",
+        "traceparent: garbage\r\n",
+        "traceparent: 00-00000000000000000000000000000000-00f067aa0ba902b7-01\r\n",
+    ] {
+        raw(gw.addr, &get("/t", bad)).await;
+        let started = up
+            .last()
+            .unwrap()
+            .header("traceparent")
+            .unwrap()
+            .to_string();
+        let p: Vec<&str> = started.split('-').collect();
+        assert_eq!(p.len(), 4, "{started}");
+        assert_eq!(p[1].len(), 32);
+        assert_ne!(p[1], "00000000000000000000000000000000");
+        traces.insert(p[1].to_string());
+    }
+    assert_eq!(
+        traces.len(),
+        3,
+        "each request without a valid trace starts its own"
+    );
+}

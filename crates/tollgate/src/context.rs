@@ -21,6 +21,8 @@ pub struct RequestCtx {
     /// The client's IP: the peer, or the right-most untrusted `X-Forwarded-For` entry
     /// when the peer is a trusted proxy.
     pub client_ip: Option<IpAddr>,
+    /// The W3C trace this request belongs to (propagated or started here).
+    pub trace: Option<crate::trace::TraceContext>,
     /// The normalised request path (see [`crate::router::path::normalize`]).
     pub path: String,
     /// The consumer set by an authentication policy.
@@ -45,6 +47,7 @@ impl RequestCtx {
         Self {
             request_id: String::new(),
             client_ip: None,
+            trace: None,
             path: String::new(),
             consumer: None,
             extensions: http::Extensions::new(),

@@ -40,6 +40,7 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod tls;
+pub mod trace;
 
 mod gateway;
 

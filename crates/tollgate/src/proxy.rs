@@ -21,6 +21,7 @@ use crate::reply::{ErrorCode, Reply};
 use crate::request_id;
 use crate::router::{self, path, Lookup, RequestFacts};
 use crate::runtime::Snapshot;
+use crate::trace::TraceContext;
 
 /// The gateway: routes requests and runs their policies. Implements Pingora's
 /// [`ProxyHttp`]; see [`crate::service`] to turn it into a Pingora service.
@@ -133,6 +134,12 @@ impl ProxyHttp for Gateway {
             let xff = req.headers.get_all("x-forwarded-for");
             cx.client_ip = Some(snap.client_ip(peer, xff.iter().filter_map(|v| v.to_str().ok())));
         }
+        let incoming = req.headers.get("traceparent").and_then(|v| v.to_str().ok());
+        cx.trace = Some(
+            incoming
+                .and_then(TraceContext::parse)
+                .unwrap_or_else(TraceContext::generate),
+        );
         cx.snapshot = Some(snap.clone());
         forwarding::strip_consumer_headers(session.req_header_mut());
 
@@ -372,6 +379,9 @@ impl ProxyHttp for Gateway {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         up.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
         up.insert_header(X_REQUEST_ID, cx.request_id.as_str())?;
+        if let Some(t) = &cx.trace {
+            up.insert_header("traceparent", t.child())?;
+        }
         if let Some(c) = &cx.consumer {
             up.insert_header("x-consumer-name", c.name.as_str())?;
         }
