@@ -26,14 +26,7 @@ async fn healthz_and_metrics_with_route_labels_from_config_only() {
         )
         .await;
     }
-    let text = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&gw).await;
     assert!(
         text.contains(r#"tollgate_requests_total{method="GET",route="orders",status="200"} 1"#),
         "{text}"
@@ -253,14 +246,7 @@ async fn reloads_under_load_fail_no_request() {
         "{failed} requests failed across 10 reloads ({ok} succeeded)"
     );
     assert!(ok > 40, "the clients barely ran: {ok}");
-    let m = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&gw).await;
     assert!(
         m.contains("tollgate_config_reloads_total{result=\"ok\"} 10"),
         "{m}"

@@ -286,20 +286,10 @@ async fn basic_auth_verifies_argon2_and_bcrypt_and_hides_credentials() {
 
 #[test]
 fn a_bad_password_hash_is_a_config_error_at_its_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("g.toml");
-    std::fs::write(
-        &p,
+    let out = check_fails(
         "[consumers.alice]\nbasic = { username = \"alice\", password_hash = \"hunter2\" }\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
+    let err = out;
     assert!(
         err.contains("g.toml:2:9: consumers.alice.basic.password_hash: expected an argon2"),
         "{err}"
@@ -332,15 +322,7 @@ async fn a_consumers_policy_entry_replaces_the_routes_for_its_requests() {
 
 #[test]
 fn authentication_policies_cannot_be_overridden_per_consumer() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("g.toml");
-    std::fs::write(&p, "[consumers.alice]\napi_keys = [\"k\"]\n[consumers.alice.policies.key_auth]\nheader = \"x\"\n").unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let out = check_fails("[consumers.alice]\napi_keys = [\"k\"]\n[consumers.alice.policies.key_auth]\nheader = \"x\"\n");
+    let err = out;
     assert!(err.contains("g.toml:3:27: consumers.alice.policies.key_auth: `key_auth` runs before the consumer is known"), "{err}");
 }

@@ -74,21 +74,11 @@ async fn least_conn_sends_new_requests_to_the_idle_backend() {
 
 #[test]
 fn hash_key_without_consistent_hash_is_a_config_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("g.toml");
-    std::fs::write(
-        &p,
-        "[upstreams.u]\nbackends = [\"127.0.0.1:1\"]\nhash_key = \"path\"\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("g.toml:3:12: upstreams.u.hash_key: hash_key only applies"));
+    let out = check_fails("[upstreams.u]\nbackends = [\"127.0.0.1:1\"]\nhash_key = \"path\"\n");
+    assert!(
+        out.contains("g.toml:3:12: upstreams.u.hash_key: hash_key only applies"),
+        "{out}"
+    );
 }
 
 /// Sends `n` requests and returns which backends answered.
@@ -124,14 +114,7 @@ async fn an_unhealthy_backend_stops_receiving_traffic_and_comes_back() {
     })
     .await;
     assert!(out, "b1 kept receiving traffic after failing its checks");
-    let metrics = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&gw).await;
     let gauge = format!(
         "tollgate_upstream_backend_healthy{{backend=\"{}\",upstream=\"p\"}} 0",
         ups[1].addr

@@ -63,3 +63,31 @@ pub fn upstream_table(name: &str, backends: &[std::net::SocketAddr]) -> String {
 pub fn get(path: &str, headers: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: h\r\n{headers}Connection: close\r\n\r\n").into_bytes()
 }
+
+/// Runs `tollgate check` on `toml` (written as `g.toml` in a temp dir), asserts that it
+/// exits with status 1 and returns its stderr.
+pub fn check_fails(toml: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("g.toml");
+    std::fs::write(&p, toml).expect("write config");
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&p)
+        .output()
+        .expect("run check");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "check did not fail: {err}");
+    err
+}
+
+/// The gateway's `/metrics` text.
+pub async fn metrics_text(gw: &Gateway) -> String {
+    client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}
