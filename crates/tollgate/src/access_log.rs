@@ -73,7 +73,7 @@ impl AccessLogger {
             "path": if cx.path.is_empty() { req.uri.path() } else { cx.path.as_str() },
             "status": status,
             "route": cx.route_name(),
-            "upstream": cx.backend(),
+            "upstream": cx.backend().map(|a| a.to_string()),
             "consumer": cx.consumer.as_ref().map(|c| c.name.as_str()),
             "duration_ms": elapsed.as_secs_f64() * 1000.0,
             "upstream_ms": cx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -77,13 +77,13 @@ pub struct Passive {
     threshold: u32,
     cooldown_ms: u64,
     epoch: tokio::time::Instant,
-    state: HashMap<String, (std::sync::atomic::AtomicU32, std::sync::atomic::AtomicU64)>,
+    state: HashMap<SocketAddr, (std::sync::atomic::AtomicU32, std::sync::atomic::AtomicU64)>,
 }
 
 impl Passive {
     /// Tracks these backend addresses.
-    pub fn new<'a>(
-        addrs: impl IntoIterator<Item = &'a str>,
+    pub fn new(
+        addrs: impl IntoIterator<Item = SocketAddr>,
         threshold: u32,
         cooldown: std::time::Duration,
     ) -> Self {
@@ -91,10 +91,7 @@ impl Passive {
             threshold: threshold.max(1),
             cooldown_ms: cooldown.as_millis() as u64,
             epoch: tokio::time::Instant::now(),
-            state: addrs
-                .into_iter()
-                .map(|a| (a.to_string(), Default::default()))
-                .collect(),
+            state: addrs.into_iter().map(|a| (a, Default::default())).collect(),
         }
     }
 
@@ -103,8 +100,8 @@ impl Passive {
     }
 
     /// Records a failed connect to `addr`.
-    pub fn failed(&self, addr: &str) {
-        if let Some((n, until)) = self.state.get(addr) {
+    pub fn failed(&self, addr: SocketAddr) {
+        if let Some((n, until)) = self.state.get(&addr) {
             if n.fetch_add(1, Ordering::AcqRel) + 1 >= self.threshold {
                 until.store(self.now_ms() + self.cooldown_ms, Ordering::Release);
             }
@@ -112,17 +109,17 @@ impl Passive {
     }
 
     /// Records a response from `addr`.
-    pub fn succeeded(&self, addr: &str) {
-        if let Some((n, until)) = self.state.get(addr) {
+    pub fn succeeded(&self, addr: SocketAddr) {
+        if let Some((n, until)) = self.state.get(&addr) {
             n.store(0, Ordering::Release);
             until.store(0, Ordering::Release);
         }
     }
 
     /// True while `addr` is taken out.
-    pub fn is_down(&self, addr: &str) -> bool {
+    pub fn is_down(&self, addr: SocketAddr) -> bool {
         self.state
-            .get(addr)
+            .get(&addr)
             .is_some_and(|(_, until)| self.now_ms() < until.load(Ordering::Acquire))
     }
 }
@@ -130,13 +127,13 @@ impl Passive {
 /// In-flight requests per backend, for `least_conn`.
 #[derive(Debug, Default)]
 pub struct LeastConn {
-    inflight: HashMap<String, AtomicUsize>,
+    inflight: HashMap<SocketAddr, AtomicUsize>,
 }
 
 /// One request's hold on a backend; dropping it ends the request for `least_conn`.
 pub struct BackendSlot {
     counts: Arc<LeastConn>,
-    addr: String,
+    addr: SocketAddr,
 }
 
 impl fmt::Debug for BackendSlot {
@@ -155,29 +152,26 @@ impl Drop for BackendSlot {
 
 impl LeastConn {
     /// Tracks these backend addresses.
-    pub fn new<'a>(addrs: impl IntoIterator<Item = &'a str>) -> Self {
+    pub fn new(addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
         Self {
             inflight: addrs
                 .into_iter()
-                .map(|a| (a.to_string(), AtomicUsize::new(0)))
+                .map(|a| (a, AtomicUsize::new(0)))
                 .collect(),
         }
     }
 
     /// Requests in flight on `addr`.
-    pub fn inflight(&self, addr: &str) -> usize {
+    pub fn inflight(&self, addr: SocketAddr) -> usize {
         self.inflight
-            .get(addr)
+            .get(&addr)
             .map_or(0, |c| c.load(Ordering::Acquire))
     }
 
     /// The candidate with the fewest in-flight requests per unit of weight (first wins ties).
     fn pick<'b>(&self, candidates: impl Iterator<Item = &'b Backend>) -> Option<&'b Backend> {
         candidates.min_by(|a, b| {
-            let (ia, ib) = (
-                self.inflight(&a.addr.to_string()),
-                self.inflight(&b.addr.to_string()),
-            );
+            let (ia, ib) = (self.inflight(addr_of(a)), self.inflight(addr_of(b)));
             (ia * b.weight.max(1)).cmp(&(ib * a.weight.max(1)))
         })
     }
@@ -226,45 +220,27 @@ impl Selector {
     pub(crate) fn select(
         &self,
         key: &[u8],
-        avoid: &[String],
+        avoid: &[SocketAddr],
         passive: Option<&Passive>,
     ) -> Option<(Backend, Option<BackendSlot>)> {
-        let up = |b: &Backend| passive.is_none_or(|p| !p.is_down(&b.addr.to_string()));
-        let fresh = |b: &Backend, healthy: bool| {
-            healthy && up(b) && !avoid.iter().any(|a| *a == b.addr.to_string())
-        };
-        let any = |b: &Backend, healthy: bool| healthy && up(b);
-        let plain = |b: Option<Backend>| b.map(|b| (b, None));
+        let up = |b: &Backend| passive.is_none_or(|p| !p.is_down(addr_of(b)));
+        let untried = |b: &Backend| !avoid.contains(&addr_of(b));
         match self {
-            Self::RoundRobin(lb) => plain(
-                lb.select_with(key, 256, fresh)
-                    .or_else(|| lb.select_with(key, 256, any)),
-            ),
-            Self::Random(lb) => plain(
-                lb.select_with(key, 256, fresh)
-                    .or_else(|| lb.select_with(key, 256, any)),
-            ),
-            Self::Consistent(lb, _) => plain(
-                lb.select_with(key, 256, fresh)
-                    .or_else(|| lb.select_with(key, 256, any)),
-            ),
+            Self::RoundRobin(lb) => pick(lb, key, up, untried),
+            Self::Random(lb) => pick(lb, key, up, untried),
+            Self::Consistent(lb, _) => pick(lb, key, up, untried),
             Self::LeastConn(lb, counts) => {
                 let backends = lb.backends().get_backend();
                 let healthy: Vec<&Backend> = backends
                     .iter()
                     .filter(|b| lb.backends().ready(b) && up(b))
                     .collect();
-                let untried = healthy
-                    .iter()
-                    .copied()
-                    .filter(|b| !avoid.iter().any(|a| *a == b.addr.to_string()));
                 let chosen = counts
-                    .pick(untried)
+                    .pick(healthy.iter().copied().filter(|b| untried(b)))
                     .or_else(|| counts.pick(healthy.iter().copied()))?
                     .clone();
-                let addr = chosen.addr.to_string();
-                let c = counts.inflight.get(&addr)?;
-                c.fetch_add(1, Ordering::AcqRel);
+                let addr = addr_of(&chosen);
+                counts.inflight.get(&addr)?.fetch_add(1, Ordering::AcqRel);
                 Some((
                     chosen,
                     Some(BackendSlot {
@@ -275,6 +251,30 @@ impl Selector {
             }
         }
     }
+}
+
+/// A backend's socket address (backends are always `IP:PORT`, checked at load).
+fn addr_of(b: &Backend) -> SocketAddr {
+    b.addr
+        .as_inet()
+        .copied()
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// Pingora's selection over healthy, passively-up backends, preferring untried ones.
+fn pick<S>(
+    lb: &LoadBalancer<S>,
+    key: &[u8],
+    up: impl Fn(&Backend) -> bool,
+    untried: impl Fn(&Backend) -> bool,
+) -> Option<(Backend, Option<BackendSlot>)>
+where
+    S: pingora::lb::selection::BackendSelection + 'static,
+    S::Iter: pingora::lb::selection::BackendIter,
+{
+    lb.select_with(key, 256, |b, healthy| healthy && up(b) && untried(b))
+        .or_else(|| lb.select_with(key, 256, |b, healthy| healthy && up(b)))
+        .map(|b| (b, None))
 }
 
 #[cfg(test)]
@@ -295,6 +295,10 @@ mod tests {
         let lb = LoadBalancer::from_backends(Backends::new(Static::new(set)));
         crate::config::now_or_never(lb.update());
         lb
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
     }
 
     fn owner(s: &Selector, key: &str) -> String {
@@ -337,8 +341,9 @@ mod tests {
     fn retries_avoid_tried_backends() {
         let s = Selector::Consistent(lb(&["127.0.0.1:1", "127.0.0.1:2"]), HashKey::Path);
         let first = owner(&s, "/x");
+        let first_addr: SocketAddr = first.parse().unwrap();
         let second = s
-            .select(b"/x", std::slice::from_ref(&first), None)
+            .select(b"/x", &[first_addr], None)
             .unwrap()
             .0
             .addr
@@ -349,7 +354,7 @@ mod tests {
     #[test]
     fn least_conn_prefers_the_idle_backend_and_releases_on_drop() {
         let addrs = ["127.0.0.1:1", "127.0.0.1:2"];
-        let counts = Arc::new(LeastConn::new(addrs));
+        let counts = Arc::new(LeastConn::new(addrs.map(sa)));
         let s = Selector::LeastConn(lb(&addrs), counts.clone());
         let (a, slot_a) = s.select(b"", &[], None).unwrap();
         let (b, slot_b) = s.select(b"", &[], None).unwrap();
@@ -360,35 +365,36 @@ mod tests {
         drop(slot_b);
         let (c, _slot_c) = s.select(b"", &[], None).unwrap();
         assert_eq!(c.addr, b.addr, "the freed backend is the idle one");
-        assert_eq!(counts.inflight(&a.addr.to_string()), 1);
+        assert_eq!(counts.inflight(addr_of(&a)), 1);
         drop(slot_a);
-        assert_eq!(counts.inflight(&a.addr.to_string()), 0);
+        assert_eq!(counts.inflight(addr_of(&a)), 0);
     }
 
     #[test]
     fn passive_failures_take_a_backend_out_until_it_answers() {
-        let p = Passive::new(["a:1", "b:1"], 2, std::time::Duration::from_secs(60));
-        p.failed("a:1");
-        assert!(!p.is_down("a:1"), "one failure is below the threshold");
-        p.failed("a:1");
-        assert!(p.is_down("a:1"));
-        assert!(!p.is_down("b:1"));
-        p.succeeded("a:1");
-        assert!(!p.is_down("a:1"));
+        let (a, b) = (sa("10.0.0.1:1"), sa("10.0.0.2:1"));
+        let p = Passive::new([a, b], 2, std::time::Duration::from_secs(60));
+        p.failed(a);
+        assert!(!p.is_down(a), "one failure is below the threshold");
+        p.failed(a);
+        assert!(p.is_down(a));
+        assert!(!p.is_down(b));
+        p.succeeded(a);
+        assert!(!p.is_down(a));
         let s = Selector::RoundRobin(lb(&["127.0.0.1:1", "127.0.0.1:2"]));
         let p = Passive::new(
-            ["127.0.0.1:1", "127.0.0.1:2"],
+            [sa("127.0.0.1:1"), sa("127.0.0.1:2")],
             1,
             std::time::Duration::from_secs(60),
         );
-        p.failed("127.0.0.1:1");
+        p.failed(sa("127.0.0.1:1"));
         for _ in 0..4 {
             assert_eq!(
                 s.select(b"", &[], Some(&p)).unwrap().0.addr.to_string(),
                 "127.0.0.1:2"
             );
         }
-        p.failed("127.0.0.1:2");
+        p.failed(sa("127.0.0.1:2"));
         assert!(
             s.select(b"", &[], Some(&p)).is_none(),
             "every backend down: no backend"

@@ -35,10 +35,10 @@ pub struct RequestCtx {
     pub(crate) start: Instant,
     pub(crate) upstream_start: Option<Instant>,
     pub(crate) upstream_elapsed: Option<std::time::Duration>,
-    pub(crate) backend: Option<String>,
     pub(crate) refusal: Option<ErrorCode>,
     pub(crate) tries: usize,
-    pub(crate) tried: Vec<String>,
+    /// Backends tried, in order; the last is the one the request went to.
+    pub(crate) tried: Vec<std::net::SocketAddr>,
     pub(crate) slot: Option<crate::balance::BackendSlot>,
 }
 
@@ -57,7 +57,6 @@ impl RequestCtx {
             start: Instant::now(),
             upstream_start: None,
             upstream_elapsed: None,
-            backend: None,
             refusal: None,
             tries: 0,
             tried: Vec::new(),
@@ -86,8 +85,8 @@ impl RequestCtx {
     }
 
     /// The backend address the request was sent to, once one was chosen.
-    pub fn backend(&self) -> Option<&str> {
-        self.backend.as_deref()
+    pub fn backend(&self) -> Option<std::net::SocketAddr> {
+        self.tried.last().copied()
     }
 
     /// The refusal code of the gateway's own answer, if it made one.

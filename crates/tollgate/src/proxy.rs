@@ -257,8 +257,9 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(ErrorType::HTTPStatus(503), "every backend is unhealthy");
         };
         cx.slot = slot;
-        let addr = backend.addr.to_string();
-        cx.tried.push(addr.clone());
+        if let Some(addr) = backend.addr.as_inet() {
+            cx.tried.push(*addr);
+        }
         let mut peer = HttpPeer::new(backend.addr.clone(), up.tls, up.sni.clone());
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout);
@@ -272,7 +273,6 @@ impl ProxyHttp for Gateway {
             peer.options.ca = up.ca.clone();
             peer.group_key = up.trust_key;
         }
-        cx.backend = Some(addr);
         cx.tries += 1;
         if cx.upstream_start.is_none() {
             cx.upstream_start = Some(Instant::now());
@@ -287,7 +287,7 @@ impl ProxyHttp for Gateway {
         cx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(route), Some(addr)) = (&cx.route, &cx.backend) {
+        if let (Some(route), Some(addr)) = (&cx.route, cx.backend()) {
             route.upstream.passive.failed(addr);
         }
         let retries = cx.route.as_ref().map_or(0, |r| r.upstream.retries);
@@ -355,7 +355,7 @@ impl ProxyHttp for Gateway {
             let host = if u.tls && !u.sni.is_empty() {
                 u.sni.clone()
             } else {
-                cx.backend.clone().unwrap_or_default()
+                cx.backend().map(|a| a.to_string()).unwrap_or_default()
             };
             up.insert_header(header::HOST, host)?;
         }
@@ -397,7 +397,7 @@ impl ProxyHttp for Gateway {
         if let Some(start) = cx.upstream_start {
             cx.upstream_elapsed = Some(start.elapsed());
         }
-        if let (Some(route), Some(addr)) = (&cx.route, &cx.backend) {
+        if let (Some(route), Some(addr)) = (&cx.route, cx.backend()) {
             route.upstream.passive.succeeded(addr);
         }
         forwarding::strip_response_hop_by_hop(resp);

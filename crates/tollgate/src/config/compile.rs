@@ -452,6 +452,10 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         Some((c, s)) => (Some(c), Some(s)),
         None => (None, None),
     };
+    let addrs: Vec<SocketAddr> = set
+        .iter()
+        .filter_map(|b| b.addr.as_inet().copied())
+        .collect();
     let backends_lb = || Backends::new(Static::new(set.clone()));
     let selector = match balance {
         Balance::RoundRobin => {
@@ -466,15 +470,11 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         ),
         Balance::LeastConn => Selector::LeastConn(
             ready(LoadBalancer::from_backends(backends_lb()), check),
-            Arc::new(LeastConn::new(backends.iter().map(|(a, _)| a.as_str()))),
+            Arc::new(LeastConn::new(addrs.clone())),
         ),
     };
     let sni = f.sni.clone().unwrap_or_default();
-    let passive = Passive::new(
-        backends.iter().map(|(a, _)| a.as_str()),
-        passive_threshold,
-        passive_cooldown,
-    );
+    let passive = Passive::new(addrs, passive_threshold, passive_cooldown);
     Some(Upstream {
         name: name.to_string(),
         selector,

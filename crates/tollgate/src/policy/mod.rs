@@ -60,7 +60,6 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::Result;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use toml::de::DeValue;
 use toml::Spanned;
 
@@ -381,7 +380,8 @@ impl Chain {
                     return Ok(Flow::Respond(r));
                 }
             }
-            let p = effective(cx, name, p);
+            let overrides = overrides(cx);
+            let p = effective(overrides.as_deref(), name, p);
             if let Flow::Respond(r) = p.request_filter(session, cx).await? {
                 return Ok(Flow::Respond(r));
             }
@@ -399,9 +399,10 @@ impl Chain {
         body: &mut Option<Bytes>,
         end: bool,
     ) -> Result<()> {
+        let o = overrides(cx);
         self.policies
             .iter()
-            .try_for_each(|(n, p)| effective(cx, n, p).request_body_filter(cx, body, end))
+            .try_for_each(|(n, p)| effective(o.as_deref(), n, p).request_body_filter(cx, body, end))
     }
 
     /// Runs every policy's `upstream_request_filter`.
@@ -410,37 +411,47 @@ impl Chain {
         cx: &mut RequestCtx,
         req: &mut RequestHeader,
     ) -> Result<()> {
+        let o = overrides(cx);
         self.policies
             .iter()
-            .try_for_each(|(n, p)| effective(cx, n, p).upstream_request_filter(cx, req))
+            .try_for_each(|(n, p)| effective(o.as_deref(), n, p).upstream_request_filter(cx, req))
     }
 
     /// Runs every policy's `response_filter`.
     pub fn response_filter(&self, cx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()> {
+        let o = overrides(cx);
         self.policies
             .iter()
-            .try_for_each(|(n, p)| effective(cx, n, p).response_filter(cx, resp))
+            .try_for_each(|(n, p)| effective(o.as_deref(), n, p).response_filter(cx, resp))
     }
 
     /// Runs every policy's `logging`.
     pub fn logging(&self, cx: &RequestCtx, error: Option<&pingora::Error>) {
         self.policies
             .iter()
-            .for_each(|(n, p)| effective(cx, n, p).logging(cx, error));
+            .for_each(|(n, p)| effective(cx.consumer.as_deref(), n, p).logging(cx, error));
     }
+}
+
+/// The request's consumer when it has policy overrides (an `Arc` clone only then, so
+/// the common case costs nothing); held across a hook that needs `&mut RequestCtx`.
+fn overrides(cx: &RequestCtx) -> Option<Arc<crate::consumer::Consumer>> {
+    cx.consumer
+        .as_ref()
+        .filter(|c| !c.policies.is_empty())
+        .cloned()
 }
 
 /// The consumer's override of a post-authentication policy, or the route's own.
-fn effective(cx: &RequestCtx, name: &str, route_policy: &BoxPolicy) -> BoxPolicy {
+fn effective<'a>(
+    consumer: Option<&'a crate::consumer::Consumer>,
+    name: &str,
+    route_policy: &'a BoxPolicy,
+) -> &'a BoxPolicy {
     if route_policy.stage() > Stage::Authentication {
-        if let Some(p) = cx.consumer.as_ref().and_then(|c| c.policy(name)) {
-            return p.clone();
+        if let Some(p) = consumer.and_then(|c| c.policy(name)) {
+            return p;
         }
     }
-    route_policy.clone()
+    route_policy
 }
-
-/// An empty policy table: `[routes.X.policies.NAME]` with no keys.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NoConfig {}
