@@ -9,6 +9,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::config::LoadError;
+use crate::consumer::secret_eq;
 use crate::gateway::GatewayHandle;
 use crate::reply::error_body;
 
@@ -75,16 +76,7 @@ fn authorized(token: Option<&str>, session: &ServerSession) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    constant_time_eq(given.as_bytes(), token.as_bytes())
-}
-
-/// Compares without an early exit on the first differing byte.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
-    for (i, x) in a.iter().enumerate() {
-        diff |= x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0);
-    }
-    diff == 0
+    secret_eq(given.as_bytes(), token.as_bytes())
 }
 
 #[async_trait]
@@ -188,7 +180,7 @@ impl ServeHttp for Admin {
 
 #[cfg(test)]
 mod tests {
-    use super::{constant_time_eq, redacted_config};
+    use super::{redacted_config, secret_eq};
 
     #[test]
     fn secrets_are_redacted_everywhere() {
@@ -210,11 +202,11 @@ mod tests {
     }
 
     #[test]
-    fn constant_time_eq_compares_exactly() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
-        assert!(constant_time_eq(b"", b""));
+    fn secret_eq_compares_exactly() {
+        assert!(secret_eq(b"secret", b"secret"));
+        assert!(!secret_eq(b"secret", b"secreT"));
+        assert!(!secret_eq(b"secret", b"secret2"));
+        assert!(!secret_eq(b"", b"x"));
+        assert!(secret_eq(b"", b""));
     }
 }

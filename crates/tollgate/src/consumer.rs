@@ -140,6 +140,12 @@ fn digest(key: &[u8]) -> [u8; 32] {
     Sha256::digest(key).into()
 }
 
+/// Compares two secrets in constant time (their SHA-256 digests, so lengths leak nothing
+/// either).
+pub(crate) fn secret_eq(a: &[u8], b: &[u8]) -> bool {
+    digest(a).ct_eq(&digest(b)).into()
+}
+
 impl Consumers {
     /// Adds a consumer. Credentials are added with the `with_*` methods.
     pub fn insert(&mut self, consumer: Consumer) -> Arc<Consumer> {

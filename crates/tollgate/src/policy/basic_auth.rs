@@ -39,16 +39,12 @@ pub struct BasicAuthConfig {
     #[serde(default = "default_realm")]
     pub realm: String,
     /// Remove `Authorization` before forwarding. Default: `true`.
-    #[serde(default = "yes")]
+    #[serde(default = "super::default_true")]
     pub hide_credentials: bool,
 }
 
 fn default_realm() -> String {
     "tollgate".into()
-}
-
-fn yes() -> bool {
-    true
 }
 
 impl PolicyConfig for BasicAuthConfig {

@@ -79,7 +79,7 @@ pub struct JwtAuthConfig {
     /// A cookie carrying the token, tried when the header is absent.
     pub cookie: Option<String>,
     /// Remove the token before forwarding. Default: `true`.
-    #[serde(default = "yes")]
+    #[serde(default = "super::default_true")]
     pub hide_credentials: bool,
 }
 
@@ -91,9 +91,6 @@ fn default_claim() -> String {
 }
 fn default_header() -> String {
     "authorization".into()
-}
-fn yes() -> bool {
-    true
 }
 
 /// One audience or a list of them.

@@ -37,16 +37,12 @@ pub struct KeyAuthConfig {
     #[serde(default = "default_name")]
     pub query: String,
     /// Remove the key before forwarding. Default: `true`.
-    #[serde(default = "yes")]
+    #[serde(default = "super::default_true")]
     pub hide_credentials: bool,
 }
 
 fn default_name() -> String {
     "apikey".into()
-}
-
-fn yes() -> bool {
-    true
 }
 
 impl Default for KeyAuthConfig {

@@ -151,6 +151,11 @@ pub trait Policy: Send + Sync + 'static {
     }
 }
 
+/// `true`, for serde defaults of policy flags such as `hide_credentials`.
+pub(crate) fn default_true() -> bool {
+    true
+}
+
 /// A shared, type-erased policy.
 pub type BoxPolicy = Arc<dyn Policy>;
 
