@@ -3,71 +3,15 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName};
 use pingora::lb::selection::consistent::KetamaHashing;
 use pingora::lb::selection::{Random, RoundRobin};
 use pingora::lb::{Backend, LoadBalancer};
 
-/// What `consistent_hash` hashes.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum HashKey {
-    /// The client IP. The default.
-    #[default]
-    ClientIp,
-    /// The authenticated consumer's name (client IP when there is none).
-    Consumer,
-    /// The normalised request path.
-    Path,
-    /// A request header's value (client IP when absent).
-    Header(HeaderName),
-}
-
-impl HashKey {
-    /// Parses `client_ip`, `consumer`, `path` or `header:NAME`.
-    ///
-    /// # Errors
-    /// A message naming what was expected.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "client_ip" => Ok(Self::ClientIp),
-            "consumer" => Ok(Self::Consumer),
-            "path" => Ok(Self::Path),
-            _ => match s.strip_prefix("header:") {
-                Some(h) => HeaderName::from_bytes(h.trim().as_bytes())
-                    .map(Self::Header)
-                    .map_err(|_| format!("invalid header name {h:?}")),
-                None => Err(format!(
-                    r#"unknown hash_key {s:?} (expected client_ip, consumer, path or "header:NAME")"#
-                )),
-            },
-        }
-    }
-
-    /// The bytes to hash for a request.
-    pub(crate) fn key<'a>(
-        &self,
-        client_ip: Option<IpAddr>,
-        consumer: Option<&'a str>,
-        path: &'a str,
-        headers: &'a HeaderMap,
-    ) -> Vec<u8> {
-        let ip = || {
-            client_ip
-                .map(|ip| ip.to_string().into_bytes())
-                .unwrap_or_default()
-        };
-        match self {
-            Self::ClientIp => ip(),
-            Self::Consumer => consumer.map_or_else(ip, |c| c.as_bytes().to_vec()),
-            Self::Path => path.as_bytes().to_vec(),
-            Self::Header(h) => headers.get(h).map_or_else(ip, |v| v.as_bytes().to_vec()),
-        }
-    }
-}
+use crate::request_key::RequestKey;
 
 /// Passive health: consecutive connect failures per backend. A backend that failed
 /// `threshold` times in a row is skipped for `cooldown`, then tried again (one failure
@@ -181,7 +125,7 @@ impl LeastConn {
 pub(crate) enum Selector {
     RoundRobin(LoadBalancer<RoundRobin>),
     Random(LoadBalancer<Random>),
-    Consistent(LoadBalancer<KetamaHashing>, HashKey),
+    Consistent(LoadBalancer<KetamaHashing>, RequestKey),
     LeastConn(LoadBalancer<RoundRobin>, Arc<LeastConn>),
 }
 
@@ -207,7 +151,7 @@ impl Selector {
     }
 
     /// The hash key, for `consistent_hash`.
-    pub(crate) fn hash_key(&self) -> Option<&HashKey> {
+    pub(crate) fn hash_key(&self) -> Option<&RequestKey> {
         match self {
             Self::Consistent(_, k) => Some(k),
             _ => None,
@@ -313,9 +257,9 @@ mod tests {
     fn consistent_hash_is_stable_and_moves_only_the_removed_share() {
         let three = Selector::Consistent(
             lb(&["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]),
-            HashKey::ClientIp,
+            RequestKey::ClientIp,
         );
-        let two = Selector::Consistent(lb(&["127.0.0.1:1", "127.0.0.1:2"]), HashKey::ClientIp);
+        let two = Selector::Consistent(lb(&["127.0.0.1:1", "127.0.0.1:2"]), RequestKey::ClientIp);
         let keys: Vec<String> = (0..3000)
             .map(|i| format!("10.0.{}.{}", i / 250, i % 250))
             .collect();
@@ -339,7 +283,7 @@ mod tests {
 
     #[test]
     fn retries_avoid_tried_backends() {
-        let s = Selector::Consistent(lb(&["127.0.0.1:1", "127.0.0.1:2"]), HashKey::Path);
+        let s = Selector::Consistent(lb(&["127.0.0.1:1", "127.0.0.1:2"]), RequestKey::Path);
         let first = owner(&s, "/x");
         let first_addr: SocketAddr = first.parse().unwrap();
         let second = s
@@ -399,16 +343,5 @@ mod tests {
             s.select(b"", &[], Some(&p)).is_none(),
             "every backend down: no backend"
         );
-    }
-
-    #[test]
-    fn hash_keys_parse() {
-        assert_eq!(HashKey::parse("path"), Ok(HashKey::Path));
-        assert_eq!(
-            HashKey::parse("header:x-user"),
-            Ok(HashKey::Header(HeaderName::from_static("x-user")))
-        );
-        assert!(HashKey::parse("ip").is_err());
-        assert!(HashKey::parse("header:bad name").is_err());
     }
 }

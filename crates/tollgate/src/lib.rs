@@ -34,6 +34,7 @@ pub mod policy;
 pub mod proxy;
 pub mod reply;
 pub mod request_id;
+pub mod request_key;
 pub mod router;
 pub mod runtime;
 pub mod server;

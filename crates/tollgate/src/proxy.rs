@@ -242,15 +242,10 @@ impl ProxyHttp for Gateway {
             );
         };
         let up = &route.upstream;
-        let key = match up.selector.hash_key() {
-            Some(k) => k.key(
-                cx.client_ip,
-                cx.consumer.as_deref().map(|c| c.name.as_str()),
-                &cx.path,
-                &session.req_header().headers,
-            ),
-            None => Vec::new(),
-        };
+        let mut key = Vec::new();
+        if let Some(k) = up.selector.hash_key() {
+            k.write(cx, &session.req_header().headers, &mut key);
+        }
         // a retry releases its hold on the backend that failed before choosing another
         cx.slot = None;
         let Some((backend, slot)) = up.selector.select(&key, &cx.tried, Some(&up.passive)) else {

@@ -19,9 +19,10 @@ use toml::Spanned;
 use super::diagnostic::{join, Diagnostics};
 use super::file::{Balance, ConsumerFile, RouteFile, ServerFile, UpstreamFile};
 use super::{AccessLog, ConfigErrors, ServerSettings};
-use crate::balance::{HashKey, LeastConn, Passive, Selector};
+use crate::balance::{LeastConn, Passive, Selector};
 use crate::consumer::{Consumer, Consumers, PasswordHash};
 use crate::policy::{BoxPolicy, BuildCtx, Chain, Failure, Registry};
+use crate::request_key::RequestKey;
 use crate::router::{HostMatch, PathPattern, RouteSpec, Router};
 use crate::runtime::{Route, Snapshot, Upstream};
 use crate::store::RedisStore;
@@ -391,17 +392,17 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
                 "hash_key only applies to balance = \"consistent_hash\"",
             );
             ok = false;
-            HashKey::default()
+            RequestKey::default()
         }
-        Some(h) => match HashKey::parse(h.get_ref()) {
+        Some(h) => match RequestKey::parse(h.get_ref()) {
             Ok(k) => k,
             Err(msg) => {
                 cx.diags.at(h.span(), format!("{path}.hash_key"), msg);
                 ok = false;
-                HashKey::default()
+                RequestKey::default()
             }
         },
-        None => HashKey::default(),
+        None => RequestKey::default(),
     };
     // passive checks share the active check's threshold; without active checks a backend
     // is taken out for 10 s after 3 consecutive connect failures

@@ -22,10 +22,10 @@ use pingora::Result;
 use pingora_limits::inflight::{Guard, Inflight};
 use serde::Deserialize;
 
-use super::rate_limit::KeySource;
 use super::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
 use crate::context::RequestCtx;
 use crate::reply::{ErrorCode, Reply};
+use crate::request_key::RequestKey;
 
 // === Config ===
 
@@ -37,7 +37,7 @@ pub struct ConcurrencyLimitConfig {
     pub max: u64,
     /// What identifies a client. Default: `client_ip`.
     #[serde(default)]
-    pub by: KeySource,
+    pub by: RequestKey,
 }
 
 impl PolicyConfig for ConcurrencyLimitConfig {
@@ -59,7 +59,7 @@ impl PolicyConfig for ConcurrencyLimitConfig {
 /// Limits requests in flight per key.
 pub struct ConcurrencyLimit {
     max: isize,
-    by: KeySource,
+    by: RequestKey,
     inflight: Inflight,
 }
 
@@ -92,7 +92,7 @@ impl Policy for ConcurrencyLimit {
 
     async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<Flow> {
         let mut key = Vec::with_capacity(32);
-        self.by.key(session, cx, &mut key);
+        self.by.write(cx, &session.req_header().headers, &mut key);
         match self.acquire(&key) {
             Some(guard) => {
                 cx.extensions.insert(Slot(Arc::new(guard)));
@@ -118,7 +118,7 @@ mod tests {
         let cx = BuildCtx::new(std::path::Path::new("."), "p");
         let p = ConcurrencyLimitConfig {
             max: 2,
-            by: KeySource::Route,
+            by: RequestKey::Route,
         }
         .build(&cx)
         .unwrap();
@@ -138,7 +138,7 @@ mod tests {
         let cx = BuildCtx::new(std::path::Path::new("."), "p");
         let e = ConcurrencyLimitConfig {
             max: 0,
-            by: KeySource::ClientIp,
+            by: RequestKey::ClientIp,
         }
         .build(&cx)
         .unwrap_err();

@@ -6,7 +6,7 @@
 //! [routes.orders.policies.rate_limit]
 //! requests = 100
 //! window = "1s"            # default
-//! by = "consumer"          # consumer | client_ip (default) | route | "header:NAME"
+//! by = "consumer"          # consumer | client_ip (default) | route | path | "header:NAME"
 //! store = "local"          # default; "redis" shares the count via [server.redis]
 //! on_store_error = "allow"  # default; "deny": 503 when Redis cannot answer in time
 //! ```
@@ -32,18 +32,16 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 use pingora_limits::estimator::Estimator;
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -51,78 +49,10 @@ use super::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
 use crate::config::units::ConfigDuration;
 use crate::context::RequestCtx;
 use crate::reply::{ErrorCode, Reply};
+use crate::request_key::RequestKey;
 use crate::store::RedisStore;
 
 // === Config ===
-
-/// What identifies a client for a limit.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum KeySource {
-    /// The authenticated consumer (client IP when there is none).
-    Consumer,
-    /// The client IP. The default.
-    #[default]
-    ClientIp,
-    /// The route: one budget for everyone.
-    Route,
-    /// A request header's value (client IP when absent).
-    Header(HeaderName),
-}
-
-impl<'de> Deserialize<'de> for KeySource {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = KeySource;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(r#""consumer", "client_ip", "route" or "header:NAME""#)
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<KeySource, E> {
-                match v {
-                    "consumer" => Ok(KeySource::Consumer),
-                    "client_ip" => Ok(KeySource::ClientIp),
-                    "route" => Ok(KeySource::Route),
-                    _ => match v.strip_prefix("header:") {
-                        Some(h) => HeaderName::from_bytes(h.trim().as_bytes())
-                            .map(KeySource::Header)
-                            .map_err(|_| E::custom(format!("invalid header name {h:?}"))),
-                        None => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
-                    },
-                }
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-impl KeySource {
-    /// The key of this request, written into `out`.
-    pub(crate) fn key(&self, session: &Session, cx: &RequestCtx, out: &mut Vec<u8>) {
-        let ip = |out: &mut Vec<u8>| match cx.client_ip {
-            Some(IpAddr::V4(v4)) => out.extend_from_slice(&v4.octets()),
-            Some(IpAddr::V6(v6)) => out.extend_from_slice(&v6.octets()),
-            None => {}
-        };
-        match self {
-            Self::Consumer => match &cx.consumer {
-                Some(c) => {
-                    out.push(b'c');
-                    out.extend_from_slice(c.name.as_bytes());
-                }
-                None => ip(out),
-            },
-            Self::ClientIp => ip(out),
-            Self::Route => out.extend_from_slice(cx.route_name().unwrap_or_default().as_bytes()),
-            Self::Header(h) => match session.req_header().headers.get(h) {
-                Some(v) => {
-                    out.push(b'h');
-                    out.extend_from_slice(v.as_bytes());
-                }
-                None => ip(out),
-            },
-        }
-    }
-}
 
 /// Where counts are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -157,7 +87,7 @@ pub struct RateLimitConfig {
     pub window: ConfigDuration,
     /// What identifies a client. Default: `client_ip`.
     #[serde(default)]
-    pub by: KeySource,
+    pub by: RequestKey,
     /// Where counts are kept. Default: `local`.
     #[serde(default)]
     pub store: Store,
@@ -313,7 +243,7 @@ enum Counter {
 #[derive(Debug)]
 pub struct RateLimit {
     limit: u64,
-    by: KeySource,
+    by: RequestKey,
     counter: Counter,
 }
 
@@ -382,7 +312,7 @@ impl Policy for RateLimit {
 
     async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<Flow> {
         let mut key = Vec::with_capacity(32);
-        self.by.key(session, cx, &mut key);
+        self.by.write(cx, &session.req_header().headers, &mut key);
         let d = match self.count(&key).await {
             Ok(d) => d,
             Err(flow) => return Ok(flow),
@@ -466,7 +396,10 @@ mod tests {
     #[test]
     fn config_parses_key_sources_and_rejects_bad_ones() {
         let c: RateLimitConfig = toml::from_str("requests = 5\nby = \"header:x-user\"").unwrap();
-        assert_eq!(c.by, KeySource::Header(HeaderName::from_static("x-user")));
+        assert_eq!(
+            c.by,
+            RequestKey::Header(http::HeaderName::from_static("x-user"))
+        );
         assert_eq!(c.window.get(), Duration::from_secs(1));
         assert!(toml::from_str::<RateLimitConfig>("requests = 5\nby = \"ip\"").is_err());
         assert!(
