@@ -310,12 +310,24 @@ impl Gateway {
     /// Starts `bin run --config` on `toml` (which should listen on port 0) and waits until
     /// it reports its listeners.
     pub fn start(bin: &Path, toml: &str) -> Self {
+        Self::spawn(bin, toml, &[])
+    }
+
+    /// Starts `bin run --upgrade` on `toml`: it takes over the listening sockets of the
+    /// running instance once that one is sent SIGQUIT (which the caller does). Returns
+    /// when the new process reports its listeners; the config needs fixed ports.
+    pub fn start_upgrade(bin: &Path, toml: &str) -> Self {
+        Self::spawn(bin, toml, &["--upgrade"])
+    }
+
+    fn spawn(bin: &Path, toml: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("gateway.toml");
         std::fs::write(&config, toml).expect("write config");
         let mut child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&config)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -742,4 +754,133 @@ pub async fn grpc_call(
         body
     };
     (status, ct, msg, trailers)
+}
+
+/// One span an [`OtlpCollector`] received, with the `service.name` of its resource.
+pub type CollectedSpan = (String, opentelemetry_proto::tonic::trace::v1::Span);
+
+/// A real OTLP/gRPC trace collector (tonic, HTTP/2 prior knowledge) on `127.0.0.1:0`
+/// that keeps every span it receives. An export with no spans is refused with
+/// `INVALID_ARGUMENT`, so error statuses can be checked too.
+pub struct OtlpCollector {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Spans received so far.
+    pub spans: Arc<Mutex<Vec<CollectedSpan>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Collector(Arc<Mutex<Vec<CollectedSpan>>>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Collector
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        let req = request.into_inner();
+        if req.resource_spans.is_empty() {
+            return Err(tonic::Status::invalid_argument("no resource spans"));
+        }
+        let mut got = Vec::new();
+        for rs in req.resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| r.attributes.iter())
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value.as_ref()?.value.as_ref())
+                .map(|v| match v {
+                    Value::StringValue(s) => s.clone(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                got.extend(ss.spans.into_iter().map(|s| (service.clone(), s)));
+            }
+        }
+        if let Ok(mut spans) = self.0.lock() {
+            spans.extend(got);
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+impl OtlpCollector {
+    /// Starts the collector.
+    pub async fn start() -> Self {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let spans: Arc<Mutex<Vec<CollectedSpan>>> = Arc::default();
+        let svc = TraceServiceServer::new(Collector(spans.clone()));
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await;
+        });
+        Self { addr, spans, task }
+    }
+
+    /// A copy of the spans received so far.
+    pub fn received(&self) -> Vec<CollectedSpan> {
+        self.spans.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for OtlpCollector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Exports `spans` spans (all of trace `trace_id`) to an OTLP collector at `addr` over
+/// h2c with a real tonic client. Errors are `(code, message)` of the gRPC status.
+pub async fn otlp_export(
+    addr: SocketAddr,
+    trace_id: [u8; 16],
+    spans: usize,
+) -> Result<(), (String, String)> {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    let status = |s: tonic::Status| (format!("{:?}", s.code()), s.message().to_string());
+    let mut client = TraceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| ("Connect".to_string(), e.to_string()))?;
+    let spans = (0..spans)
+        .map(|i| Span {
+            trace_id: trace_id.to_vec(),
+            span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+            name: format!("span-{i}"),
+            ..Default::default()
+        })
+        .collect::<Vec<_>>();
+    let resource_spans = if spans.is_empty() {
+        Vec::new()
+    } else {
+        vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }]
+    };
+    client
+        .export(ExportTraceServiceRequest { resource_spans })
+        .await
+        .map(|_| ())
+        .map_err(status)
 }

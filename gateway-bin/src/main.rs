@@ -79,7 +79,7 @@ fn main() -> ExitCode {
             for s in handle.services(&server.configuration) {
                 server.add_boxed_service(s);
             }
-            server.add_service(tollgate::server::sighup_reloader(handle));
+            server.add_service(tollgate::server::signal_handlers(handle, &server));
             tracing::info!(
                 "tollgate {} serving {}",
                 env!("CARGO_PKG_VERSION"),

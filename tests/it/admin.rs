@@ -208,23 +208,7 @@ async fn reloads_under_load_fail_no_request() {
         upstream_table("a", &[up.addr])
     ));
     let full = std::fs::read_to_string(&gw.config).unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let stop = stop.clone();
-        let url = gw.url("/load");
-        clients.push(tokio::spawn(async move {
-            let c = client();
-            let (mut ok, mut failed) = (0u32, 0u32);
-            while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                match c.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => ok += 1,
-                    _ => failed += 1,
-                }
-            }
-            (ok, failed)
-        }));
-    }
+    let load = Load::start(&gw.url("/load"), 4);
     let c = client();
     for i in 0..10 {
         let variant =
@@ -234,16 +218,10 @@ async fn reloads_under_load_fail_no_request() {
         assert_eq!(r.status(), 200, "reload {i}");
         assert_eq!(get_json(&gw.url(&format!("/extra{i}"))).await.0, 200);
     }
-    stop.store(true, std::sync::atomic::Ordering::Release);
-    let (mut ok, mut failed) = (0, 0);
-    for c in clients {
-        let (o, f) = c.await.unwrap();
-        ok += o;
-        failed += f;
-    }
+    let (ok, failed, why) = load.finish().await;
     assert_eq!(
         failed, 0,
-        "{failed} requests failed across 10 reloads ({ok} succeeded)"
+        "{failed} requests failed across 10 reloads ({ok} succeeded): {why:?}"
     );
     assert!(ok > 40, "the clients barely ran: {ok}");
     let m = metrics_text(&gw).await;

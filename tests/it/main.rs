@@ -7,6 +7,7 @@ mod auth;
 mod balancing;
 mod cli;
 mod jwt;
+mod operations;
 mod policies;
 mod protocols;
 mod proxying;

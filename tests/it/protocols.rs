@@ -119,3 +119,33 @@ async fn grpc_unary_calls_pass_over_http2_with_trailers_intact() {
         assert_eq!(te.as_deref(), Some("trailers"));
     }
 }
+
+#[tokio::test]
+async fn a_tonic_client_and_server_talk_grpc_through_the_gateway() {
+    let server = OtlpCollector::start().await;
+    let gw = gateway(&format!(
+        "[upstreams.otlp]\nbackends = [\"{}\"]\nhttp2 = true\n\
+         [routes.traces]\npaths = [\"/opentelemetry.proto.collector.trace.v1.TraceService\"]\n\
+         upstream = \"otlp\"\n",
+        server.addr
+    ));
+    let trace = [7u8; 16];
+    otlp_export(gw.addr, trace, 3)
+        .await
+        .expect("unary call through the gateway");
+    let got = server.received();
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|(_, s)| s.trace_id == trace));
+    assert_eq!(got[2].1.name, "span-2");
+
+    // an error status (sent in trailers) reaches the client intact
+    let err = otlp_export(gw.addr, trace, 0).await.unwrap_err();
+    assert_eq!(
+        err,
+        (
+            "InvalidArgument".to_string(),
+            "no resource spans".to_string()
+        )
+    );
+    assert_eq!(server.received().len(), 3);
+}

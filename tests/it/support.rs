@@ -91,3 +91,60 @@ pub async fn metrics_text(gw: &Gateway) -> String {
         .await
         .expect("metrics body")
 }
+
+/// `clients` tasks sending GETs to `url` back to back until [`Load::finish`].
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<(u32, u32, Vec<String>)>>,
+}
+
+impl Load {
+    /// Starts the clients; each keeps its connections alive between requests.
+    pub fn start(url: &str, clients: usize) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                let url = url.to_string();
+                tokio::spawn(async move {
+                    let c = client();
+                    let (mut ok, mut failed, mut why) = (0u32, 0u32, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                        match c.get(&url).send().await {
+                            Ok(r) if r.status() == 200 => match r.bytes().await {
+                                Ok(_) => ok += 1,
+                                Err(e) => {
+                                    failed += 1;
+                                    why.push(format!("body: {e:?}"));
+                                }
+                            },
+                            Ok(r) => {
+                                failed += 1;
+                                why.push(format!("status {}", r.status()));
+                            }
+                            Err(e) => {
+                                failed += 1;
+                                why.push(format!("{e:?}"));
+                            }
+                        }
+                    }
+                    (ok, failed, why)
+                })
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    /// Stops the clients; returns (succeeded, failed, why the first failures failed).
+    pub async fn finish(self) -> (u32, u32, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let (mut ok, mut failed, mut why) = (0, 0, Vec::new());
+        for t in self.tasks {
+            let (o, f, w) = t.await.expect("load client");
+            ok += o;
+            failed += f;
+            why.extend(w.into_iter().take(3));
+        }
+        (ok, failed, why)
+    }
+}

@@ -4,12 +4,14 @@
 //! the line is dropped and counted rather than making a request wait.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use pingora::proxy::Session;
+use prometheus::IntCounter;
 
 use crate::config::AccessLog;
 use crate::context::RequestCtx;
@@ -20,38 +22,46 @@ const QUEUE: usize = 16 * 1024;
 #[derive(Debug, Clone)]
 pub struct AccessLogger {
     tx: SyncSender<String>,
-    dropped: Arc<AtomicU64>,
+    dropped: IntCounter,
+    reopen: Arc<AtomicBool>,
 }
 
 impl AccessLogger {
-    /// Starts the writer for `dest`; `None` for [`AccessLog::Off`].
+    /// Starts the writer for `dest`; `None` for [`AccessLog::Off`]. Lines that cannot
+    /// be queued are counted in `dropped`.
     ///
     /// # Errors
     /// The file cannot be opened for appending.
-    pub fn start(dest: &AccessLog) -> std::io::Result<Option<Self>> {
-        let out: Box<dyn Write + Send> = match dest {
+    pub fn start(dest: &AccessLog, dropped: IntCounter) -> std::io::Result<Option<Self>> {
+        let out = match dest {
             AccessLog::Off => return Ok(None),
-            AccessLog::Stdout => Box::new(std::io::stdout()),
-            AccessLog::File(p) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)?,
-            ),
+            AccessLog::Stdout => Output::Stdout(std::io::stdout()),
+            AccessLog::File(p) => Output::File(p.clone(), open(p)?),
         };
         let (tx, rx) = sync_channel(QUEUE);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let flag = reopen.clone();
         std::thread::Builder::new()
             .name("tollgate-access-log".into())
-            .spawn(move || writer(rx, out))?;
+            .spawn(move || writer(rx, out, &flag))?;
         Ok(Some(Self {
             tx,
-            dropped: Arc::new(AtomicU64::new(0)),
+            dropped,
+            reopen,
         }))
     }
 
     /// Lines dropped because the writer could not keep up.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.dropped.get()
+    }
+
+    /// Asks the writer to reopen the log file (after rotation moved it away); lines
+    /// queued before are written to the old file, later ones to the new. No-op for stdout.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+        // wake the writer; if the queue is full it is awake anyway
+        let _ = self.tx.try_send(String::new());
     }
 
     pub(crate) fn log(
@@ -83,21 +93,63 @@ impl AccessLogger {
         match self.tx.try_send(line.to_string()) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.dropped.inc();
             }
         }
     }
 }
 
-fn writer(rx: Receiver<String>, mut out: Box<dyn Write + Send>) {
+enum Output {
+    Stdout(std::io::Stdout),
+    File(PathBuf, std::fs::File),
+}
+
+impl Output {
+    fn write_line(&mut self, line: &str) -> std::io::Result<()> {
+        if line.is_empty() {
+            return Ok(()); // a wake-up, not a line
+        }
+        match self {
+            Self::Stdout(o) => writeln!(o, "{line}"),
+            Self::File(_, f) => writeln!(f, "{line}"),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Stdout(o) => o.flush(),
+            Self::File(_, f) => f.flush(),
+        }
+    }
+}
+
+fn open(p: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)
+}
+
+fn writer(rx: Receiver<String>, mut out: Output, reopen: &AtomicBool) {
     let mut failed = false;
     while let Ok(line) = rx.recv() {
-        let mut res = writeln!(out, "{line}");
+        let mut res = out.write_line(&line);
         // drain what is queued before flushing once
         while let Ok(more) = rx.try_recv() {
-            res = res.and_then(|()| writeln!(out, "{more}"));
+            res = res.and_then(|()| out.write_line(&more));
         }
         res = res.and_then(|()| out.flush());
+        if reopen.swap(false, Ordering::AcqRel) {
+            if let Output::File(path, file) = &mut out {
+                match open(path) {
+                    Ok(f) => *file = f,
+                    Err(e) => tracing::error!(
+                        "cannot reopen access log {}, keeping the old file: {e}",
+                        path.display()
+                    ),
+                }
+            }
+        }
         match (res, failed) {
             (Err(e), false) => {
                 tracing::error!("access log write failed: {e}");

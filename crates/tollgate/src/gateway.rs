@@ -2,6 +2,7 @@
 //! Pingora services, and reloads.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -17,6 +18,7 @@ use crate::admin::Admin;
 use crate::config::{Config, LoadError, ServerSettings};
 use crate::health::HealthChecker;
 use crate::metrics::Metrics;
+use crate::otlp::SpanExporter;
 use crate::policy::Registry;
 use crate::proxy::Gateway;
 use crate::runtime::Snapshot;
@@ -54,15 +56,26 @@ impl<'a> GatewayBuilder<'a> {
         self
     }
 
-    /// Builds the gateway. Starts the access log writer.
+    /// Builds the gateway. Starts the access log writer and, with `[server.tracing]`,
+    /// the span exporter.
     ///
     /// # Errors
-    /// The access log file cannot be opened.
+    /// The access log file cannot be opened, or a writer thread cannot start.
     pub fn build(self) -> std::io::Result<GatewayHandle> {
-        let access_log = AccessLogger::start(&self.config.server.access_log)?;
+        let metrics = self.metrics.unwrap_or_default();
+        let access_log = AccessLogger::start(
+            &self.config.server.access_log,
+            metrics.access_log_dropped().clone(),
+        )?;
+        let spans = match &self.config.server.tracing {
+            Some(t) => Some(SpanExporter::start(t, metrics.spans_dropped().clone())?),
+            None => None,
+        };
         let handle = GatewayHandle {
             state: Arc::new(ArcSwap::new(self.config.snapshot.clone())),
-            metrics: self.metrics.unwrap_or_default(),
+            metrics,
+            spans,
+            draining: Arc::default(),
             registry: self.registry,
             path: self.config.path.clone(),
             server: self.config.server.clone(),
@@ -84,6 +97,8 @@ pub struct GatewayHandle {
     path: Option<PathBuf>,
     server: ServerSettings,
     access_log: Option<AccessLogger>,
+    spans: Option<SpanExporter>,
+    draining: Arc<AtomicBool>,
     started: SystemTime,
 }
 
@@ -94,6 +109,25 @@ impl GatewayHandle {
             state: self.state.clone(),
             metrics: self.metrics.clone(),
             access_log: self.access_log.clone(),
+            spans: self.spans.clone(),
+            draining: self.draining.clone(),
+        }
+    }
+
+    /// From now on every answer closes its HTTP/1 connection (`Connection: close`), so
+    /// that clients reconnect. Called when the process hands its sockets to a new one
+    /// (graceful upgrade) or begins a graceful shutdown; see
+    /// [`crate::server::signal_handlers`].
+    pub fn start_draining(&self) {
+        if !self.draining.swap(true, Ordering::AcqRel) {
+            tracing::info!("draining: answers now close their connections");
+        }
+    }
+
+    /// Reopens the access log file (SIGUSR1), for log rotation.
+    pub fn reopen_logs(&self) {
+        if let Some(l) = &self.access_log {
+            l.reopen();
         }
     }
 
@@ -120,7 +154,8 @@ impl GatewayHandle {
                 source: std::io::Error::other("this gateway was not loaded from a file"),
             });
         };
-        match Config::load_with(path, &self.registry) {
+        let prior = self.state.load_full();
+        match Config::reload_from(path, &self.registry, Some(&prior)) {
             Ok(c) => {
                 let digest = c.snapshot.digest.clone();
                 self.state.store(c.snapshot);

@@ -30,6 +30,7 @@ pub mod context;
 pub mod forwarding;
 pub mod health;
 pub mod metrics;
+pub mod otlp;
 pub mod policy;
 pub mod proxy;
 pub mod reply;

@@ -3,7 +3,8 @@
 
 use http::Method;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The `route` label of requests refused before a route was chosen (and of 405s).
@@ -24,6 +25,8 @@ pub struct Metrics {
     refusals: IntCounterVec,
     reloads: IntCounterVec,
     backend_healthy: IntGaugeVec,
+    log_dropped: IntCounter,
+    spans_dropped: IntCounter,
 }
 
 impl Default for Metrics {
@@ -90,6 +93,14 @@ impl Metrics {
             &["version"],
         ));
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let log_dropped = must(IntCounter::new(
+            "tollgate_access_log_dropped_total",
+            "Access log lines dropped because the writer could not keep up.",
+        ));
+        let spans_dropped = must(IntCounter::new(
+            "tollgate_trace_spans_dropped_total",
+            "Spans not delivered to the OTLP collector (queue full, collector down or slow).",
+        ));
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -98,6 +109,8 @@ impl Metrics {
             Box::new(reloads.clone()),
             Box::new(backend_healthy.clone()),
             Box::new(build),
+            Box::new(log_dropped.clone()),
+            Box::new(spans_dropped.clone()),
         ] {
             must(registry.register(c));
         }
@@ -112,7 +125,19 @@ impl Metrics {
             refusals,
             reloads,
             backend_healthy,
+            log_dropped,
+            spans_dropped,
         }
+    }
+
+    /// `tollgate_access_log_dropped_total`.
+    pub fn access_log_dropped(&self) -> &IntCounter {
+        &self.log_dropped
+    }
+
+    /// `tollgate_trace_spans_dropped_total`.
+    pub fn spans_dropped(&self) -> &IntCounter {
+        &self.spans_dropped
     }
 
     /// Records one finished request.

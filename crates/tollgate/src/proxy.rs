@@ -30,6 +30,11 @@ pub struct Gateway {
     pub(crate) state: Arc<ArcSwap<Snapshot>>,
     pub(crate) metrics: Metrics,
     pub(crate) access_log: Option<AccessLogger>,
+    pub(crate) spans: Option<crate::otlp::SpanExporter>,
+    /// Set when this process hands its sockets over or shuts down: answers then close
+    /// their connection, so clients move to new connections (and the new process) while
+    /// this one still serves, instead of finding a kept-alive connection closed under them.
+    pub(crate) draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -120,6 +125,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<bool> {
+        if self.draining.load(std::sync::atomic::Ordering::Acquire) {
+            session.set_keepalive(None);
+        }
         let snap = self.state.load_full();
         let req = session.req_header();
         cx.request_id = match req.headers.get(X_REQUEST_ID).and_then(request_id::valid) {
@@ -465,6 +473,26 @@ impl ProxyHttp for Gateway {
         }
         if let Some(log) = &self.access_log {
             log.log(session, cx, status, elapsed, session.body_bytes_sent());
+        }
+        if let (Some(spans), Some(trace)) = (&self.spans, &cx.trace) {
+            let req = session.req_header();
+            spans.record(&crate::otlp::FinishedRequest {
+                trace,
+                method: req.method.as_str(),
+                path: if cx.path.is_empty() {
+                    req.uri.path()
+                } else {
+                    cx.path.as_str()
+                },
+                status,
+                route: cx.route.as_ref().map(|r| r.name.as_str()),
+                upstream: cx.route.as_ref().map(|r| r.upstream.name.as_str()),
+                backend: cx.backend().map(|a| a.to_string()),
+                consumer: cx.consumer.as_ref().map(|c| c.name.as_str()),
+                client_ip: cx.client_ip.map(|ip| ip.to_string()),
+                error: cx.refusal().map(|c| c.as_str()),
+                elapsed,
+            });
         }
     }
 

@@ -112,6 +112,8 @@ pub struct Upstream {
     pub(crate) read_timeout: Duration,
     pub(crate) retries: usize,
     pub(crate) health: Option<crate::health::Schedule>,
+    /// The active checks' health state and the fingerprint of the check that made it.
+    pub(crate) health_registry: Option<(String, std::sync::Arc<pingora::lb::HealthRegistry>)>,
     pub(crate) passive: crate::balance::Passive,
 }
 

@@ -1,8 +1,9 @@
-//! Building a Pingora [`Server`] from the `[server]` table, and the SIGHUP reloader.
+//! Building a Pingora [`Server`] from the `[server]` table, and the signal handlers
+//! (SIGHUP reload, SIGUSR1 access-log reopen).
 
 use async_trait::async_trait;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{ExecutionPhase, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
 use crate::config::Config;
@@ -31,31 +32,70 @@ pub fn build(config: &Config, upgrade: bool) -> Server {
     server
 }
 
-struct Reloader(GatewayHandle);
+struct Signals {
+    handle: GatewayHandle,
+    phases: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
+}
 
 #[async_trait]
-impl BackgroundService for Reloader {
+impl BackgroundService for Signals {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("cannot watch SIGHUP, reload by signal is off: {e}");
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut hup, mut usr1) = match (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::user_defined1()),
+        ) {
+            (Ok(h), Ok(u)) => (h, u),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(
+                    "cannot watch SIGHUP/SIGUSR1, reload and log reopening by signal are off: {e}"
+                );
                 return;
             }
         };
+        let mut phases = self.phases.lock().ok().and_then(|mut p| p.take());
         loop {
+            let phase = async {
+                match phases.as_mut() {
+                    Some(p) => p.recv().await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP received, reloading");
-                    let _ = self.0.reload();
+                    let _ = self.handle.reload();
                 }
+                _ = usr1.recv() => {
+                    tracing::info!("SIGUSR1 received, reopening the access log");
+                    self.handle.reopen_logs();
+                }
+                p = phase => match p {
+                    Some(
+                        ExecutionPhase::GracefulUpgradeTransferringFds
+                        | ExecutionPhase::GracefulTerminate,
+                    ) => self.handle.start_draining(),
+                    Some(_) => {}
+                    None => phases = None,
+                },
                 _ = shutdown.changed() => return,
             }
         }
     }
 }
 
-/// A background service that reloads the configuration on SIGHUP.
-pub fn sighup_reloader(handle: GatewayHandle) -> impl pingora::services::ServiceWithDependents {
-    background_service("sighup reloader", Reloader(handle))
+/// A background service that reloads the configuration on SIGHUP, reopens the access
+/// log on SIGUSR1, and makes the gateway drain ([`GatewayHandle::start_draining`]) when
+/// `server` starts a graceful upgrade (SIGQUIT) or shutdown (SIGTERM).
+pub fn signal_handlers(
+    handle: GatewayHandle,
+    server: &Server,
+) -> impl pingora::services::ServiceWithDependents {
+    background_service(
+        "signal handlers",
+        Signals {
+            handle,
+            phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
+        },
+    )
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use pingora::lb::discovery::Static;
-use pingora::lb::{Backend, Backends, LoadBalancer};
+use pingora::lb::{Backend, Backends, HealthRegistry, LoadBalancer};
 use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
@@ -36,6 +36,8 @@ struct Ctx<'a> {
     registry: &'a Registry,
     config_dir: &'a Path,
     redis: Option<Arc<RedisStore>>,
+    /// The running configuration, on a reload: health state of unchanged checks carries over.
+    prior: Option<&'a Snapshot>,
 }
 
 pub(super) fn compile(
@@ -43,6 +45,7 @@ pub(super) fn compile(
     file: &str,
     config_dir: &Path,
     registry: &Registry,
+    prior: Option<&Snapshot>,
 ) -> Result<(ServerSettings, Snapshot), ConfigErrors> {
     let (doc, syntax) = DeTable::parse_recoverable(src);
     if !syntax.is_empty() {
@@ -56,6 +59,7 @@ pub(super) fn compile(
         registry,
         config_dir,
         redis: None,
+        prior,
     };
     cx.diags.set_root(doc_ref);
 
@@ -321,7 +325,24 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
             }
         }
     }
-    not_yet(cx, f.tracing.map(|x| x.span()), "server.tracing", "issue 6");
+    if let Some(t) = &f.tracing {
+        let t = t.get_ref();
+        let endpoint = t.otlp_endpoint.get_ref();
+        match crate::otlp::TracingSettings::check_endpoint(endpoint) {
+            Ok(()) => {
+                s.tracing = Some(crate::otlp::TracingSettings {
+                    endpoint: endpoint.clone(),
+                    service_name: t.service_name.clone().unwrap_or_else(|| "tollgate".into()),
+                    timeout: t.timeout.map_or(Duration::from_secs(2), |d| d.get()),
+                });
+            }
+            Err(msg) => {
+                cx.diags
+                    .at(t.otlp_endpoint.span(), "server.tracing.otlp_endpoint", msg);
+                ok = false;
+            }
+        }
+    }
     (ok && cx.diags.len() == errors_before).then_some((s, trusted))
 }
 
@@ -435,8 +456,10 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         }
     }
     let mut health = None;
+    let mut fingerprint = String::new();
     if let Some(hc) = &f.health_check {
         let host = f.sni.clone().unwrap_or_else(|| "localhost".into());
+        fingerprint = format!("{:?}|{host}|{}", hc.get_ref(), f.tls);
         match hc.get_ref().build(&host, f.tls) {
             Ok(built) => health = Some(built),
             Err((key, msg)) => {
@@ -449,15 +472,27 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
     if !ok {
         return None;
     }
-    let (check, schedule) = match health {
-        Some((c, s)) => (Some(c), Some(s)),
-        None => (None, None),
+    // An unchanged check of an upstream that stays keeps its registry: backends that
+    // stay keep their health, new ones start healthy, as at startup.
+    let (check, registry, schedule) = match health {
+        Some((c, s)) => match cx
+            .prior
+            .and_then(|p| p.upstreams.get(name))
+            .and_then(|u| u.health_registry.as_ref())
+            .filter(|(fp, _)| *fp == fingerprint)
+        {
+            Some((_, r)) => (None, r.clone(), Some(s)),
+            None => (Some(c), Arc::new(HealthRegistry::new()), Some(s)),
+        },
+        None => (None, Arc::new(HealthRegistry::new()), None),
     };
+    let health_registry = schedule.is_some().then(|| (fingerprint, registry.clone()));
     let addrs: Vec<SocketAddr> = set
         .iter()
         .filter_map(|b| b.addr.as_inet().copied())
         .collect();
-    let backends_lb = || Backends::new(Static::new(set.clone()));
+    let backends_lb =
+        || Backends::new_with_health_registry(Static::new(set.clone()), registry.clone());
     let selector = match balance {
         Balance::RoundRobin => {
             Selector::RoundRobin(ready(LoadBalancer::from_backends(backends_lb()), check))
@@ -499,6 +534,7 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         retries: f.retries.unwrap_or(1),
         passive,
         health: schedule,
+        health_registry,
     })
 }
 

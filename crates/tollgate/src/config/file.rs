@@ -34,7 +34,7 @@ pub(crate) struct ServerFile {
     #[serde(default)]
     pub tls: Vec<Spanned<TlsFile>>,
     pub redis: Option<Spanned<RedisFile>>,
-    pub tracing: Option<Spanned<IgnoredAny>>,
+    pub tracing: Option<Spanned<TracingFile>>,
 }
 
 /// `[upstreams.NAME]`.
@@ -167,6 +167,15 @@ pub(crate) struct RewriteFile {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RedisFile {
     pub url: Spanned<String>,
+    pub timeout: Option<ConfigDuration>,
+}
+
+/// `[server.tracing]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TracingFile {
+    pub otlp_endpoint: Spanned<String>,
+    pub service_name: Option<String>,
     pub timeout: Option<ConfigDuration>,
 }
 

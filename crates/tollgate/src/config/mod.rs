@@ -69,6 +69,8 @@ pub struct ServerSettings {
     pub access_log: AccessLog,
     /// TLS listeners (`[[server.tls]]`).
     pub tls: Vec<crate::tls::TlsListener>,
+    /// OTLP span export (`[server.tracing]`), if configured.
+    pub tracing: Option<crate::otlp::TracingSettings>,
 }
 
 impl Default for ServerSettings {
@@ -84,6 +86,7 @@ impl Default for ServerSettings {
             graceful_shutdown_timeout: Duration::from_secs(10),
             access_log: AccessLog::Stdout,
             tls: Vec::new(),
+            tracing: None,
         }
     }
 }
@@ -147,14 +150,29 @@ impl Config {
     /// # Errors
     /// [`LoadError::Unreadable`] or [`LoadError::Invalid`] with every error found.
     pub fn load_with(path: impl AsRef<Path>, registry: &Registry) -> Result<Self, LoadError> {
-        let path = path.as_ref();
+        Self::reload_from(path.as_ref(), registry, None)
+    }
+
+    /// Like [`Config::load_with`], for a reload of `prior`: active health state of
+    /// upstreams whose check is unchanged carries over.
+    pub(crate) fn reload_from(
+        path: &Path,
+        registry: &Registry,
+        prior: Option<&Snapshot>,
+    ) -> Result<Self, LoadError> {
         let src = std::fs::read_to_string(path).map_err(|source| LoadError::Unreadable {
             path: path.to_path_buf(),
             source,
         })?;
         let dir = path.parent().unwrap_or(Path::new("."));
-        let mut config = Self::parse(&src, &path.display().to_string(), dir, registry)
-            .map_err(LoadError::Invalid)?;
+        let (server, snapshot) =
+            compile::compile(&src, &path.display().to_string(), dir, registry, prior)
+                .map_err(LoadError::Invalid)?;
+        let mut config = Self {
+            server,
+            path: None,
+            snapshot: Arc::new(snapshot),
+        };
         config.path = Some(path.to_path_buf());
         Ok(config)
     }
@@ -170,7 +188,7 @@ impl Config {
         config_dir: &Path,
         registry: &Registry,
     ) -> Result<Self, ConfigErrors> {
-        let (server, snapshot) = compile::compile(src, file, config_dir, registry)?;
+        let (server, snapshot) = compile::compile(src, file, config_dir, registry, None)?;
         Ok(Self {
             server,
             path: None,
@@ -374,11 +392,86 @@ colour = "red"
 
     #[test]
     fn unsupported_features_are_errors_not_silently_ignored() {
-        let e = errors("[server.tracing]\notlp_endpoint = \"http://127.0.0.1:4317\"\n");
+        let e = errors("[server.limits]\nmax_header_bytes = 1024\n");
         assert!(
-            e[0].contains("server.tracing` is not supported by this build yet"),
+            e[0].contains("server.limits` is not supported by this build yet"),
             "{e:?}"
         );
+    }
+
+    fn reparse(src: &str, prior: &Snapshot) -> Snapshot {
+        compile::compile(
+            src,
+            "gw.toml",
+            Path::new("."),
+            &Registry::with_builtins(),
+            Some(prior),
+        )
+        .unwrap()
+        .1
+    }
+
+    fn health_of(s: &Snapshot) -> Vec<(String, bool)> {
+        s.upstreams["u"]
+            .backend_health()
+            .into_iter()
+            .map(|(a, _, h)| (a, h))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_the_health_of_backends_that_stay_under_an_unchanged_check() {
+        // a port nothing listens on: bound, then closed
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let live_addr = live.local_addr().unwrap();
+        let src = |backends: &str, kind: &str| {
+            format!(
+                "[upstreams.u]\nbackends = [{backends}]\n[upstreams.u.health_check]\n\
+                 kind = \"{kind}\"\nunhealthy_after = 1\n\
+                 [routes.r]\npaths = [\"/\"]\nupstream = \"u\"\n"
+            )
+        };
+        let first = parse(&src(&format!("\"{dead}\""), "tcp")).unwrap();
+        let s1 = first.snapshot();
+        s1.upstreams["u"]
+            .selector
+            .backends()
+            .run_health_check(false)
+            .await;
+        assert_eq!(health_of(s1), [(dead.to_string(), false)]);
+
+        // same check, one more backend: the dead one stays unhealthy, the new one starts healthy
+        let both = src(&format!("\"{dead}\", \"{live_addr}\""), "tcp");
+        let s2 = reparse(&both, s1);
+        let mut h = health_of(&s2);
+        h.sort();
+        let mut want = vec![(dead.to_string(), false), (live_addr.to_string(), true)];
+        want.sort();
+        assert_eq!(h, want);
+
+        // a changed check starts from scratch
+        let s3 = reparse(&src(&format!("\"{dead}\""), "http"), &s2);
+        assert_eq!(health_of(&s3), [(dead.to_string(), true)]);
+        drop(live);
+    }
+
+    #[test]
+    fn tracing_needs_a_plain_http_collector() {
+        let c = parse("[server.tracing]\notlp_endpoint = \"http://127.0.0.1:4317\"\n").unwrap();
+        let t = c.server.tracing.unwrap();
+        assert_eq!(t.service_name, "tollgate");
+        assert_eq!(t.timeout, std::time::Duration::from_secs(2));
+        let e = errors("[server.tracing]\notlp_endpoint = \"https://c:4317\"\n");
+        assert!(
+            e[0].starts_with("gw.toml:2:17: server.tracing.otlp_endpoint: https"),
+            "{e:?}"
+        );
+        let e = errors("[server.tracing]\nservice_name = \"x\"\n");
+        assert!(e[0].contains("otlp_endpoint"), "{e:?}");
     }
 
     #[test]
