@@ -301,6 +301,7 @@ pub struct Gateway {
     /// The config file.
     pub config: PathBuf,
     stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
 }
 
 /// How long a gateway may take to start.
@@ -310,17 +311,22 @@ impl Gateway {
     /// Starts `bin run --config` on `toml` (which should listen on port 0) and waits until
     /// it reports its listeners.
     pub fn start(bin: &Path, toml: &str) -> Self {
-        Self::spawn(bin, toml, &[])
+        Self::spawn(bin, toml, &[], "warn")
+    }
+
+    /// Like [`Gateway::start`], with diagnostics at `level` (`RUST_LOG`).
+    pub fn start_logging(bin: &Path, toml: &str, level: &str) -> Self {
+        Self::spawn(bin, toml, &[], level)
     }
 
     /// Starts `bin run --upgrade` on `toml`: it takes over the listening sockets of the
     /// running instance once that one is sent SIGQUIT (which the caller does). Returns
     /// when the new process reports its listeners; the config needs fixed ports.
     pub fn start_upgrade(bin: &Path, toml: &str) -> Self {
-        Self::spawn(bin, toml, &["--upgrade"])
+        Self::spawn(bin, toml, &["--upgrade"], "warn")
     }
 
-    fn spawn(bin: &Path, toml: &str, extra: &[&str]) -> Self {
+    fn spawn(bin: &Path, toml: &str, extra: &[&str], log_level: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("gateway.toml");
         std::fs::write(&config, toml).expect("write config");
@@ -328,7 +334,7 @@ impl Gateway {
             .args(["run", "--config"])
             .arg(&config)
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_level)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -338,9 +344,14 @@ impl Gateway {
         let expect_tls = toml.contains("[[server.tls]]");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let stderr_lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let err_sink = stderr_lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[tollgate] {line}");
+                if let Ok(mut s) = err_sink.lock() {
+                    s.push(line.clone());
+                }
                 let _ = tx.send(line);
             }
         });
@@ -387,6 +398,7 @@ impl Gateway {
             dir,
             config,
             stdout: stdout_lines,
+            stderr: stderr_lines,
         }
     }
 
@@ -406,6 +418,11 @@ impl Gateway {
     /// Lines the gateway wrote to stdout so far (the access log).
     pub fn stdout_lines(&self) -> Vec<String> {
         self.stdout.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Lines the gateway wrote to stderr so far (its diagnostics).
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// The process id.

@@ -204,7 +204,7 @@ async fn admin_reload_over_http_needs_the_token_and_reports_errors() {
 async fn reloads_under_load_fail_no_request() {
     let up = Upstream::start("a").await;
     let gw = gateway_with_admin(&format!(
-        "{}[routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n",
+        "{}[routes.r]\npaths = [\"/load\"]\nupstream = \"a\"\n",
         upstream_table("a", &[up.addr])
     ));
     let full = std::fs::read_to_string(&gw.config).unwrap();
@@ -217,6 +217,10 @@ async fn reloads_under_load_fail_no_request() {
         let r = c.post(gw.admin_url("/admin/reload")).send().await.unwrap();
         assert_eq!(r.status(), 200, "reload {i}");
         assert_eq!(get_json(&gw.url(&format!("/extra{i}"))).await.0, 200);
+        if i > 0 {
+            let gone = get_json(&gw.url(&format!("/extra{}", i - 1))).await.0;
+            assert_eq!(gone, 404, "reload {i} did not remove the previous route");
+        }
     }
     let (ok, failed, why) = load.finish().await;
     assert_eq!(

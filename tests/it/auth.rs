@@ -326,3 +326,82 @@ fn authentication_policies_cannot_be_overridden_per_consumer() {
     let err = out;
     assert!(err.contains("g.toml:3:27: consumers.alice.policies.key_auth: `key_auth` runs before the consumer is known"), "{err}");
 }
+
+#[tokio::test]
+async fn no_credential_reaches_a_log_line() {
+    let up = Upstream::start("a").await;
+    let jwt_secret = "jwt-shared-secret-of-at-least-32-bytes!";
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({ "sub": "carol", "exp": jsonwebtoken::get_current_timestamp() + 300 }),
+        &jsonwebtoken::EncodingKey::from_secret(jwt_secret.as_bytes()),
+    )
+    .unwrap();
+    let n = std::process::id();
+    let gw = Gateway::start_logging(
+        bin(),
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n\
+             admin_token = \"admin-t0ken-xyz\"\naccess_log = \"stdout\"\n\
+             pid_file = \"/tmp/tollgate-secrets-{n}.pid\"\nupgrade_sock = \"/tmp/tollgate-secrets-{n}.sock\"\n\
+             {}[consumers.alice]\napi_keys = [\"key-alice-123\"]\n\
+             basic = {{ username = \"alice\", password_hash = \"{}\" }}\n\
+             [consumers.carol]\njwt_subject = \"carol\"\n\
+             [routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n\
+             [routes.r.policies.key_auth]\n[routes.r.policies.basic_auth]\n\
+             [routes.r.policies.jwt_auth]\nalgorithms = [\"HS256\"]\nsecret = \"{jwt_secret}\"\n",
+            upstream_table("a", &[up.addr]),
+            argon2_hash("pw-alice-456"),
+        ),
+        "debug",
+    );
+    let cases = [
+        get("/", "apikey: key-alice-123\r\n"),
+        get("/", "apikey: wrong-key-789\r\n"),
+        get("/?apikey=key-alice-123&x=1", ""),
+        get("/", &basic("alice", "pw-alice-456")),
+        get("/", &basic("alice", "wrong-pw-000")),
+        get("/", &format!("Authorization: Bearer {token}\r\n")),
+        get("/", &format!("Authorization: Bearer {token}x\r\n")),
+    ];
+    let mut statuses = Vec::new();
+    for c in &cases {
+        statuses.push(raw(gw.addr, c).await.status);
+    }
+    assert_eq!(statuses, [200, 401, 200, 200, 401, 200, 401]);
+    let c = client();
+    for token in ["admin-t0ken-xyz", "admin-t0ken-wrong"] {
+        c.post(gw.admin_url("/admin/reload"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+    }
+    let lines = cases.len();
+    assert!(
+        eventually(Duration::from_secs(5), async || gw.stdout_lines().len()
+            >= lines)
+        .await,
+        "access log lines missing"
+    );
+    let logs: Vec<String> = gw
+        .stdout_lines()
+        .into_iter()
+        .chain(gw.stderr_lines())
+        .collect();
+    assert!(logs.len() > lines, "no diagnostics at debug level");
+    let signature = token.rsplit('.').next().unwrap();
+    for secret in [
+        "key-alice-123",
+        "wrong-key-789",
+        "pw-alice-456",
+        "wrong-pw-000",
+        "YWxpY2U6", // base64 of "alice:", the start of both Basic credentials
+        signature,
+        jwt_secret,
+        "admin-t0ken",
+    ] {
+        let leaked: Vec<_> = logs.iter().filter(|l| l.contains(secret)).collect();
+        assert!(leaked.is_empty(), "{secret:?} in a log line: {leaked:?}");
+    }
+}

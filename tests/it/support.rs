@@ -82,14 +82,81 @@ pub fn check_fails(toml: &str) -> String {
 
 /// The gateway's `/metrics` text.
 pub async fn metrics_text(gw: &Gateway) -> String {
-    client()
+    let r = client()
         .get(gw.admin_url("/metrics"))
         .send()
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body")
+        .expect("metrics");
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        ct.starts_with("text/plain; version=0.0.4"),
+        "content-type {ct:?}"
+    );
+    let text = r.text().await.expect("metrics body");
+    check_exposition(&text);
+    text
+}
+
+/// Asserts that `text` is Prometheus text exposition format: `# HELP`/`# TYPE` lines
+/// and `name{label="value",…} number` samples, every sample of a declared family.
+pub fn check_exposition(text: &str) {
+    let mut families = std::collections::HashSet::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let (name, kind) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "bad TYPE line {line:?}"
+            );
+            families.insert(name.to_string());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+        assert!(
+            value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
+            "bad value in {line:?}"
+        );
+        let name = series.split('{').next().unwrap_or("");
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(
+                    labels.starts_with('{') && labels.ends_with('}'),
+                    "bad labels in {line:?}"
+                );
+                for pair in labels[1..labels.len() - 1]
+                    .split("\",")
+                    .filter(|p| !p.is_empty())
+                {
+                    let (k, v) = pair.split_once("=\"").expect("label=\"value\"");
+                    assert!(!k.is_empty() && !v.contains('\n'), "bad label in {line:?}");
+                }
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| families.contains(*f)))
+            .unwrap_or(name);
+        assert!(
+            families.contains(family),
+            "sample of undeclared family: {line:?}"
+        );
+    }
 }
 
 /// `clients` tasks sending GETs to `url` back to back until [`Load::finish`].
