@@ -311,29 +311,35 @@ impl Gateway {
     /// Starts `bin run --config` on `toml` (which should listen on port 0) and waits until
     /// it reports its listeners.
     pub fn start(bin: &Path, toml: &str) -> Self {
-        Self::spawn(bin, toml, &[], "warn")
+        Self::spawn(bin, &["run", "--config"], toml, &[], "warn")
     }
 
     /// Like [`Gateway::start`], with diagnostics at `level` (`RUST_LOG`).
     pub fn start_logging(bin: &Path, toml: &str, level: &str) -> Self {
-        Self::spawn(bin, toml, &[], level)
+        Self::spawn(bin, &["run", "--config"], toml, &[], level)
+    }
+
+    /// Runs a program built on the library (an example) as `program CONFIG ARGS…` and
+    /// waits for the gateway's listeners as for [`Gateway::start`].
+    pub fn start_program(program: &Path, toml: &str, args: &[&str]) -> Self {
+        Self::spawn(program, &[], toml, args, "warn")
     }
 
     /// Starts `bin run --upgrade` on `toml`: it takes over the listening sockets of the
     /// running instance once that one is sent SIGQUIT (which the caller does). Returns
     /// when the new process reports its listeners; the config needs fixed ports.
     pub fn start_upgrade(bin: &Path, toml: &str) -> Self {
-        Self::spawn(bin, toml, &["--upgrade"], "warn")
+        Self::spawn(bin, &["run", "--config"], toml, &["--upgrade"], "warn")
     }
 
-    fn spawn(bin: &Path, toml: &str, extra: &[&str], log_level: &str) -> Self {
+    fn spawn(bin: &Path, before: &[&str], toml: &str, after: &[&str], log_level: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("gateway.toml");
         std::fs::write(&config, toml).expect("write config");
         let mut child = Command::new(bin)
-            .args(["run", "--config"])
+            .args(before)
             .arg(&config)
-            .args(extra)
+            .args(after)
             .env("RUST_LOG", log_level)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -68,18 +68,15 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let handle = match GatewayBuilder::new(&c).build() {
+            let handle = match GatewayBuilder::new().exit_on_bind_error(true).build(&c) {
                 Ok(h) => h,
                 Err(e) => {
                     eprintln!("{}: cannot open access log: {e}", config.display());
                     return ExitCode::from(1);
                 }
             };
-            let mut server = tollgate::server::build(&c, upgrade);
-            for s in handle.services(&server.configuration) {
-                server.add_boxed_service(s);
-            }
-            server.add_service(tollgate::server::signal_handlers(handle, &server));
+            let mut server = handle.pingora_server(upgrade);
+            handle.add_to(&mut server);
             tracing::info!(
                 "tollgate {} serving {}",
                 env!("CARGO_PKG_VERSION"),

@@ -6,6 +6,7 @@ mod admin;
 mod auth;
 mod balancing;
 mod cli;
+mod examples;
 mod jwt;
 mod operations;
 mod policies;

@@ -51,11 +51,6 @@ impl AccessLogger {
         }))
     }
 
-    /// Lines dropped because the writer could not keep up.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.get()
-    }
-
     /// Asks the writer to reopen the log file (after rotation moved it away); lines
     /// queued before are written to the old file, later ones to the new. No-op for stdout.
     pub fn reopen(&self) {

@@ -1,7 +1,7 @@
 //! Assembling a gateway from a loaded [`Config`]: the proxy, the admin app, their
 //! Pingora services, and reloads.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -11,6 +11,7 @@ use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
 use pingora::services::ServiceWithDependents;
 
 use crate::access_log::AccessLogger;
@@ -19,71 +20,176 @@ use crate::config::{Config, LoadError, ServerSettings};
 use crate::health::HealthChecker;
 use crate::metrics::Metrics;
 use crate::otlp::SpanExporter;
-use crate::policy::Registry;
+use crate::policy::{PolicyConfig, Registry};
 use crate::proxy::Gateway;
 use crate::runtime::Snapshot;
 use crate::service::ListenerService;
 
-/// Builds a [`GatewayHandle`] from a loaded configuration.
+/// Builds a [`GatewayHandle`]: which policies exist (the built-ins plus yours), then
+/// the configuration to serve.
+///
+/// ```no_run
+/// use tollgate::GatewayBuilder;
+/// # use tollgate::policy::{BuildCtx, BuildError, Policy, PolicyConfig};
+/// # struct Tenant;
+/// # impl Policy for Tenant {}
+/// # #[derive(serde::Deserialize)]
+/// # struct TenantConfig {}
+/// # impl PolicyConfig for TenantConfig {
+/// #     type Policy = Tenant;
+/// #     fn build(self, _: &BuildCtx<'_>) -> Result<Tenant, BuildError> { Ok(Tenant) }
+/// # }
+///
+/// let gateway = GatewayBuilder::new()
+///     .policy::<TenantConfig>("tenant") // enabled by [routes.X.policies.tenant]
+///     .build_from_file("gateway.toml")?;
+/// let mut server = gateway.pingora_server(false);
+/// gateway.add_to(&mut server);
+/// server.run_forever();
+/// # Ok::<(), tollgate::StartError>(())
+/// ```
 #[derive(Debug)]
-pub struct GatewayBuilder<'a> {
-    config: &'a Config,
+pub struct GatewayBuilder {
     registry: Registry,
     metrics: Option<Metrics>,
+    exit_on_bind_error: bool,
 }
 
-impl<'a> GatewayBuilder<'a> {
-    /// Starts from `config`, with the built-in policies for later reloads.
-    pub fn new(config: &'a Config) -> Self {
+impl GatewayBuilder {
+    /// Starts with the built-in policies.
+    pub fn new() -> Self {
         Self {
-            config,
             registry: Registry::with_builtins(),
             metrics: None,
+            exit_on_bind_error: false,
         }
     }
 
-    /// The registry reloads build policies with; use the one the config was loaded with.
+    /// Exit the process with status 1 when a listener cannot bind its address (the
+    /// `tollgate` binary does). Default: the listener logs the error and does not serve,
+    /// and the rest of the server keeps running.
+    #[must_use]
+    pub fn exit_on_bind_error(mut self, exit: bool) -> Self {
+        self.exit_on_bind_error = exit;
+        self
+    }
+
+    /// Makes the policy configured by `C` available as `[routes.X.policies.NAME]` (and
+    /// `[policies.NAME]`), exactly like a built-in one. A later registration of the same
+    /// name replaces the earlier one.
+    #[must_use]
+    pub fn policy<C: PolicyConfig>(mut self, name: &str) -> Self {
+        self.registry.register::<C>(name);
+        self
+    }
+
+    /// Replaces the policy registry as a whole.
     #[must_use]
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = registry;
         self
     }
 
-    /// Uses these metrics instead of a fresh set.
+    /// Uses these metrics instead of a fresh set (to share a Prometheus registry).
     #[must_use]
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = Some(metrics);
         self
     }
 
-    /// Builds the gateway. Starts the access log writer and, with `[server.tracing]`,
-    /// the span exporter.
+    /// Reads and validates a config file with this builder's policies, without building
+    /// anything (what `tollgate check` does).
+    ///
+    /// # Errors
+    /// The file is unreadable, or every error found in it.
+    pub fn load(&self, path: impl AsRef<Path>) -> Result<Config, LoadError> {
+        Config::load_with(path, &self.registry)
+    }
+
+    /// Loads `path` and builds the gateway; see [`GatewayBuilder::build`].
+    ///
+    /// # Errors
+    /// [`StartError::Config`] with every error in the file, or [`StartError::Io`].
+    pub fn build_from_file(self, path: impl AsRef<Path>) -> Result<GatewayHandle, StartError> {
+        let config = self.load(path)?;
+        Ok(self.build(&config)?)
+    }
+
+    /// Builds the gateway for `config` (loaded with this builder's policies: reloads
+    /// use them too). Starts the access log writer and, with `[server.tracing]`, the
+    /// span exporter; nothing listens until the services run.
     ///
     /// # Errors
     /// The access log file cannot be opened, or a writer thread cannot start.
-    pub fn build(self) -> std::io::Result<GatewayHandle> {
+    pub fn build(self, config: &Config) -> std::io::Result<GatewayHandle> {
         let metrics = self.metrics.unwrap_or_default();
         let access_log = AccessLogger::start(
-            &self.config.server.access_log,
+            &config.server.access_log,
             metrics.access_log_dropped().clone(),
         )?;
-        let spans = match &self.config.server.tracing {
+        let spans = match &config.server.tracing {
             Some(t) => Some(SpanExporter::start(t, metrics.spans_dropped().clone())?),
             None => None,
         };
         let handle = GatewayHandle {
-            state: Arc::new(ArcSwap::new(self.config.snapshot.clone())),
+            state: Arc::new(ArcSwap::new(config.snapshot.clone())),
             metrics,
             spans,
             draining: Arc::default(),
             registry: self.registry,
-            path: self.config.path.clone(),
-            server: self.config.server.clone(),
+            path: config.path.clone(),
+            server: config.server.clone(),
             access_log,
+            exit_on_bind_error: self.exit_on_bind_error,
             started: SystemTime::now(),
         };
         handle.publish_health();
         Ok(handle)
+    }
+}
+
+impl Default for GatewayBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why a gateway could not be built from a file.
+#[derive(Debug)]
+pub enum StartError {
+    /// The config file is unreadable or invalid (every error, with line and column).
+    Config(LoadError),
+    /// The access log could not be opened, or a thread not started.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Config(e) => write!(f, "{e}"),
+            Self::Io(e) => write!(f, "cannot start the gateway: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Config(e) => Some(e),
+            Self::Io(e) => Some(e),
+        }
+    }
+}
+
+impl From<LoadError> for StartError {
+    fn from(e: LoadError) -> Self {
+        Self::Config(e)
+    }
+}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
     }
 }
 
@@ -99,6 +205,7 @@ pub struct GatewayHandle {
     access_log: Option<AccessLogger>,
     spans: Option<SpanExporter>,
     draining: Arc<AtomicBool>,
+    exit_on_bind_error: bool,
     started: SystemTime,
 }
 
@@ -182,6 +289,7 @@ impl GatewayHandle {
         ListenerService::new("proxy", self.server.listen.clone(), proxy)
             .tls(self.server.tls.clone())
             .threads(self.server.threads)
+            .exit_on_bind_error(self.exit_on_bind_error)
     }
 
     /// The admin service on `[server] admin_listen`, if configured.
@@ -192,7 +300,11 @@ impl GatewayHandle {
             token: self.server.admin_token.clone(),
             started: self.started,
         };
-        Some(ListenerService::new("admin", vec![addr], HttpServer::new_app(admin)).threads(1))
+        Some(
+            ListenerService::new("admin", vec![addr], HttpServer::new_app(admin))
+                .threads(1)
+                .exit_on_bind_error(self.exit_on_bind_error),
+        )
     }
 
     /// The background service running active health checks of the current config.
@@ -215,7 +327,32 @@ impl GatewayHandle {
         }
     }
 
-    /// Every service of the gateway, ready for `Server::add_boxed_service`.
+    /// The `[server]` settings this gateway was built with.
+    pub fn settings(&self) -> &ServerSettings {
+        &self.server
+    }
+
+    /// A Pingora [`Server`] configured from `[server]` (threads, pid file, upgrade
+    /// socket, grace periods), bootstrapped; with `upgrade`, it takes the listening
+    /// sockets over from the running instance. For a program that has no server yet.
+    pub fn pingora_server(&self, upgrade: bool) -> Server {
+        crate::server::build(&self.server, upgrade)
+    }
+
+    /// Adds every service of the gateway to `server`: the proxy listeners, the health
+    /// checker, the admin listener (if `admin_listen` is set), and the signal handlers
+    /// (SIGHUP reload, SIGUSR1 log reopen, draining on upgrade/shutdown). The server's
+    /// own services are untouched. Use [`GatewayHandle::services`] to pick instead.
+    pub fn add_to(&self, server: &mut Server) {
+        let signals = crate::server::signal_handlers(self.clone(), server);
+        for s in self.services(&server.configuration) {
+            server.add_boxed_service(s);
+        }
+        server.add_service(signals);
+    }
+
+    /// Every service of the gateway except the signal handlers, ready for
+    /// `Server::add_boxed_service`.
     pub fn services(&self, conf: &Arc<ServerConf>) -> Vec<Box<dyn ServiceWithDependents>> {
         let mut v: Vec<Box<dyn ServiceWithDependents>> = vec![
             Box::new(self.proxy_service(conf)),

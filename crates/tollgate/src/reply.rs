@@ -132,6 +132,16 @@ impl Reply {
 
     /// A contract refusal with a specific message. The message is sent to the client:
     /// never put a secret in it.
+    ///
+    /// ```
+    /// use tollgate::{ErrorCode, Reply};
+    ///
+    /// let r = Reply::refuse_with(ErrorCode::Forbidden, "tenant not allowed");
+    /// assert_eq!(r.status.as_u16(), 403);
+    /// let body: serde_json::Value = serde_json::from_slice(&r.body("req-1")).unwrap();
+    /// assert_eq!(body["error"], "forbidden");
+    /// assert_eq!(body["request_id"], "req-1");
+    /// ```
     pub fn refuse_with(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status: code.status(),

@@ -6,14 +6,13 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{ExecutionPhase, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
-use crate::config::Config;
+use crate::config::ServerSettings;
 use crate::gateway::GatewayHandle;
 
 /// A Pingora server configured from `[server]` (threads, pid file, upgrade socket,
 /// grace periods). With `upgrade`, it takes over the listening sockets of the running
 /// instance through `upgrade_sock`.
-pub fn build(config: &Config, upgrade: bool) -> Server {
-    let s = &config.server;
+pub fn build(s: &ServerSettings, upgrade: bool) -> Server {
     let secs = |d: std::time::Duration| Some(d.as_secs_f64().ceil() as u64);
     let conf = ServerConf {
         threads: s.threads,

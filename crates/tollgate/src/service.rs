@@ -5,7 +5,9 @@
 //! its real address, so that:
 //! - port 0 works and the bound address is reported ([`ListenerService::bound`] and a
 //!   `tollgate: NAME listening on ADDR` line on stderr);
-//! - a bind failure is a clear error and exit status 1, not a panic in a worker;
+//! - a bind failure is a clear error, not a panic in a worker: the service logs it and
+//!   does not serve (the rest of the server keeps running), or, with
+//!   [`ListenerService::exit_on_bind_error`] (the binary), the process exits with status 1;
 //! - a graceful upgrade still hands the very same sockets to the new process.
 
 use std::net::SocketAddr;
@@ -32,6 +34,7 @@ pub struct ListenerService<A> {
     tls: Vec<TlsListener>,
     inner: PingoraListening<A>,
     threads: Option<usize>,
+    exit_on_bind_error: bool,
     bound_tx: watch::Sender<Vec<SocketAddr>>,
 }
 
@@ -45,6 +48,7 @@ impl<A> ListenerService<A> {
             addrs,
             tls: Vec::new(),
             threads: None,
+            exit_on_bind_error: false,
             bound_tx: watch::channel(Vec::new()).0,
         }
     }
@@ -53,6 +57,14 @@ impl<A> ListenerService<A> {
     #[must_use]
     pub fn threads(mut self, n: usize) -> Self {
         self.threads = Some(n);
+        self
+    }
+
+    /// Exit the process with status 1 when an address cannot be bound (what a
+    /// stand-alone gateway wants). Default: log the error and do not serve.
+    #[must_use]
+    pub fn exit_on_bind_error(mut self, exit: bool) -> Self {
+        self.exit_on_bind_error = exit;
         self
     }
 
@@ -66,6 +78,17 @@ impl<A> ListenerService<A> {
     /// The bound addresses, published once every listener is bound.
     pub fn bound(&self) -> watch::Receiver<Vec<SocketAddr>> {
         self.bound_tx.subscribe()
+    }
+}
+
+impl<A> ListenerService<A> {
+    /// Reports a listener that cannot start; exits if so configured.
+    fn fail(&self, msg: &str) {
+        tracing::error!("{}: {msg}; this service does not serve", self.name);
+        eprintln!("tollgate: {}: {msg}", self.name);
+        if self.exit_on_bind_error {
+            std::process::exit(1);
+        }
     }
 }
 
@@ -112,9 +135,8 @@ impl<A: ServerApp + Send + Sync + 'static> Service for ListenerService<A> {
                         actual
                     }
                     Err(e) => {
-                        tracing::error!("{}: cannot listen on {addr}: {e}", self.name);
-                        eprintln!("tollgate: {}: cannot listen on {addr}: {e}", self.name);
-                        std::process::exit(1);
+                        self.fail(&format!("cannot listen on {addr}: {e}"));
+                        return;
                     }
                 }
             };
@@ -127,8 +149,8 @@ impl<A: ServerApp + Send + Sync + 'static> Service for ListenerService<A> {
                     let mut settings = match TlsSettings::intermediate("", "") {
                         Ok(s) => s,
                         Err(e) => {
-                            eprintln!("tollgate: {}: TLS settings for {actual}: {e}", self.name);
-                            std::process::exit(1);
+                            self.fail(&format!("TLS settings for {actual}: {e}"));
+                            return;
                         }
                     };
                     settings.set_cert_resolver(r);

@@ -180,6 +180,21 @@ impl Config {
     /// Validates configuration text. `file` names it in errors; relative paths in the
     /// config are resolved against `config_dir`.
     ///
+    /// ```
+    /// use std::path::Path;
+    /// use tollgate::{policy::Registry, Config};
+    ///
+    /// let ok = "[upstreams.a]\nbackends = [\"127.0.0.1:9001\"]\n\
+    ///           [routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n";
+    /// let config = Config::parse(ok, "g.toml", Path::new("."), &Registry::with_builtins()).unwrap();
+    /// assert_eq!(config.summary(), "1 route, 1 upstream, 0 consumers");
+    ///
+    /// let bad = "[routes.r]\npaths = [\"/\"]\nupstream = \"missing\"\n";
+    /// let errors = Config::parse(bad, "g.toml", Path::new("."), &Registry::with_builtins())
+    ///     .unwrap_err();
+    /// assert!(errors.to_string().starts_with("g.toml:3:12: routes.r.upstream:"));
+    /// ```
+    ///
     /// # Errors
     /// Every error found, in file order.
     pub fn parse(
