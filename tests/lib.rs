@@ -907,3 +907,96 @@ pub async fn otlp_export(
         .map(|_| ())
         .map_err(status)
 }
+
+/// An upstream that records the exact bytes of every request it receives (head and
+/// body) and answers each with `200 ok`. It understands just enough HTTP/1.1 framing
+/// (Content-Length, chunked) to find where each request ends.
+pub struct RawUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Vec<u8>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Where the request starting at `buf[0]` ends, if all of it is in `buf`.
+fn request_end(buf: &[u8]) -> Option<usize> {
+    let head_end = find(buf, b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+    };
+    if header("transfer-encoding:").is_some_and(|v| v.contains("chunked")) {
+        let end = find(&buf[head_end..], b"0\r\n\r\n")?;
+        return Some(head_end + end + 5);
+    }
+    let len: usize = header("content-length:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (buf.len() >= head_end + len).then_some(head_end + len)
+}
+
+impl RawUpstream {
+    /// Starts it on `127.0.0.1:0`.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let requests: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let rec = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let rec = rec.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    loop {
+                        while let Some(end) = request_end(&buf) {
+                            let req: Vec<u8> = buf.drain(..end).collect();
+                            if let Ok(mut r) = rec.lock() {
+                                r.push(req);
+                            }
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(ok).await.is_err() {
+                                return;
+                            }
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            requests,
+            task,
+        }
+    }
+
+    /// Every request received so far, as bytes.
+    pub fn requests(&self) -> Vec<Vec<u8>> {
+        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Forgets what was received.
+    pub fn clear(&self) {
+        if let Ok(mut r) = self.requests.lock() {
+            r.clear();
+        }
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

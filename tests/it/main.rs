@@ -7,6 +7,7 @@ mod auth;
 mod balancing;
 mod cli;
 mod examples;
+mod hardening;
 mod jwt;
 mod operations;
 mod policies;

@@ -32,11 +32,68 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Headers a `Connection` token cannot remove: framing, the host, the forwarding and
+/// identity headers the gateway vouches for, and trace context. A request naming one is
+/// refused (400); should one get here, the nomination is ignored.
+fn protected(n: &HeaderName) -> bool {
+    const PROTECTED: &[&str] = &[
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-forwarded-port",
+        "x-real-ip",
+        "x-request-id",
+        "traceparent",
+        "tracestate",
+    ];
+    PROTECTED.contains(&n.as_str()) || n.as_str().starts_with("x-consumer-")
+}
+
+/// Removes every header whose name has an underscore (`X_User`): some servers treat
+/// `_` and `-` alike, so such a header could impersonate one the gateway checks or sets.
+/// Routes, policies and the upstream never see them.
+pub fn drop_underscore_headers(req: &mut RequestHeader) {
+    if !req.headers.keys().any(|k| k.as_str().contains('_')) {
+        return;
+    }
+    let names: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for n in names {
+        req.remove_header(&n);
+    }
+}
+
+/// Collapses repeated identical `Content-Length` headers (the connection guard refused
+/// differing ones) into one, so the upstream sees a single length.
+pub fn collapse_content_length(req: &mut RequestHeader) {
+    let mut values = req.headers.get_all(header::CONTENT_LENGTH).iter();
+    let (Some(first), Some(_)) = (values.next().cloned(), values.next()) else {
+        return;
+    };
+    let _ = req.insert_header(header::CONTENT_LENGTH, first);
+}
+
+/// Whether `Connection` names a header the gateway protects (see [`protected`]); such a
+/// request is refused rather than forwarded without the header.
+pub fn connection_names_protected(headers: &HeaderMap) -> bool {
+    connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .any(|n| protected(&n))
+}
+
 /// Headers named in `Connection`, to be removed with it.
 fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
     connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|n| !HOP_BY_HOP.contains(&n.as_str()))
+        .filter(|n| !HOP_BY_HOP.contains(&n.as_str()) && !protected(n))
         .collect()
 }
 
@@ -159,6 +216,48 @@ mod tests {
         );
         let re = (regex::Regex::new("^/(.*)").unwrap(), "x/$1".to_string());
         assert_eq!(upstream_path("/7", 0, Some(&re), None), "/x/7");
+    }
+
+    #[test]
+    fn underscore_headers_are_dropped() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x_consumer_name", "admin").unwrap();
+        req.insert_header("x-kept", "1").unwrap();
+        req.append_header("api_key", "k").unwrap();
+        drop_underscore_headers(&mut req);
+        assert_eq!(req.headers.len(), 1);
+        assert!(req.headers.get("x-kept").is_some());
+    }
+
+    #[test]
+    fn connection_cannot_name_protected_headers() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header(
+            "connection",
+            "x-forwarded-for, Host, x-request-id, x-consumer-name, traceparent, x-other",
+        )
+        .unwrap();
+        for h in [
+            "x-forwarded-for",
+            "host",
+            "x-request-id",
+            "x-consumer-name",
+            "traceparent",
+            "x-other",
+        ] {
+            req.insert_header(h, "v").unwrap();
+        }
+        strip_request_hop_by_hop(&mut req).unwrap();
+        for kept in [
+            "x-forwarded-for",
+            "host",
+            "x-request-id",
+            "x-consumer-name",
+            "traceparent",
+        ] {
+            assert!(req.headers.get(kept).is_some(), "{kept} was stripped");
+        }
+        assert!(req.headers.get("x-other").is_none());
     }
 
     #[test]

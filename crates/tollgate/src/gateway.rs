@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
+use pingora::protocols::http::v2::server::H2Options;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -17,6 +18,7 @@ use pingora::services::ServiceWithDependents;
 use crate::access_log::AccessLogger;
 use crate::admin::Admin;
 use crate::config::{Config, LoadError, ServerSettings};
+use crate::guard::Guarded;
 use crate::health::HealthChecker;
 use crate::metrics::Metrics;
 use crate::otlp::SpanExporter;
@@ -218,6 +220,7 @@ impl GatewayHandle {
             access_log: self.access_log.clone(),
             spans: self.spans.clone(),
             draining: self.draining.clone(),
+            limits: self.server.limits,
         }
     }
 
@@ -279,17 +282,39 @@ impl GatewayHandle {
         }
     }
 
-    /// The proxy service on `[server] listen`, with h2c prior knowledge accepted.
-    pub fn proxy_service(&self, conf: &Arc<ServerConf>) -> ListenerService<HttpProxy<Gateway>> {
+    /// The proxy service on `[server] listen` (and the TLS listeners), with h2c prior
+    /// knowledge accepted, HTTP/1 heads checked by the [`Guarded`] connection guard
+    /// against `[server.limits]`, and HTTP/2 bounded by [`GatewayHandle::h2_options`].
+    pub fn proxy_service(
+        &self,
+        conf: &Arc<ServerConf>,
+    ) -> ListenerService<Guarded<HttpProxy<Gateway>>> {
         let mut proxy = HttpProxy::new(self.gateway(), conf.clone());
         proxy.handle_init_modules();
         let mut opts = HttpServerOptions::default();
         opts.h2c = true;
         proxy.server_options = Some(opts);
-        ListenerService::new("proxy", self.server.listen.clone(), proxy)
+        proxy.h2_options = Some(self.h2_options());
+        let guarded = Guarded::new(proxy, self.server.limits, self.metrics.clone());
+        ListenerService::new("proxy", self.server.listen.clone(), guarded)
             .tls(self.server.tls.clone())
             .threads(self.server.threads)
             .exit_on_bind_error(self.exit_on_bind_error)
+    }
+
+    /// The HTTP/2 server settings of the proxy: a decoded header list of at most
+    /// `max_header_bytes`, 100 concurrent streams per connection, at most 20 streams
+    /// reset by the client before the gateway accepted them (rapid reset) and 256 reset
+    /// by the gateway for errors, before the connection is closed with GOAWAY.
+    pub fn h2_options(&self) -> H2Options {
+        let mut o = pingora::protocols::http::v2::server::default_h2_options();
+        o.max_header_list_size(
+            u32::try_from(self.server.limits.max_header_bytes).unwrap_or(u32::MAX),
+        );
+        o.max_concurrent_streams(100);
+        o.max_pending_accept_reset_streams(20);
+        o.max_local_error_reset_streams(Some(256));
+        o
     }
 
     /// The admin service on `[server] admin_listen`, if configured.

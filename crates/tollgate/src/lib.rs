@@ -44,6 +44,8 @@
 pub mod config;
 pub mod consumer;
 pub mod context;
+pub mod guard;
+pub mod limits;
 pub mod metrics;
 pub mod otlp;
 pub mod policy;

@@ -35,6 +35,7 @@ pub struct Gateway {
     /// their connection, so clients move to new connections (and the new process) while
     /// this one still serves, instead of finding a kept-alive connection closed under them.
     pub(crate) draining: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) limits: crate::limits::Limits,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -128,6 +129,8 @@ impl ProxyHttp for Gateway {
         if self.draining.load(std::sync::atomic::Ordering::Acquire) {
             session.set_keepalive(None);
         }
+        forwarding::drop_underscore_headers(session.req_header_mut());
+        forwarding::collapse_content_length(session.req_header_mut());
         let snap = self.state.load_full();
         let req = session.req_header();
         cx.request_id = match req.headers.get(X_REQUEST_ID).and_then(request_id::valid) {
@@ -150,6 +153,32 @@ impl ProxyHttp for Gateway {
         );
         cx.snapshot = Some(snap.clone());
         forwarding::strip_consumer_headers(session.req_header_mut());
+        // the connection guard checked the head already; this catches pipelined heads
+        // it did not see
+        let req = session.req_header();
+        let uri_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+        if uri_len > self.limits.max_uri_bytes {
+            return self
+                .respond(session, cx, Reply::refuse(ErrorCode::UriTooLong))
+                .await;
+        }
+        if forwarding::connection_names_protected(&req.headers) {
+            return self
+                .respond(
+                    session,
+                    cx,
+                    Reply::refuse_with(
+                        ErrorCode::BadRequest,
+                        "Connection names a header the gateway protects",
+                    ),
+                )
+                .await;
+        }
+        if req.headers.len() > self.limits.max_headers {
+            return self
+                .respond(session, cx, Reply::refuse(ErrorCode::HeadersTooLarge))
+                .await;
+        }
 
         let req = session.req_header();
         let normalised = match path::normalize(req.uri.path()) {
@@ -452,6 +481,13 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, cx: &mut RequestCtx) {
+        if let Some(conn) = session
+            .as_downstream()
+            .stream()
+            .and_then(crate::guard::conn_state)
+        {
+            conn.request_done();
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = Self::route_label(cx);
         let elapsed = cx.start.elapsed();

@@ -199,16 +199,6 @@ fn split_policies<'a>(v: &Value<'a>) -> (Value<'a>, Option<Value<'a>>) {
     (Spanned::new(span, DeValue::Table(table)), policies)
 }
 
-fn not_yet(cx: &mut Ctx<'_>, span: Option<Range<usize>>, path: &str, issue: &str) {
-    if let Some(span) = span {
-        cx.diags.at(
-            span,
-            path,
-            format!("`{path}` is not supported by this build yet ({issue})"),
-        );
-    }
-}
-
 fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, Vec<IpNet>)> {
     let f: ServerFile = deser(cx, v, "server")?;
     let mut s = ServerSettings::default();
@@ -286,7 +276,15 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
             }
         }
     }
-    not_yet(cx, f.limits.map(|x| x.span()), "server.limits", "issue 8");
+    if let Some(l) = &f.limits {
+        match l.get_ref().resolve() {
+            Ok(limits) => s.limits = limits,
+            Err((key, msg)) => {
+                cx.diags.at(l.span(), format!("server.limits.{key}"), msg);
+                ok = false;
+            }
+        }
+    }
     for (i, t) in f.tls.iter().enumerate() {
         let t = t.get_ref();
         let path = format!("server.tls[{i}]");

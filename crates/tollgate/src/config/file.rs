@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -30,7 +30,7 @@ pub(crate) struct ServerFile {
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
     pub access_log: Option<Spanned<String>>,
-    pub limits: Option<Spanned<IgnoredAny>>,
+    pub limits: Option<Spanned<crate::limits::LimitsFile>>,
     #[serde(default)]
     pub tls: Vec<Spanned<TlsFile>>,
     pub redis: Option<Spanned<RedisFile>>,

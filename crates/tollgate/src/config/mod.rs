@@ -71,6 +71,8 @@ pub struct ServerSettings {
     pub tls: Vec<crate::tls::TlsListener>,
     /// OTLP span export (`[server.tracing]`), if configured.
     pub tracing: Option<crate::otlp::TracingSettings>,
+    /// Request-head limits and connection deadlines (`[server.limits]`).
+    pub limits: crate::limits::Limits,
 }
 
 impl Default for ServerSettings {
@@ -87,6 +89,7 @@ impl Default for ServerSettings {
             access_log: AccessLog::Stdout,
             tls: Vec::new(),
             tracing: None,
+            limits: crate::limits::Limits::default(),
         }
     }
 }
@@ -407,9 +410,9 @@ colour = "red"
 
     #[test]
     fn unsupported_features_are_errors_not_silently_ignored() {
-        let e = errors("[server.limits]\nmax_header_bytes = 1024\n");
+        let e = errors("[server.limits]\nmax_headers = 1000\n");
         assert!(
-            e[0].contains("server.limits` is not supported by this build yet"),
+            e[0].starts_with("gw.toml:1:1: server.limits.max_headers: must be between 1 and 256"),
             "{e:?}"
         );
     }

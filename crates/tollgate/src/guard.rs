@@ -1,0 +1,449 @@
+//! The connection guard: every HTTP/1 request head passes through a [`HeadScanner`]
+//! before Pingora sees a byte of it.
+//!
+//! [`Guarded`] wraps the proxy's Pingora app; each accepted connection's stream is
+//! wrapped in a [`Guard`], which withholds the bytes of a request head until the
+//! scanner has seen all of it. A head that breaks a limit or frames ambiguously is
+//! answered by the guard itself (400, 408, 414 or 431 with the contract's JSON body)
+//! and the connection is closed; Pingora sees a connection that closed before sending
+//! anything. Deadlines: a new connection must start a head within `header_timeout`, a
+//! head must be complete within `header_timeout` of its first byte, and a keep-alive
+//! connection may sit idle between requests for `idle_timeout`; the two idle cases
+//! close quietly.
+//!
+//! The proxy tells the guard that a request is finished (so the next bytes are a new
+//! head) through [`ConnState::request_done`], reached with [`conn_state`]. HTTP/2
+//! connections (ALPN `h2` or the h2c preface) pass through untouched: their limits are
+//! the h2 options of the proxy service.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Buf, BytesMut};
+use http::Method;
+use pingora::apps::ServerApp;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
+    UniqueIDType, ALPN,
+};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::limits::{HeadScanner, Limits, Scan};
+use crate::metrics::{Metrics, NO_ROUTE};
+use crate::reply::{ErrorCode, Reply};
+
+/// What the proxy and the guard of one connection share.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    next_head: AtomicBool,
+    /// A read waiting while a request was in flight, to be woken when it ends.
+    waiting: Mutex<Option<Waker>>,
+}
+
+impl ConnState {
+    /// The request in flight is finished: the next bytes are a new head.
+    pub fn request_done(&self) {
+        self.next_head.store(true, Ordering::Release);
+        if let Some(w) = self.waiting.lock().ok().and_then(|mut w| w.take()) {
+            w.wake();
+        }
+    }
+
+    fn wait(&self, waker: &Waker) {
+        if let Ok(mut w) = self.waiting.lock() {
+            *w = Some(waker.clone());
+        }
+    }
+}
+
+/// The guard state of the connection `stream` belongs to, if it is guarded.
+pub fn conn_state(stream: &Stream) -> Option<&Arc<ConnState>> {
+    (**stream)
+        .as_any()
+        .downcast_ref::<Guard>()
+        .map(|g| &g.state)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A new connection: waiting for the first byte, `header_timeout`.
+    Fresh,
+    /// Between requests: waiting for the first byte, `idle_timeout`.
+    Idle,
+    /// Reading a head, `header_timeout` from its first byte.
+    Head,
+    /// The head went to Pingora; the rest of the request passes through.
+    Through,
+    /// HTTP/2: everything passes through.
+    H2,
+    /// Writing a refusal, then closed.
+    Refusing,
+    /// Closed: reads see the end of the stream.
+    Closed,
+}
+
+/// A connection's stream behind the guard.
+pub struct Guard {
+    inner: Stream,
+    state: Arc<ConnState>,
+    limits: Limits,
+    metrics: Metrics,
+    mode: Mode,
+    scanner: HeadScanner,
+    /// Bytes of the head being read, withheld from Pingora.
+    held: BytesMut,
+    /// Bytes ready for Pingora (a complete head and whatever followed it).
+    ready: BytesMut,
+    /// The refusal being written.
+    refusal: BytesMut,
+    deadline: Pin<Box<Sleep>>,
+    deadline_at: Instant,
+    head_started: Instant,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("inner", &self.inner)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Guard {
+    fn new(inner: Stream, limits: Limits, metrics: Metrics) -> Self {
+        let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
+        Self {
+            inner,
+            state: Arc::default(),
+            limits,
+            metrics,
+            mode: if h2 { Mode::H2 } else { Mode::Fresh },
+            scanner: HeadScanner::new(limits),
+            held: BytesMut::new(),
+            ready: BytesMut::new(),
+            refusal: BytesMut::new(),
+            deadline: Box::pin(tokio::time::sleep(limits.header_timeout)),
+            deadline_at: Instant::now() + limits.header_timeout,
+            head_started: Instant::now(),
+        }
+    }
+
+    fn arm(&mut self, after: Duration) {
+        self.deadline_at = Instant::now() + after;
+        self.deadline.as_mut().reset(self.deadline_at);
+    }
+
+    /// Prepares the refusal for `code`, counted in the metrics like any refusal made
+    /// before a route was chosen.
+    fn refuse(&mut self, code: ErrorCode) {
+        let id = crate::request_id::generate();
+        let reply = Reply::refuse(code);
+        let body = reply.body(&id);
+        let status = reply.status;
+        let head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             x-request-id: {id}\r\nconnection: close\r\n\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        self.refusal.clear();
+        self.refusal.extend_from_slice(head.as_bytes());
+        self.refusal.extend_from_slice(&body);
+        let method = self
+            .scanner
+            .method()
+            .and_then(|m| Method::from_bytes(m).ok())
+            .unwrap_or_else(|| Method::from_bytes(b"OTHER").unwrap_or_default());
+        self.metrics.observe_request(
+            NO_ROUTE,
+            &method,
+            status.as_u16(),
+            self.head_started.elapsed().as_secs_f64(),
+        );
+        self.metrics.refusal(NO_ROUTE, code.as_str());
+        tracing::debug!("refused a request head: {}", code.as_str());
+        self.held.clear();
+        self.mode = Mode::Refusing;
+    }
+
+    /// Takes in freshly read bytes of a head.
+    fn scan(&mut self, data: &[u8]) {
+        // a new connection's head is due `header_timeout` after the accept; a later
+        // head, `header_timeout` after its first byte
+        if self.mode == Mode::Idle {
+            let t = self.limits.header_timeout;
+            self.arm(t);
+        }
+        if matches!(self.mode, Mode::Fresh | Mode::Idle) {
+            self.mode = Mode::Head;
+            self.head_started = Instant::now();
+        }
+        match self.scanner.feed(data) {
+            Scan::Partial => self.held.extend_from_slice(data),
+            Scan::Complete(_) => {
+                self.held.extend_from_slice(data);
+                self.ready = std::mem::take(&mut self.held);
+                self.mode = if self.scanner.is_h2_preface() {
+                    Mode::H2
+                } else {
+                    Mode::Through
+                };
+            }
+            Scan::Refuse(code) => self.refuse(code),
+        }
+    }
+
+    /// Writes the refusal; then the connection is closed.
+    fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while !self.refusal.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.refusal) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => break,
+                Poll::Ready(Ok(n)) => self.refusal.advance(n),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if Pin::new(&mut self.inner).poll_flush(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.refusal.clear();
+        self.mode = Mode::Closed;
+        Poll::Ready(())
+    }
+}
+
+impl AsyncRead for Guard {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.ready.is_empty() {
+                let n = this.ready.len().min(buf.remaining());
+                buf.put_slice(&this.ready[..n]);
+                this.ready.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            match this.mode {
+                Mode::H2 => return Pin::new(&mut this.inner).poll_read(cx, buf),
+                Mode::Closed => return Poll::Ready(Ok(())),
+                Mode::Refusing => {
+                    if this.poll_refusal(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Mode::Through => {
+                    if !this.state.next_head.swap(false, Ordering::AcqRel) {
+                        // woken by data, or by the end of the request in flight
+                        this.state.wait(cx.waker());
+                        if this.state.next_head.load(Ordering::Acquire) {
+                            continue;
+                        }
+                        return Pin::new(&mut this.inner).poll_read(cx, buf);
+                    }
+                    this.scanner.reset();
+                    this.mode = Mode::Idle;
+                    let t = this.limits.idle_timeout;
+                    this.arm(t);
+                }
+                Mode::Fresh | Mode::Idle | Mode::Head => {
+                    let mut tmp = [0u8; 4096];
+                    let mut rb = ReadBuf::new(&mut tmp);
+                    match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                        Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                            // the client closed: mid-head, Pingora never sees the part
+                            this.held.clear();
+                            this.mode = Mode::Closed;
+                        }
+                        Poll::Ready(Ok(())) => {
+                            let data = rb.filled().to_vec();
+                            this.scan(&data);
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {
+                            if this.deadline.as_mut().poll(cx).is_pending() {
+                                return Poll::Pending;
+                            }
+                            if this.mode == Mode::Head {
+                                this.refuse(ErrorCode::RequestTimeout);
+                            } else {
+                                this.mode = Mode::Closed; // idle: close quietly
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Guard {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Guard {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await;
+    }
+}
+
+impl UniqueID for Guard {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Guard {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Guard {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Guard {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for Guard {
+    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+}
+
+/// Pingora peeks at the first bytes of a plain connection for the h2c preface. The guard
+/// reads them itself (under its deadline, through the scanner) and keeps them for the
+/// reads that follow; once the bytes are known not to be the preface (a complete HTTP/1
+/// head, a refusal, a closed connection) it answers with what it has.
+#[async_trait]
+impl Peek for Guard {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            match self.mode {
+                Mode::Fresh | Mode::Head => {}
+                Mode::H2 if self.ready.len() < buf.len() => {}
+                _ => {
+                    let n = self.ready.len().min(buf.len());
+                    buf[..n].copy_from_slice(&self.ready[..n]);
+                    return Ok(true);
+                }
+            }
+            let mut tmp = [0u8; 4096];
+            match tokio::time::timeout_at(self.deadline_at, self.inner.read(&mut tmp)).await {
+                Err(_) => {
+                    if self.mode == Mode::Head {
+                        self.refuse(ErrorCode::RequestTimeout);
+                    } else {
+                        self.mode = Mode::Closed;
+                    }
+                }
+                Ok(Ok(0)) => {
+                    self.held.clear();
+                    self.mode = Mode::Closed;
+                }
+                Ok(Ok(n)) if self.mode == Mode::H2 => self.ready.extend_from_slice(&tmp[..n]),
+                Ok(Ok(n)) => self.scan(&tmp[..n]),
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A Pingora app whose connections go through a [`Guard`].
+pub struct Guarded<A> {
+    app: Arc<A>,
+    limits: Limits,
+    metrics: Metrics,
+}
+
+impl<A> Guarded<A> {
+    /// Guards `app`'s connections with `limits`; refusals are counted in `metrics`.
+    pub fn new(app: A, limits: Limits, metrics: Metrics) -> Self {
+        Self {
+            app: Arc::new(app),
+            limits,
+            metrics,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let stream: Stream = if (*stream).as_any().is::<Guard>() {
+            stream
+        } else {
+            Box::new(Guard::new(stream, self.limits, self.metrics.clone()))
+        };
+        self.app.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.app.cleanup().await;
+    }
+}

@@ -1,0 +1,543 @@
+//! Request-head limits (`[server.limits]`) and the scanner that enforces them on the
+//! bytes of an HTTP/1 request head before Pingora parses it.
+//!
+//! ```toml
+//! [server.limits]
+//! max_header_bytes = "32KiB"   # request line + headers → 431
+//! max_headers = 100            # header lines → 431
+//! max_uri_bytes = "8KiB"       # request line → 414
+//! header_timeout = "10s"       # first byte of a head to its end → 408, connection closed
+//! idle_timeout = "60s"         # between requests on a keep-alive connection → closed
+//! ```
+//!
+//! The [`HeadScanner`] also refuses, with 400, framing that two parsers could read
+//! differently: `Content-Length` with `Transfer-Encoding`, differing `Content-Length`
+//! values, a `Transfer-Encoding` whose final coding is not `chunked`, obs-fold (a header
+//! line starting with white space), a bare CR, and NUL or other control characters.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::units::{ConfigDuration, ConfigSize};
+use crate::reply::ErrorCode;
+
+/// The most header lines Pingora's parser accepts; `max_headers` cannot exceed it.
+pub const PARSER_MAX_HEADERS: usize = 256;
+/// The most header bytes Pingora's parser accepts; `max_header_bytes` cannot exceed it.
+pub const PARSER_MAX_HEADER_BYTES: usize = 1024 * 1024 - 1;
+
+/// `[server.limits]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsFile {
+    pub max_header_bytes: Option<ConfigSize>,
+    pub max_headers: Option<usize>,
+    pub max_uri_bytes: Option<ConfigSize>,
+    pub header_timeout: Option<ConfigDuration>,
+    pub idle_timeout: Option<ConfigDuration>,
+}
+
+/// Server-wide request limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Request line plus headers, in bytes. Default 32 KiB.
+    pub max_header_bytes: usize,
+    /// Header lines. Default 100.
+    pub max_headers: usize,
+    /// Request line, in bytes. Default 8 KiB.
+    pub max_uri_bytes: usize,
+    /// From the first byte of a request head to its end (and from accepting a
+    /// connection to its first byte). Default 10 s.
+    pub header_timeout: Duration,
+    /// Between requests on a keep-alive connection. Default 60 s.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl LimitsFile {
+    /// Applies the defaults and checks the values; `(key, message)` on error.
+    pub(crate) fn resolve(&self) -> Result<Limits, (&'static str, String)> {
+        let d = Limits::default();
+        let l = Limits {
+            max_header_bytes: self
+                .max_header_bytes
+                .map_or(d.max_header_bytes, |s| s.bytes() as usize),
+            max_headers: self.max_headers.unwrap_or(d.max_headers),
+            max_uri_bytes: self
+                .max_uri_bytes
+                .map_or(d.max_uri_bytes, |s| s.bytes() as usize),
+            header_timeout: self.header_timeout.map_or(d.header_timeout, |t| t.get()),
+            idle_timeout: self.idle_timeout.map_or(d.idle_timeout, |t| t.get()),
+        };
+        if !(1024..=PARSER_MAX_HEADER_BYTES).contains(&l.max_header_bytes) {
+            return Err((
+                "max_header_bytes",
+                format!("must be between 1KiB and {PARSER_MAX_HEADER_BYTES} bytes"),
+            ));
+        }
+        if !(1..=PARSER_MAX_HEADERS).contains(&l.max_headers) {
+            return Err((
+                "max_headers",
+                format!("must be between 1 and {PARSER_MAX_HEADERS}"),
+            ));
+        }
+        if l.max_uri_bytes < 64 || l.max_uri_bytes > l.max_header_bytes {
+            return Err((
+                "max_uri_bytes",
+                "must be at least 64 bytes and at most max_header_bytes".into(),
+            ));
+        }
+        for (key, t) in [
+            ("header_timeout", l.header_timeout),
+            ("idle_timeout", l.idle_timeout),
+        ] {
+            if t < Duration::from_millis(10) {
+                return Err((key, "must be at least 10ms".into()));
+            }
+        }
+        Ok(l)
+    }
+}
+
+// === Scanner ===
+
+/// What the scanner made of the bytes it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// The head is not complete yet.
+    Partial,
+    /// The head ends just before this offset of the last chunk.
+    Complete(usize),
+    /// Refuse the request with this code.
+    Refuse(ErrorCode),
+}
+
+/// Incremental checker of one HTTP/1 request head (request line and header lines).
+#[derive(Debug)]
+pub struct HeadScanner {
+    limits: Limits,
+    total: usize,
+    /// The line being read: its length and whether it has a CR pending.
+    line_len: usize,
+    cr: bool,
+    /// Lines completed so far (0 = still on the request line), not counting blank
+    /// lines before the request line.
+    lines: usize,
+    /// Request line: spaces seen, whether the last byte was one, the version.
+    rl_spaces: u8,
+    rl_prev_space: bool,
+    rl_version: Vec<u8>,
+    /// The first bytes of the current line, for header names (lower-cased).
+    name: Vec<u8>,
+    name_done: bool,
+    /// The current header line's value, when it is one we check.
+    value: Vec<u8>,
+    tracked: Tracked,
+    content_lengths: Vec<Vec<u8>>,
+    transfer_encoding: Option<Vec<u8>>,
+    request_line: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tracked {
+    None,
+    ContentLength,
+    TransferEncoding,
+}
+
+/// `tchar` of RFC 9110: the characters of methods and header names.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// How much of the request line is kept (for the method, in metrics).
+const KEEP_REQUEST_LINE: usize = 16;
+
+impl HeadScanner {
+    /// A scanner for a new head.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            total: 0,
+            line_len: 0,
+            cr: false,
+            lines: 0,
+            name: Vec::new(),
+            name_done: false,
+            value: Vec::new(),
+            tracked: Tracked::None,
+            content_lengths: Vec::new(),
+            transfer_encoding: None,
+            request_line: Vec::new(),
+            rl_spaces: 0,
+            rl_prev_space: false,
+            rl_version: Vec::new(),
+        }
+    }
+
+    /// Starts over for the next head, with the same limits.
+    pub fn reset(&mut self) {
+        *self = Self::new(self.limits);
+    }
+
+    /// The method of the request line, when that much has been seen.
+    pub fn method(&self) -> Option<&[u8]> {
+        let sp = self.request_line.iter().position(|b| *b == b' ')?;
+        Some(&self.request_line[..sp])
+    }
+
+    /// Whether this head is the HTTP/2 connection preface (`PRI * HTTP/2.0`).
+    pub fn is_h2_preface(&self) -> bool {
+        self.request_line.starts_with(b"PRI * HTTP/2.0")
+    }
+
+    /// Feeds the next bytes of the head.
+    pub fn feed(&mut self, chunk: &[u8]) -> Scan {
+        for (i, &b) in chunk.iter().enumerate() {
+            self.total += 1;
+            if self.cr && b != b'\n' {
+                return Scan::Refuse(ErrorCode::BadRequest); // bare CR
+            }
+            match b {
+                b'\r' => {
+                    self.cr = true;
+                    continue;
+                }
+                b'\n' => {
+                    self.cr = false;
+                    match self.end_line() {
+                        Some(Scan::Complete(_)) => return self.finish(i + 1),
+                        Some(refuse @ Scan::Refuse(_)) => return refuse,
+                        _ => {}
+                    }
+                    continue;
+                }
+                0..=8 | 11..=31 | 127 => return Scan::Refuse(ErrorCode::BadRequest),
+                b'\t' if self.lines == 0 && self.line_len > 0 => {
+                    return Scan::Refuse(ErrorCode::BadRequest); // not in a request line
+                }
+                _ => {}
+            }
+            if self.lines == 0 {
+                if self.line_len >= self.limits.max_uri_bytes {
+                    return Scan::Refuse(ErrorCode::UriTooLong);
+                }
+                if self.request_line.len() < KEEP_REQUEST_LINE {
+                    self.request_line.push(b);
+                }
+                if !self.request_line_byte(b) {
+                    return Scan::Refuse(ErrorCode::BadRequest);
+                }
+            } else {
+                if self.line_len == 0 && (b == b' ' || b == b'\t') {
+                    return Scan::Refuse(ErrorCode::BadRequest); // obs-fold
+                }
+                if !self.header_byte(b) {
+                    return Scan::Refuse(ErrorCode::BadRequest);
+                }
+            }
+            self.line_len += 1;
+            if self.total > self.limits.max_header_bytes {
+                return Scan::Refuse(ErrorCode::HeadersTooLarge);
+            }
+        }
+        if self.total > self.limits.max_header_bytes {
+            return Scan::Refuse(ErrorCode::HeadersTooLarge);
+        }
+        Scan::Partial
+    }
+
+    /// Checks a byte of the request line: `METHOD SP TARGET SP VERSION`, a token for
+    /// the method, no `#` (fragments are not sent) or `\` in the target.
+    fn request_line_byte(&mut self, b: u8) -> bool {
+        if b == b' ' {
+            let ok = !self.rl_prev_space && self.rl_spaces < 2 && self.line_len > 0;
+            self.rl_spaces += 1;
+            self.rl_prev_space = true;
+            return ok;
+        }
+        self.rl_prev_space = false;
+        match self.rl_spaces {
+            0 => is_tchar(b),
+            1 => b != b'#' && b != b'\\',
+            _ => {
+                self.rl_version.push(b);
+                self.rl_version.len() <= 8
+            }
+        }
+    }
+
+    /// Checks a byte of a header line; the name is a token.
+    fn header_byte(&mut self, b: u8) -> bool {
+        if !self.name_done {
+            if b == b':' {
+                if self.name.is_empty() {
+                    return false;
+                }
+                self.name_done = true;
+                self.tracked = match self.name.as_slice() {
+                    b"content-length" => Tracked::ContentLength,
+                    b"transfer-encoding" => Tracked::TransferEncoding,
+                    _ => Tracked::None,
+                };
+            } else if !is_tchar(b) {
+                return false;
+            } else if self.name.len() < 32 {
+                self.name.push(b.to_ascii_lowercase());
+            } else {
+                self.name.clear();
+                self.name.extend_from_slice(b"-long-");
+            }
+        } else if self.tracked != Tracked::None && self.value.len() < 256 {
+            self.value.push(b.to_ascii_lowercase());
+        }
+        true
+    }
+
+    /// A line ended. `Some(Complete)` for the blank line ending the head.
+    fn end_line(&mut self) -> Option<Scan> {
+        let len = std::mem::take(&mut self.line_len);
+        if len == 0 {
+            if self.lines == 0 {
+                return None; // blank lines before the request line are ignored
+            }
+            return Some(Scan::Complete(0));
+        }
+        if self.lines == 0 {
+            let version = self.rl_version.as_slice();
+            let known = matches!(version, b"HTTP/1.1" | b"HTTP/1.0" | b"HTTP/2.0");
+            if self.rl_spaces != 2 || self.rl_prev_space || !known {
+                return Some(Scan::Refuse(ErrorCode::BadRequest));
+            }
+        }
+        if self.lines > 0 {
+            if !self.name_done {
+                return Some(Scan::Refuse(ErrorCode::BadRequest)); // a header line without ':'
+            }
+            let value = std::mem::take(&mut self.value);
+            match self.tracked {
+                Tracked::ContentLength => self.content_lengths.push(value),
+                Tracked::TransferEncoding => {
+                    let te = self.transfer_encoding.get_or_insert_with(Vec::new);
+                    if !te.is_empty() {
+                        te.push(b',');
+                    }
+                    te.extend_from_slice(&value);
+                }
+                Tracked::None => {}
+            }
+            if self.lines > self.limits.max_headers {
+                return Some(Scan::Refuse(ErrorCode::HeadersTooLarge));
+            }
+        }
+        self.name.clear();
+        self.name_done = false;
+        self.tracked = Tracked::None;
+        self.lines += 1;
+        Some(Scan::Partial)
+    }
+
+    /// The head is complete at `end`: check its framing.
+    fn finish(&self, end: usize) -> Scan {
+        let trim = |v: &[u8]| -> Vec<u8> {
+            let s = v
+                .iter()
+                .position(|b| !b.is_ascii_whitespace())
+                .unwrap_or(v.len());
+            let e = v
+                .iter()
+                .rposition(|b| !b.is_ascii_whitespace())
+                .map_or(s, |e| e + 1);
+            v[s..e.max(s)].to_vec()
+        };
+        if let Some(te) = &self.transfer_encoding {
+            if !self.content_lengths.is_empty() || self.rl_version == b"HTTP/1.0" {
+                return Scan::Refuse(ErrorCode::BadRequest);
+            }
+            let last = te
+                .rsplit(|b| *b == b',')
+                .next()
+                .map(trim)
+                .unwrap_or_default();
+            if last != b"chunked" {
+                return Scan::Refuse(ErrorCode::BadRequest);
+            }
+        }
+        let mut values = self
+            .content_lengths
+            .iter()
+            .flat_map(|v| v.split(|b| *b == b','))
+            .map(trim);
+        if let Some(first) = values.next() {
+            if first.is_empty()
+                || !first.iter().all(u8::is_ascii_digit)
+                || values.any(|v| v != first)
+            {
+                return Scan::Refuse(ErrorCode::BadRequest);
+            }
+        }
+        Scan::Complete(end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(head: &[u8]) -> Scan {
+        HeadScanner::new(Limits::default()).feed(head)
+    }
+
+    fn bad(head: &str) {
+        assert_eq!(
+            scan(head.as_bytes()),
+            Scan::Refuse(ErrorCode::BadRequest),
+            "{head:?}"
+        );
+    }
+
+    #[test]
+    fn finds_the_end_of_a_head_in_one_or_many_chunks() {
+        let head = b"GET /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(scan(head), Scan::Complete(head.len() - 3));
+        let mut s = HeadScanner::new(Limits::default());
+        let mut result = Scan::Partial;
+        for (i, b) in head.iter().enumerate() {
+            result = s.feed(std::slice::from_ref(b));
+            if result != Scan::Partial {
+                assert_eq!(i, head.len() - 4);
+                break;
+            }
+        }
+        assert_eq!(result, Scan::Complete(1));
+        assert_eq!(s.method(), Some(&b"GET"[..]));
+        // LF-only line ends and leading blank lines are accepted, as parsers do
+        assert!(matches!(
+            scan(b"\r\nGET / HTTP/1.1\nHost: h\n\n"),
+            Scan::Complete(_)
+        ));
+    }
+
+    #[test]
+    fn refuses_ambiguous_framing() {
+        bad("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
+        bad("POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n");
+        bad("POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n");
+        bad("POST / HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\n");
+        bad("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n");
+        bad("POST / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n");
+        bad("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n");
+        bad("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
+        bad("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n");
+        bad("GET / HTTP/1.1\r\nX-A: 1\r\n folded\r\n\r\n");
+        bad("GET / HTTP/1.1\r\nX-A: 1\r\n\tfolded\r\n\r\n");
+        bad("GET / HTTP/1.1\r\nX-A: a\rb\r\n\r\n");
+        bad("GET / HTTP/1.1\r\nX-A: a\0b\r\n\r\n");
+        bad("GET / HTTP/1.1\r\nX-A: a\x1bb\r\n\r\n");
+        bad("GET /\x7f HTTP/1.1\r\n\r\n");
+        bad("GET\t/ HTTP/1.1\r\n\r\n");
+        bad("GET / HTTP/7.1\r\n\r\n");
+        bad("GET /\r\n\r\n");
+        bad("GET  / HTTP/1.1\r\n\r\n");
+        bad("GET / HTTP/1.1 \r\n\r\n");
+        bad("G(T / HTTP/1.1\r\n\r\n");
+        bad("GET /a#b HTTP/1.1\r\n\r\n");
+        bad("GET /a\\b HTTP/1.1\r\n\r\n");
+        bad("GET / HTTP/1.1\r\nX A: 1\r\n\r\n");
+        bad("GET / HTTP/1.1\r\nX-A : 1\r\n\r\n");
+        bad("GET / HTTP/1.1\r\n: 1\r\n\r\n");
+        bad("GET / HTTP/1.1\r\nno colon\r\n\r\n");
+        // same value twice is one length, and a tab inside a value is fine
+        assert!(matches!(
+            scan(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\nX: a\tb\r\n\r\n"),
+            Scan::Complete(_)
+        ));
+        assert!(matches!(
+            scan(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n"),
+            Scan::Complete(_)
+        ));
+    }
+
+    #[test]
+    fn enforces_size_count_and_uri_limits() {
+        let limits = Limits {
+            max_header_bytes: 2048,
+            max_headers: 3,
+            max_uri_bytes: 100,
+            ..Limits::default()
+        };
+        let mut s = HeadScanner::new(limits);
+        let long_uri = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(100));
+        assert_eq!(
+            s.feed(long_uri.as_bytes()),
+            Scan::Refuse(ErrorCode::UriTooLong)
+        );
+        s.reset();
+        let ok = "GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+        assert!(matches!(s.feed(ok.as_bytes()), Scan::Complete(_)));
+        s.reset();
+        let four = "GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n";
+        assert_eq!(
+            s.feed(four.as_bytes()),
+            Scan::Refuse(ErrorCode::HeadersTooLarge)
+        );
+        s.reset();
+        let big = format!("GET / HTTP/1.1\r\nA: {}\r\n\r\n", "x".repeat(2048));
+        assert_eq!(
+            s.feed(big.as_bytes()),
+            Scan::Refuse(ErrorCode::HeadersTooLarge)
+        );
+        // an endless header line is refused as soon as it passes the limit, not at its end
+        s.reset();
+        assert_eq!(s.feed(b"GET / HTTP/1.1\r\nA: "), Scan::Partial);
+        let mut r = Scan::Partial;
+        for _ in 0..100 {
+            r = s.feed(&[b'x'; 64]);
+            if r != Scan::Partial {
+                break;
+            }
+        }
+        assert_eq!(r, Scan::Refuse(ErrorCode::HeadersTooLarge));
+    }
+
+    #[test]
+    fn recognises_the_h2_preface() {
+        let mut s = HeadScanner::new(Limits::default());
+        assert!(matches!(
+            s.feed(b"PRI * HTTP/2.0\r\n\r\n"),
+            Scan::Complete(_)
+        ));
+        assert!(s.is_h2_preface());
+    }
+
+    #[test]
+    fn limits_are_checked_against_the_parser_and_each_other() {
+        let f = |src: &str| toml::from_str::<LimitsFile>(src).unwrap().resolve();
+        assert_eq!(f("").unwrap(), Limits::default());
+        assert_eq!(f("max_headers = 300").unwrap_err().0, "max_headers");
+        assert_eq!(
+            f("max_header_bytes = \"2MiB\"").unwrap_err().0,
+            "max_header_bytes"
+        );
+        assert_eq!(
+            f("max_header_bytes = \"4KiB\"\nmax_uri_bytes = \"8KiB\"")
+                .unwrap_err()
+                .0,
+            "max_uri_bytes"
+        );
+        assert_eq!(f("idle_timeout = \"1ms\"").unwrap_err().0, "idle_timeout");
+        assert!(toml::from_str::<LimitsFile>("max_body = 1").is_err());
+    }
+}

@@ -1,0 +1,600 @@
+//! Hostile and sloppy clients, byte for byte: request smuggling, limits, path tricks,
+//! forged forwarding headers and slow clients. Each case sends exact bytes on its own
+//! connection and checks both the answer and the exact bytes the upstream received.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+type Check = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
+struct Case {
+    name: &'static str,
+    request: Vec<u8>,
+    status: u16,
+    /// `None`: the upstream must receive nothing. `Some(check)`: it receives exactly one
+    /// request, and `check` holds for its bytes.
+    upstream: Option<Check>,
+}
+
+fn case(
+    name: &'static str,
+    request: impl Into<Vec<u8>>,
+    status: u16,
+    upstream: Option<Check>,
+) -> Case {
+    Case {
+        name,
+        request: request.into(),
+        status,
+        upstream,
+    }
+}
+
+fn refused(name: &'static str, request: impl Into<Vec<u8>>, status: u16) -> Case {
+    case(name, request, status, None)
+}
+
+/// A GET of `target` with `headers` (each ending in CRLF) and `Connection: close`.
+fn get_raw(target: &str, headers: &str) -> Vec<u8> {
+    format!("GET {target} HTTP/1.1\r\nHost: h\r\n{headers}Connection: close\r\n\r\n").into_bytes()
+}
+
+/// A GET whose `Connection` header names `nominated` (and `close`).
+fn get_conn(target: &str, nominated: &str, headers: &str) -> Vec<u8> {
+    format!("GET {target} HTTP/1.1\r\nHost: h\r\n{headers}Connection: {nominated}, close\r\n\r\n")
+        .into_bytes()
+}
+
+fn saw(needles: &'static [&'static str]) -> Option<Check> {
+    Some(Box::new(move |r: &str| {
+        needles.iter().all(|n| r.contains(n))
+    }))
+}
+
+fn saw_not(needles: &'static [&'static str]) -> Option<Check> {
+    Some(Box::new(move |r: &str| {
+        needles
+            .iter()
+            .all(|n| !r.to_ascii_lowercase().contains(&n.to_ascii_lowercase()))
+    }))
+}
+
+fn first_line(expected: &'static str) -> Option<Check> {
+    Some(Box::new(move |r: &str| r.lines().next() == Some(expected)))
+}
+
+const LIMITS: &str = "[server.limits]\nmax_header_bytes = \"4KiB\"\nmax_headers = 20\n\
+                      max_uri_bytes = \"1KiB\"\nheader_timeout = \"1s\"\nidle_timeout = \"1s\"\n";
+
+fn config(up: std::net::SocketAddr) -> String {
+    format!(
+        "{LIMITS}[upstreams.raw]\nbackends = [\"{up}\"]\n\
+         [consumers.ops]\napi_keys = [\"ops-key\"]\n\
+         [routes.public]\npaths = [\"/public\"]\nupstream = \"raw\"\n\
+         [routes.admin]\npaths = [\"/admin\"]\nupstream = \"raw\"\n\
+         [routes.admin.policies.key_auth]\n"
+    )
+}
+
+fn cases() -> Vec<Case> {
+    let many_headers: String = (0..21).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let twenty_headers: String = (0..17).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let very_many_headers: String = (0..300).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let big_header = format!("X-Big: {}\r\n", "b".repeat(4100));
+    let long_uri = format!("/public/{}", "u".repeat(1100));
+    let huge_uri = format!("/public/{}", "u".repeat(5000));
+    vec![
+        // --- framing: refused before anything reaches the upstream ---
+        refused(
+            "content-length and transfer-encoding",
+            "POST /public HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        refused(
+            "transfer-encoding then content-length",
+            "POST /public HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        refused(
+            "two different content-lengths",
+            "POST /public HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            400,
+        ),
+        refused(
+            "a content-length list",
+            "POST /public HTTP/1.1\r\nHost: h\r\nContent-Length: 3, 4\r\n\r\nabcd",
+            400,
+        ),
+        refused(
+            "a negative content-length",
+            "POST /public HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n",
+            400,
+        ),
+        refused(
+            "a signed content-length",
+            "POST /public HTTP/1.1\r\nHost: h\r\nContent-Length: +3\r\n\r\nabc",
+            400,
+        ),
+        refused(
+            "a hex content-length",
+            "POST /public HTTP/1.1\r\nHost: h\r\nContent-Length: 0x3\r\n\r\nabc",
+            400,
+        ),
+        refused(
+            "transfer-encoding not ending in chunked",
+            "POST /public HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n",
+            400,
+        ),
+        refused(
+            "chunked then gzip",
+            "POST /public HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        refused(
+            "a second transfer-encoding header",
+            "POST /public HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        refused(
+            "HTTP/1.0 with chunked",
+            "POST /public HTTP/1.0\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            400,
+        ),
+        refused(
+            "obs-fold with a space",
+            get_raw("/public", "X-A: 1\r\n continued\r\n"),
+            400,
+        ),
+        refused(
+            "obs-fold with a tab",
+            get_raw("/public", "X-A: 1\r\n\tcontinued\r\n"),
+            400,
+        ),
+        refused("a bare CR in a value", get_raw("/public", "X-A: a\rb\r\n"), 400),
+        refused("a NUL in a value", get_raw("/public", "X-A: a\0b\r\n"), 400),
+        refused("an escape character in a value", get_raw("/public", "X-A: a\x1bb\r\n"), 400),
+        refused("a DEL in the target", get_raw("/public\x7f", ""), 400),
+        refused(
+            "a tab in the request line",
+            "GET\t/public HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        refused("a space before the colon", get_raw("/public", "X-A : 1\r\n"), 400),
+        refused("a space in a header name", get_raw("/public", "X A: 1\r\n"), 400),
+        refused(
+            "no HTTP version",
+            "GET /public\r\nHost: h\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        refused(
+            "an unknown HTTP version",
+            "GET /public HTTP/7.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        refused(
+            "a bad chunk size",
+            "POST /public HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+            400,
+        ),
+        // --- accepted framing, forwarded as one unambiguous request ---
+        case(
+            "identical duplicate content-lengths",
+            "POST /public HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+            200,
+            Some(Box::new(|r: &str| r.ends_with("\r\n\r\nabc") && r.matches("ontent-")
+                .count() == 1)),
+        ),
+        case(
+            "a chunked body",
+            "POST /public HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            200,
+            saw(&["abc"]),
+        ),
+        case(
+            "chunk extensions",
+            "POST /public HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3;ext=1\r\nabc\r\n0\r\n\r\n",
+            200,
+            saw(&["abc"]),
+        ),
+        // --- limits ---
+        refused("too many headers", get_raw("/public", &many_headers), 431),
+        refused("more headers than the parser takes", get_raw("/public", &very_many_headers), 431),
+        refused("a header block too large", get_raw("/public", &big_header), 431),
+        refused("a target too long", get_raw(&long_uri, ""), 414),
+        refused("a target far too long", get_raw(&huge_uri, ""), 414),
+        case("headers just under the limits", get_raw("/public", &twenty_headers), 200, saw(&["X-H16"])),
+        // --- paths: what is authorised is what is forwarded ---
+        refused("dot segments into a protected route", get_raw("/public/../admin", ""), 401),
+        refused("encoded dot segments", get_raw("/public/%2e%2e/admin", ""), 401),
+        refused("mixed-case encoded dots", get_raw("/public/%2E%2e/admin", ""), 401),
+        refused("a doubled slash", get_raw("//admin", ""), 401),
+        refused("an encoded letter", get_raw("/%61dmin", ""), 401),
+        refused("an encoded slash", get_raw("/public/%2Fadmin", ""), 400),
+        refused("an encoded backslash", get_raw("/public/%5Cadmin", ""), 400),
+        refused("an encoded NUL", get_raw("/public%00", ""), 400),
+        refused("a bad escape", get_raw("/public/%zz", ""), 400),
+        refused("escaping the root", get_raw("/../public", ""), 400),
+        refused("a raw backslash", get_raw("/public\\..\\admin", ""), 400),
+        case(
+            "double encoding is decoded once",
+            get_raw("/public/%252e%252e/admin", ""),
+            200,
+            first_line("GET /public/%252e%252e/admin HTTP/1.1"),
+        ),
+        case(
+            "a dot segment inside the route",
+            get_raw("/public/./a/../b", ""),
+            200,
+            first_line("GET /public/b HTTP/1.1"),
+        ),
+        case(
+            "the query is kept as sent",
+            get_raw("/public/x?a=%2F&b=..", ""),
+            200,
+            first_line("GET /public/x?a=%2F&b=.. HTTP/1.1"),
+        ),
+        refused("a ; parameter is part of the segment", get_raw("/public;x=1", ""), 404),
+        case(
+            "a ; parameter below the prefix",
+            get_raw("/public/a;x=1", ""),
+            200,
+            first_line("GET /public/a;x=1 HTTP/1.1"),
+        ),
+        refused("a fragment is not a path", get_raw("/public#frag", ""), 400),
+        refused("an unrouted path", get_raw("/nowhere", ""), 404),
+        // --- headers the gateway vouches for ---
+        case(
+            "underscore headers are dropped",
+            get_raw("/public", "X_Consumer_Name: ops\r\nApi_Key: ops-key\r\n"),
+            200,
+            saw_not(&["x_consumer", "api_key"]),
+        ),
+        case(
+            "forged consumer headers are stripped",
+            get_raw("/public", "X-Consumer-Name: ops\r\nX-Consumer-Groups: admin\r\n"),
+            200,
+            saw_not(&["x-consumer-"]),
+        ),
+        case(
+            "an untrusted client's X-Forwarded-For is appended to",
+            get_raw("/public", "X-Forwarded-For: 10.9.9.9\r\n"),
+            200,
+            saw(&["x-forwarded-for: 10.9.9.9, 127.0.0.1\r\n"]),
+        ),
+        case(
+            "X-Forwarded-Proto is the gateway's",
+            get_raw("/public", "X-Forwarded-Proto: https\r\n"),
+            200,
+            saw(&["x-forwarded-proto: http\r\n"]),
+        ),
+        refused(
+            "Connection naming X-Forwarded-For",
+            get_conn("/public", "x-forwarded-for", ""),
+            400,
+        ),
+        refused(
+            "Connection naming X-Forwarded-Host",
+            get_conn("/public", "X-Forwarded-Host", ""),
+            400,
+        ),
+        refused(
+            "Connection naming the request id",
+            get_conn("/public", "x-request-id", ""),
+            400,
+        ),
+        refused(
+            "Connection naming a consumer header",
+            get_conn("/admin", "x-consumer-name", "apikey: ops-key\r\n"),
+            400,
+        ),
+        refused(
+            "Connection naming the trace context",
+            get_conn("/public", "traceparent", ""),
+            400,
+        ),
+        case(
+            "Connection strips what it names otherwise",
+            get_conn("/public", "x-private", "X-Private: 1\r\n"),
+            200,
+            saw_not(&["x-private"]),
+        ),
+        case(
+            "hop-by-hop headers stop at the gateway",
+            get_raw("/public", "Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: gzip\r\nUpgrade: h2c\r\n"),
+            200,
+            saw_not(&["keep-alive", "proxy-connection", "te: gzip", "upgrade"]),
+        ),
+        case(
+            "a forged request id is replaced",
+            get_raw("/public", "X-Request-Id: <script>\r\n"),
+            200,
+            saw_not(&["<script>"]),
+        ),
+        case(
+            "a valid request id is kept",
+            get_raw("/public", "X-Request-Id: abc-123\r\n"),
+            200,
+            saw(&["x-request-id: abc-123\r\n"]),
+        ),
+        refused("a wrong API key", get_raw("/admin", "apikey: nope\r\n"), 401),
+        case(
+            "the API key is not forwarded",
+            get_raw("/admin", "apikey: ops-key\r\n"),
+            200,
+            saw_not(&["ops-key"]),
+        ),
+        // --- methods ---
+        refused("CONNECT is not proxied", "CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n", 405),
+        case(
+            "an unknown method passes on a route without method rules",
+            "BREW /public HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            200,
+            first_line("BREW /public HTTP/1.1"),
+        ),
+    ]
+}
+
+async fn run_cases(gw: &Gateway, up: &RawUpstream) -> Vec<String> {
+    let mut failures = Vec::new();
+    for c in cases() {
+        up.clear();
+        let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+        let _ = s.write_all(&c.request).await;
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+        if read.is_err() {
+            failures.push(format!("{}: no complete answer", c.name));
+            continue;
+        }
+        let got = if buf.is_empty() {
+            0
+        } else {
+            parse_response(&buf).status
+        };
+        if got != c.status {
+            failures.push(format!(
+                "{}: status {got}, want {} ({:?})",
+                c.name,
+                c.status,
+                String::from_utf8_lossy(&buf[..buf.len().min(200)])
+            ));
+            continue;
+        }
+        if c.status >= 400 && c.status != 405 {
+            let r = parse_response(&buf);
+            if r.header("content-type") != Some("application/json") {
+                failures.push(format!("{}: refusal without the JSON body: {r:?}", c.name));
+            }
+        }
+        let received = up.requests();
+        match &c.upstream {
+            None if !received.is_empty() => failures.push(format!(
+                "{}: reached the upstream: {:?}",
+                c.name,
+                String::from_utf8_lossy(&received[0])
+            )),
+            Some(check) => {
+                let ok = received.len() == 1 && check(&String::from_utf8_lossy(&received[0]));
+                if !ok {
+                    failures.push(format!(
+                        "{}: upstream received {:?}",
+                        c.name,
+                        received
+                            .iter()
+                            .map(|r| String::from_utf8_lossy(r).into_owned())
+                            .collect::<Vec<_>>()
+                    ));
+                }
+            }
+            None => {}
+        }
+    }
+    failures
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn hostile_requests_are_refused_or_made_harmless_byte_for_byte() {
+    let up = RawUpstream::start().await;
+    let gw = gateway_with_admin(&config(up.addr));
+    assert!(cases().len() >= 60, "only {} cases", cases().len());
+    let failures = run_cases(&gw, &up).await;
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+
+    // still healthy, and memory does not grow with more rounds of the same abuse
+    let after_one = rss_kib(gw.pid());
+    for _ in 0..3 {
+        assert!(run_cases(&gw, &up).await.is_empty());
+    }
+    let after_four = rss_kib(gw.pid());
+    assert!(
+        after_four < after_one + 16 * 1024,
+        "RSS grew from {after_one} KiB to {after_four} KiB"
+    );
+    let (status, _, _) = get_json(&gw.admin_url("/healthz")).await;
+    assert_eq!(status, 200);
+    let m = metrics_text(&gw).await;
+    assert!(
+        m.contains("tollgate_refusals_total{reason=\"headers_too_large\",route=\"_none\"} 12"),
+        "{m}"
+    );
+}
+
+/// Reads from `s` until it closes (or 5 s pass): what the gateway sent.
+async fn read_all(s: &mut TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let done = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(
+        done.is_ok(),
+        "the connection was not closed: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    buf
+}
+
+async fn slow_gateway() -> (RawUpstream, Gateway) {
+    let up = RawUpstream::start().await;
+    let gw = gateway_with_admin(&config(up.addr));
+    (up, gw)
+}
+
+#[tokio::test]
+async fn a_head_that_stalls_gets_408_and_the_connection_closes() {
+    let (up, gw) = slow_gateway().await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /public HTTP/1.1\r\nHost: h\r\n")
+        .await
+        .unwrap();
+    let answer = parse_response(&read_all(&mut s).await);
+    assert_eq!(answer.status, 408);
+    assert_eq!(answer.json()["error"], "request_timeout");
+    assert!(up.requests().is_empty());
+}
+
+#[tokio::test]
+async fn one_byte_at_a_time_cannot_hold_a_connection_past_the_header_deadline() {
+    let (_up, gw) = slow_gateway().await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let head = get_raw("/public", &"X-Pad: 0123456789\r\n".repeat(5));
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    // each byte well within any per-read timeout; the whole head would take 25 s
+    for b in head.iter() {
+        if s.write_all(std::slice::from_ref(b)).await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    answer.extend(read_all(&mut s).await);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "held for {:?}",
+        started.elapsed()
+    );
+    assert_eq!(parse_response(&answer).status, 408);
+}
+
+#[tokio::test]
+async fn silent_and_idle_connections_are_closed_quietly() {
+    let (_up, gw) = slow_gateway().await;
+    // a connection that never sends anything
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    assert!(read_all(&mut silent).await.is_empty());
+
+    // a keep-alive connection: two requests in time, then idle
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET /public HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("answer")
+            .unwrap();
+        let r = parse_response(&buf[..n]);
+        assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(
+        read_all(&mut s).await.is_empty(),
+        "an idle connection got bytes"
+    );
+}
+
+#[tokio::test]
+async fn a_pipelined_request_is_never_smuggled_to_the_upstream() {
+    let (up, gw) = slow_gateway().await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let many: String = (0..25).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let two = format!(
+        "GET /public/1 HTTP/1.1\r\nHost: h\r\n\r\nGET /public/2 HTTP/1.1\r\nHost: h\r\n{many}Connection: close\r\n\r\n"
+    );
+    s.write_all(two.as_bytes()).await.unwrap();
+    let all = String::from_utf8_lossy(&read_all(&mut s).await).into_owned();
+    // Pingora answers the first request and closes: the pipelined one is not run, and
+    // in particular never reaches the upstream as part of the first one
+    assert!(all.starts_with("HTTP/1.1 200"), "{all}");
+    let seen = up.requests();
+    assert_eq!(seen.len(), 1);
+    let first = String::from_utf8_lossy(&seen[0]).into_owned();
+    assert!(
+        first.starts_with("GET /public/1 ") && !first.contains("/public/2"),
+        "{first}"
+    );
+}
+
+/// An upstream that answers every connection with `bytes` and then resets it.
+async fn scripted_upstream(bytes: &'static [u8]) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(bytes).await;
+            // close with RST; a zero linger does not block
+            #[allow(deprecated)]
+            let _ = s.set_linger(Some(Duration::ZERO));
+            drop(s);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upstream_dying_mid_response_never_looks_like_a_complete_answer() {
+    let chunked =
+        scripted_upstream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            .await;
+    let sized = scripted_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello").await;
+    let gw = gateway(&format!(
+        "[upstreams.c]\nbackends = [\"{chunked}\"]\nretries = 0\n\
+         [upstreams.s]\nbackends = [\"{sized}\"]\nretries = 0\n\
+         [routes.c]\npaths = [\"/c\"]\nupstream = \"c\"\n\
+         [routes.s]\npaths = [\"/s\"]\nupstream = \"s\"\n"
+    ));
+    for (path, complete) in [("/c", &b"0\r\n\r\n"[..]), ("/s", &[][..])] {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(&get_raw(path, "")).await.unwrap();
+        let got = read_all(&mut s).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("hello"), "{text}");
+        if path == "/c" {
+            assert!(
+                !got.windows(complete.len()).any(|w| w == complete),
+                "a truncated chunked answer was terminated as if complete: {text:?}"
+            );
+        } else {
+            let body = &got[got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+            assert!(body.len() < 100, "{text:?}");
+        }
+    }
+}
