@@ -26,3 +26,8 @@ bench:
 check-examples:
     cargo build -p tollgate-bin
     for f in examples/*.toml; do ./target/debug/tollgate check --config "$f"; done
+
+# Every fuzz target for a bounded time (FUZZ_SECONDS, default 60 s each); crash
+# inputs are kept in fuzz/regressions/ and replayed by `cargo test` from then on.
+fuzz:
+    ./scripts/fuzz.sh

@@ -598,3 +598,128 @@ async fn an_upstream_dying_mid_response_never_looks_like_a_complete_answer() {
         }
     }
 }
+
+// --- HTTP/2 abuse, with a scripted client writing raw frames over h2c ---
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// `GET path` on `stream` (HPACK: indexed :method GET, :scheme http, literal :path,
+/// literal :authority "h"), ending the stream.
+fn h2_get(stream: u32, path: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x01, 0x01, b'h']);
+    frame(0x1, 0x4 | 0x1, stream, &block)
+}
+
+fn h2_start() -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    out
+}
+
+/// Reads frames until the server closes or `deadline` passes: (type, flags, stream,
+/// first 4 payload bytes) of each.
+async fn h2_frames(s: &mut TcpStream, deadline: Duration) -> Vec<(u8, u8, u32, u32)> {
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(deadline, async {
+        let mut chunk = [0u8; 16384];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while buf.len() >= at + 9 {
+        let len = (usize::from(buf[at]) << 16)
+            | (usize::from(buf[at + 1]) << 8)
+            | usize::from(buf[at + 2]);
+        let stream =
+            u32::from_be_bytes([buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]]) & 0x7fff_ffff;
+        let p = &buf[(at + 9).min(buf.len())..(at + 9 + len).min(buf.len())];
+        let first = if p.len() >= 4 {
+            u32::from_be_bytes([p[0], p[1], p[2], p[3]])
+        } else {
+            0
+        };
+        let code = if buf[at + 3] == 0x7 && p.len() >= 8 {
+            u32::from_be_bytes([p[4], p[5], p[6], p[7]]) // GOAWAY: the error code
+        } else {
+            first
+        };
+        frames.push((buf[at + 3], buf[at + 4], stream, code));
+        at += 9 + len;
+    }
+    frames
+}
+
+#[tokio::test]
+async fn rapid_reset_gets_the_connection_closed_and_the_gateway_keeps_serving() {
+    let (_up, gw) = slow_gateway().await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut out = h2_start();
+    for i in 0..2000u32 {
+        let id = 2 * i + 1;
+        out.extend(h2_get(id, "/public"));
+        out.extend(frame(0x3, 0, id, &8u32.to_be_bytes())); // RST_STREAM CANCEL
+    }
+    let _ = s.write_all(&out).await;
+    let frames = h2_frames(&mut s, Duration::from_secs(10)).await;
+    let goaway = frames.iter().find(|f| f.0 == 0x7);
+    assert!(
+        goaway.is_some(),
+        "no GOAWAY after 2000 reset streams: {} frames",
+        frames.len()
+    );
+    assert_eq!(
+        goaway.unwrap().3,
+        0xb,
+        "GOAWAY is not ENHANCE_YOUR_CALM: {goaway:?}"
+    );
+    let (status, _, _) = get_json(&gw.url("/public")).await;
+    assert_eq!(status, 200, "the gateway stopped serving");
+}
+
+#[tokio::test]
+async fn streams_beyond_the_concurrency_limit_are_refused() {
+    let slow = Upstream::start("slow").await;
+    let gw = gateway(&format!(
+        "{}[routes.r]\npaths = [\"/\"]\nupstream = \"slow\"\n",
+        upstream_table("slow", &[slow.addr])
+    ));
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut out = h2_start();
+    for i in 0..150u32 {
+        out.extend(h2_get(2 * i + 1, "/slow"));
+    }
+    s.write_all(&out).await.unwrap();
+    // the refusals come at once; the admitted streams wait on the slow upstream
+    let frames = h2_frames(&mut s, Duration::from_secs(3)).await;
+    let refused = frames
+        .iter()
+        .filter(|f| f.0 == 0x3 && f.3 == 0x7) // RST_STREAM REFUSED_STREAM
+        .count();
+    assert!(
+        frames.iter().any(|f| f.0 == 0x4 && f.1 == 0),
+        "no server SETTINGS"
+    );
+    assert!(
+        refused >= 50,
+        "only {refused} of 150 streams refused: {frames:?}"
+    );
+    assert!(
+        slow.count() <= 100,
+        "{} requests reached the upstream",
+        slow.count()
+    );
+}

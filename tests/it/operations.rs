@@ -243,3 +243,34 @@ async fn an_unreachable_collector_fails_no_request_and_counts_dropped_spans() {
     let m = metrics_text(&gw).await;
     assert!(m.contains("tollgate_access_log_dropped_total 0"), "{m}");
 }
+
+#[tokio::test]
+async fn an_unwritable_access_log_counts_its_losses_and_serving_goes_on() {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start(
+        bin(),
+        &format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"\n\
+             access_log = \"/dev/full\"\n{}[routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n",
+            upstream_table("a", &[up.addr])
+        ),
+    );
+    for i in 0..20 {
+        assert_eq!(get_json(&gw.url(&format!("/{i}"))).await.0, 200);
+    }
+    let counted = eventually(Duration::from_secs(10), async || {
+        metrics_text(&gw).await.lines().any(|l| {
+            l.strip_prefix("tollgate_access_log_dropped_total ")
+                .and_then(|n| n.parse::<u64>().ok())
+                == Some(20)
+        })
+    })
+    .await;
+    assert!(counted, "{}", metrics_text(&gw).await);
+    assert!(
+        gw.stderr_lines()
+            .iter()
+            .any(|l| l.contains("access log write failed")),
+        "the failure was not reported"
+    );
+}

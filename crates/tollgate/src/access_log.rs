@@ -1,7 +1,8 @@
 //! The JSON access log: one object per request, written off the request path.
 //!
 //! Lines go through a bounded channel to a writer thread; when the channel is full
-//! the line is dropped and counted rather than making a request wait.
+//! the line is dropped and counted rather than making a request wait. Lines that cannot
+//! be written (disk full, file removed) are counted the same way, and serving goes on.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -41,9 +42,10 @@ impl AccessLogger {
         let (tx, rx) = sync_channel(QUEUE);
         let reopen = Arc::new(AtomicBool::new(false));
         let flag = reopen.clone();
+        let lost = dropped.clone();
         std::thread::Builder::new()
             .name("tollgate-access-log".into())
-            .spawn(move || writer(rx, out, &flag))?;
+            .spawn(move || writer(rx, out, &flag, &lost))?;
         Ok(Some(Self {
             tx,
             dropped,
@@ -125,15 +127,22 @@ fn open(p: &std::path::Path) -> std::io::Result<std::fs::File> {
         .open(p)
 }
 
-fn writer(rx: Receiver<String>, mut out: Output, reopen: &AtomicBool) {
+/// Writes lines until every sender is gone. Lines of a batch whose write fails (disk
+/// full, file gone) are counted in `lost` with the dropped ones; serving goes on.
+fn writer(rx: Receiver<String>, mut out: Output, reopen: &AtomicBool, lost: &IntCounter) {
     let mut failed = false;
     while let Ok(line) = rx.recv() {
+        let mut batch = u64::from(!line.is_empty());
         let mut res = out.write_line(&line);
         // drain what is queued before flushing once
         while let Ok(more) = rx.try_recv() {
+            batch += u64::from(!more.is_empty());
             res = res.and_then(|()| out.write_line(&more));
         }
         res = res.and_then(|()| out.flush());
+        if res.is_err() {
+            lost.inc_by(batch);
+        }
         if reopen.swap(false, Ordering::AcqRel) {
             if let Output::File(path, file) = &mut out {
                 match open(path) {
@@ -147,7 +156,10 @@ fn writer(rx: Receiver<String>, mut out: Output, reopen: &AtomicBool) {
         }
         match (res, failed) {
             (Err(e), false) => {
-                tracing::error!("access log write failed: {e}");
+                tracing::error!(
+                    "access log write failed, counting lost lines in \
+                     tollgate_access_log_dropped_total until it works again: {e}"
+                );
                 failed = true;
             }
             (Ok(()), true) => failed = false,

@@ -63,6 +63,9 @@ mod access_log;
 mod admin;
 mod balance;
 mod forwarding;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod gateway;
 mod health;
 mod request_id;

@@ -139,6 +139,24 @@ impl std::error::Error for LoadError {
     }
 }
 
+/// The largest key, certificate or JWKS file the config may name.
+const MAX_MATERIAL_FILE: u64 = 1024 * 1024;
+
+/// Checks that `path` (named by the config: a key, certificate or JWKS) is a regular
+/// file of at most 1 MiB, so that naming a device, a FIFO or a huge file is a config
+/// error rather than a load that never ends.
+pub(crate) fn check_material_file(path: &Path) -> Result<(), String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    if meta.len() > MAX_MATERIAL_FILE {
+        return Err(format!("{} is larger than 1 MiB", path.display()));
+    }
+    Ok(())
+}
+
 impl Config {
     /// Reads and validates a file with the built-in policies.
     ///
@@ -475,6 +493,17 @@ colour = "red"
         let s3 = reparse(&src(&format!("\"{dead}\""), "http"), &s2);
         assert_eq!(health_of(&s3), [(dead.to_string(), true)]);
         drop(live);
+    }
+
+    #[test]
+    fn key_material_must_be_a_small_regular_file() {
+        let e = errors(
+            "[upstreams.u]\nbackends = [\"127.0.0.1:1\"]\n[routes.r]\npaths = [\"/\"]\nupstream = \"u\"\n\
+             [routes.r.policies.jwt_auth]\nalgorithms = [\"RS256\"]\npublic_key_file = \"/dev/zero\"\n",
+        );
+        assert!(e[0].contains("/dev/zero is not a regular file"), "{e:?}");
+        let e = errors("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncerts = [{ cert = \"/dev/zero\", key = \"/dev/null\" }]\n");
+        assert!(e[0].contains("not a regular file"), "{e:?}");
     }
 
     #[test]

@@ -130,6 +130,7 @@ fn min_secret_len(alg: Algorithm) -> usize {
 
 fn read(cx: &BuildCtx<'_>, field: &str, file: &str) -> Result<Vec<u8>, BuildError> {
     let path = cx.config_dir.join(file);
+    crate::config::check_material_file(&path).map_err(|e| BuildError::field(field, e))?;
     std::fs::read(&path)
         .map_err(|e| BuildError::field(field, format!("cannot read {}: {e}", path.display())))
 }

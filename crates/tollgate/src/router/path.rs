@@ -246,4 +246,120 @@ mod tests {
             assert_eq!(n(&once).unwrap(), once, "{p}");
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::normalize;
+        use crate::router::{PathPattern, RequestFacts, RouteSpec, Router};
+
+        /// A segment that means itself: unreserved characters, not `.` or `..`.
+        fn segment() -> impl Strategy<Value = String> {
+            "[a-z0-9_~-][a-z0-9._~-]{0,5}"
+                .prop_filter("not a dot segment", |s| s != "." && s != "..")
+        }
+
+        /// One spelling of `seg`: some unreserved characters percent-encoded (either case).
+        fn spelling(seg: &str, mask: u64, upper: bool) -> String {
+            seg.bytes()
+                .enumerate()
+                .map(|(i, b)| {
+                    if mask >> (i % 64) & 1 == 1 {
+                        if upper {
+                            format!("%{b:02X}")
+                        } else {
+                            format!("%{b:02x}")
+                        }
+                    } else {
+                        (b as char).to_string()
+                    }
+                })
+                .collect()
+        }
+
+        fn router() -> Router {
+            let specs = ["/a", "/a/b", "/{id}/c", "=/x", "/_", "/~"]
+                .iter()
+                .map(|p| RouteSpec {
+                    paths: vec![PathPattern::parse(p).unwrap()],
+                    ..Default::default()
+                })
+                .collect();
+            Router::new(specs)
+        }
+
+        fn route(r: &Router, path: &str) -> String {
+            let headers = http::HeaderMap::new();
+            format!(
+                "{:?}",
+                r.lookup(&RequestFacts {
+                    method: &http::Method::GET,
+                    host: None,
+                    headers: &headers,
+                    path,
+                })
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn never_panics_and_the_result_is_canonical(p in "\\PC{0,40}") {
+                if let Ok(n) = normalize(&p) {
+                    prop_assert!(n.starts_with('/'));
+                    prop_assert!(!n.contains("//"));
+                    prop_assert!(n.split('/').all(|s| s != "." && s != ".."), "{}", n);
+                    let again = normalize(&n).unwrap();
+                    prop_assert_eq!(again.as_ref(), n.as_ref(), "not idempotent");
+                }
+            }
+
+            #[test]
+            fn never_climbs_above_the_root(segs in prop::collection::vec(prop_oneof![
+                segment(), Just("..".to_string()), Just(".".to_string()), Just("%2e%2E".to_string())
+            ], 0..8)) {
+                let p = format!("/{}", segs.join("/"));
+                let mut depth: i64 = 0;
+                let mut escapes = false;
+                for s in &segs {
+                    match s.as_str() {
+                        ".." | "%2e%2E" => { depth -= 1; if depth < 0 { escapes = true; } }
+                        "." | "" => {}
+                        _ => depth += 1,
+                    }
+                }
+                let r = normalize(&p);
+                prop_assert_eq!(r.is_err(), escapes, "{}: {:?}", p, r);
+            }
+
+            #[test]
+            fn every_spelling_of_a_path_routes_as_the_path(
+                segs in prop::collection::vec(segment(), 1..5),
+                masks in prop::collection::vec(any::<u64>(), 5),
+                detours in prop::collection::vec(0u8..4, 5),
+                upper in any::<bool>(),
+                trailing in any::<bool>(),
+            ) {
+                let plain = format!("/{}{}", segs.join("/"), if trailing { "/" } else { "" });
+                let mut spelled = String::new();
+                for (i, s) in segs.iter().enumerate() {
+                    match detours[i] {
+                        1 => spelled.push_str("/."),          // a dot segment
+                        2 => spelled.push_str("/zz/%2E%2e"),  // in and back out
+                        3 => spelled.push('/'),               // an empty segment
+                        _ => {}
+                    }
+                    spelled.push('/');
+                    spelled.push_str(&spelling(s, masks[i], upper));
+                }
+                if trailing {
+                    spelled.push('/');
+                }
+                let n = normalize(&spelled).unwrap().into_owned();
+                let canonical = normalize(&plain).unwrap().into_owned();
+                prop_assert_eq!(&n, &canonical);
+                let r = router();
+                prop_assert_eq!(route(&r, &n), route(&r, &canonical));
+            }
+        }
+    }
 }
