@@ -68,7 +68,8 @@ fn first_line(expected: &'static str) -> Option<Check> {
 }
 
 const LIMITS: &str = "[server.limits]\nmax_header_bytes = \"4KiB\"\nmax_headers = 20\n\
-                      max_uri_bytes = \"1KiB\"\nheader_timeout = \"1s\"\nidle_timeout = \"1s\"\n";
+                      max_uri_bytes = \"1KiB\"\nheader_timeout = \"1s\"\nidle_timeout = \"1s\"\n\
+                      body_timeout = \"1s\"\n";
 
 fn config(up: std::net::SocketAddr) -> String {
     format!(
@@ -499,6 +500,18 @@ async fn one_byte_at_a_time_cannot_hold_a_connection_past_the_header_deadline() 
         started.elapsed()
     );
     assert_eq!(parse_response(&answer).status, 408);
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_gets_408() {
+    let (_up, gw) = slow_gateway().await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /public HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let answer = parse_response(&read_all(&mut s).await);
+    assert_eq!(answer.status, 408);
+    assert_eq!(answer.json()["error"], "request_timeout");
 }
 
 #[tokio::test]

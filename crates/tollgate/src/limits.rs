@@ -8,6 +8,7 @@
 //! max_uri_bytes = "8KiB"       # request line → 414
 //! header_timeout = "10s"       # first byte of a head to its end → 408, connection closed
 //! idle_timeout = "60s"         # between requests on a keep-alive connection → closed
+//! body_timeout = "60s"         # the longest pause while a request body is sent → 408
 //! ```
 //!
 //! The [`HeadScanner`] also refuses, with 400, framing that two parsers could read
@@ -36,6 +37,7 @@ pub(crate) struct LimitsFile {
     pub max_uri_bytes: Option<ConfigSize>,
     pub header_timeout: Option<ConfigDuration>,
     pub idle_timeout: Option<ConfigDuration>,
+    pub body_timeout: Option<ConfigDuration>,
 }
 
 /// Server-wide request limits.
@@ -52,6 +54,9 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Between requests on a keep-alive connection. Default 60 s.
     pub idle_timeout: Duration,
+    /// The longest pause while the client sends a request body (a slow-body deadline;
+    /// a steady upload of any length is fine). Default 60 s.
+    pub body_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -62,6 +67,7 @@ impl Default for Limits {
             max_uri_bytes: 8 * 1024,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -80,6 +86,7 @@ impl LimitsFile {
                 .map_or(d.max_uri_bytes, |s| s.bytes() as usize),
             header_timeout: self.header_timeout.map_or(d.header_timeout, |t| t.get()),
             idle_timeout: self.idle_timeout.map_or(d.idle_timeout, |t| t.get()),
+            body_timeout: self.body_timeout.map_or(d.body_timeout, |t| t.get()),
         };
         if !(1024..=PARSER_MAX_HEADER_BYTES).contains(&l.max_header_bytes) {
             return Err((
@@ -102,6 +109,7 @@ impl LimitsFile {
         for (key, t) in [
             ("header_timeout", l.header_timeout),
             ("idle_timeout", l.idle_timeout),
+            ("body_timeout", l.body_timeout),
         ] {
             if t < Duration::from_millis(10) {
                 return Err((key, "must be at least 10ms".into()));

@@ -131,6 +131,7 @@ impl ProxyHttp for Gateway {
         }
         forwarding::drop_underscore_headers(session.req_header_mut());
         forwarding::collapse_content_length(session.req_header_mut());
+        session.set_read_timeout(Some(self.limits.body_timeout));
         let snap = self.state.load_full();
         let req = session.req_header();
         cx.request_id = match req.headers.get(X_REQUEST_ID).and_then(request_id::valid) {
