@@ -502,14 +502,19 @@ impl RawResponse {
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(request).await.expect("write");
+    parse_response(&read_until_closed(&mut s, Duration::from_secs(10)).await)
+}
+
+/// Reads from `s` until the peer closes it; panics if that takes longer than `deadline`.
+pub async fn read_until_closed(s: &mut TcpStream, deadline: Duration) -> Vec<u8> {
     let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let read = tokio::time::timeout(deadline, s.read_to_end(&mut buf)).await;
     assert!(
         read.is_ok(),
-        "no complete answer within 10 s; got {:?}",
+        "the connection was not closed within {deadline:?}; got {:?}",
         String::from_utf8_lossy(&buf)
     );
-    parse_response(&buf)
+    buf
 }
 
 /// Parses one HTTP/1.1 response.

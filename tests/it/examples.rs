@@ -37,6 +37,18 @@ fn fastid() -> usize {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Whether `url` answers 200 within 10 s (the program may still be starting).
+async fn answers_200(url: &str) -> bool {
+    eventually(Duration::from_secs(10), async || {
+        client()
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await
+}
+
 /// Runs `program CONFIG` on `toml` and expects it to refuse the config: exit 1 with the
 /// errors on stderr.
 fn refused(program: &std::path::Path, toml: &str) -> String {
@@ -151,15 +163,10 @@ async fn an_embedding_program_serves_its_own_proxy_beside_the_gateway() {
     assert_eq!(get_json(&gw.url("/elsewhere")).await.0, 404);
 
     let own = format!("http://{own_listen}/anything");
-    let reached = eventually(Duration::from_secs(10), async || {
-        client()
-            .get(&own)
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
-    assert!(reached, "the program's own proxy does not answer");
+    assert!(
+        answers_200(&own).await,
+        "the program's own proxy does not answer"
+    );
     let (_, _, body) = get_json(&own).await;
     assert_eq!(body["upstream"], "own");
     assert_eq!(gw_backend.count(), 1);
@@ -197,16 +204,8 @@ async fn a_listener_that_cannot_bind_does_not_take_the_embedding_program_down() 
     }
     let mut child = Kill(child);
     let own = format!("http://{own_listen}/still-here");
-    let reached = eventually(Duration::from_secs(10), async || {
-        client()
-            .get(&own)
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
     assert!(
-        reached,
+        answers_200(&own).await,
         "the program's own proxy went down with the gateway's listener"
     );
     assert!(child.0.try_wait().unwrap().is_none(), "the program exited");

@@ -442,14 +442,7 @@ async fn hostile_requests_are_refused_or_made_harmless_byte_for_byte() {
 
 /// Reads from `s` until it closes (or 5 s pass): what the gateway sent.
 async fn read_all(s: &mut TcpStream) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let done = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
-    assert!(
-        done.is_ok(),
-        "the connection was not closed: {:?}",
-        String::from_utf8_lossy(&buf)
-    );
-    buf
+    read_until_closed(s, Duration::from_secs(5)).await
 }
 
 async fn slow_gateway() -> (RawUpstream, Gateway) {
