@@ -24,17 +24,11 @@ fn example(name: &str) -> PathBuf {
 }
 
 fn server_table(extra: &str) -> String {
-    let n = format!("{}-{}", std::process::id(), fastid());
+    let n = format!("{}{}", std::process::id(), fastid());
     format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\naccess_log = \"off\"\n\
          pid_file = \"/tmp/tollgate-example-{n}.pid\"\nupgrade_sock = \"/tmp/tollgate-example-{n}.sock\"\n{extra}"
     )
-}
-
-fn fastid() -> usize {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Whether `url` answers 200 within 10 s (the program may still be starting).

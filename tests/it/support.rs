@@ -29,7 +29,8 @@ fn server_table(admin: bool) -> String {
     )
 }
 
-fn fastid() -> String {
+/// `-N`, a number unique within this test process (for file names).
+pub fn fastid() -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
     format!("-{}", N.fetch_add(1, Ordering::Relaxed))

@@ -260,16 +260,15 @@ impl AsyncRead for Guard {
                 Mode::Fresh | Mode::Idle | Mode::Head => {
                     let mut tmp = [0u8; 4096];
                     let mut rb = ReadBuf::new(&mut tmp);
-                    match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
-                        Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                    let polled = Pin::new(&mut this.inner).poll_read(cx, &mut rb);
+                    let n = rb.filled().len();
+                    match polled {
+                        Poll::Ready(Ok(())) if n == 0 => {
                             // the client closed: mid-head, Pingora never sees the part
                             this.held.clear();
                             this.mode = Mode::Closed;
                         }
-                        Poll::Ready(Ok(())) => {
-                            let data = rb.filled().to_vec();
-                            this.scan(&data);
-                        }
+                        Poll::Ready(Ok(())) => this.scan(&tmp[..n]),
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                         Poll::Pending => {
                             if this.deadline.as_mut().poll(cx).is_pending() {
