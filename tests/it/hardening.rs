@@ -605,6 +605,74 @@ async fn an_upstream_dying_mid_response_never_looks_like_a_complete_answer() {
     }
 }
 
+/// An upstream that reads a request and then sends a response head one byte every
+/// 100 ms: each read is quick, the head would take minutes.
+async fn trickling_upstream() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\n{}",
+                    "X-Slow: 0123456789\r\n".repeat(100)
+                );
+                for b in head.bytes() {
+                    if s.write_all(&[b]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upstream_trickling_its_head_gets_504_at_read_timeout() {
+    let up = trickling_upstream().await;
+    let gw = gateway(&format!(
+        "[upstreams.t]\nbackends = [\"{up}\"]\nretries = 0\nread_timeout = \"1s\"\n\
+         [routes.t]\npaths = [\"/\"]\nupstream = \"t\"\n"
+    ));
+    let started = std::time::Instant::now();
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(&get_raw("/t", "")).await.unwrap();
+    let answer = parse_response(&read_all(&mut s).await);
+    let took = started.elapsed();
+    assert_eq!(answer.status, 504);
+    assert_eq!(answer.json()["error"], "gateway_timeout");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "answered after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_upload_longer_than_read_timeout_is_not_cut() {
+    let up = Upstream::start("u").await;
+    let gw = gateway(&format!(
+        "[upstreams.u]\nbackends = [\"{}\"]\nread_timeout = \"500ms\"\n\
+         [routes.u]\npaths = [\"/\"]\nupstream = \"u\"\n",
+        up.addr
+    ));
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 20\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // the body takes 1.2 s, more than twice the upstream's read_timeout
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.write_all(b"12345").await.unwrap();
+    }
+    let answer = parse_response(&read_all(&mut s).await);
+    assert_eq!(answer.status, 200);
+    assert_eq!(up.last().unwrap().body_len, 20);
+}
+
 // --- HTTP/2 abuse, with a scripted client writing raw frames over h2c ---
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {

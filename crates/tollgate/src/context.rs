@@ -40,6 +40,9 @@ pub struct RequestCtx {
     /// Backends tried, in order; the last is the one the request went to.
     pub(crate) tried: Vec<std::net::SocketAddr>,
     pub(crate) slot: Option<crate::balance::BackendSlot>,
+    /// The HTTP/1 upstream connection of the current try, while its head is awaited.
+    pub(crate) upstream_fd: Option<std::os::fd::RawFd>,
+    pub(crate) head_deadline: Option<crate::head_deadline::HeadDeadline>,
 }
 
 impl RequestCtx {
@@ -61,6 +64,8 @@ impl RequestCtx {
             tries: 0,
             tried: Vec::new(),
             slot: None,
+            upstream_fd: None,
+            head_deadline: None,
         }
     }
 
@@ -87,6 +92,23 @@ impl RequestCtx {
     /// The backend address the request was sent to, once one was chosen.
     pub fn backend(&self) -> Option<std::net::SocketAddr> {
         self.tried.last().copied()
+    }
+
+    /// Whether the upstream's response head missed its deadline.
+    pub(crate) fn head_timed_out(&self) -> bool {
+        self.head_deadline.as_ref().is_some_and(|d| d.expired())
+    }
+
+    /// Starts the response-head deadline of the current try, once both the upstream
+    /// connection is known and the request has been sent.
+    pub(crate) fn arm_head_deadline(&mut self) {
+        let (Some(fd), Some(route)) = (self.upstream_fd.take(), &self.route) else {
+            return;
+        };
+        match crate::head_deadline::HeadDeadline::arm(fd, route.upstream.read_timeout) {
+            Ok(d) => self.head_deadline = Some(d),
+            Err(e) => tracing::warn!("could not arm the response-head deadline: {e}"),
+        }
     }
 
     /// The refusal code of the gateway's own answer, if it made one.

@@ -67,6 +67,7 @@ mod forwarding;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gateway;
+mod head_deadline;
 mod health;
 mod request_id;
 mod request_key;

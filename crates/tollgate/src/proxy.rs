@@ -330,6 +330,46 @@ impl ProxyHttp for Gateway {
         e
     }
 
+    async fn connected_to_upstream(
+        &self,
+        session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        cx: &mut RequestCtx,
+    ) -> Result<()> {
+        // a new try: the previous connection's deadline no longer applies
+        cx.head_deadline = None;
+        if cx.route.as_ref().is_some_and(|r| !r.upstream.http2) {
+            cx.upstream_fd = Some(fd);
+            if session.is_body_done() {
+                cx.arm_head_deadline();
+            }
+        }
+        Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        cx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if cx.head_timed_out()
+            || !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
     async fn request_body_filter(
         &self,
         _session: &mut Session,
@@ -337,6 +377,9 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         cx: &mut RequestCtx,
     ) -> Result<()> {
+        if end_of_stream {
+            cx.arm_head_deadline();
+        }
         match cx.route.clone() {
             Some(route) => route.chain.request_body_filter(cx, body, end_of_stream),
             None => Ok(()),
@@ -427,6 +470,8 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         cx: &mut RequestCtx,
     ) -> Result<()> {
+        cx.upstream_fd = None;
+        cx.head_deadline = None;
         if let Some(start) = cx.upstream_start {
             cx.upstream_elapsed = Some(start.elapsed());
         }
@@ -456,7 +501,12 @@ impl ProxyHttp for Gateway {
         e: &Error,
         cx: &mut RequestCtx,
     ) -> FailToProxy {
-        let code = classify(e);
+        let code = if cx.head_timed_out() {
+            Some(ErrorCode::GatewayTimeout)
+        } else {
+            classify(e)
+        };
+        cx.head_deadline = None;
         let status = match code {
             Some(code) if session.response_written().is_none() => {
                 if cx.request_id.is_empty() {
