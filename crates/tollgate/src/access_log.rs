@@ -74,7 +74,7 @@ impl AccessLogger {
         let line = serde_json::json!({
             "ts": ts,
             "request_id": cx.request_id,
-            "trace_id": cx.trace.as_ref().map(|t| t.trace_id.as_str()),
+            "trace_id": cx.trace.as_ref().map(|t| t.trace_id_hex()),
             "client_ip": cx.client_ip.map(|ip| ip.to_string()),
             "method": req.method.as_str(),
             "path": if cx.path.is_empty() { req.uri.path() } else { cx.path.as_str() },

@@ -1,20 +1,33 @@
 //! Header hygiene between client and upstream: hop-by-hop headers, `X-Forwarded-*`,
 //! spoofed identity headers, and the upstream path.
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) removed in both directions. `Transfer-Encoding`
 /// is left to Pingora, which frames each side itself.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-];
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    n == header::CONNECTION
+        || n == header::TE
+        || n == header::TRAILER
+        || n == header::UPGRADE
+        || matches!(n.as_str(), "keep-alive" | "proxy-connection")
+}
+
+/// The hop-by-hop headers present, plus those `Connection` names (one pass over the
+/// names; most messages have none and this allocates nothing for them).
+fn hop_by_hop_present(headers: &HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
+    let mut found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n) && !(keep_upgrade && *n == header::UPGRADE))
+        .cloned()
+        .collect();
+    if headers.contains_key(header::CONNECTION) {
+        found.extend(connection_named(headers));
+    }
+    found
+}
 
 /// True for a protocol upgrade request (WebSocket): `Connection: upgrade` + `Upgrade`.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -93,7 +106,7 @@ pub fn connection_names_protected(headers: &HeaderMap) -> bool {
 fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
     connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|n| !HOP_BY_HOP.contains(&n.as_str()) && !protected(n))
+        .filter(|n| !is_hop_by_hop(n) && !protected(n))
         .collect()
 }
 
@@ -109,14 +122,8 @@ pub fn strip_request_hop_by_hop(req: &mut RequestHeader) -> Result<()> {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         });
-    for n in connection_named(&req.headers) {
+    for n in hop_by_hop_present(&req.headers, upgrade) {
         req.remove_header(&n);
-    }
-    for h in HOP_BY_HOP {
-        if upgrade && *h == "upgrade" {
-            continue;
-        }
-        req.remove_header(*h);
     }
     if upgrade {
         req.insert_header(header::CONNECTION, "upgrade")?;
@@ -132,11 +139,8 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
         return;
     }
-    for n in connection_named(&resp.headers) {
+    for n in hop_by_hop_present(&resp.headers, false) {
         resp.remove_header(&n);
-    }
-    for h in HOP_BY_HOP {
-        resp.remove_header(*h);
     }
 }
 
@@ -152,6 +156,21 @@ pub fn strip_consumer_headers(req: &mut RequestHeader) {
     for n in spoofed {
         req.remove_header(&n);
     }
+}
+
+/// The `X-Forwarded-For` value sent upstream: the client's entries (if any) followed
+/// by the peer's address.
+pub fn forwarded_for(headers: &HeaderMap, peer: std::net::IpAddr) -> HeaderValue {
+    use std::io::Write;
+    let mut buf = Vec::with_capacity(64);
+    for v in headers.get_all("x-forwarded-for") {
+        buf.extend_from_slice(v.as_bytes());
+        buf.extend_from_slice(b", ");
+    }
+    let _ = write!(buf, "{peer}");
+    // the client's values were valid header values, and so is the join
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(buf))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// The path sent upstream: the normalised path minus the matched prefix

@@ -105,6 +105,12 @@ pub struct Guard {
     refusal: BytesMut,
     deadline: Pin<Box<Sleep>>,
     deadline_at: Instant,
+    /// A deadline that starts when the guard first waits (`idle_timeout` after a
+    /// request): set on the first read that finds no data, so a connection whose next
+    /// request is already there reads no clock and sets no timer.
+    deadline_from_wait: Option<Duration>,
+    /// Whether `deadline` (the timer) is set to `deadline_at`.
+    timer_set: bool,
     head_started: Instant,
 }
 
@@ -132,13 +138,29 @@ impl Guard {
             refusal: BytesMut::new(),
             deadline: Box::pin(tokio::time::sleep(limits.header_timeout)),
             deadline_at: Instant::now() + limits.header_timeout,
+            deadline_from_wait: None,
+            timer_set: true,
             head_started: Instant::now(),
         }
     }
 
-    fn arm(&mut self, after: Duration) {
-        self.deadline_at = Instant::now() + after;
-        self.deadline.as_mut().reset(self.deadline_at);
+    /// The deadline in force, fixing one that starts with this wait.
+    fn deadline(&mut self) -> Instant {
+        if let Some(after) = self.deadline_from_wait.take() {
+            self.deadline_at = Instant::now() + after;
+            self.timer_set = false;
+        }
+        self.deadline_at
+    }
+
+    /// Polls the deadline timer (set lazily: most reads never wait).
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let at = self.deadline();
+        if !self.timer_set {
+            self.deadline.as_mut().reset(at);
+            self.timer_set = true;
+        }
+        self.deadline.as_mut().poll(cx)
     }
 
     /// Prepares the refusal for `code`, counted in the metrics like any refusal made
@@ -175,31 +197,46 @@ impl Guard {
         self.mode = Mode::Refusing;
     }
 
-    /// Takes in freshly read bytes of a head.
-    fn scan(&mut self, data: &[u8]) {
-        // a new connection's head is due `header_timeout` after the accept; a later
-        // head, `header_timeout` after its first byte
-        if self.mode == Mode::Idle {
-            let t = self.limits.header_timeout;
-            self.arm(t);
-        }
-        if matches!(self.mode, Mode::Fresh | Mode::Idle) {
-            self.mode = Mode::Head;
-            self.head_started = Instant::now();
-        }
-        match self.scanner.feed(data) {
-            Scan::Partial => self.held.extend_from_slice(data),
-            Scan::Complete(_) => {
+    /// Takes in freshly read bytes of a head: `Complete` when the head is whole (the
+    /// bytes can go to Pingora), `Partial` when they were kept to wait for more.
+    fn scan(&mut self, data: &[u8], keep: bool) -> Scan {
+        let first = matches!(self.mode, Mode::Fresh | Mode::Idle);
+        let scan = self.scanner.feed(data);
+        match scan {
+            Scan::Partial => {
+                if first {
+                    // a new connection's head is due `header_timeout` after the accept;
+                    // a later head, `header_timeout` after its first byte
+                    let now = Instant::now();
+                    if self.mode == Mode::Idle {
+                        self.deadline_from_wait = None;
+                        self.deadline_at = now + self.limits.header_timeout;
+                        self.timer_set = false;
+                    }
+                    self.head_started = now;
+                }
+                self.mode = Mode::Head;
                 self.held.extend_from_slice(data);
-                self.ready = std::mem::take(&mut self.held);
+            }
+            Scan::Complete(_) => {
+                if keep {
+                    self.held.extend_from_slice(data);
+                    self.ready = std::mem::take(&mut self.held);
+                }
                 self.mode = if self.scanner.is_h2_preface() {
                     Mode::H2
                 } else {
                     Mode::Through
                 };
             }
-            Scan::Refuse(code) => self.refuse(code),
+            Scan::Refuse(code) => {
+                if first {
+                    self.head_started = Instant::now();
+                }
+                self.refuse(code);
+            }
         }
+        scan
     }
 
     /// Writes the refusal; then the connection is closed.
@@ -254,8 +291,32 @@ impl AsyncRead for Guard {
                     }
                     this.scanner.reset();
                     this.mode = Mode::Idle;
-                    let t = this.limits.idle_timeout;
-                    this.arm(t);
+                    this.deadline_from_wait = Some(this.limits.idle_timeout);
+                }
+                Mode::Fresh | Mode::Idle if this.held.is_empty() && buf.remaining() >= 1024 => {
+                    // the common case: a head read whole into the caller's buffer, scanned
+                    // there and handed over without a copy
+                    let before = buf.filled().len();
+                    match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                        Poll::Ready(Ok(())) if buf.filled().len() == before => {
+                            this.mode = Mode::Closed;
+                        }
+                        Poll::Ready(Ok(())) => {
+                            let scan = this.scan(&buf.filled()[before..], false);
+                            if matches!(scan, Scan::Complete(_)) {
+                                return Poll::Ready(Ok(()));
+                            }
+                            // withheld (kept in `held`) or refused
+                            buf.set_filled(before);
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {
+                            if this.poll_deadline(cx).is_pending() {
+                                return Poll::Pending;
+                            }
+                            this.mode = Mode::Closed; // idle or silent: close quietly
+                        }
+                    }
                 }
                 Mode::Fresh | Mode::Idle | Mode::Head => {
                     let mut tmp = [0u8; 4096];
@@ -268,10 +329,12 @@ impl AsyncRead for Guard {
                             this.held.clear();
                             this.mode = Mode::Closed;
                         }
-                        Poll::Ready(Ok(())) => this.scan(&tmp[..n]),
+                        Poll::Ready(Ok(())) => {
+                            this.scan(&tmp[..n], true);
+                        }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                         Poll::Pending => {
-                            if this.deadline.as_mut().poll(cx).is_pending() {
+                            if this.poll_deadline(cx).is_pending() {
                                 return Poll::Pending;
                             }
                             if this.mode == Mode::Head {
@@ -389,7 +452,8 @@ impl Peek for Guard {
                 }
             }
             let mut tmp = [0u8; 4096];
-            match tokio::time::timeout_at(self.deadline_at, self.inner.read(&mut tmp)).await {
+            let deadline = self.deadline();
+            match tokio::time::timeout_at(deadline, self.inner.read(&mut tmp)).await {
                 Err(_) => {
                     if self.mode == Mode::Head {
                         self.refuse(ErrorCode::RequestTimeout);
@@ -402,7 +466,9 @@ impl Peek for Guard {
                     self.mode = Mode::Closed;
                 }
                 Ok(Ok(n)) if self.mode == Mode::H2 => self.ready.extend_from_slice(&tmp[..n]),
-                Ok(Ok(n)) => self.scan(&tmp[..n]),
+                Ok(Ok(n)) => {
+                    self.scan(&tmp[..n], true);
+                }
                 Ok(Err(e)) => return Err(e),
             }
         }

@@ -47,6 +47,9 @@ impl std::fmt::Debug for Gateway {
 }
 
 const X_REQUEST_ID: &str = "x-request-id";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 
 impl Gateway {
     /// Writes a gateway-made response, running the route's `response_filter`s on it.
@@ -131,7 +134,10 @@ impl ProxyHttp for Gateway {
         }
         forwarding::drop_underscore_headers(session.req_header_mut());
         forwarding::collapse_content_length(session.req_header_mut());
-        session.set_read_timeout(Some(self.limits.body_timeout));
+        // the longest pause in a request body (a request without one has nothing to wait for)
+        if !session.is_body_empty() {
+            session.set_read_timeout(Some(self.limits.body_timeout));
+        }
         let snap = self.state.load_full();
         let req = session.req_header();
         cx.request_id = match req.headers.get(X_REQUEST_ID).and_then(request_id::valid) {
@@ -400,16 +406,28 @@ impl ProxyHttp for Gateway {
         } else {
             0
         };
-        let query = session.req_header().uri.query().map(str::to_string);
-        let new_path =
-            forwarding::upstream_path(&cx.path, strip, route.rewrite.as_ref(), query.as_deref());
-        match new_path.parse::<http::Uri>() {
-            Ok(uri) => up.set_uri(uri),
-            Err(_) => {
-                return Error::e_explain(
-                    ErrorType::HTTPStatus(400),
-                    "rewritten path is not a valid URI",
-                )
+        // the path goes upstream as the client sent it unless the gateway changes it
+        // (normalisation, strip_prefix, rewrite) or the client used the absolute form
+        let unchanged = strip == 0
+            && route.rewrite.is_none()
+            && up.uri.scheme().is_none()
+            && up.uri.path() == cx.path;
+        if !unchanged {
+            let query = up.uri.query().map(str::to_string);
+            let new_path = forwarding::upstream_path(
+                &cx.path,
+                strip,
+                route.rewrite.as_ref(),
+                query.as_deref(),
+            );
+            match new_path.parse::<http::Uri>() {
+                Ok(uri) => up.set_uri(uri),
+                Err(_) => {
+                    return Error::e_explain(
+                        ErrorType::HTTPStatus(400),
+                        "rewritten path is not a valid URI",
+                    )
+                }
             }
         }
         forwarding::strip_request_hop_by_hop(up)?;
@@ -429,34 +447,35 @@ impl ProxyHttp for Gateway {
         if !route.preserve_host {
             let u = &route.upstream;
             let host = if u.tls && !u.sni.is_empty() {
-                u.sni.clone()
+                http::HeaderValue::from_str(&u.sni).ok()
             } else {
-                cx.backend().map(|a| a.to_string()).unwrap_or_default()
+                cx.backend().and_then(|a| u.host_headers.get(&a).cloned())
             };
-            up.insert_header(header::HOST, host)?;
+            match host {
+                Some(h) => up.insert_header(header::HOST, h)?,
+                None => {
+                    up.remove_header(&header::HOST);
+                }
+            }
         }
         if let Some(h) = client_host {
-            up.insert_header("x-forwarded-host", h)?;
+            up.insert_header(X_FORWARDED_HOST, h)?;
         }
         if let Some(peer) = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         {
-            let mut xff: Vec<String> = up
-                .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok().map(str::to_string))
-                .collect();
-            xff.push(peer.to_string());
-            up.insert_header("x-forwarded-for", xff.join(", "))?;
+            up.insert_header(
+                X_FORWARDED_FOR,
+                forwarding::forwarded_for(&up.headers, peer),
+            )?;
         }
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        up.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        up.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
         up.insert_header(X_REQUEST_ID, cx.request_id.as_str())?;
         if let Some(t) = &cx.trace {
-            up.insert_header("traceparent", t.child())?;
+            up.insert_header("traceparent", t.child_header())?;
         }
         if let Some(c) = &cx.consumer {
             up.insert_header("x-consumer-name", c.name.as_str())?;

@@ -21,7 +21,9 @@ pub fn valid(v: &HeaderValue) -> Option<&str> {
 
 /// A new random id: 32 lower-case hex digits.
 pub fn generate() -> String {
-    format!("{:032x}", fastrand::u128(..))
+    let mut out = [0u8; 32];
+    crate::trace::put_hex(&mut out, fastrand::u128(..));
+    out.iter().map(|&b| char::from(b)).collect()
 }
 
 #[cfg(test)]

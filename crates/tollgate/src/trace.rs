@@ -3,24 +3,44 @@
 //!
 //! The gateway's own span for a request gets a fresh span id; the client's span (if it
 //! sent a `traceparent`) is its parent, and it is the parent of the upstream's span.
+//! Ids are kept as integers and written as hex only where they leave the gateway.
 
 /// A parsed or generated trace context, with the gateway's span in it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceContext {
-    /// 32 lower-case hex digits.
-    pub trace_id: String,
-    /// 2 hex digits of flags (`01` = sampled).
-    pub flags: String,
-    /// The caller's span id (16 hex digits), when the client sent a `traceparent`.
-    pub parent_id: Option<String>,
-    /// The gateway's span id for this request (16 hex digits).
-    pub span_id: String,
+    /// The trace id (never zero).
+    pub trace_id: u128,
+    /// The trace flags (bit 0 = sampled).
+    pub flags: u8,
+    /// The caller's span id, when the client sent a `traceparent`.
+    pub parent_id: Option<u64>,
+    /// The gateway's span id for this request (never zero).
+    pub span_id: u64,
 }
 
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+/// Lower-case hex of `v`, `N` digits; `None` if `s` is not exactly that.
+fn parse_hex<const N: usize>(s: &str) -> Option<u128> {
+    let b = s.as_bytes();
+    if b.len() != N {
+        return None;
+    }
+    b.iter().try_fold(0u128, |acc, &c| {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        Some(acc << 4 | u128::from(d))
+    })
+}
+
+/// Writes `v` into `out` as lower-case hex, zero-padded to `out`'s length.
+pub(crate) fn put_hex(out: &mut [u8], mut v: u128) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+    }
 }
 
 impl TraceContext {
@@ -29,17 +49,16 @@ impl TraceContext {
         let mut parts = v.trim().split('-');
         let (version, trace, parent, flags) =
             (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        let valid = version == "00"
-            && parts.next().is_none()
-            && is_hex(trace, 32)
-            && trace.bytes().any(|b| b != b'0')
-            && is_hex(parent, 16)
-            && parent.bytes().any(|b| b != b'0')
-            && is_hex(flags, 2);
-        valid.then(|| Self {
-            trace_id: trace.to_string(),
-            flags: flags.to_string(),
-            parent_id: Some(parent.to_string()),
+        if version != "00" || parts.next().is_some() {
+            return None;
+        }
+        let trace_id = parse_hex::<32>(trace).filter(|t| *t != 0)?;
+        let parent = parse_hex::<16>(parent).filter(|p| *p != 0)? as u64;
+        let flags = parse_hex::<2>(flags)? as u8;
+        Some(Self {
+            trace_id,
+            flags,
+            parent_id: Some(parent),
             span_id: new_span_id(),
         })
     }
@@ -47,8 +66,8 @@ impl TraceContext {
     /// A new trace, sampled.
     pub fn generate() -> Self {
         Self {
-            trace_id: format!("{:032x}", fastrand::u128(1..)),
-            flags: "01".into(),
+            trace_id: fastrand::u128(1..),
+            flags: 1,
             parent_id: None,
             span_id: new_span_id(),
         }
@@ -56,37 +75,52 @@ impl TraceContext {
 
     /// The `traceparent` for the upstream hop: this trace, the gateway's span as parent.
     pub fn child(&self) -> String {
-        format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
+        String::from_utf8_lossy(&self.child_bytes()).into_owned()
+    }
+
+    /// [`Self::child`] as a header value.
+    pub fn child_header(&self) -> http::HeaderValue {
+        // 55 bytes of hex and dashes: always a valid header value
+        http::HeaderValue::from_bytes(&self.child_bytes())
+            .unwrap_or_else(|_| http::HeaderValue::from_static(""))
+    }
+
+    fn child_bytes(&self) -> [u8; 55] {
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        put_hex(&mut out[3..35], self.trace_id);
+        put_hex(&mut out[36..52], u128::from(self.span_id));
+        put_hex(&mut out[53..55], u128::from(self.flags));
+        out
+    }
+
+    /// The trace id as 32 lower-case hex digits.
+    pub fn trace_id_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
     }
 
     /// Whether the sampled flag is set.
     pub fn sampled(&self) -> bool {
-        u8::from_str_radix(&self.flags, 16).is_ok_and(|f| f & 1 == 1)
+        self.flags & 1 == 1
     }
 
     /// The trace id as 16 bytes.
     pub fn trace_id_bytes(&self) -> [u8; 16] {
-        u128::from_str_radix(&self.trace_id, 16)
-            .unwrap_or(0)
-            .to_be_bytes()
+        self.trace_id.to_be_bytes()
     }
 
     /// The gateway's span id as 8 bytes.
     pub fn span_id_bytes(&self) -> [u8; 8] {
-        u64::from_str_radix(&self.span_id, 16)
-            .unwrap_or(0)
-            .to_be_bytes()
+        self.span_id.to_be_bytes()
     }
 
     /// The caller's span id as 8 bytes, if there is one.
     pub fn parent_id_bytes(&self) -> Option<[u8; 8]> {
-        let p = self.parent_id.as_deref()?;
-        u64::from_str_radix(p, 16).ok().map(u64::to_be_bytes)
+        self.parent_id.map(u64::to_be_bytes)
     }
 }
 
-fn new_span_id() -> String {
-    format!("{:016x}", fastrand::u64(1..))
+fn new_span_id() -> u64 {
+    fastrand::u64(1..)
 }
 
 #[cfg(test)]
@@ -97,8 +131,8 @@ mod tests {
     fn parses_valid_contexts_only() {
         let t =
             TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
-        assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(t.flags, "01");
+        assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.flags, 1);
         for bad in [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
@@ -113,15 +147,31 @@ mod tests {
     }
 
     #[test]
+    fn the_upstream_traceparent_is_exactly_the_w3c_form() {
+        let t = TraceContext {
+            trace_id: 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736,
+            flags: 1,
+            parent_id: None,
+            span_id: 0x00f0_67aa_0ba9_02b7,
+        };
+        assert_eq!(
+            t.child(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(t.child_header().to_str().unwrap(), t.child());
+        assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
     fn children_keep_the_trace_and_change_the_span() {
         let t =
             TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
         let c = t.child();
         let parsed = TraceContext::parse(&c).unwrap();
         assert_eq!(parsed.trace_id, t.trace_id);
-        assert_eq!(parsed.flags, "00");
-        assert_eq!(parsed.parent_id.as_deref(), Some(t.span_id.as_str()));
-        assert_eq!(t.parent_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(parsed.flags, 0);
+        assert_eq!(parsed.parent_id, Some(t.span_id));
+        assert_eq!(t.parent_id, Some(0x00f0_67aa_0ba9_02b7));
         assert!(!c.contains("00f067aa0ba902b7"));
         assert!(!t.sampled());
         let g = TraceContext::generate();

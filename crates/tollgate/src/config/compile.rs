@@ -508,8 +508,13 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         ),
     };
     let sni = f.sni.clone().unwrap_or_default();
+    let host_headers = addrs
+        .iter()
+        .filter_map(|a| Some((*a, http::HeaderValue::from_str(&a.to_string()).ok()?)))
+        .collect();
     let passive = Passive::new(addrs, passive_threshold, passive_cooldown);
     Some(Upstream {
+        host_headers,
         name: name.to_string(),
         selector,
         backends,
