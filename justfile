@@ -19,6 +19,11 @@ clippy:
 test:
     cargo test --workspace
 
+# Whole-gateway load test: Tollgate beside raw Pingora and nginx (loopback, interleaved
+# rounds); writes the table to docs/benchmarks.md. ROUNDS, DURATION, CONNS tune it.
+bench-load:
+    ./benches/load.sh
+
 # Criterion micro-benchmarks (route matching, …).
 bench:
     cargo bench -p tollgate

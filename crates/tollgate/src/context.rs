@@ -45,8 +45,16 @@ pub struct RequestCtx {
     pub(crate) head_deadline: Option<crate::head_deadline::HeadDeadline>,
 }
 
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl RequestCtx {
-    pub(crate) fn new() -> Self {
+    /// An empty context, as the gateway makes for each request (useful for testing and
+    /// benchmarking a policy on its own).
+    pub fn new() -> Self {
         Self {
             request_id: String::new(),
             client_ip: None,
