@@ -89,6 +89,7 @@ http {
 EOF
 taskset -c $LOAD_CPU nginx -c "$OUT/upstream.conf" &
 PIDS+=($!)
+disown $!
 wait_port $UPSTREAM_PORT
 
 # --- configurations ---------------------------------------------------------------
@@ -228,6 +229,7 @@ done
 started=$(date +%s%N)
 taskset -c $PROXY_CPU "$OUT/tollgate" run --config "$OUT/tg-memory.toml" >"$OUT/tg-memory.log" 2>&1 &
 mpid=$!
+disown $mpid
 wait_port $PORT
 ready_ms=$((($(date +%s%N) - started) / 1000000))
 rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$mpid/status")
