@@ -15,17 +15,18 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
         || matches!(n.as_str(), "keep-alive" | "proxy-connection")
 }
 
-/// The hop-by-hop headers present, plus those `Connection` names (one pass over the
-/// names; most messages have none and this allocates nothing for them).
+/// The header names for which `pred` holds (one pass over the names; allocates
+/// nothing when there are none, the usual case).
+fn names_where(headers: &HeaderMap, pred: impl Fn(&HeaderName) -> bool) -> Vec<HeaderName> {
+    headers.keys().filter(|n| pred(n)).cloned().collect()
+}
+
+/// The hop-by-hop headers present, plus those `Connection` names.
 fn hop_by_hop_present(headers: &HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
-    let mut found: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n) && !(keep_upgrade && *n == header::UPGRADE))
-        .cloned()
-        .collect();
-    if headers.contains_key(header::CONNECTION) {
-        found.extend(connection_named(headers));
-    }
+    let mut found = names_where(headers, |n| {
+        is_hop_by_hop(n) && !(keep_upgrade && n == header::UPGRADE)
+    });
+    found.extend(connection_named(headers));
     found
 }
 
@@ -70,16 +71,7 @@ fn protected(n: &HeaderName) -> bool {
 /// `_` and `-` alike, so such a header could impersonate one the gateway checks or sets.
 /// Routes, policies and the upstream never see them.
 pub fn drop_underscore_headers(req: &mut RequestHeader) {
-    if !req.headers.keys().any(|k| k.as_str().contains('_')) {
-        return;
-    }
-    let names: Vec<HeaderName> = req
-        .headers
-        .keys()
-        .filter(|k| k.as_str().contains('_'))
-        .cloned()
-        .collect();
-    for n in names {
+    for n in names_where(&req.headers, |k| k.as_str().contains('_')) {
         req.remove_header(&n);
     }
 }
@@ -147,13 +139,7 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
 /// Removes every client-sent `X-Consumer-*` header: only the gateway says who the
 /// consumer is.
 pub fn strip_consumer_headers(req: &mut RequestHeader) {
-    let spoofed: Vec<HeaderName> = req
-        .headers
-        .keys()
-        .filter(|n| n.as_str().starts_with("x-consumer-"))
-        .cloned()
-        .collect();
-    for n in spoofed {
+    for n in names_where(&req.headers, |n| n.as_str().starts_with("x-consumer-")) {
         req.remove_header(&n);
     }
 }

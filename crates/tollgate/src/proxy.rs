@@ -445,12 +445,9 @@ impl ProxyHttp for Gateway {
                     .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
             });
         if !route.preserve_host {
-            let u = &route.upstream;
-            let host = if u.tls && !u.sni.is_empty() {
-                http::HeaderValue::from_str(&u.sni).ok()
-            } else {
-                cx.backend().and_then(|a| u.host_headers.get(&a).cloned())
-            };
+            let host = cx
+                .backend()
+                .and_then(|a| route.upstream.host_headers.get(&a).cloned());
             match host {
                 Some(h) => up.insert_header(header::HOST, h)?,
                 None => {

@@ -115,7 +115,8 @@ pub struct Upstream {
     /// The active checks' health state and the fingerprint of the check that made it.
     pub(crate) health_registry: Option<(String, std::sync::Arc<pingora::lb::HealthRegistry>)>,
     pub(crate) passive: crate::balance::Passive,
-    /// Each backend's `Host` header value (its address), made once at load.
+    /// Each backend's `Host` header value (the SNI name over TLS when set, else its
+    /// address), made once at load.
     pub(crate) host_headers: std::collections::HashMap<std::net::SocketAddr, http::HeaderValue>,
 }
 

@@ -508,9 +508,19 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         ),
     };
     let sni = f.sni.clone().unwrap_or_default();
+    // the Host a backend is sent: the SNI name over TLS when one is set, else its address
+    let sni_host = (f.tls && !sni.is_empty())
+        .then(|| http::HeaderValue::from_str(&sni).ok())
+        .flatten();
     let host_headers = addrs
         .iter()
-        .filter_map(|a| Some((*a, http::HeaderValue::from_str(&a.to_string()).ok()?)))
+        .filter_map(|a| {
+            let host = match &sni_host {
+                Some(h) => h.clone(),
+                None => http::HeaderValue::from_str(&a.to_string()).ok()?,
+            };
+            Some((*a, host))
+        })
         .collect();
     let passive = Passive::new(addrs, passive_threshold, passive_cooldown);
     Some(Upstream {
