@@ -38,10 +38,13 @@ pub struct RequestCtx {
     pub(crate) refusal: Option<ErrorCode>,
     pub(crate) tries: usize,
     /// Backends tried, in order; the last is the one the request went to.
-    pub(crate) tried: Vec<std::net::SocketAddr>,
+    /// Inline for the usual one or two tries: no allocation per request.
+    pub(crate) tried: smallvec::SmallVec<[std::net::SocketAddr; 2]>,
     pub(crate) slot: Option<crate::balance::BackendSlot>,
-    /// The HTTP/1 upstream connection of the current try, while its head is awaited.
-    pub(crate) upstream_fd: Option<std::os::fd::RawFd>,
+    /// The connection Pingora opens if the current try needs a new one (HTTP/1).
+    pub(crate) fresh_conn: Option<Arc<crate::head_deadline::Connection>>,
+    /// The HTTP/1 upstream connection of the current try, until its deadline is armed.
+    pub(crate) upstream_conn: Option<Arc<crate::head_deadline::Connection>>,
     pub(crate) head_deadline: Option<crate::head_deadline::HeadDeadline>,
 }
 
@@ -70,9 +73,10 @@ impl RequestCtx {
             upstream_elapsed: None,
             refusal: None,
             tries: 0,
-            tried: Vec::new(),
+            tried: smallvec::SmallVec::new(),
             slot: None,
-            upstream_fd: None,
+            fresh_conn: None,
+            upstream_conn: None,
             head_deadline: None,
         }
     }
@@ -110,13 +114,11 @@ impl RequestCtx {
     /// Starts the response-head deadline of the current try, once both the upstream
     /// connection is known and the request has been sent.
     pub(crate) fn arm_head_deadline(&mut self) {
-        let (Some(fd), Some(route)) = (self.upstream_fd.take(), &self.route) else {
+        let (Some(conn), Some(route)) = (self.upstream_conn.take(), &self.route) else {
             return;
         };
-        match crate::head_deadline::HeadDeadline::arm(fd, route.upstream.read_timeout) {
-            Ok(d) => self.head_deadline = Some(d),
-            Err(e) => tracing::warn!("could not arm the response-head deadline: {e}"),
-        }
+        let after = route.upstream.read_timeout;
+        self.head_deadline = Some(crate::head_deadline::HeadDeadline::arm(conn, after));
     }
 
     /// The refusal code of the gateway's own answer, if it made one.

@@ -19,8 +19,8 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -43,23 +43,16 @@ use crate::reply::{ErrorCode, Reply};
 #[derive(Debug, Default)]
 pub struct ConnState {
     next_head: AtomicBool,
-    /// A read waiting while a request was in flight, to be woken when it ends.
-    waiting: Mutex<Option<Waker>>,
 }
 
 impl ConnState {
     /// The request in flight is finished: the next bytes are a new head.
+    ///
+    /// Nothing needs waking: Pingora reads the next request with a new read, which
+    /// sees this (a read still pending from the request in flight — Pingora's probe
+    /// for a client hanging up — is dropped with that request).
     pub fn request_done(&self) {
         self.next_head.store(true, Ordering::Release);
-        if let Some(w) = self.waiting.lock().ok().and_then(|mut w| w.take()) {
-            w.wake();
-        }
-    }
-
-    fn wait(&self, waker: &Waker) {
-        if let Ok(mut w) = self.waiting.lock() {
-            *w = Some(waker.clone());
-        }
     }
 }
 
@@ -282,11 +275,6 @@ impl AsyncRead for Guard {
                 }
                 Mode::Through => {
                     if !this.state.next_head.swap(false, Ordering::AcqRel) {
-                        // woken by data, or by the end of the request in flight
-                        this.state.wait(cx.waker());
-                        if this.state.next_head.load(Ordering::Acquire) {
-                            continue;
-                        }
                         return Pin::new(&mut this.inner).poll_read(cx, buf);
                     }
                     this.scanner.reset();

@@ -8,24 +8,156 @@
 //! deadline shuts the socket down, which ends Pingora's pending read, and the request
 //! is answered 504.
 //!
-//! The deadline holds its own duplicate of the connection's descriptor, so it can
-//! only ever shut down the socket it was armed on, even if Pingora has closed its
-//! descriptor (and the number been reused) in the meantime. One thread enforces every
-//! armed deadline of the process, to within 50 ms. HTTP/2 upstream
-//! connections carry many requests and are never armed (their response head comes in
-//! one HEADERS frame, which Pingora's `read_timeout` already bounds).
+//! The deadline never touches a descriptor Pingora may have closed, without
+//! duplicating it (a `dup` and a `close` per request cost ~1 µs): every HTTP/1
+//! upstream connection carries a Pingora [`Tracing`] object ([`PeerTracer`] on the
+//! peer, [`ConnTracer`] on the connection) whose `on_disconnected` runs in the
+//! connection's `Drop`, before its descriptor is closed. It marks the
+//! [`Connection`] closed under the same lock the sweeper holds while it shuts a
+//! socket down, so the sweeper either shuts down the live connection or leaves it
+//! alone. One thread enforces every armed deadline of the process, to within 50 ms.
+//! HTTP/2 upstream connections carry many requests and are never armed (their
+//! response head comes in one HEADERS frame, which Pingora's `read_timeout` already
+//! bounds).
 
 use std::collections::{HashMap, HashSet};
-use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+
+use pingora::upstreams::peer::{Tracer, Tracing};
 
 /// How often the sweeper looks for passed deadlines while any is armed: the precision
 /// of the deadline.
 const TICK: Duration = Duration::from_millis(50);
 const SHARDS: usize = 16;
+
+/// An HTTP/1 upstream connection, for as long as Pingora keeps it open (in use or in
+/// its pool).
+#[derive(Debug)]
+pub(crate) struct Connection {
+    /// The descriptor, known once the proxy has seen the connection; -1 before.
+    fd: AtomicI32,
+    /// Set (under the lock) by the connection's `Drop`, before its descriptor closes.
+    closed: Mutex<bool>,
+    /// A descriptor of our own, for a connection met without a tracer.
+    own: Option<OwnedFd>,
+}
+
+impl Connection {
+    fn new(fd: RawFd, own: Option<OwnedFd>) -> Self {
+        Self {
+            fd: AtomicI32::new(fd),
+            closed: Mutex::new(false),
+            own,
+        }
+    }
+
+    /// A connection about to be opened for a request (its descriptor comes later).
+    pub(crate) fn unopened() -> Arc<Self> {
+        Arc::new(Self::new(-1, None))
+    }
+
+    /// The connection on descriptor `fd`: `fresh` when Pingora just opened it for this
+    /// request (it carries `fresh`'s tracer), else the one registered when it was
+    /// opened. `fd` must be open during the call (Pingora's hook guarantees it).
+    pub(crate) fn on(fd: RawFd, reused: bool, fresh: Option<Arc<Self>>) -> Option<Arc<Self>> {
+        let mut fds = lock(&registry().fds[fd as usize % SHARDS]);
+        if !reused {
+            if let Some(c) = fresh {
+                c.fd.store(fd, Ordering::Release);
+                fds.insert(fd, c.clone());
+                return Some(c);
+            }
+        } else if let Some(c) = fds.get(&fd) {
+            return Some(c.clone());
+        }
+        drop(fds);
+        // not opened through a traced peer: fall back to a descriptor of our own
+        match borrow(fd).try_clone_to_owned() {
+            Ok(own) => Some(Arc::new(Self::new(fd, Some(own)))),
+            Err(e) => {
+                tracing::warn!("no response-head deadline for an upstream connection: {e}");
+                None
+            }
+        }
+    }
+
+    /// Pingora is closing the connection (called before its descriptor closes).
+    fn close(self: &Arc<Self>) {
+        *lock(&self.closed) = true;
+        let fd = self.fd.load(Ordering::Acquire);
+        if fd >= 0 {
+            let mut fds = lock(&registry().fds[fd as usize % SHARDS]);
+            if fds.get(&fd).is_some_and(|c| Arc::ptr_eq(c, self)) {
+                fds.remove(&fd);
+            }
+        }
+    }
+
+    /// Shuts the socket down, unless Pingora has let the connection go.
+    fn shut_down(&self) {
+        let closed = lock(&self.closed);
+        let fd = match &self.own {
+            Some(own) => std::os::fd::AsFd::as_fd(own),
+            None if *closed => return,
+            None => match self.fd.load(Ordering::Acquire) {
+                fd if fd >= 0 => borrow(fd),
+                _ => return,
+            },
+        };
+        // shutdown(2) acts on the socket, whichever descriptor names it (TCP or Unix);
+        // `closed` stays locked until it returns
+        let _ = socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Both);
+        drop(closed);
+    }
+}
+
+// The crate's one `unsafe` block: Pingora's `connected_to_upstream` hook lends the
+// connection as a bare descriptor number.
+#[allow(unsafe_code)]
+fn borrow<'a>(fd: RawFd) -> BorrowedFd<'a> {
+    // SAFETY: callers pass a descriptor that is open for as long as the borrow is used:
+    // one Pingora's hook is running for, or one whose connection is not yet closed
+    // (checked under `Connection::closed`, which the connection's `Drop` takes before
+    // the descriptor is closed)
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Put on every HTTP/1 upstream peer: Pingora clones it onto each connection it
+/// opens for the peer, which so carries the request's [`Connection`].
+#[derive(Debug)]
+pub(crate) struct PeerTracer(pub(crate) Arc<Connection>);
+
+impl PeerTracer {
+    pub(crate) fn tracer(conn: &Arc<Connection>) -> Tracer {
+        Tracer(Box::new(Self(conn.clone())))
+    }
+}
+
+impl Tracing for PeerTracer {
+    fn on_connected(&self) {}
+    fn on_disconnected(&self) {}
+    fn boxed_clone(&self) -> Box<dyn Tracing> {
+        Box::new(ConnTracer(self.0.clone()))
+    }
+}
+
+/// The tracer of one open connection: marks its [`Connection`] closed when Pingora
+/// drops it.
+#[derive(Debug)]
+struct ConnTracer(Arc<Connection>);
+
+impl Tracing for ConnTracer {
+    fn on_connected(&self) {}
+    fn on_disconnected(&self) {
+        self.0.close();
+    }
+    fn boxed_clone(&self) -> Box<dyn Tracing> {
+        Box::new(ConnTracer(self.0.clone()))
+    }
+}
 
 /// A running deadline on one upstream connection; disarmed when dropped.
 #[derive(Debug)]
@@ -35,14 +167,15 @@ pub(crate) struct HeadDeadline {
 
 #[derive(Default)]
 struct Shard {
-    armed: HashMap<u64, (Instant, OwnedFd)>,
+    armed: HashMap<u64, (Instant, Arc<Connection>)>,
     fired: HashSet<u64>,
 }
 
-/// The process's armed deadlines and the thread that enforces them. One thread and a
-/// sharded table instead of a timer task per request: arming costs a `dup`, a map
-/// insert and no wake-up of anything.
-struct Sweeper {
+/// The process's open connections (by descriptor) and armed deadlines, and the thread
+/// that enforces them. One thread and sharded tables instead of a timer task per
+/// request: arming is a map insert and wakes nothing.
+struct Registry {
+    fds: [Mutex<HashMap<RawFd, Arc<Connection>>>; SHARDS],
     shards: [Mutex<Shard>; SHARDS],
     next_id: AtomicU64,
     armed: AtomicUsize,
@@ -54,10 +187,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn sweeper() -> &'static Sweeper {
-    static SWEEPER: OnceLock<&'static Sweeper> = OnceLock::new();
-    SWEEPER.get_or_init(|| {
-        let s: &'static Sweeper = Box::leak(Box::new(Sweeper {
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<&'static Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let r: &'static Registry = Box::leak(Box::new(Registry {
+            fds: std::array::from_fn(|_| Mutex::default()),
             shards: std::array::from_fn(|_| Mutex::default()),
             next_id: AtomicU64::new(0),
             armed: AtomicUsize::new(0),
@@ -66,15 +200,15 @@ fn sweeper() -> &'static Sweeper {
         }));
         let spawned = std::thread::Builder::new()
             .name("head deadlines".into())
-            .spawn(move || s.run());
+            .spawn(move || r.run());
         if let Err(e) = spawned {
             tracing::error!("could not start the response-head deadline thread: {e}");
         }
-        s
+        r
     })
 }
 
-impl Sweeper {
+impl Registry {
     fn shard(&self, id: u64) -> MutexGuard<'_, Shard> {
         lock(&self.shards[id as usize % SHARDS])
     }
@@ -100,67 +234,57 @@ impl Sweeper {
                     .map(|(id, _)| *id)
                     .collect();
                 for id in ids {
-                    if let Some((_, fd)) = shard.armed.remove(&id) {
+                    if let Some((_, conn)) = shard.armed.remove(&id) {
                         self.armed.fetch_sub(1, Ordering::AcqRel);
                         shard.fired.insert(id);
-                        due.push(fd);
+                        due.push(conn);
                     }
                 }
             }
-            for fd in due {
-                // shutdown(2) acts on the socket, whichever descriptor names it; for a
-                // Unix-socket peer it is the same call
-                let _ = std::net::TcpStream::from(fd).shutdown(std::net::Shutdown::Both);
+            for conn in due {
+                conn.shut_down();
             }
         }
     }
 }
 
 impl HeadDeadline {
-    /// Shuts down the socket behind `fd` after `after` (within [`TICK`]), unless
-    /// disarmed first.
-    ///
-    /// `fd` must be open for the duration of the call (Pingora's hook guarantees it).
-    // The crate's one `unsafe` block: Pingora's `connected_to_upstream` hook lends
-    // the connection as a bare descriptor number.
-    #[allow(unsafe_code)]
-    pub(crate) fn arm(fd: RawFd, after: Duration) -> io::Result<Self> {
-        // SAFETY: the caller passes a descriptor that is open during this call (the
-        // connection Pingora's hook was called for); the duplicate made here is owned
-        // by the sweeper from then on
-        let own = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
-        let s = sweeper();
-        let id = s.next_id.fetch_add(1, Ordering::Relaxed);
-        s.shard(id).armed.insert(id, (Instant::now() + after, own));
-        if s.armed.fetch_add(1, Ordering::AcqRel) == 0 {
-            let _idle = lock(&s.idle);
-            s.wake.notify_one();
+    /// Shuts down `conn`'s socket after `after` (within [`TICK`]), unless disarmed
+    /// first or the connection closed.
+    pub(crate) fn arm(conn: Arc<Connection>, after: Duration) -> Self {
+        let r = registry();
+        let id = r.next_id.fetch_add(1, Ordering::Relaxed);
+        r.shard(id).armed.insert(id, (Instant::now() + after, conn));
+        if r.armed.fetch_add(1, Ordering::AcqRel) == 0 {
+            let _idle = lock(&r.idle);
+            r.wake.notify_one();
         }
-        Ok(Self { id })
+        Self { id }
     }
 
     /// Whether the deadline passed (and the connection was shut down).
     pub(crate) fn expired(&self) -> bool {
-        sweeper().shard(self.id).fired.contains(&self.id)
+        registry().shard(self.id).fired.contains(&self.id)
     }
 }
 
 impl Drop for HeadDeadline {
     fn drop(&mut self) {
-        let s = sweeper();
-        let fd = {
-            let mut shard = s.shard(self.id);
-            let fd = shard.armed.remove(&self.id);
-            if fd.is_none() {
+        let r = registry();
+        let conn = {
+            let mut shard = r.shard(self.id);
+            let conn = shard.armed.remove(&self.id);
+            if conn.is_none() {
                 shard.fired.remove(&self.id);
             }
-            fd
+            conn
         };
-        if fd.is_some() {
-            s.armed.fetch_sub(1, Ordering::AcqRel);
+        if conn.is_some() {
+            r.armed.fetch_sub(1, Ordering::AcqRel);
         }
-        // the duplicate descriptor closes here, outside the lock
-        drop(fd);
+        // a connection met without a tracer closes its own descriptor here, outside
+        // the lock
+        drop(conn);
     }
 }
 
@@ -179,10 +303,14 @@ mod tests {
         (c, s)
     }
 
+    fn opened(fd: RawFd) -> Arc<Connection> {
+        Connection::on(fd, false, Some(Connection::unopened())).unwrap()
+    }
+
     #[tokio::test]
     async fn an_expired_deadline_ends_a_pending_read() {
         let (mut c, _s) = pair().await;
-        let d = HeadDeadline::arm(c.as_raw_fd(), Duration::from_millis(50)).unwrap();
+        let d = HeadDeadline::arm(opened(c.as_raw_fd()), Duration::from_millis(50));
         let mut buf = [0u8; 8];
         let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
             .await
@@ -193,14 +321,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_reused_connection_is_found_by_its_descriptor_until_it_closes() {
+        let (c, _s) = pair().await;
+        let fd = c.as_raw_fd();
+        let first = opened(fd);
+        let again = Connection::on(fd, true, None).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert!(
+            again.own.is_none(),
+            "a registered connection needs no descriptor of its own"
+        );
+        // what Pingora's drop of the connection does, through the tracer it carries
+        let tracer = PeerTracer(first.clone()).boxed_clone();
+        tracer.on_disconnected();
+        assert!(*lock(&first.closed));
+        // the descriptor is no longer taken for that connection; an untraced connection
+        // on it gets a descriptor of its own
+        let other = Connection::on(fd, true, None).unwrap();
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert!(other.own.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_is_never_shut_down() {
+        let (mut c, mut s) = pair().await;
+        let conn = opened(c.as_raw_fd());
+        conn.close();
+        let d = HeadDeadline::arm(conn, Duration::from_millis(20));
+        let (mut witness, _ws) = pair().await;
+        let _w = HeadDeadline::arm(opened(witness.as_raw_fd()), Duration::from_millis(40));
+        let mut buf = [0u8; 2];
+        let n = tokio::time::timeout(Duration::from_secs(5), witness.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 0);
+        assert!(d.expired(), "the deadline passed");
+        tokio::io::AsyncWriteExt::write_all(&mut s, b"ok")
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut buf))
+            .await
+            .expect("a closed connection's socket was shut down")
+            .unwrap();
+        assert_eq!(&buf, b"ok");
+    }
+
+    #[tokio::test]
     async fn a_dropped_deadline_leaves_the_connection_alone() {
         let (mut c, mut s) = pair().await;
-        let d = HeadDeadline::arm(c.as_raw_fd(), Duration::from_millis(20)).unwrap();
+        let d = HeadDeadline::arm(opened(c.as_raw_fd()), Duration::from_millis(20));
         assert!(!d.expired());
         drop(d);
         // a later deadline on another connection firing shows the first one's time passed
         let (mut witness, _ws) = pair().await;
-        let _w = HeadDeadline::arm(witness.as_raw_fd(), Duration::from_millis(40)).unwrap();
+        let _w = HeadDeadline::arm(opened(witness.as_raw_fd()), Duration::from_millis(40));
         let mut buf = [0u8; 2];
         let n = tokio::time::timeout(Duration::from_secs(5), witness.read(&mut buf))
             .await

@@ -5,16 +5,18 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use http::header;
+use http::header::{self, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
+use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
 use tokio::time::Instant;
 
 use crate::access_log::AccessLogger;
 use crate::context::RequestCtx;
 use crate::forwarding;
+use crate::head_deadline::{Connection, PeerTracer};
 use crate::metrics::{Metrics, NO_ROUTE};
 use crate::policy::Flow;
 use crate::reply::{ErrorCode, Reply};
@@ -47,9 +49,14 @@ impl std::fmt::Debug for Gateway {
 }
 
 const X_REQUEST_ID: &str = "x-request-id";
-const X_FORWARDED_HOST: &str = "x-forwarded-host";
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+/// Parsed names (a `&str` name is parsed on every look-up; cloning these allocates
+/// nothing).
+static X_REQUEST_ID_NAME: HeaderName = HeaderName::from_static(X_REQUEST_ID);
+static X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST_NAME: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO_NAME: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_CONSUMER_NAME: HeaderName = HeaderName::from_static("x-consumer-name");
+static TRACEPARENT_NAME: HeaderName = HeaderName::from_static("traceparent");
 
 impl Gateway {
     /// Writes a gateway-made response, running the route's `response_filter`s on it.
@@ -128,11 +135,16 @@ impl ProxyHttp for Gateway {
         RequestCtx::new()
     }
 
+    /// No downstream modules. Pingora's default adds a response-compression module
+    /// that is disabled (level 0) yet still runs on every request; the gateway does
+    /// not compress responses, so it goes.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<bool> {
         if self.draining.load(std::sync::atomic::Ordering::Acquire) {
             session.set_keepalive(None);
         }
-        forwarding::drop_underscore_headers(session.req_header_mut());
+        forwarding::drop_untrusted_headers(session.req_header_mut());
         forwarding::collapse_content_length(session.req_header_mut());
         // the longest pause in a request body (a request without one has nothing to wait for)
         if !session.is_body_empty() {
@@ -140,7 +152,11 @@ impl ProxyHttp for Gateway {
         }
         let snap = self.state.load_full();
         let req = session.req_header();
-        cx.request_id = match req.headers.get(X_REQUEST_ID).and_then(request_id::valid) {
+        cx.request_id = match req
+            .headers
+            .get(&X_REQUEST_ID_NAME)
+            .and_then(request_id::valid)
+        {
             Some(id) => id.to_string(),
             None => request_id::generate(),
         };
@@ -149,17 +165,19 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         {
-            let xff = req.headers.get_all("x-forwarded-for");
+            let xff = req.headers.get_all(&X_FORWARDED_FOR_NAME);
             cx.client_ip = Some(snap.client_ip(peer, xff.iter().filter_map(|v| v.to_str().ok())));
         }
-        let incoming = req.headers.get("traceparent").and_then(|v| v.to_str().ok());
+        let incoming = req
+            .headers
+            .get(&TRACEPARENT_NAME)
+            .and_then(|v| v.to_str().ok());
         cx.trace = Some(
             incoming
                 .and_then(TraceContext::parse)
                 .unwrap_or_else(TraceContext::generate),
         );
         cx.snapshot = Some(snap.clone());
-        forwarding::strip_consumer_headers(session.req_header_mut());
         // the connection guard checked the head already; this catches pipelined heads
         // it did not see
         let req = session.req_header();
@@ -303,10 +321,18 @@ impl ProxyHttp for Gateway {
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout);
         peer.options.read_timeout = Some(up.read_timeout);
+        // Pingora strips the request's hop-by-hop headers (and those its `Connection`
+        // names) under this policy; the gateway relies on it (see `forwarding`)
+        peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::standard();
         if up.http2 {
             // TLS: offer h2 and http/1.1 by ALPN; plain: HTTP/2 with prior knowledge (h2c)
             let min = if up.tls { 1 } else { 2 };
             peer.options.set_http_version(2, min);
+        } else {
+            // a connection opened for this try carries this, for its head deadline
+            let conn = Connection::unopened();
+            peer.options.tracer = Some(PeerTracer::tracer(&conn));
+            cx.fresh_conn = Some(conn);
         }
         if up.ca.is_some() {
             peer.options.ca = up.ca.clone();
@@ -339,7 +365,7 @@ impl ProxyHttp for Gateway {
     async fn connected_to_upstream(
         &self,
         session: &mut Session,
-        _reused: bool,
+        reused: bool,
         _peer: &HttpPeer,
         fd: std::os::unix::io::RawFd,
         _digest: Option<&pingora::protocols::Digest>,
@@ -348,7 +374,7 @@ impl ProxyHttp for Gateway {
         // a new try: the previous connection's deadline no longer applies
         cx.head_deadline = None;
         if cx.route.as_ref().is_some_and(|r| !r.upstream.http2) {
-            cx.upstream_fd = Some(fd);
+            cx.upstream_conn = Connection::on(fd, reused, cx.fresh_conn.take());
             if session.is_body_done() {
                 cx.arm_head_deadline();
             }
@@ -430,7 +456,6 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        forwarding::strip_request_hop_by_hop(up)?;
 
         let client_host = session
             .req_header()
@@ -444,39 +469,52 @@ impl ProxyHttp for Gateway {
                     .authority()
                     .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
             });
-        if !route.preserve_host {
-            let host = cx
-                .backend()
-                .and_then(|a| route.upstream.host_headers.get(&a).cloned());
-            match host {
-                Some(h) => up.insert_header(header::HOST, h)?,
-                None => {
-                    up.remove_header(&header::HOST);
-                }
-            }
-        }
-        if let Some(h) = client_host {
-            up.insert_header(X_FORWARDED_HOST, h)?;
-        }
-        if let Some(peer) = session
+        // None: leave Host as the client sent it; Some(None): no Host to send
+        let host = (!route.preserve_host).then(|| {
+            cx.backend()
+                .and_then(|a| route.upstream.host_headers.get(&a).cloned())
+        });
+        let forwarded_for = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        {
-            up.insert_header(
-                X_FORWARDED_FOR,
-                forwarding::forwarded_for(&up.headers, peer),
-            )?;
-        }
+            .map(|a| forwarding::forwarded_for(&up.headers, a.ip()));
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        up.insert_header(X_FORWARDED_PROTO, if tls { "https" } else { "http" })?;
-        up.insert_header(X_REQUEST_ID, cx.request_id.as_str())?;
-        if let Some(t) = &cx.trace {
-            up.insert_header("traceparent", t.child_header())?;
-        }
-        if let Some(c) = &cx.consumer {
-            up.insert_header("x-consumer-name", c.name.as_str())?;
-        }
+        let header_value = |v: &str| {
+            HeaderValue::from_str(v).or_err(ErrorType::InvalidHTTPHeader, "invalid header value")
+        };
+        let request_id = header_value(&cx.request_id)?;
+        let consumer = cx
+            .consumer
+            .as_ref()
+            .map(|c| header_value(&c.name))
+            .transpose()?;
+        let traceparent = cx.trace.as_ref().map(TraceContext::child_header);
+        forwarding::edit_headers(up, 7, |h| {
+            match host {
+                Some(Some(v)) => {
+                    h.insert(header::HOST, v);
+                }
+                Some(None) => {
+                    h.remove(header::HOST);
+                }
+                None => {}
+            }
+            if let Some(v) = client_host {
+                h.insert(X_FORWARDED_HOST_NAME.clone(), v);
+            }
+            if let Some(v) = forwarded_for {
+                h.insert(X_FORWARDED_FOR_NAME.clone(), v);
+            }
+            let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+            h.insert(X_FORWARDED_PROTO_NAME.clone(), proto);
+            h.insert(X_REQUEST_ID_NAME.clone(), request_id);
+            if let Some(v) = traceparent {
+                h.insert(TRACEPARENT_NAME.clone(), v);
+            }
+            if let Some(v) = consumer {
+                h.insert(X_CONSUMER_NAME.clone(), v);
+            }
+        })?;
         route.chain.upstream_request_filter(cx, up)
     }
 
@@ -486,7 +524,7 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         cx: &mut RequestCtx,
     ) -> Result<()> {
-        cx.upstream_fd = None;
+        cx.upstream_conn = None;
         cx.head_deadline = None;
         if let Some(start) = cx.upstream_start {
             cx.upstream_elapsed = Some(start.elapsed());
