@@ -62,9 +62,11 @@ impl Passive {
 
     /// True while `addr` is taken out.
     pub fn is_down(&self, addr: SocketAddr) -> bool {
-        self.state
-            .get(&addr)
-            .is_some_and(|(_, until)| self.now_ms() < until.load(Ordering::Acquire))
+        // the usual case, never taken out, reads no clock
+        self.state.get(&addr).is_some_and(|(_, until)| {
+            let until = until.load(Ordering::Acquire);
+            until != 0 && self.now_ms() < until
+        })
     }
 }
 
@@ -216,6 +218,12 @@ where
     S: pingora::lb::selection::BackendSelection + 'static,
     S::Iter: pingora::lb::selection::BackendIter,
 {
+    // one backend: nothing to choose between (Pingora's selection iterates, hashes and
+    // de-duplicates its way to the same answer)
+    let backends = lb.backends().get_backend();
+    if let (1, Some(only)) = (backends.len(), backends.first()) {
+        return (lb.backends().ready(only) && up(only)).then(|| (only.clone(), None));
+    }
     lb.select_with(key, 256, |b, healthy| healthy && up(b) && untried(b))
         .or_else(|| lb.select_with(key, 256, |b, healthy| healthy && up(b)))
         .map(|b| (b, None))
@@ -343,5 +351,14 @@ mod tests {
             s.select(b"", &[], Some(&p)).is_none(),
             "every backend down: no backend"
         );
+        // one backend: chosen while it is up, tried or not
+        let one = Selector::Consistent(lb(&["127.0.0.1:3"]), RequestKey::Path);
+        let p = Passive::new([sa("127.0.0.1:3")], 1, std::time::Duration::from_secs(60));
+        for avoid in [&[][..], &[sa("127.0.0.1:3")][..]] {
+            let (b, _) = one.select(b"k", avoid, Some(&p)).unwrap();
+            assert_eq!(b.addr.to_string(), "127.0.0.1:3");
+        }
+        p.failed(sa("127.0.0.1:3"));
+        assert!(one.select(b"k", &[], Some(&p)).is_none());
     }
 }

@@ -161,7 +161,26 @@ pub fn forwarded_for(headers: &HeaderMap, peer: std::net::IpAddr) -> HeaderValue
         buf.extend_from_slice(v.as_bytes());
         buf.extend_from_slice(b", ");
     }
-    let _ = write!(buf, "{peer}");
+    match peer {
+        // the usual case, without the formatting machinery
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'.');
+                }
+                if octet >= 100 {
+                    buf.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    buf.push(b'0' + octet / 10 % 10);
+                }
+                buf.push(b'0' + octet % 10);
+            }
+        }
+        std::net::IpAddr::V6(_) => {
+            let _ = write!(buf, "{peer}");
+        }
+    }
     // the client's values were valid header values, and so is the join
     HeaderValue::from_maybe_shared(bytes::Bytes::from(buf))
         .unwrap_or_else(|_| HeaderValue::from_static(""))
@@ -260,6 +279,28 @@ mod tests {
         })
         .unwrap();
         assert_eq!(req.raw_path(), &before[..]);
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_peer() {
+        let mut h = HeaderMap::new();
+        for ip in [
+            "0.0.0.0",
+            "10.20.3.255",
+            "192.168.100.9",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let v = forwarded_for(&h, ip.parse().unwrap());
+            assert_eq!(v, ip);
+        }
+        h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("10.0.0.1, 10.0.0.2"),
+        );
+        let v = forwarded_for(&h, "127.0.0.1".parse().unwrap());
+        assert_eq!(v, "203.0.113.9, 10.0.0.1, 10.0.0.2, 127.0.0.1");
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Prometheus metrics. Label values come from config names and fixed sets only, never
 //! from raw client input, so a flood of random paths or methods cannot grow the output.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
 use http::Method;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The `route` label of requests refused before a route was chosen (and of 405s).
@@ -15,9 +18,17 @@ const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// A route's `tollgate_request_duration_seconds` and
+/// `tollgate_upstream_duration_seconds` series, resolved on its first request (a label
+/// look-up hashes the labels and takes a lock), for the [`Metrics`] that resolved them.
+#[derive(Debug, Default)]
+pub(crate) struct RouteHistograms(OnceLock<(u64, Histogram, Histogram)>);
+
 /// The gateway's metric families, in their own registry.
 #[derive(Debug, Clone)]
 pub struct Metrics {
+    /// Tells these metrics from another gateway's (for [`RouteHistograms`]).
+    id: u64,
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
@@ -117,7 +128,9 @@ impl Metrics {
         // both results exist from the start, so a scrape sees 0 rather than nothing
         reloads.with_label_values(&["ok"]);
         reloads.with_label_values(&["error"]);
+        static IDS: AtomicU64 = AtomicU64::new(0);
         Self {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             registry,
             requests,
             duration,
@@ -147,6 +160,41 @@ impl Metrics {
             .with_label_values(&[route, method_label(method), status_label(status, &mut buf)])
             .inc();
         self.duration.with_label_values(&[route]).observe(seconds);
+    }
+
+    /// Records one finished request of `route` (to `upstream`), with the time the
+    /// upstream took to answer if it did.
+    pub(crate) fn observe_routed(
+        &self,
+        (route, upstream, histograms): (&str, &str, &RouteHistograms),
+        method: &Method,
+        status: u16,
+        seconds: f64,
+        upstream_seconds: Option<f64>,
+    ) {
+        let mut buf = [0u8; 3];
+        self.requests
+            .with_label_values(&[route, method_label(method), status_label(status, &mut buf)])
+            .inc();
+        let (id, duration, upstream_duration) = histograms.0.get_or_init(|| {
+            (
+                self.id,
+                self.duration.with_label_values(&[route]),
+                self.upstream_duration.with_label_values(&[upstream]),
+            )
+        });
+        if *id == self.id {
+            duration.observe(seconds);
+            if let Some(s) = upstream_seconds {
+                upstream_duration.observe(s);
+            }
+        } else {
+            // the route's handles belong to another gateway's metrics
+            self.duration.with_label_values(&[route]).observe(seconds);
+            if let Some(s) = upstream_seconds {
+                self.observe_upstream(upstream, s);
+            }
+        }
     }
 
     /// Records the time an upstream took to answer.
@@ -236,6 +284,29 @@ mod tests {
             "tollgate_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
         )));
+    }
+
+    #[test]
+    fn route_histograms_count_for_the_gateway_that_observes() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        let h = RouteHistograms::default();
+        a.observe_routed(("r", "u", &h), &Method::GET, 200, 0.01, Some(0.005));
+        a.observe_routed(("r", "u", &h), &Method::GET, 200, 0.01, None);
+        // another gateway's metrics with the same (already resolved) route
+        b.observe_routed(("r", "u", &h), &Method::POST, 201, 0.01, Some(0.005));
+        let text = |m: &Metrics| String::from_utf8(m.render()).unwrap();
+        let (ta, tb) = (text(&a), text(&b));
+        assert!(
+            ta.contains(r#"tollgate_request_duration_seconds_count{route="r"} 2"#),
+            "{ta}"
+        );
+        assert!(ta.contains(r#"tollgate_upstream_duration_seconds_count{upstream="u"} 1"#));
+        assert!(
+            tb.contains(r#"tollgate_request_duration_seconds_count{route="r"} 1"#),
+            "{tb}"
+        );
+        assert!(tb.contains(r#"tollgate_upstream_duration_seconds_count{upstream="u"} 1"#));
+        assert!(tb.contains(r#"tollgate_requests_total{method="POST",route="r",status="201"} 1"#));
     }
 
     #[test]

@@ -596,18 +596,21 @@ impl ProxyHttp for Gateway {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = Self::route_label(cx);
         let elapsed = cx.start.elapsed();
-        self.metrics.observe_request(
-            route,
-            &session.req_header().method,
-            status,
-            elapsed.as_secs_f64(),
-        );
+        let method = &session.req_header().method;
+        match cx.route.as_ref().filter(|r| r.name == route) {
+            Some(r) => self.metrics.observe_routed(
+                (&r.name, &r.upstream.name, &r.histograms),
+                method,
+                status,
+                elapsed.as_secs_f64(),
+                cx.upstream_elapsed.map(|t| t.as_secs_f64()),
+            ),
+            None => self
+                .metrics
+                .observe_request(route, method, status, elapsed.as_secs_f64()),
+        }
         if let Some(code) = cx.refusal {
             self.metrics.refusal(route, code.as_str());
-        }
-        if let (Some(r), Some(t)) = (&cx.route, cx.upstream_elapsed) {
-            self.metrics
-                .observe_upstream(&r.upstream.name, t.as_secs_f64());
         }
         if let Some(r) = cx.route.clone() {
             r.chain.logging(cx, e);

@@ -91,6 +91,8 @@ pub struct Route {
     pub(crate) rewrite: Option<(Regex, String)>,
     pub(crate) preserve_host: bool,
     pub(crate) chain: Chain,
+    /// Its latency histograms, resolved on its first request.
+    pub(crate) histograms: crate::metrics::RouteHistograms,
 }
 
 /// A compiled upstream: its backends behind a Pingora load balancer.
