@@ -19,15 +19,24 @@ const BUCKETS: &[f64] = &[
 ];
 
 /// A route's `tollgate_request_duration_seconds` and
-/// `tollgate_upstream_duration_seconds` series, resolved on its first request (a label
-/// look-up hashes the labels and takes a lock), for the [`Metrics`] that resolved them.
+/// `tollgate_upstream_duration_seconds` series, and its `tollgate_requests_total`
+/// series of status 200 for each method, resolved on first use (a label look-up
+/// hashes the labels and takes a lock), for the [`Metrics`] that resolved them.
 #[derive(Debug, Default)]
-pub(crate) struct RouteHistograms(OnceLock<(u64, Histogram, Histogram)>);
+pub(crate) struct RouteMetrics {
+    histograms: OnceLock<(u64, Histogram, Histogram)>,
+    ok: [OnceLock<(u64, IntCounter)>; METHOD_LABELS.len()],
+}
+
+/// The `method` label values.
+const METHOD_LABELS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "OTHER",
+];
 
 /// The gateway's metric families, in their own registry.
 #[derive(Debug, Clone)]
 pub struct Metrics {
-    /// Tells these metrics from another gateway's (for [`RouteHistograms`]).
+    /// Tells these metrics from another gateway's (for [`RouteMetrics`]).
     id: u64,
     registry: Registry,
     requests: IntCounterVec,
@@ -166,17 +175,29 @@ impl Metrics {
     /// upstream took to answer if it did.
     pub(crate) fn observe_routed(
         &self,
-        (route, upstream, histograms): (&str, &str, &RouteHistograms),
+        (route, upstream, histograms): (&str, &str, &RouteMetrics),
         method: &Method,
         status: u16,
         seconds: f64,
         upstream_seconds: Option<f64>,
     ) {
-        let mut buf = [0u8; 3];
-        self.requests
-            .with_label_values(&[route, method_label(method), status_label(status, &mut buf)])
-            .inc();
-        let (id, duration, upstream_duration) = histograms.0.get_or_init(|| {
+        let method = method_index(method);
+        let ok = (status == 200).then(|| {
+            histograms.ok[method].get_or_init(|| {
+                let labels = [route, METHOD_LABELS[method], "200"];
+                (self.id, self.requests.with_label_values(&labels))
+            })
+        });
+        match ok {
+            Some((id, counter)) if *id == self.id => counter.inc(),
+            _ => {
+                let mut buf = [0u8; 3];
+                let status = status_label(status, &mut buf);
+                let labels = [route, METHOD_LABELS[method], status];
+                self.requests.with_label_values(&labels).inc();
+            }
+        }
+        let (id, duration, upstream_duration) = histograms.histograms.get_or_init(|| {
             (
                 self.id,
                 self.duration.with_label_values(&[route]),
@@ -240,17 +261,21 @@ impl Metrics {
 
 /// Standard methods keep their name; anything else is `OTHER`.
 pub fn method_label(m: &Method) -> &'static str {
+    METHOD_LABELS[method_index(m)]
+}
+
+fn method_index(m: &Method) -> usize {
     match *m {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::CONNECT => "CONNECT",
-        Method::OPTIONS => "OPTIONS",
-        Method::TRACE => "TRACE",
-        Method::PATCH => "PATCH",
-        _ => "OTHER",
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::CONNECT => 5,
+        Method::OPTIONS => 6,
+        Method::TRACE => 7,
+        Method::PATCH => 8,
+        _ => 9,
     }
 }
 
@@ -287,26 +312,53 @@ mod tests {
     }
 
     #[test]
-    fn route_histograms_count_for_the_gateway_that_observes() {
+    fn route_handles_count_for_the_gateway_that_observes() {
         let (a, b) = (Metrics::new(), Metrics::new());
-        let h = RouteHistograms::default();
+        let h = RouteMetrics::default();
         a.observe_routed(("r", "u", &h), &Method::GET, 200, 0.01, Some(0.005));
         a.observe_routed(("r", "u", &h), &Method::GET, 200, 0.01, None);
+        a.observe_routed(("r", "u", &h), &Method::GET, 404, 0.01, None);
         // another gateway's metrics with the same (already resolved) route
         b.observe_routed(("r", "u", &h), &Method::POST, 201, 0.01, Some(0.005));
+        b.observe_routed(("r", "u", &h), &Method::GET, 200, 0.01, None);
         let text = |m: &Metrics| String::from_utf8(m.render()).unwrap();
         let (ta, tb) = (text(&a), text(&b));
-        assert!(
-            ta.contains(r#"tollgate_request_duration_seconds_count{route="r"} 2"#),
-            "{ta}"
-        );
-        assert!(ta.contains(r#"tollgate_upstream_duration_seconds_count{upstream="u"} 1"#));
-        assert!(
-            tb.contains(r#"tollgate_request_duration_seconds_count{route="r"} 1"#),
-            "{tb}"
-        );
-        assert!(tb.contains(r#"tollgate_upstream_duration_seconds_count{upstream="u"} 1"#));
-        assert!(tb.contains(r#"tollgate_requests_total{method="POST",route="r",status="201"} 1"#));
+        for (text, line) in [
+            (
+                &ta,
+                r#"tollgate_request_duration_seconds_count{route="r"} 3"#,
+            ),
+            (
+                &ta,
+                r#"tollgate_upstream_duration_seconds_count{upstream="u"} 1"#,
+            ),
+            (
+                &ta,
+                r#"tollgate_requests_total{method="GET",route="r",status="200"} 2"#,
+            ),
+            (
+                &ta,
+                r#"tollgate_requests_total{method="GET",route="r",status="404"} 1"#,
+            ),
+            (
+                &tb,
+                r#"tollgate_request_duration_seconds_count{route="r"} 2"#,
+            ),
+            (
+                &tb,
+                r#"tollgate_upstream_duration_seconds_count{upstream="u"} 1"#,
+            ),
+            (
+                &tb,
+                r#"tollgate_requests_total{method="POST",route="r",status="201"} 1"#,
+            ),
+            (
+                &tb,
+                r#"tollgate_requests_total{method="GET",route="r",status="200"} 1"#,
+            ),
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
     }
 
     #[test]

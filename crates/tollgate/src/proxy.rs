@@ -599,7 +599,7 @@ impl ProxyHttp for Gateway {
         let method = &session.req_header().method;
         match cx.route.as_ref().filter(|r| r.name == route) {
             Some(r) => self.metrics.observe_routed(
-                (&r.name, &r.upstream.name, &r.histograms),
+                (&r.name, &r.upstream.name, &r.metrics),
                 method,
                 status,
                 elapsed.as_secs_f64(),

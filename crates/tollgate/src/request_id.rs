@@ -23,7 +23,8 @@ pub fn valid(v: &HeaderValue) -> Option<&str> {
 pub fn generate() -> String {
     let mut out = [0u8; 32];
     crate::trace::put_hex(&mut out, fastrand::u128(..));
-    out.iter().map(|&b| char::from(b)).collect()
+    // hex digits: ASCII, one copy
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

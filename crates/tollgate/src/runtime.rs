@@ -91,8 +91,8 @@ pub struct Route {
     pub(crate) rewrite: Option<(Regex, String)>,
     pub(crate) preserve_host: bool,
     pub(crate) chain: Chain,
-    /// Its latency histograms, resolved on its first request.
-    pub(crate) histograms: crate::metrics::RouteHistograms,
+    /// Its metric series, resolved on first use.
+    pub(crate) metrics: crate::metrics::RouteMetrics,
 }
 
 /// A compiled upstream: its backends behind a Pingora load balancer.

@@ -841,7 +841,7 @@ fn route(
         rewrite,
         preserve_host: f.preserve_host,
         chain: Chain::new(chain),
-        histograms: Default::default(),
+        metrics: Default::default(),
     };
     Some((spec, route))
 }

@@ -234,8 +234,9 @@ impl Router {
 
     /// Finds the most specific route for a request.
     pub fn lookup(&self, req: &RequestFacts<'_>) -> Lookup {
-        let mut segs: Vec<&str> = Vec::with_capacity(8);
-        segs.extend(req.path.split('/').filter(|s| !s.is_empty()));
+        // inline for paths of up to 16 segments: no allocation per request
+        let segs: smallvec::SmallVec<[&str; 16]> =
+            req.path.split('/').filter(|s| !s.is_empty()).collect();
         let mut best: Option<(Key, usize, usize)> = None;
         let mut method_mismatch = false;
         walk(&self.root, &segs, 0, &mut |e: &Entry| {
