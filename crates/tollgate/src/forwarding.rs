@@ -151,6 +151,25 @@ pub fn edit_headers(
     Ok(())
 }
 
+/// [`edit_headers`] for a response on its way to the client (its reason phrase kept).
+pub fn edit_response_headers(
+    resp: &mut ResponseHeader,
+    additional: usize,
+    edit: impl FnOnce(&mut HeaderMap),
+) -> pingora::Result<()> {
+    let reason = resp.get_reason_phrase().map(str::to_string);
+    let reason = reason.filter(|r| Some(r.as_str()) != resp.status.canonical_reason());
+    let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
+    let mut parts = http::response::Parts::from(std::mem::replace(resp, placeholder));
+    parts.headers.reserve(additional);
+    edit(&mut parts.headers);
+    *resp = ResponseHeader::from(parts);
+    if reason.is_some() {
+        resp.set_reason_phrase(reason.as_deref())?;
+    }
+    Ok(())
+}
+
 /// The `X-Forwarded-For` value sent upstream: the client's entries (if any) followed
 /// by the peer's address.
 pub fn forwarded_for(headers: &HeaderMap, peer: std::net::IpAddr) -> HeaderValue {
@@ -279,6 +298,24 @@ mod tests {
         })
         .unwrap();
         assert_eq!(req.raw_path(), &before[..]);
+    }
+
+    #[test]
+    fn edited_responses_keep_status_and_reason() {
+        let mut resp = ResponseHeader::build(299, None).unwrap();
+        resp.set_reason_phrase(Some("Fine Then")).unwrap();
+        resp.insert_header("X-Upstream", "1").unwrap();
+        edit_response_headers(&mut resp, 1, |h| {
+            h.insert("x-added", HeaderValue::from_static("2"));
+        })
+        .unwrap();
+        assert_eq!(resp.status, 299);
+        assert_eq!(resp.get_reason_phrase(), Some("Fine Then"));
+        assert_eq!(resp.headers.get("x-upstream").unwrap(), "1");
+        assert_eq!(resp.headers.get("x-added").unwrap(), "2");
+        let mut ok = ResponseHeader::build(200, None).unwrap();
+        edit_response_headers(&mut ok, 0, |_| {}).unwrap();
+        assert_eq!(ok.get_reason_phrase(), Some("OK"));
     }
 
     #[test]

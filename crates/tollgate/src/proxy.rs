@@ -542,7 +542,12 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         cx: &mut RequestCtx,
     ) -> Result<()> {
-        resp.insert_header(X_REQUEST_ID, cx.request_id.as_str())?;
+        let id = HeaderValue::from_str(&cx.request_id)
+            .or_err(ErrorType::InvalidHTTPHeader, "invalid request id")?;
+        // room for Pingora's `Date` and `Connection` and a few policy headers
+        forwarding::edit_response_headers(resp, 6, |h| {
+            h.insert(X_REQUEST_ID_NAME.clone(), id);
+        })?;
         if let Some(route) = cx.route.clone() {
             route.chain.response_filter(cx, resp)?;
         }

@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
@@ -339,12 +339,17 @@ impl Policy for RateLimit {
     }
 
     fn response_filter(&self, cx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()> {
-        if let Some(h) = cx.extensions.get::<Headers>() {
-            resp.insert_header("ratelimit-limit", h.limit)?;
-            resp.insert_header("ratelimit-remaining", h.remaining)?;
-            resp.insert_header("ratelimit-reset", h.reset_secs)?;
-        }
-        Ok(())
+        static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+        static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+        static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+        let Some(h) = cx.extensions.get::<Headers>() else {
+            return Ok(());
+        };
+        crate::forwarding::edit_response_headers(resp, 3, |m| {
+            m.insert(LIMIT.clone(), h.limit.into());
+            m.insert(REMAINING.clone(), h.remaining.into());
+            m.insert(RESET.clone(), h.reset_secs.into());
+        })
     }
 }
 
