@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,10 @@ use pingora::upstreams::peer::{Tracer, Tracing};
 /// How often the sweeper looks for passed deadlines while any is armed: the precision
 /// of the deadline.
 const TICK: Duration = Duration::from_millis(50);
+/// Ticks without an armed deadline after which the sweeper stops ticking and sleeps
+/// until one is armed: a steadily used gateway never has to wake it (a wake is a
+/// system call on the request path), an idle one does not tick.
+const QUIET_TICKS: u32 = 20;
 const SHARDS: usize = 16;
 
 /// An HTTP/1 upstream connection, for as long as Pingora keeps it open (in use or in
@@ -173,12 +177,16 @@ struct Shard {
 
 /// The process's open connections (by descriptor) and armed deadlines, and the thread
 /// that enforces them. One thread and sharded tables instead of a timer task per
-/// request: arming is a map insert and wakes nothing.
+/// request: arming is a map insert and wakes nothing unless the thread has gone to
+/// sleep after [`QUIET_TICKS`] without work.
 struct Registry {
     fds: [Mutex<HashMap<RawFd, Arc<Connection>>>; SHARDS],
     shards: [Mutex<Shard>; SHARDS],
     next_id: AtomicU64,
     armed: AtomicUsize,
+    /// The sweeper waits on `wake` (set before it checks `armed`, so an arm that does
+    /// not see it set was seen by that check: both sides use `SeqCst`).
+    sleeping: AtomicBool,
     idle: Mutex<()>,
     wake: Condvar,
 }
@@ -195,6 +203,7 @@ fn registry() -> &'static Registry {
             shards: std::array::from_fn(|_| Mutex::default()),
             next_id: AtomicU64::new(0),
             armed: AtomicUsize::new(0),
+            sleeping: AtomicBool::new(false),
             idle: Mutex::new(()),
             wake: Condvar::new(),
         }));
@@ -214,13 +223,21 @@ impl Registry {
     }
 
     fn run(&self) {
+        let mut quiet = QUIET_TICKS;
         loop {
-            {
+            quiet = match self.armed.load(Ordering::SeqCst) {
+                0 => quiet + 1,
+                _ => 0,
+            };
+            if quiet >= QUIET_TICKS {
                 let idle = lock(&self.idle);
+                self.sleeping.store(true, Ordering::SeqCst);
                 let _idle = self
                     .wake
-                    .wait_while(idle, |_| self.armed.load(Ordering::Acquire) == 0)
+                    .wait_while(idle, |_| self.armed.load(Ordering::SeqCst) == 0)
                     .unwrap_or_else(|e| e.into_inner());
+                self.sleeping.store(false, Ordering::SeqCst);
+                quiet = 0;
             }
             std::thread::sleep(TICK);
             let now = Instant::now();
@@ -255,7 +272,8 @@ impl HeadDeadline {
         let r = registry();
         let id = r.next_id.fetch_add(1, Ordering::Relaxed);
         r.shard(id).armed.insert(id, (Instant::now() + after, conn));
-        if r.armed.fetch_add(1, Ordering::AcqRel) == 0 {
+        r.armed.fetch_add(1, Ordering::SeqCst);
+        if r.sleeping.load(Ordering::SeqCst) {
             let _idle = lock(&r.idle);
             r.wake.notify_one();
         }
@@ -365,6 +383,26 @@ mod tests {
             .expect("a closed connection's socket was shut down")
             .unwrap();
         assert_eq!(&buf, b"ok");
+    }
+
+    #[tokio::test]
+    async fn a_deadline_armed_while_the_sweeper_sleeps_wakes_it() {
+        let r = registry();
+        // wait (bounded) for a quiet spell: other tests' deadlines keep it ticking
+        let until = Instant::now() + Duration::from_secs(20);
+        while !r.sleeping.load(Ordering::SeqCst) {
+            assert!(Instant::now() < until, "the sweeper never went to sleep");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (mut c, _s) = pair().await;
+        let d = HeadDeadline::arm(opened(c.as_raw_fd()), Duration::from_millis(10));
+        let mut buf = [0u8; 8];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .expect("the sleeping sweeper did not enforce the deadline")
+            .unwrap();
+        assert_eq!(n, 0);
+        assert!(d.expired());
     }
 
     #[tokio::test]

@@ -19,13 +19,14 @@
 
 use std::collections::BTreeMap;
 
-use http::{HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
 use serde::Deserialize;
 
 use super::{BuildCtx, BuildError, Policy, PolicyConfig, Stage};
 use crate::context::RequestCtx;
+use crate::forwarding;
 
 // === Config ===
 
@@ -107,7 +108,30 @@ pub struct HeaderEdit {
 }
 
 impl HeaderEdit {
+    /// The edits on a plain header map.
+    fn apply(&self, h: &mut HeaderMap) {
+        for n in &self.remove {
+            h.remove(n);
+        }
+        for (n, v) in &self.set {
+            h.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            h.append(n.clone(), v.clone());
+        }
+    }
+
+    fn added(&self) -> usize {
+        self.set.len() + self.add.len()
+    }
+
     fn apply_request(&self, req: &mut RequestHeader) -> Result<()> {
+        if !req.has_case() {
+            // the usual case (the gateway's forwarding headers went in the same way):
+            // one edit of the map, names as parsed at load
+            return forwarding::edit_headers(req, self.added(), |h| self.apply(h));
+        }
+        // a header keeping its names' case: through Pingora's API, which keeps it
         for n in &self.remove {
             req.remove_header(n);
         }
@@ -121,6 +145,9 @@ impl HeaderEdit {
     }
 
     fn apply_response(&self, resp: &mut ResponseHeader) -> Result<()> {
+        if !resp.has_case() {
+            return forwarding::edit_response_headers(resp, self.added(), |h| self.apply(h));
+        }
         for n in &self.remove {
             resp.remove_header(n);
         }
@@ -175,20 +202,49 @@ mod tests {
         )
         .compile()
         .unwrap();
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.insert_header("x-debug", "1").unwrap();
-        req.insert_header("x-env", "dev").unwrap();
-        req.insert_header("x-via", "client").unwrap();
-        edit.apply_request(&mut req).unwrap();
-        assert!(req.headers.get("x-debug").is_none());
-        assert_eq!(
-            req.headers.get_all("x-env").iter().collect::<Vec<_>>(),
-            ["prod"]
-        );
-        assert_eq!(
-            req.headers.get_all("x-via").iter().collect::<Vec<_>>(),
-            ["client", "tollgate"]
-        );
+        // with and without the case-preserving name map (both paths of the edit)
+        for with_case in [true, false] {
+            let mut req = if with_case {
+                RequestHeader::build("GET", b"/a?b", None).unwrap()
+            } else {
+                RequestHeader::build_no_case("GET", b"/a?b", None).unwrap()
+            };
+            assert_eq!(req.has_case(), with_case);
+            req.insert_header("x-debug", "1").unwrap();
+            req.insert_header("x-env", "dev").unwrap();
+            req.insert_header("x-via", "client").unwrap();
+            edit.apply_request(&mut req).unwrap();
+            assert!(req.headers.get("x-debug").is_none());
+            assert_eq!(
+                req.headers.get_all("x-env").iter().collect::<Vec<_>>(),
+                ["prod"]
+            );
+            assert_eq!(
+                req.headers.get_all("x-via").iter().collect::<Vec<_>>(),
+                ["client", "tollgate"]
+            );
+            assert_eq!(req.uri, "/a?b", "the request target is kept");
+            let mut wire = Vec::new();
+            req.header_to_h1_wire(&mut wire);
+            let wire = String::from_utf8(wire).unwrap().to_ascii_lowercase();
+            assert!(wire.contains("x-env: prod\r\n"), "{wire}");
+            assert!(!wire.contains("x-debug"), "{wire}");
+
+            let mut resp = if with_case {
+                ResponseHeader::build(200, None).unwrap()
+            } else {
+                ResponseHeader::build_no_case(200, None).unwrap()
+            };
+            resp.insert_header("x-debug", "1").unwrap();
+            resp.insert_header("x-via", "upstream").unwrap();
+            edit.apply_response(&mut resp).unwrap();
+            assert!(resp.headers.get("x-debug").is_none());
+            assert_eq!(resp.headers["x-env"], "prod");
+            assert_eq!(
+                resp.headers.get_all("x-via").iter().collect::<Vec<_>>(),
+                ["upstream", "tollgate"]
+            );
+        }
     }
 
     #[test]
