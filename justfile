@@ -20,7 +20,8 @@ test:
     cargo test --workspace
 
 # Whole-gateway load test: Tollgate beside raw Pingora and nginx (loopback, interleaved
-# rounds); writes the table to docs/benchmarks.md. ROUNDS, DURATION, CONNS tune it.
+# rounds; closed loop with wrk, then open loop at a fixed rate with benches/open_loop.rs);
+# writes the tables to docs/benchmarks.md. ROUNDS, DURATION, CONNS, OPEN_LOAD tune it.
 bench-load:
     ./benches/load.sh
 

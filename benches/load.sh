@@ -15,21 +15,32 @@
 #   tg-plain      Tollgate, one plain route
 #   tg-policies   Tollgate, key_auth + local rate_limit (never refusing) + request_headers
 #   tg-10k        Tollgate, 10,000 routes (prefixes, params, hosts), hitting one of them
-# Then: RSS of Tollgate started with 10,000 routes and 100,000 consumers.
+# Then, open loop (benches/open_loop.rs): every target at one fixed request rate,
+# OPEN_LOAD (0.2) x raw-default's median req/s from the closed-loop rounds, latency
+# counted from each request's due time. (Not 0.5: served one at a time, without the
+# batching of 50 busy connections, a request costs every Pingora build here 2-3x the
+# CPU, and half the closed-loop maximum overloads them.) Then: RSS of Tollgate started with 10,000
+# routes and 100,000 consumers.
 #
-# Knobs: ROUNDS (3) DURATION (10 s) WARMUP (2 s) CONNS (50) OUT (target/bench-load)
-# Bounded: about ROUNDS x targets x (DURATION + WARMUP + 2) seconds after the builds.
+# Knobs: ROUNDS (10) DURATION (3 s) WARMUP (2 s, once per target) CONNS (50) OPEN_LOAD (0.2)
+# OUT (target/bench-load)
+# All targets run side by side (each on its own port, all pinned to the proxy core, idle
+# but for the one under load) and are loaded in turn, order rotating each round: the
+# runs of one round are seconds apart, so a noisy host moves all of them together and
+# the per-round ratios stay meaningful. Short runs in many rounds beat long runs in few.
+# Bounded: about 2 x ROUNDS x targets x (DURATION + 1) seconds after the builds.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-ROUNDS=${ROUNDS:-3}
-DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-10}
+DURATION=${DURATION:-3}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-50}
+OPEN_LOAD=${OPEN_LOAD:-0.2}
 OUT=${OUT:-$ROOT/target/bench-load}
 PROXY_CPU=0
 LOAD_CPU=1
 UPSTREAM_PORT=18480
-PORT=18481
+MEMORY_PORT=18489
 mkdir -p "$OUT"
 rm -f "$OUT"/*.csv
 
@@ -44,8 +55,10 @@ fi
 
 echo "building (release: fat LTO + mimalloc; raw-default: fast-release + system allocator)" >&2
 cd "$ROOT"
-cargo build --release -p tollgate-bin --bin tollgate --example raw_pingora >&2
-cp target/release/tollgate target/release/examples/raw_pingora "$OUT/"
+cargo build --release -p tollgate-bin --bin tollgate --example raw_pingora \
+  --example open_loop >&2
+cp target/release/tollgate target/release/examples/raw_pingora \
+  target/release/examples/open_loop "$OUT/"
 mv "$OUT/raw_pingora" "$OUT/raw_pingora_same"
 cargo build --profile fast-release -p tollgate-bin --example raw_pingora \
   --features system-allocator >&2
@@ -94,21 +107,30 @@ wait_port $UPSTREAM_PORT
 
 # --- configurations ---------------------------------------------------------------
 KEY=bench-key-0123456789abcdef
-python3 - "$OUT" "$PORT" "$UPSTREAM_PORT" "$KEY" <<'PY'
+port_of() { # TARGET -> its port
+  case $1 in
+    raw-default) echo 18481 ;; raw-same) echo 18482 ;; nginx) echo 18483 ;;
+    tg-plain) echo 18484 ;; tg-policies) echo 18485 ;; tg-10k) echo 18486 ;;
+  esac
+}
+python3 - "$OUT" "$UPSTREAM_PORT" "$KEY" "$(port_of tg-plain)" "$(port_of tg-policies)" \
+  "$(port_of tg-10k)" "$MEMORY_PORT" <<'PY'
 import sys
-out, port, up, key = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-server = f'''[server]
-listen = ["127.0.0.1:{port}"]
+out, up, key = sys.argv[1:4]
+ports = dict(zip(["tg-plain", "tg-policies", "tg-10k", "tg-memory"], sys.argv[4:8]))
+def server(name):
+    return f'''[server]
+listen = ["127.0.0.1:{ports[name]}"]
 threads = 1
 access_log = "off"
-pid_file = "{out}/tg.pid"
-upgrade_sock = "{out}/tg.sock"
+pid_file = "{out}/{name}.pid"
+upgrade_sock = "{out}/{name}.sock"
 
 [upstreams.u]
 backends = ["127.0.0.1:{up}"]
 '''
-open(f"{out}/tg-plain.toml", "w").write(server + '[routes.r]\npaths = ["/"]\nupstream = "u"\n')
-open(f"{out}/tg-policies.toml", "w").write(server + f'''
+open(f"{out}/tg-plain.toml", "w").write(server("tg-plain") + '[routes.r]\npaths = ["/"]\nupstream = "u"\n')
+open(f"{out}/tg-policies.toml", "w").write(server("tg-policies") + f'''
 [routes.r]
 paths = ["/"]
 upstream = "u"
@@ -139,10 +161,10 @@ def routes(n):
         hosts = f'\nhosts = ["svc{i}.example.com", "*.svc{i}.example.net"]' if i % 5 == 4 else ""
         out.append(f'[routes.r{i}]\npaths = {paths}{hosts}\nupstream = "u"\n')
     return "\n".join(out)
-open(f"{out}/tg-10k.toml", "w").write(server + routes(10000))
+open(f"{out}/tg-10k.toml", "w").write(server("tg-10k") + routes(10000))
 consumers = "".join(f'[consumers.c{i}]\napi_keys = ["key-{i:08d}-{i * 7919 % 1000003:07d}"]\n'
                     for i in range(100000))
-open(f"{out}/tg-memory.toml", "w").write(server + routes(10000) + "\n" + consumers)
+open(f"{out}/tg-memory.toml", "w").write(server("tg-memory") + routes(10000) + "\n" + consumers)
 PY
 cat >"$OUT/nginx-proxy.conf" <<EOF
 worker_processes 1;
@@ -153,7 +175,7 @@ events { worker_connections 4096; }
 http {
   access_log off;
   upstream u { server 127.0.0.1:$UPSTREAM_PORT; keepalive 64; }
-  server { listen 127.0.0.1:$PORT; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$(port_of nginx); keepalive_requests 1000000;
            location / { proxy_pass http://u; proxy_http_version 1.1;
                         proxy_set_header Connection ""; } }
 }
@@ -164,20 +186,43 @@ need nginx && TARGETS+=(nginx)
 
 start() { # TARGET -> pid (of the proxy itself: each branch execs it)
   case $1 in
-    raw-default) exec taskset -c $PROXY_CPU "$OUT/raw_pingora_default" 127.0.0.1:$PORT 127.0.0.1:$UPSTREAM_PORT ;;
-    raw-same) exec taskset -c $PROXY_CPU "$OUT/raw_pingora_same" 127.0.0.1:$PORT 127.0.0.1:$UPSTREAM_PORT ;;
+    raw-default) exec taskset -c $PROXY_CPU "$OUT/raw_pingora_default" 127.0.0.1:$(port_of raw-default) 127.0.0.1:$UPSTREAM_PORT ;;
+    raw-same) exec taskset -c $PROXY_CPU "$OUT/raw_pingora_same" 127.0.0.1:$(port_of raw-same) 127.0.0.1:$UPSTREAM_PORT ;;
     nginx) exec taskset -c $PROXY_CPU nginx -c "$OUT/nginx-proxy.conf" ;;
     tg-*) exec taskset -c $PROXY_CPU "$OUT/tollgate" run --config "$OUT/$1.toml" ;;
   esac >"$OUT/$1.log" 2>&1 &
   echo $!
 }
 
-request_args() { # TARGET -> sets ARGS: wrk's headers and URL
+request_args() { # TARGET -> sets PORT, REQ_PATH, REQ_HEADERS and ARGS (wrk's headers and URL)
+  PORT=$(port_of "$1")
+  REQ_HEADERS=()
   case $1 in
-    tg-policies) ARGS=(-H "apikey: $KEY" "http://127.0.0.1:$PORT/") ;;
-    tg-10k) ARGS=("http://127.0.0.1:$PORT/svc5001/items/42/detail") ;;
-    *) ARGS=("http://127.0.0.1:$PORT/") ;;
+    tg-policies) REQ_PATH=/ REQ_HEADERS=("apikey: $KEY") ;;
+    tg-10k) REQ_PATH=/svc5001/items/42/detail ;;
+    *) REQ_PATH=/ ;;
   esac
+  ARGS=()
+  for h in "${REQ_HEADERS[@]}"; do ARGS+=(-H "$h"); done
+  ARGS+=("http://127.0.0.1:$PORT$REQ_PATH")
+}
+
+declare -A PID_OF
+for t in "${TARGETS[@]}"; do
+  PID_OF[$t]=$(start "$t")
+  PIDS+=("${PID_OF[$t]}")
+done
+for t in "${TARGETS[@]}"; do
+  request_args "$t"
+  wait_port "$PORT"
+  taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${ARGS[@]}" >/dev/null
+done
+
+run_target() { # TARGET: run "$@" against it (after the target and its pid)
+  local t=$1
+  shift
+  request_args "$t"
+  "$@" "$t" "${PID_OF[$t]}"
 }
 
 cpu_ticks() { # PID -> utime + stime of the process and its children (nginx workers)
@@ -188,23 +233,13 @@ cpu_ticks() { # PID -> utime + stime of the process and its children (nginx work
   echo $total
 }
 
-echo "target,round,rps,p50_us,p99_us,cpu_us_per_req,errors" >"$OUT/runs.csv"
-for round in $(seq "$ROUNDS"); do
-  # rotate the order each round
-  n=${#TARGETS[@]}
-  for i in $(seq 0 $((n - 1))); do
-    t=${TARGETS[$(((i + round) % n))]}
-    pid=$(start "$t")
-    wait_port $PORT
-    request_args "$t"
-    taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${ARGS[@]}" >/dev/null
-    c0=$(cpu_ticks "$pid")
-    taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${ARGS[@]}" \
-      >"$OUT/$t-$round.wrk"
-    c1=$(cpu_ticks "$pid")
-    stop "$pid"
-    while (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do sleep 0.1; done
-    python3 - "$t" "$round" "$OUT/$t-$round.wrk" "$c0" "$c1" "$(getconf CLK_TCK)" >>"$OUT/runs.csv" <<'PY'
+closed_loop() { # TARGET PID: wrk flat out, one line to runs.csv
+  local t=$1 pid=$2 c0 c1
+  c0=$(cpu_ticks "$pid")
+  taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${ARGS[@]}" \
+    >"$OUT/$t-$round.wrk"
+  c1=$(cpu_ticks "$pid")
+  python3 - "$t" "$round" "$OUT/$t-$round.wrk" "$c0" "$c1" "$(getconf CLK_TCK)" >>"$OUT/runs.csv" <<'PY'
 import re, sys
 t, rnd, f, c0, c1, hz = sys.argv[1:]
 w = open(f).read()
@@ -213,79 +248,58 @@ def us(s):
     return float(v) * {"us": 1, "ms": 1e3, "s": 1e6}[u]
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", w).group(1))
 total = int(re.search(r"(\d+) requests in", w).group(1))
-p50 = us(re.search(r"50%\s+(\S+)", w).group(1))
-p99 = us(re.search(r"99%\s+(\S+)", w).group(1))
+# the latency distribution's own lines ("67.50%" in the stats above also ends in "50%")
+p50 = us(re.search(r"^\s+50%\s+(\S+)", w, re.M).group(1))
+p99 = us(re.search(r"^\s+99%\s+(\S+)", w, re.M).group(1))
 errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", w))
 non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", w)
 errors += int(non2xx.group(1)) if non2xx else 0
 cpu = (int(c1) - int(c0)) / int(hz) * 1e6 / total
 print(f"{t},{rnd},{rps:.0f},{p50:.0f},{p99:.0f},{cpu:.1f},{errors}")
 PY
-    tail -1 "$OUT/runs.csv" >&2
-  done
+  tail -1 "$OUT/runs.csv" >&2
+}
+
+open_loop() { # TARGET PID: requests at $RATE per second, one line to open.csv
+  local t=$1 line
+  line=$(taskset -c $LOAD_CPU "$OUT/open_loop" 127.0.0.1:$PORT "$REQ_PATH" "$RATE" \
+    "$DURATION" "$CONNS" "${REQ_HEADERS[@]}")
+  echo "$t,$round,$RATE,$(echo "$line" | sed -E 's/[a-z0-9_]+=//g; s/ /,/g')" >>"$OUT/open.csv"
+  tail -1 "$OUT/open.csv" >&2
+}
+
+rotated() { # ROUND -> the targets, order rotated by the round
+  local n=${#TARGETS[@]} i
+  for i in $(seq 0 $((n - 1))); do echo "${TARGETS[$(((i + $1) % n))]}"; done
+}
+
+echo "target,round,rps,p50_us,p99_us,cpu_us_per_req,errors" >"$OUT/runs.csv"
+for round in $(seq "$ROUNDS"); do
+  for t in $(rotated "$round"); do run_target "$t" closed_loop; done
 done
+
+# --- open loop: every target at one fixed rate --------------------------------------
+RATE=$(python3 -c "
+import csv, statistics
+rps = [float(r['rps']) for r in csv.DictReader(open('$OUT/runs.csv')) if r['target'] == 'raw-default']
+print(round(statistics.median(rps) * $OPEN_LOAD))")
+echo "open loop at $RATE requests/s" >&2
+echo "target,round,rate,sent,done,errors,p50_us,p90_us,p99_us,p999_us,max_us,late_p99_us" >"$OUT/open.csv"
+for round in $(seq "$ROUNDS"); do
+  for t in $(rotated "$round"); do run_target "$t" open_loop; done
+done
+
+for t in "${TARGETS[@]}"; do stop "${PID_OF[$t]}"; done
 
 # --- memory: 10,000 routes and 100,000 consumers -----------------------------------
 started=$(date +%s%N)
 taskset -c $PROXY_CPU "$OUT/tollgate" run --config "$OUT/tg-memory.toml" >"$OUT/tg-memory.log" 2>&1 &
 mpid=$!
 disown $mpid
-wait_port $PORT
+wait_port $MEMORY_PORT
 ready_ms=$((($(date +%s%N) - started) / 1000000))
 rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$mpid/status")
 stop "$mpid"
 
-python3 - "$OUT" "$ROOT/docs/benchmarks.md" "$rss_kib" "$ready_ms" "$ROUNDS" "$DURATION" "$CONNS" <<'PY'
-import csv, statistics, sys, platform, subprocess, datetime
-out, doc, rss, ready, rounds, duration, conns = sys.argv[1:]
-rows = list(csv.DictReader(open(f"{out}/runs.csv")))
-by = {}
-for r in rows:
-    by.setdefault(r["target"], {})[int(r["round"])] = r
-def med(t, k):
-    return statistics.median(float(r[k]) for r in by[t].values())
-def ratio(t, base="raw-default"):
-    rs = [float(by[t][n]["rps"]) / float(by[base][n]["rps"]) for n in by[t] if n in by[base]]
-    return statistics.median(rs)
-names = {
-    "raw-default": "raw Pingora, default release build, system allocator",
-    "raw-same": "raw Pingora, Tollgate's profile (fat LTO, mimalloc)",
-    "nginx": "nginx reverse proxy (1 worker, upstream keep-alive)",
-    "tg-plain": "Tollgate, one plain route",
-    "tg-policies": "Tollgate, key_auth + rate_limit + request_headers",
-    "tg-10k": "Tollgate, 10,000 routes",
-}
-lines = ["| target | req/s (median) | vs raw Pingora default | CPU µs/req | vs raw default CPU | p50 µs | p99 µs | errors |",
-         "|---|---:|---:|---:|---:|---:|---:|---:|"]
-for t in names:
-    if t not in by:
-        continue
-    lines.append(f"| {names[t]} | {med(t, 'rps'):,.0f} | {ratio(t):.2f} | {med(t, 'cpu_us_per_req'):.1f} | "
-                 f"{med(t, 'cpu_us_per_req') / med('raw-default', 'cpu_us_per_req'):.2f} | "
-                 f"{med(t, 'p50_us'):,.0f} | {med(t, 'p99_us'):,.0f} | "
-                 f"{sum(int(r['errors']) for r in by[t].values())} |")
-if "tg-10k" in by and "tg-plain" in by:
-    lines.append("")
-    lines.append(f"10,000 routes vs one route: {ratio('tg-10k', 'tg-plain'):.2f} of the req/s "
-                 "(median of per-round ratios).")
-cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
-                     capture_output=True, text=True).stdout.strip()
-lines += ["",
-          f"Memory: Tollgate started with 10,000 routes and 100,000 consumers (API keys): "
-          f"RSS {int(rss) / 1024:.0f} MiB, listening {int(ready) / 1000:.1f} s after start.",
-          "",
-          f"Run: {datetime.date.today()}, `just bench-load` (ROUNDS={rounds}, DURATION={duration} s, "
-          f"CONNS={conns}, wrk -t1 HTTP/1.1 keep-alive), {cpu}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, "
-          f"kernel {platform.release()}. Ratios are medians of per-round ratios (targets of one "
-          "round run seconds apart)."]
-table = "\n".join(lines)
-open(f"{out}/summary.md", "w").write(table + "\n")
-print(table)
-text = open(doc).read()
-begin, end = "<!-- bench-load:begin -->", "<!-- bench-load:end -->"
-if begin in text and end in text:
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    open(doc, "w").write(f"{head}{begin}\n{table}\n{end}{tail}")
-    print(f"written to {doc}", file=sys.stderr)
-PY
+python3 "$ROOT/benches/load_report.py" "$OUT" "$ROOT/docs/benchmarks.md" "$rss_kib" "$ready_ms" \
+  "$ROUNDS" "$DURATION" "$CONNS" "$OPEN_LOAD"
