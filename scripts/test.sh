@@ -14,6 +14,6 @@ echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "== tollgate check examples/*.toml"
 cargo build --locked --quiet -p tollgate-bin
-for f in examples/*.toml; do ./target/debug/tollgate check --config "$f"; done
+for f in examples/*.toml; do "${CARGO_TARGET_DIR:-target}/debug/tollgate" check --config "$f"; done
 echo "== cargo test"
 cargo test --workspace --locked

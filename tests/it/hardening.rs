@@ -619,12 +619,7 @@ async fn trickling_upstream() -> std::net::SocketAddr {
                     "HTTP/1.1 200 OK\r\n{}",
                     "X-Slow: 0123456789\r\n".repeat(100)
                 );
-                for b in head.bytes() {
-                    if s.write_all(&[b]).await.is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                trickle(&mut s, &head).await;
             });
         }
     });
@@ -651,6 +646,16 @@ async fn an_upstream_trickling_its_head_gets_504_at_read_timeout() {
     );
 }
 
+/// Writes `text` one byte every 100 ms (an upstream that trickles), until the peer goes.
+async fn trickle(s: &mut tokio::net::TcpStream, text: &str) {
+    for b in text.bytes() {
+        if s.write_all(&[b]).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// An upstream whose connections answer their first request at once (and stay open)
 /// and trickle the head of every later one.
 async fn trickling_on_reuse_upstream() -> std::net::SocketAddr {
@@ -670,12 +675,7 @@ async fn trickling_on_reuse_upstream() -> std::net::SocketAddr {
                 if matches!(s.read(&mut buf).await, Ok(0) | Err(_)) {
                     return;
                 }
-                for b in "HTTP/1.1 200 OK\r\nX-Slow: 1\r\n".repeat(20).bytes() {
-                    if s.write_all(&[b]).await.is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                trickle(&mut s, &"HTTP/1.1 200 OK\r\nX-Slow: 1\r\n".repeat(20)).await;
             });
         }
     });

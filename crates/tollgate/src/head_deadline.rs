@@ -325,10 +325,11 @@ mod tests {
         Connection::on(fd, false, Some(Connection::unopened())).unwrap()
     }
 
-    #[tokio::test]
-    async fn an_expired_deadline_ends_a_pending_read() {
+    /// Arms a deadline of `after` on a fresh connection and checks that it ends a
+    /// pending read within a few seconds.
+    async fn a_deadline_ends_a_pending_read(after: Duration) {
         let (mut c, _s) = pair().await;
-        let d = HeadDeadline::arm(opened(c.as_raw_fd()), Duration::from_millis(50));
+        let d = HeadDeadline::arm(opened(c.as_raw_fd()), after);
         let mut buf = [0u8; 8];
         let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
             .await
@@ -336,6 +337,11 @@ mod tests {
             .unwrap();
         assert_eq!(n, 0);
         assert!(d.expired());
+    }
+
+    #[tokio::test]
+    async fn an_expired_deadline_ends_a_pending_read() {
+        a_deadline_ends_a_pending_read(Duration::from_millis(50)).await;
     }
 
     #[tokio::test]
@@ -394,15 +400,7 @@ mod tests {
             assert!(Instant::now() < until, "the sweeper never went to sleep");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let (mut c, _s) = pair().await;
-        let d = HeadDeadline::arm(opened(c.as_raw_fd()), Duration::from_millis(10));
-        let mut buf = [0u8; 8];
-        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
-            .await
-            .expect("the sleeping sweeper did not enforce the deadline")
-            .unwrap();
-        assert_eq!(n, 0);
-        assert!(d.expired());
+        a_deadline_ends_a_pending_read(Duration::from_millis(10)).await;
     }
 
     #[tokio::test]
