@@ -1,7 +1,7 @@
 //! Choosing a backend: Pingora's load balancers for `round_robin`, `random` and
 //! `consistent_hash` (Ketama), and in-flight counting for `least_conn`.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

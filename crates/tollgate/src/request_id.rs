@@ -21,10 +21,11 @@ pub fn valid(v: &HeaderValue) -> Option<&str> {
 
 /// A new random id: 32 lower-case hex digits.
 pub fn generate() -> String {
-    let mut out = [0u8; 32];
+    let mut out = vec![0u8; 32];
     crate::trace::put_hex(&mut out, fastrand::u128(..));
-    // hex digits: ASCII, one copy
-    String::from_utf8_lossy(&out).into_owned()
+    // hex digits are ASCII: the buffer becomes the string (no copy, no re-check of
+    // each byte for replacement)
+    String::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]

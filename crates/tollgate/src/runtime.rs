@@ -119,7 +119,7 @@ pub struct Upstream {
     pub(crate) passive: crate::balance::Passive,
     /// Each backend's `Host` header value (the SNI name over TLS when set, else its
     /// address), made once at load.
-    pub(crate) host_headers: std::collections::HashMap<std::net::SocketAddr, http::HeaderValue>,
+    pub(crate) host_headers: rustc_hash::FxHashMap<std::net::SocketAddr, http::HeaderValue>,
 }
 
 impl Upstream {
