@@ -25,6 +25,11 @@ test:
 bench-load:
     ./benches/load.sh
 
+# User-space instructions per request, raw Pingora vs Tollgate, under callgrind: the
+# noise-free measure for comparing two builds of the request path. REQUESTS tunes it.
+bench-instructions:
+    ./benches/instructions.sh
+
 # Criterion micro-benchmarks (route matching, …).
 bench:
     cargo bench -p tollgate

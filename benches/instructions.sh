@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# User-space instructions per request (`just bench-instructions`): raw Pingora (Tollgate's
+# profile) and Tollgate with one plain route, each run under callgrind while it proxies
+# REQUESTS requests, one at a time, to an nginx upstream. Instruction counts do not move
+# with a noisy host the way times do (two runs agree to ~0.2 %), so this is the measure
+# for comparing two builds of the request path; the kernel's share (about half of the
+# time per request, and the same for both) is not in it.
+#
+# Prints one line per target and the ratio. Knobs: REQUESTS (2000), OUT (target/bench-instructions)
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REQUESTS=${REQUESTS:-2000}
+OUT=${OUT:-$ROOT/target/bench-instructions}
+UPSTREAM_PORT=18580
+PORT=18581
+mkdir -p "$OUT"
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need valgrind || ! need nginx || ! need cmake; then
+  echo "installing valgrind, nginx-light, cmake" >&2
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind nginx-light cmake >/dev/null
+fi
+cd "$ROOT"
+cargo build --release -p tollgate-bin --bin tollgate --example raw_pingora --example open_loop >&2
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill -KILL "$p" $(pgrep -P "$p" || true) 2>/dev/null || true; done; }
+trap cleanup EXIT
+wait_port() { # PORT: until it accepts, at most 60 s (valgrind starts slowly)
+  for _ in $(seq 600); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on $1" >&2
+  return 1
+}
+
+cat >"$OUT/upstream.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $OUT/upstream.pid;
+error_log $OUT/upstream.err;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  server { listen 127.0.0.1:$UPSTREAM_PORT; keepalive_requests 1000000;
+           location / { return 200 "ok"; } }
+}
+EOF
+nginx -c "$OUT/upstream.conf" &
+PIDS+=($!)
+wait_port $UPSTREAM_PORT
+cat >"$OUT/tg.toml" <<EOF
+[server]
+listen = ["127.0.0.1:$PORT"]
+threads = 1
+access_log = "off"
+pid_file = "$OUT/tg.pid"
+upgrade_sock = "$OUT/tg.sock"
+
+[upstreams.u]
+backends = ["127.0.0.1:$UPSTREAM_PORT"]
+
+[routes.r]
+paths = ["/"]
+upstream = "u"
+EOF
+
+measure() { # NAME CMD...: prints instructions per request
+  local name=$1 pid f ir
+  shift
+  rm -f "$OUT/$name".cg.*
+  valgrind --tool=callgrind --callgrind-out-file="$OUT/$name.cg.%p" "$@" >"$OUT/$name.log" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  wait_port $PORT
+  # warm up (connections, pools, lazily built state), then count only the measured run
+  target/release/examples/open_loop 127.0.0.1:$PORT / 100 2 4 >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  target/release/examples/open_loop 127.0.0.1:$PORT / 200 "$(python3 -c "print($REQUESTS / 200)")" 4 \
+    >"$OUT/$name.load"
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  while (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do sleep 0.1; done
+  f=$(ls "$OUT/$name".cg.*.1 | head -1)
+  ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$f")
+  grep -q "errors=0" "$OUT/$name.load" || { echo "$name: requests failed: $(cat "$OUT/$name.load")" >&2; exit 1; }
+  echo $((ir / REQUESTS))
+}
+
+raw=$(measure raw-same target/release/examples/raw_pingora 127.0.0.1:$PORT 127.0.0.1:$UPSTREAM_PORT)
+tg=$(measure tg-plain target/release/tollgate run --config "$OUT/tg.toml")
+echo "raw Pingora (Tollgate's profile): $raw instructions/request"
+echo "Tollgate, one plain route:        $tg instructions/request"
+python3 -c "print(f'Tollgate / raw: {$tg / $raw:.3f} (+{$tg - $raw} per request)')"
+echo "per-function counts: callgrind_annotate $OUT/<name>.cg.<pid>.1" >&2
