@@ -15,43 +15,17 @@ UPSTREAM_PORT=18580
 PORT=18581
 mkdir -p "$OUT"
 
-need() { command -v "$1" >/dev/null 2>&1; }
+. "$ROOT/benches/common.sh"
 if ! need valgrind || ! need nginx || ! need cmake; then
   echo "installing valgrind, nginx-light, cmake" >&2
-  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind nginx-light cmake >/dev/null
+  install_packages valgrind nginx-light cmake
 fi
 cd "$ROOT"
 cargo build --release -p tollgate-bin --bin tollgate --example raw_pingora --example open_loop >&2
 
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -KILL "$p" $(pgrep -P "$p" || true) 2>/dev/null || true; done; }
 trap cleanup EXIT
-wait_port() { # PORT: until it accepts, at most 60 s (valgrind starts slowly)
-  for _ in $(seq 600); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2
-  return 1
-}
-
-cat >"$OUT/upstream.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $OUT/upstream.pid;
-error_log $OUT/upstream.err;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  server { listen 127.0.0.1:$UPSTREAM_PORT; keepalive_requests 1000000;
-           location / { return 200 "ok"; } }
-}
-EOF
-nginx -c "$OUT/upstream.conf" &
-PIDS+=($!)
-wait_port $UPSTREAM_PORT
+start_upstream $UPSTREAM_PORT
 cat >"$OUT/tg.toml" <<EOF
 [server]
 listen = ["127.0.0.1:$PORT"]
@@ -75,7 +49,7 @@ measure() { # NAME CMD...: prints instructions per request
   valgrind --tool=callgrind --callgrind-out-file="$OUT/$name.cg.%p" "$@" >"$OUT/$name.log" 2>&1 &
   pid=$!
   PIDS+=("$pid")
-  wait_port $PORT
+  wait_port $PORT 60 # valgrind starts slowly
   # warm up (connections, pools, lazily built state), then count only the measured run
   target/release/examples/open_loop 127.0.0.1:$PORT / 100 2 4 >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1

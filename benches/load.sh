@@ -44,12 +44,10 @@ MEMORY_PORT=18489
 mkdir -p "$OUT"
 rm -f "$OUT"/*.csv
 
-need() { command -v "$1" >/dev/null 2>&1; }
+. "$ROOT/benches/common.sh"
 if ! need wrk || ! need nginx || ! need cmake; then
   echo "installing wrk, nginx-light, cmake" >&2
-  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light cmake >/dev/null
+  install_packages wrk nginx-light cmake
 fi
 [ "$(nproc)" -ge 2 ] || { PROXY_CPU=0; LOAD_CPU=0; echo "one core: pinning everything to it" >&2; }
 
@@ -65,45 +63,10 @@ cargo build --profile fast-release -p tollgate-bin --example raw_pingora \
 cp target/fast-release/examples/raw_pingora "$OUT/raw_pingora_default"
 
 PIDS=()
-# Background processes of a script ignore SIGINT; the targets keep no state worth a
-# graceful stop, so they are killed.
-stop() { # PID: the process and its children (nginx workers)
-  local kids
-  kids=$(pgrep -P "$1" || true)
-  kill -KILL "$1" $kids 2>/dev/null || true
-  while kill -0 "$1" 2>/dev/null; do sleep 0.05; done
-}
-cleanup() {
-  for p in "${PIDS[@]}"; do stop "$p"; done
-}
 trap cleanup EXIT
 
-wait_port() { # PORT: until it accepts, at most 20 s
-  for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2
-  return 1
-}
-
 # --- the upstream: nginx answering "ok" on core 1 -------------------------------
-cat >"$OUT/upstream.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $OUT/upstream.pid;
-error_log $OUT/upstream.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  server { listen 127.0.0.1:$UPSTREAM_PORT; keepalive_requests 1000000;
-           location / { return 200 "ok"; } }
-}
-EOF
-taskset -c $LOAD_CPU nginx -c "$OUT/upstream.conf" &
-PIDS+=($!)
-disown $!
-wait_port $UPSTREAM_PORT
+start_upstream $UPSTREAM_PORT $LOAD_CPU
 
 # --- configurations ---------------------------------------------------------------
 KEY=bench-key-0123456789abcdef
