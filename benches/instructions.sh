@@ -42,7 +42,7 @@ paths = ["/"]
 upstream = "u"
 EOF
 
-measure() { # NAME CMD...: prints instructions per request
+measure() { # NAME CMD...: writes instructions per request to $OUT/NAME.ir
   local name=$1 pid f ir
   shift
   rm -f "$OUT/$name".cg.*
@@ -62,11 +62,14 @@ measure() { # NAME CMD...: prints instructions per request
   f=$(ls "$OUT/$name".cg.*.1 | head -1)
   ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$f")
   grep -q "errors=0" "$OUT/$name.load" || { echo "$name: requests failed: $(cat "$OUT/$name.load")" >&2; exit 1; }
-  echo $((ir / REQUESTS))
+  echo $((ir / REQUESTS)) >"$OUT/$name.ir"
 }
 
-raw=$(measure raw-same target/release/examples/raw_pingora 127.0.0.1:$PORT 127.0.0.1:$UPSTREAM_PORT)
-tg=$(measure tg-plain target/release/tollgate run --config "$OUT/tg.toml")
+# run here, not in a command substitution: the exit trap must see the valgrind pids
+measure raw-same target/release/examples/raw_pingora 127.0.0.1:$PORT 127.0.0.1:$UPSTREAM_PORT
+measure tg-plain target/release/tollgate run --config "$OUT/tg.toml"
+raw=$(cat "$OUT/raw-same.ir")
+tg=$(cat "$OUT/tg-plain.ir")
 echo "raw Pingora (Tollgate's profile): $raw instructions/request"
 echo "Tollgate, one plain route:        $tg instructions/request"
 python3 -c "print(f'Tollgate / raw: {$tg / $raw:.3f} (+{$tg - $raw} per request)')"

@@ -19,15 +19,16 @@
 # OPEN_LOAD (0.2) x raw-default's median req/s from the closed-loop rounds, latency
 # counted from each request's due time. (Not 0.5: served one at a time, without the
 # batching of 50 busy connections, a request costs every Pingora build here 2-3x the
-# CPU, and half the closed-loop maximum overloads them.) Then: RSS of Tollgate started with 10,000
-# routes and 100,000 consumers.
+# CPU, and half the closed-loop maximum overloads them.) Then: RSS of Tollgate started
+# with 10,000 routes and 100,000 consumers.
 #
-# Knobs: ROUNDS (10) DURATION (3 s) WARMUP (2 s, once per target) CONNS (50) OPEN_LOAD (0.2)
-# OUT (target/bench-load)
 # All targets run side by side (each on its own port, all pinned to the proxy core, idle
 # but for the one under load) and are loaded in turn, order rotating each round: the
 # runs of one round are seconds apart, so a noisy host moves all of them together and
 # the per-round ratios stay meaningful. Short runs in many rounds beat long runs in few.
+#
+# Knobs: ROUNDS (10) DURATION (3 s) WARMUP (2 s, once per target) CONNS (50)
+# OPEN_LOAD (0.2) OUT (target/bench-load)
 # Bounded: about 2 x ROUNDS x targets x (DURATION + 1) seconds after the builds.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

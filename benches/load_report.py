@@ -10,8 +10,10 @@ rows = list(csv.DictReader(open(f"{out}/runs.csv")))
 by = {}
 for r in rows:
     by.setdefault(r["target"], {})[int(r["round"])] = r
+def median(runs, t, k):
+    return statistics.median(float(r[k]) for r in runs[t].values())
 def med(t, k):
-    return statistics.median(float(r[k]) for r in by[t].values())
+    return median(by, t, k)
 def per_round(runs, t, base, k):
     return [float(runs[t][n][k]) / float(runs[base][n][k]) for n in runs[t] if n in runs[base]]
 def spread(rs):
@@ -48,7 +50,7 @@ for r in csv.DictReader(open(f"{out}/open.csv")):
     opened.setdefault(r["target"], {})[int(r["round"])] = r
 if "raw-default" in opened:
     def omed(t, k):
-        return statistics.median(float(r[k]) for r in opened[t].values())
+        return median(opened, t, k)
     rate = int(next(iter(opened["raw-default"].values()))["rate"])
     lines += ["",
               f"Open loop: {rate:,} requests/s to every target ({open_load} of raw Pingora "
