@@ -144,6 +144,7 @@ impl GatewayBuilder {
             access_log,
             exit_on_bind_error: self.exit_on_bind_error,
             started: SystemTime::now(),
+            reloads: Arc::new(tokio::sync::watch::channel(()).0),
         };
         handle.publish_health();
         Ok(handle)
@@ -209,6 +210,8 @@ pub struct GatewayHandle {
     draining: Arc<AtomicBool>,
     exit_on_bind_error: bool,
     started: SystemTime,
+    /// Told of every reload (the health checker waits on it).
+    reloads: Arc<tokio::sync::watch::Sender<()>>,
 }
 
 impl GatewayHandle {
@@ -269,6 +272,7 @@ impl GatewayHandle {
             Ok(c) => {
                 let digest = c.snapshot.digest.clone();
                 self.state.store(c.snapshot);
+                self.reloads.send_replace(());
                 self.metrics.reload(true);
                 self.publish_health();
                 tracing::info!("configuration reloaded, digest {digest}");
@@ -339,6 +343,7 @@ impl GatewayHandle {
             HealthChecker {
                 state: self.state.clone(),
                 metrics: self.metrics.clone(),
+                reloads: self.reloads.subscribe(),
             },
         )
     }

@@ -26,6 +26,7 @@ use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Deserialize;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::units::ConfigDuration;
@@ -175,17 +176,28 @@ impl Schedule {
         );
         true
     }
+
+    /// When the next run is due (ms since the checker started). A run that overruns
+    /// its interval is past due; the checker then looks again after a [`TICK`].
+    fn next_due(&self) -> u64 {
+        self.next_due_ms.load(Ordering::Acquire)
+    }
 }
 
 // === Service ===
 
 /// Runs the due health checks of the current configuration.
+///
+/// It sleeps until the next check is due, or until a reload (which may bring checks
+/// that are due at once): a gateway without health checks never wakes for them.
 pub struct HealthChecker {
     pub(crate) state: Arc<ArcSwap<Snapshot>>,
     pub(crate) metrics: Metrics,
+    /// Changes on every reload.
+    pub(crate) reloads: watch::Receiver<()>,
 }
 
-/// How often the checker looks for due checks.
+/// The shortest sleep between two looks for due checks.
 const TICK: Duration = Duration::from_millis(25);
 
 async fn run(upstream: Arc<Upstream>, metrics: Metrics) {
@@ -204,18 +216,39 @@ async fn run(upstream: Arc<Upstream>, metrics: Metrics) {
 impl BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let epoch = Instant::now();
-        let mut tick = tokio::time::interval(TICK);
+        let mut reloads = self.reloads.clone();
+        // false once the gateway handle (the sender) is gone: no reload can come
+        let mut reloadable = true;
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
-            }
+            // seen before the snapshot is read: a reload after this wakes the wait below
+            reloads.borrow_and_update();
             let elapsed = epoch.elapsed().as_millis() as u64;
             let snapshot = self.state.load_full();
+            let mut next_due = None::<u64>;
             for upstream in snapshot.upstreams.values() {
-                if upstream.health.as_ref().is_some_and(|s| s.claim(elapsed)) {
+                let Some(schedule) = upstream.health.as_ref() else {
+                    continue;
+                };
+                if schedule.claim(elapsed) {
                     tokio::spawn(run(upstream.clone(), self.metrics.clone()));
                 }
+                next_due =
+                    Some(next_due.map_or(schedule.next_due(), |n| n.min(schedule.next_due())));
+            }
+            drop(snapshot);
+            let wake = next_due.map(|due| {
+                let floor = elapsed + TICK.as_millis() as u64;
+                epoch + Duration::from_millis(due.max(floor))
+            });
+            tokio::select! {
+                _ = async {
+                    match wake {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                changed = reloads.changed(), if reloadable => reloadable = changed.is_ok(),
+                _ = shutdown.changed() => return,
             }
         }
     }
