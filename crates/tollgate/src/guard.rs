@@ -102,8 +102,11 @@ pub struct Guard {
     /// request): set on the first read that finds no data, so a connection whose next
     /// request is already there reads no clock and sets no timer.
     deadline_from_wait: Option<Duration>,
-    /// Whether `deadline` (the timer) is set to `deadline_at`.
-    timer_set: bool,
+    /// When the timer (`deadline`) fires. Never after `deadline_at`, but often before
+    /// it: a deadline that moves later (the idle deadline moves with every request) is
+    /// left registered where it was, and moved when it fires, so a busy connection
+    /// resets its timer once per timeout, not once per request.
+    timer_at: Instant,
     head_started: Instant,
 }
 
@@ -119,6 +122,7 @@ impl std::fmt::Debug for Guard {
 impl Guard {
     fn new(inner: Stream, limits: Limits, metrics: Metrics) -> Self {
         let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
+        let now = Instant::now();
         Self {
             inner,
             state: Arc::default(),
@@ -129,11 +133,11 @@ impl Guard {
             held: BytesMut::new(),
             ready: BytesMut::new(),
             refusal: BytesMut::new(),
-            deadline: Box::pin(tokio::time::sleep(limits.header_timeout)),
-            deadline_at: Instant::now() + limits.header_timeout,
+            deadline: Box::pin(tokio::time::sleep_until(now + limits.header_timeout)),
+            deadline_at: now + limits.header_timeout,
             deadline_from_wait: None,
-            timer_set: true,
-            head_started: Instant::now(),
+            timer_at: now + limits.header_timeout,
+            head_started: now,
         }
     }
 
@@ -141,19 +145,28 @@ impl Guard {
     fn deadline(&mut self) -> Instant {
         if let Some(after) = self.deadline_from_wait.take() {
             self.deadline_at = Instant::now() + after;
-            self.timer_set = false;
         }
         self.deadline_at
     }
 
-    /// Polls the deadline timer (set lazily: most reads never wait).
+    /// Polls the deadline (its clock read lazily: most reads never wait).
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let at = self.deadline();
-        if !self.timer_set {
+        loop {
+            if self.timer_at > at {
+                self.deadline.as_mut().reset(at);
+                self.timer_at = at;
+            }
+            if self.deadline.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if self.timer_at == at {
+                return Poll::Ready(());
+            }
+            // fired early, at an earlier deadline: on to this one
+            self.timer_at = at;
             self.deadline.as_mut().reset(at);
-            self.timer_set = true;
         }
-        self.deadline.as_mut().poll(cx)
     }
 
     /// Prepares the refusal for `code`, counted in the metrics like any refusal made
@@ -204,7 +217,6 @@ impl Guard {
                     if self.mode == Mode::Idle {
                         self.deadline_from_wait = None;
                         self.deadline_at = now + self.limits.header_timeout;
-                        self.timer_set = false;
                     }
                     self.head_started = now;
                 }
