@@ -271,11 +271,17 @@ async fn echo(req: Request<Incoming>, name: &str, rec: &Mutex<Vec<Seen>>) -> Res
     let json = serde_json::json!({
         "upstream": name, "method": method, "target": target, "headers": hmap, "body_len": body.len(),
     });
-    Response::builder()
+    let mut resp = Response::builder()
         .header("content-type", "application/json")
         .header("x-upstream", name)
-        .header("keep-alive", "timeout=5")
-        .body(Full::new(Bytes::from(json.to_string())))
+        .header("keep-alive", "timeout=5");
+    if target.contains("/hop-named") {
+        // a hop-by-hop header named by `Connection`, which must not reach the client
+        resp = resp
+            .header("connection", "keep-alive, x-secret")
+            .header("x-secret", "1");
+    }
+    resp.body(Full::new(Bytes::from(json.to_string())))
         .unwrap_or_default()
 }
 

@@ -103,6 +103,21 @@ async fn forwarding_headers_are_set_and_hop_by_hop_removed() {
         None,
         "upstream's hop-by-hop header reached the client"
     );
+    // the upstream's `Connection` and what it names stop here; the client's connection
+    // gets its own
+    let r = raw(
+        gw.addr,
+        b"GET /hop-named HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-secret"),
+        None,
+        "a header the upstream's Connection named"
+    );
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(r.header("x-upstream"), Some("a"));
 }
 
 #[tokio::test]

@@ -163,18 +163,23 @@ impl Selector {
     /// Picks a backend for `key`, preferring ones not in `avoid` (already tried); falls
     /// back to any backend when every other was tried. For `least_conn` the returned slot
     /// must be held until the request ends.
+    ///
+    /// `checked`: whether active health checks run on the backends; without them every
+    /// backend is healthy, and one alone is picked without asking Pingora (a hash of the
+    /// backend and a map look-up per request).
     pub(crate) fn select(
         &self,
         key: &[u8],
         avoid: &[SocketAddr],
         passive: Option<&Passive>,
+        checked: bool,
     ) -> Option<(Backend, Option<BackendSlot>)> {
         let up = |b: &Backend| passive.is_none_or(|p| !p.is_down(addr_of(b)));
         let untried = |b: &Backend| !avoid.contains(&addr_of(b));
         match self {
-            Self::RoundRobin(lb) => pick(lb, key, up, untried),
-            Self::Random(lb) => pick(lb, key, up, untried),
-            Self::Consistent(lb, _) => pick(lb, key, up, untried),
+            Self::RoundRobin(lb) => pick(lb, key, checked, up, untried),
+            Self::Random(lb) => pick(lb, key, checked, up, untried),
+            Self::Consistent(lb, _) => pick(lb, key, checked, up, untried),
             Self::LeastConn(lb, counts) => {
                 let backends = lb.backends().get_backend();
                 let healthy: Vec<&Backend> = backends
@@ -211,6 +216,7 @@ fn addr_of(b: &Backend) -> SocketAddr {
 fn pick<S>(
     lb: &LoadBalancer<S>,
     key: &[u8],
+    checked: bool,
     up: impl Fn(&Backend) -> bool,
     untried: impl Fn(&Backend) -> bool,
 ) -> Option<(Backend, Option<BackendSlot>)>
@@ -222,7 +228,8 @@ where
     // de-duplicates its way to the same answer)
     let backends = lb.backends().get_backend();
     if let (1, Some(only)) = (backends.len(), backends.first()) {
-        return (lb.backends().ready(only) && up(only)).then(|| (only.clone(), None));
+        let healthy = !checked || lb.backends().ready(only);
+        return (healthy && up(only)).then(|| (only.clone(), None));
     }
     lb.select_with(key, 256, |b, healthy| healthy && up(b) && untried(b))
         .or_else(|| lb.select_with(key, 256, |b, healthy| healthy && up(b)))
@@ -254,7 +261,7 @@ mod tests {
     }
 
     fn owner(s: &Selector, key: &str) -> String {
-        s.select(key.as_bytes(), &[], None)
+        s.select(key.as_bytes(), &[], None, true)
             .unwrap()
             .0
             .addr
@@ -295,7 +302,7 @@ mod tests {
         let first = owner(&s, "/x");
         let first_addr: SocketAddr = first.parse().unwrap();
         let second = s
-            .select(b"/x", &[first_addr], None)
+            .select(b"/x", &[first_addr], None, true)
             .unwrap()
             .0
             .addr
@@ -308,14 +315,14 @@ mod tests {
         let addrs = ["127.0.0.1:1", "127.0.0.1:2"];
         let counts = Arc::new(LeastConn::new(addrs.map(sa)));
         let s = Selector::LeastConn(lb(&addrs), counts.clone());
-        let (a, slot_a) = s.select(b"", &[], None).unwrap();
-        let (b, slot_b) = s.select(b"", &[], None).unwrap();
+        let (a, slot_a) = s.select(b"", &[], None, true).unwrap();
+        let (b, slot_b) = s.select(b"", &[], None, true).unwrap();
         assert_ne!(
             a.addr, b.addr,
             "the second request went to the busy backend"
         );
         drop(slot_b);
-        let (c, _slot_c) = s.select(b"", &[], None).unwrap();
+        let (c, _slot_c) = s.select(b"", &[], None, true).unwrap();
         assert_eq!(c.addr, b.addr, "the freed backend is the idle one");
         assert_eq!(counts.inflight(addr_of(&a)), 1);
         drop(slot_a);
@@ -342,23 +349,31 @@ mod tests {
         p.failed(sa("127.0.0.1:1"));
         for _ in 0..4 {
             assert_eq!(
-                s.select(b"", &[], Some(&p)).unwrap().0.addr.to_string(),
+                s.select(b"", &[], Some(&p), true)
+                    .unwrap()
+                    .0
+                    .addr
+                    .to_string(),
                 "127.0.0.1:2"
             );
         }
         p.failed(sa("127.0.0.1:2"));
         assert!(
-            s.select(b"", &[], Some(&p)).is_none(),
+            s.select(b"", &[], Some(&p), true).is_none(),
             "every backend down: no backend"
         );
         // one backend: chosen while it is up, tried or not
         let one = Selector::Consistent(lb(&["127.0.0.1:3"]), RequestKey::Path);
         let p = Passive::new([sa("127.0.0.1:3")], 1, std::time::Duration::from_secs(60));
-        for avoid in [&[][..], &[sa("127.0.0.1:3")][..]] {
-            let (b, _) = one.select(b"k", avoid, Some(&p)).unwrap();
-            assert_eq!(b.addr.to_string(), "127.0.0.1:3");
+        // (with active checks, Pingora's health of it is asked too; without, it is not)
+        for checked in [true, false] {
+            for avoid in [&[][..], &[sa("127.0.0.1:3")][..]] {
+                let (b, _) = one.select(b"k", avoid, Some(&p), checked).unwrap();
+                assert_eq!(b.addr.to_string(), "127.0.0.1:3");
+            }
         }
         p.failed(sa("127.0.0.1:3"));
-        assert!(one.select(b"k", &[], Some(&p)).is_none());
+        assert!(one.select(b"k", &[], Some(&p), true).is_none());
+        assert!(one.select(b"k", &[], Some(&p), false).is_none());
     }
 }

@@ -29,6 +29,12 @@ pub struct RequestCtx {
     pub consumer: Option<Arc<Consumer>>,
     /// Typed data that policies pass to each other and to their own later hooks.
     pub extensions: http::Extensions,
+    /// `request_id` as a header value, made once for the headers that carry it.
+    pub(crate) request_id_header: Option<http::HeaderValue>,
+    /// The client's `Host` (for `X-Forwarded-Host`), and whether it sent an
+    /// `X-Forwarded-For`: read once, with the rest of the head.
+    pub(crate) client_host: Option<http::HeaderValue>,
+    pub(crate) client_sent_xff: bool,
     pub(crate) snapshot: Option<Arc<Snapshot>>,
     pub(crate) route: Option<Arc<Route>>,
     pub(crate) prefix_segments: usize,
@@ -65,6 +71,9 @@ impl RequestCtx {
             path: String::new(),
             consumer: None,
             extensions: http::Extensions::new(),
+            request_id_header: None,
+            client_host: None,
+            client_sent_xff: false,
             snapshot: None,
             route: None,
             prefix_segments: 0,
@@ -78,6 +87,14 @@ impl RequestCtx {
             fresh_conn: None,
             upstream_conn: None,
             head_deadline: None,
+        }
+    }
+
+    /// [`RequestCtx::request_id`] as a header value (`None` if a policy made it invalid).
+    pub(crate) fn request_id_header(&self) -> Option<http::HeaderValue> {
+        match &self.request_id_header {
+            Some(v) if v.as_bytes() == self.request_id.as_bytes() => Some(v.clone()),
+            _ => http::HeaderValue::from_str(&self.request_id).ok(),
         }
     }
 

@@ -51,16 +51,66 @@ fn protected(n: &HeaderName) -> bool {
     PROTECTED.contains(&n.as_str()) || n.as_str().starts_with("x-consumer-")
 }
 
+/// What the gateway reads from a request's headers, found in one pass over them: a
+/// look-up costs a hash of the name and a probe, and the usual request has fewer
+/// headers than the gateway has questions.
+#[derive(Debug, Default)]
+pub struct HeadFacts {
+    /// The first `Host`.
+    pub host: Option<HeaderValue>,
+    /// The first `X-Request-Id`.
+    pub request_id: Option<HeaderValue>,
+    /// The first `traceparent`.
+    pub traceparent: Option<HeaderValue>,
+    /// Whether there is an `X-Forwarded-For`.
+    pub forwarded_for: bool,
+    /// Whether there is a `Connection`.
+    pub connection: bool,
+    /// Whether a header must go (see [`drop_untrusted_headers`]).
+    pub untrusted: bool,
+    /// How many `Content-Length` values there are.
+    pub content_lengths: usize,
+}
+
+impl HeadFacts {
+    /// Reads `headers`.
+    pub fn of(headers: &HeaderMap) -> Self {
+        let mut f = Self::default();
+        for (n, v) in headers {
+            if n == header::HOST {
+                f.host.get_or_insert_with(|| v.clone());
+            } else if n == header::CONTENT_LENGTH {
+                f.content_lengths += 1;
+            } else if n == header::CONNECTION {
+                f.connection = true;
+            } else {
+                match n.as_str().as_bytes() {
+                    b"x-request-id" => {
+                        f.request_id.get_or_insert_with(|| v.clone());
+                    }
+                    b"traceparent" => {
+                        f.traceparent.get_or_insert_with(|| v.clone());
+                    }
+                    b"x-forwarded-for" => f.forwarded_for = true,
+                    other => f.untrusted |= untrusted(other),
+                }
+            }
+        }
+        f
+    }
+}
+
+/// A header name no client may send (see [`drop_untrusted_headers`]).
+fn untrusted(name: &[u8]) -> bool {
+    name.contains(&b'_') || name.starts_with(b"x-consumer-")
+}
+
 /// Removes the headers no client may send: any whose name has an underscore
 /// (`X_User`: some servers treat `_` and `-` alike, so such a header could impersonate
 /// one the gateway checks or sets) and every `X-Consumer-*` (only the gateway says who
 /// the consumer is). Routes, policies and the upstream never see them.
 pub fn drop_untrusted_headers(req: &mut RequestHeader) {
-    let untrusted = |n: &HeaderName| {
-        let n = n.as_str();
-        n.contains('_') || n.starts_with("x-consumer-")
-    };
-    for n in names_where(&req.headers, untrusted) {
+    for n in names_where(&req.headers, |n| untrusted(n.as_str().as_bytes())) {
         req.remove_header(&n);
     }
 }
@@ -86,6 +136,11 @@ pub fn connection_names_protected(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers from an upstream response (not from a `101`): the
 /// standard ones and those its `Connection` names.
 ///
+/// `Connection` itself stays on a final answer: Pingora replaces it on every HTTP/1
+/// answer (`keep-alive` or `close`, as the client connection goes on or not) and drops
+/// it, with the other hop-by-hop headers, from every HTTP/2 answer. Informational
+/// answers (`100`, `103`) pass Pingora untouched, so theirs goes here.
+///
 /// The request going upstream needs no such pass here: Pingora's default upstream
 /// request policy (`HttpUpstreamRequestPolicy::standard`, which the proxy sets on
 /// every peer) strips the standard hop-by-hop headers and those `Connection` names,
@@ -94,25 +149,38 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
         return;
     }
-    let mut gone = names_where(&resp.headers, is_hop_by_hop);
-    // a token naming a hop-by-hop header (`keep-alive`) or nothing (`close`) is the
-    // usual case: no header name to parse
-    let named = connection_tokens(&resp.headers)
-        .filter(|t| {
-            ![
-                "close",
-                "keep-alive",
-                "proxy-connection",
-                "te",
-                "trailer",
-                "upgrade",
-            ]
-            .iter()
-            .any(|h| t.eq_ignore_ascii_case(h))
-        })
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|n| !protected(n));
-    gone.extend(named);
+    let informational = resp.status.is_informational();
+    let mut gone = names_where(&resp.headers, |n| {
+        is_hop_by_hop(n) && (informational || n != header::CONNECTION)
+    });
+    // `Connection: keep-alive` or `close`, the usual values, name no header
+    let names_nothing = |v: &HeaderValue| {
+        let v = v.as_bytes();
+        v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+    };
+    if !resp
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .all(names_nothing)
+    {
+        let named = connection_tokens(&resp.headers)
+            .filter(|t| {
+                ![
+                    "close",
+                    "keep-alive",
+                    "proxy-connection",
+                    "te",
+                    "trailer",
+                    "upgrade",
+                ]
+                .iter()
+                .any(|h| t.eq_ignore_ascii_case(h))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|n| !protected(n));
+        gone.extend(named);
+    }
     for n in gone {
         resp.remove_header(&n);
     }
@@ -172,11 +240,21 @@ pub fn edit_response_headers(
 
 /// The `X-Forwarded-For` value sent upstream: the client's entries (if any) followed
 /// by the peer's address.
-pub fn forwarded_for(headers: &HeaderMap, peer: std::net::IpAddr) -> HeaderValue {
+/// `client_sent` says whether the client sent any (so the headers need no look-up when
+/// it did not).
+pub fn forwarded_for(
+    headers: &HeaderMap,
+    client_sent: bool,
+    peer: std::net::IpAddr,
+) -> HeaderValue {
     use std::io::Write;
     static NAME: HeaderName = HeaderName::from_static("x-forwarded-for");
     let mut buf = Vec::with_capacity(64);
-    for v in headers.get_all(&NAME) {
+    for v in client_sent
+        .then(|| headers.get_all(&NAME))
+        .into_iter()
+        .flatten()
+    {
         buf.extend_from_slice(v.as_bytes());
         buf.extend_from_slice(b", ");
     }
@@ -328,7 +406,7 @@ mod tests {
             "::1",
             "2001:db8::7",
         ] {
-            let v = forwarded_for(&h, ip.parse().unwrap());
+            let v = forwarded_for(&h, false, ip.parse().unwrap());
             assert_eq!(v, ip);
         }
         h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
@@ -336,8 +414,43 @@ mod tests {
             "x-forwarded-for",
             HeaderValue::from_static("10.0.0.1, 10.0.0.2"),
         );
-        let v = forwarded_for(&h, "127.0.0.1".parse().unwrap());
+        let v = forwarded_for(&h, true, "127.0.0.1".parse().unwrap());
         assert_eq!(v, "203.0.113.9, 10.0.0.1, 10.0.0.2, 127.0.0.1");
+    }
+
+    #[test]
+    fn head_facts_are_what_look_ups_find() {
+        let mut h = HeaderMap::new();
+        assert!(!HeadFacts::of(&h).untrusted);
+        for (n, v) in [
+            ("Host", "a"),
+            ("host", "b"),
+            ("X-Request-Id", "r1"),
+            ("x-request-id", "r2"),
+            ("traceparent", "t"),
+            ("content-length", "3"),
+            ("Content-Length", "3"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-other", "1"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static(v),
+            );
+        }
+        let f = HeadFacts::of(&h);
+        assert_eq!(f.host.as_ref(), h.get(header::HOST));
+        assert_eq!(f.request_id.as_ref(), h.get("x-request-id"));
+        assert_eq!(f.traceparent.as_ref(), h.get("traceparent"));
+        assert_eq!(f.content_lengths, 2);
+        assert!(f.forwarded_for && !f.connection && !f.untrusted);
+        for name in ["x_user", "x-consumer-id"] {
+            let mut h = h.clone();
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+            assert!(HeadFacts::of(&h).untrusted, "{name}");
+        }
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        assert!(HeadFacts::of(&h).connection);
     }
 
     #[test]
@@ -377,18 +490,22 @@ mod tests {
         resp.insert_header("trailer", "x-checksum").unwrap();
         resp.insert_header("proxy-connection", "close").unwrap();
         resp.insert_header("x-keep", "1").unwrap();
+        let mut early = ResponseHeader::build(103, None).unwrap();
+        for (n, v) in resp.headers.iter() {
+            early.append_header(n.clone(), v.clone()).unwrap();
+        }
         strip_response_hop_by_hop(&mut resp);
-        for gone in [
-            "connection",
-            "keep-alive",
-            "x-secret",
-            "trailer",
-            "proxy-connection",
-        ] {
+        strip_response_hop_by_hop(&mut early);
+        for gone in ["keep-alive", "x-secret", "trailer", "proxy-connection"] {
             assert!(resp.headers.get(gone).is_none(), "{gone} kept");
+            assert!(early.headers.get(gone).is_none(), "{gone} kept on a 103");
         }
         assert_eq!(resp.headers.get("x-request-id").unwrap(), "abc");
         assert_eq!(resp.headers.get("x-keep").unwrap(), "1");
+        // Pingora replaces `Connection` on a final answer, and passes a 1xx's on
+        assert!(resp.headers.get("connection").is_some());
+        assert!(early.headers.get("connection").is_none());
+        assert_eq!(early.headers.get("x-keep").unwrap(), "1");
         // a 101 keeps what the upgrade needs
         let mut up = ResponseHeader::build(101, None).unwrap();
         up.insert_header("connection", "upgrade").unwrap();

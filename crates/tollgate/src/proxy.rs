@@ -10,7 +10,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
-use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
+use pingora::{Error, ErrorSource, ErrorType, OkOrErr, OrErr, Result};
 use tokio::time::Instant;
 
 use crate::access_log::AccessLogger;
@@ -144,34 +144,44 @@ impl ProxyHttp for Gateway {
         if self.draining.load(std::sync::atomic::Ordering::Acquire) {
             session.set_keepalive(None);
         }
-        forwarding::drop_untrusted_headers(session.req_header_mut());
-        forwarding::collapse_content_length(session.req_header_mut());
+        let head = forwarding::HeadFacts::of(&session.req_header().headers);
+        if head.untrusted {
+            forwarding::drop_untrusted_headers(session.req_header_mut());
+        }
+        if head.content_lengths > 1 {
+            forwarding::collapse_content_length(session.req_header_mut());
+        }
         // the longest pause in a request body (a request without one has nothing to wait for)
         if !session.is_body_empty() {
             session.set_read_timeout(Some(self.limits.body_timeout));
         }
         let snap = self.state.load_full();
         let req = session.req_header();
-        cx.request_id = match req
-            .headers
-            .get(&X_REQUEST_ID_NAME)
-            .and_then(request_id::valid)
-        {
-            Some(id) => id.to_string(),
-            None => request_id::generate(),
-        };
+        let client_id = head.request_id;
+        let (id, header) =
+            match client_id.and_then(|v| Some((request_id::valid(&v)?.to_string(), v))) {
+                Some(valid) => valid,
+                None => {
+                    let id = request_id::generate();
+                    let header = HeaderValue::from_str(&id).ok();
+                    (id, header.unwrap_or_else(|| HeaderValue::from_static("")))
+                }
+            };
+        cx.request_id = id;
+        cx.request_id_header = Some(header);
         if let Some(peer) = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         {
-            let xff = req.headers.get_all(&X_FORWARDED_FOR_NAME);
-            cx.client_ip = Some(snap.client_ip(peer, xff.iter().filter_map(|v| v.to_str().ok())));
+            let xff = head
+                .forwarded_for
+                .then(|| req.headers.get_all(&X_FORWARDED_FOR_NAME));
+            let xff = xff.iter().flatten().filter_map(|v| v.to_str().ok());
+            cx.client_ip = Some(snap.client_ip(peer, xff));
         }
-        let incoming = req
-            .headers
-            .get(&TRACEPARENT_NAME)
-            .and_then(|v| v.to_str().ok());
+        cx.client_sent_xff = head.forwarded_for;
+        let incoming = head.traceparent.as_ref().and_then(|v| v.to_str().ok());
         cx.trace = Some(
             incoming
                 .and_then(TraceContext::parse)
@@ -187,7 +197,7 @@ impl ProxyHttp for Gateway {
                 .respond(session, cx, Reply::refuse(ErrorCode::UriTooLong))
                 .await;
         }
-        if forwarding::connection_names_protected(&req.headers) {
+        if head.connection && forwarding::connection_names_protected(&req.headers) {
             return self
                 .respond(
                     session,
@@ -221,7 +231,7 @@ impl ProxyHttp for Gateway {
         let host = req
             .uri
             .host()
-            .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+            .or_else(|| head.host.as_ref().and_then(|h| h.to_str().ok()))
             .map(router::host_without_port);
         let facts = RequestFacts {
             method: &req.method,
@@ -260,6 +270,7 @@ impl ProxyHttp for Gateway {
             }
         }
         cx.path = normalised;
+        cx.client_host = head.host;
         match found {
             Lookup::Found {
                 route,
@@ -310,7 +321,10 @@ impl ProxyHttp for Gateway {
         }
         // a retry releases its hold on the backend that failed before choosing another
         cx.slot = None;
-        let Some((backend, slot)) = up.selector.select(&key, &cx.tried, Some(&up.passive)) else {
+        let Some((backend, slot)) =
+            up.selector
+                .select(&key, &cx.tried, Some(&up.passive), up.health.is_some())
+        else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "every backend is unhealthy");
         };
         cx.slot = slot;
@@ -457,18 +471,15 @@ impl ProxyHttp for Gateway {
             }
         }
 
-        let client_host = session
-            .req_header()
-            .headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| {
-                session
-                    .req_header()
-                    .uri
-                    .authority()
-                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-            });
+        let host_header = cx.client_host.clone();
+        let had_host = host_header.is_some();
+        let client_host = host_header.or_else(|| {
+            session
+                .req_header()
+                .uri
+                .authority()
+                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+        });
         // None: leave Host as the client sent it; Some(None): no Host to send
         let host = (!route.preserve_host).then(|| {
             cx.backend()
@@ -477,19 +488,29 @@ impl ProxyHttp for Gateway {
         let forwarded_for = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| forwarding::forwarded_for(&up.headers, a.ip()));
+            .map(|a| forwarding::forwarded_for(&up.headers, cx.client_sent_xff, a.ip()));
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let header_value = |v: &str| {
             HeaderValue::from_str(v).or_err(ErrorType::InvalidHTTPHeader, "invalid header value")
         };
-        let request_id = header_value(&cx.request_id)?;
+        let request_id = cx
+            .request_id_header()
+            .or_err(ErrorType::InvalidHTTPHeader, "invalid request id")?;
         let consumer = cx
             .consumer
             .as_ref()
             .map(|c| header_value(&c.name))
             .transpose()?;
         let traceparent = cx.trace.as_ref().map(TraceContext::child_header);
-        forwarding::edit_headers(up, 7, |h| {
+        // the headers that are new to the map (`Host` replaces the client's); a map with
+        // room for them is not rebuilt
+        let added = 2 // X-Forwarded-Proto, X-Request-Id
+            + usize::from(matches!(host, Some(Some(_))) && !had_host)
+            + usize::from(client_host.is_some())
+            + usize::from(forwarded_for.is_some())
+            + usize::from(traceparent.is_some())
+            + usize::from(consumer.is_some());
+        forwarding::edit_headers(up, added, |h| {
             match host {
                 Some(Some(v)) => {
                     h.insert(header::HOST, v);
@@ -542,10 +563,12 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         cx: &mut RequestCtx,
     ) -> Result<()> {
-        let id = HeaderValue::from_str(&cx.request_id)
+        let id = cx
+            .request_id_header()
             .or_err(ErrorType::InvalidHTTPHeader, "invalid request id")?;
-        // room for Pingora's `Date` and `Connection` and a few policy headers
-        forwarding::edit_response_headers(resp, 6, |h| {
+        // room for exactly what goes in: a map with room to spare is not rebuilt (the
+        // upstream's `Connection`, which Pingora puts back, is gone by now)
+        forwarding::edit_response_headers(resp, 1, |h| {
             h.insert(X_REQUEST_ID_NAME.clone(), id);
         })?;
         if let Some(route) = cx.route.clone() {

@@ -34,12 +34,26 @@ fn parse_hex<const N: usize>(s: &str) -> Option<u128> {
     })
 }
 
-/// Writes `v` into `out` as lower-case hex, zero-padded to `out`'s length.
-pub(crate) fn put_hex(out: &mut [u8], mut v: u128) {
+/// Writes the last `out.len()` (at most 32) hex digits of `v` into `out`, lower case.
+pub(crate) fn put_hex(out: &mut [u8], v: u128) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in out.iter_mut().rev() {
-        *b = DIGITS[(v & 0xf) as usize];
-        v >>= 4;
+    // two digits per byte of `v`, by table: ids and trace contexts are made per request
+    const PAIRS: [[u8; 2]; 256] = {
+        let mut t = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+            i += 1;
+        }
+        t
+    };
+    let mut pairs = out.rchunks_exact_mut(2);
+    let mut bytes = v.to_le_bytes().into_iter();
+    for (pair, b) in (&mut pairs).zip(&mut bytes) {
+        pair.copy_from_slice(&PAIRS[usize::from(b)]);
+    }
+    if let ([digit], Some(b)) = (pairs.into_remainder(), bytes.next()) {
+        *digit = DIGITS[usize::from(b & 0xf)];
     }
 }
 
@@ -126,6 +140,19 @@ fn new_span_id() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_the_last_digits_zero_padded() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        for v in [0, 1, 0xab, u128::MAX, rng.u128(..), rng.u128(..) >> 7] {
+            let full = format!("{v:032x}");
+            for n in 1..=32 {
+                let mut out = vec![b'?'; n];
+                put_hex(&mut out, v);
+                assert_eq!(out, &full.as_bytes()[32 - n..], "{v:x} in {n} digits");
+            }
+        }
+    }
 
     #[test]
     fn parses_valid_contexts_only() {

@@ -67,8 +67,12 @@ pub fn host_without_port(host: &str) -> &str {
             None => host,
         }
     } else {
-        match host.rfind(':') {
-            Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+        // `name:digits`: the digits from the end, then the colon (a byte loop: the
+        // usual host is short and `rfind` is a general search)
+        let b = host.as_bytes();
+        let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+        match b.len().checked_sub(digits + 1) {
+            Some(i) if b[i] == b':' => &host[..i],
             _ => host,
         }
     };
@@ -414,6 +418,9 @@ mod tests {
         assert_eq!(host_without_port("[::1]:8080"), "[::1]");
         assert_eq!(host_without_port("[::1]"), "[::1]");
         assert_eq!(host_without_port("example.com."), "example.com");
+        assert_eq!(host_without_port("example.com:"), "example.com");
+        assert_eq!(host_without_port("8080"), "8080");
+        assert_eq!(host_without_port("a:b"), "a:b");
     }
 
     #[test]
