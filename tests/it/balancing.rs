@@ -138,6 +138,31 @@ async fn an_unhealthy_backend_stops_receiving_traffic_and_comes_back() {
 }
 
 #[tokio::test]
+async fn health_checks_a_reload_adds_run_at_once() {
+    let ups = backends(2).await;
+    let gw = gateway(&pool("p", &ups, ""));
+    ups[1].set_healthy(false);
+    assert_eq!(
+        answered_by(&gw, 4).await.len(),
+        2,
+        "without checks both backends serve"
+    );
+    // an hour between checks: only the first, due at once, can run within the test
+    let checked = pool(
+        "p",
+        &ups,
+        "[upstreams.p.health_check]\npath = \"/healthz\"\ninterval = \"1h\"\nunhealthy_after = 1",
+    );
+    std::fs::write(&gw.config, checked).unwrap();
+    gw.signal("HUP");
+    let out = eventually(Duration::from_secs(5), async || {
+        answered_by(&gw, 6).await.keys().all(|k| k == "b0")
+    })
+    .await;
+    assert!(out, "the check the reload added did not run");
+}
+
+#[tokio::test]
 async fn every_backend_unhealthy_is_503_at_once() {
     let ups = backends(2).await;
     let gw = gateway(&pool(
