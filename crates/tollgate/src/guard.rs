@@ -33,11 +33,23 @@ use pingora::protocols::{
 };
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::limits::{HeadScanner, Limits, Scan};
 use crate::metrics::{Metrics, NO_ROUTE};
 use crate::reply::{ErrorCode, Reply};
+
+/// A deadline's timer: Pingora's (`pingora-timeout`), which one thread drives for the
+/// whole process at 10 ms precision, rather than tokio's: a tokio timer armed on every
+/// connection makes each wait of the worker threads compute and set a timeout, which
+/// raw Pingora's workers do not do.
+type Timer = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
+
+fn timer_until(at: Instant) -> Timer {
+    Box::pin(pingora::time::sleep(
+        at.saturating_duration_since(Instant::now()),
+    ))
+}
 
 /// What the proxy and the guard of one connection share.
 #[derive(Debug, Default)]
@@ -96,13 +108,15 @@ pub struct Guard {
     ready: BytesMut,
     /// The refusal being written.
     refusal: BytesMut,
-    deadline: Pin<Box<Sleep>>,
+    /// The timer of the deadline, made at the first wait (most connections have their
+    /// next head at hand when they read) and dropped once it has fired.
+    timer: Option<Timer>,
     deadline_at: Instant,
     /// A deadline that starts when the guard first waits (`idle_timeout` after a
     /// request): set on the first read that finds no data, so a connection whose next
     /// request is already there reads no clock and sets no timer.
     deadline_from_wait: Option<Duration>,
-    /// When the timer (`deadline`) fires. Never after `deadline_at`, but often before
+    /// When the timer fires. Never after `deadline_at`, but often before
     /// it: a deadline that moves later (the idle deadline moves with every request) is
     /// left registered where it was, and moved when it fires, so a busy connection
     /// resets its timer once per timeout, not once per request.
@@ -133,7 +147,7 @@ impl Guard {
             held: BytesMut::new(),
             ready: BytesMut::new(),
             refusal: BytesMut::new(),
-            deadline: Box::pin(tokio::time::sleep_until(now + limits.header_timeout)),
+            timer: None,
             deadline_at: now + limits.header_timeout,
             deadline_from_wait: None,
             timer_at: now + limits.header_timeout,
@@ -153,19 +167,21 @@ impl Guard {
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let at = self.deadline();
         loop {
-            if self.timer_at > at {
-                self.deadline.as_mut().reset(at);
-                self.timer_at = at;
-            }
-            if self.deadline.as_mut().poll(cx).is_pending() {
+            let timer = match &mut self.timer {
+                Some(t) if self.timer_at <= at => t,
+                _ => {
+                    self.timer_at = at;
+                    self.timer.insert(timer_until(at))
+                }
+            };
+            if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
+            self.timer = None;
             if self.timer_at == at {
                 return Poll::Ready(());
             }
             // fired early, at an earlier deadline: on to this one
-            self.timer_at = at;
-            self.deadline.as_mut().reset(at);
         }
     }
 
@@ -452,8 +468,8 @@ impl Peek for Guard {
                 }
             }
             let mut tmp = [0u8; 4096];
-            let deadline = self.deadline();
-            match tokio::time::timeout_at(deadline, self.inner.read(&mut tmp)).await {
+            let left = self.deadline().saturating_duration_since(Instant::now());
+            match pingora::time::timeout(left, self.inner.read(&mut tmp)).await {
                 Err(_) => {
                     if self.mode == Mode::Head {
                         self.refuse(ErrorCode::RequestTimeout);
