@@ -98,6 +98,18 @@ impl Gateway {
     }
 }
 
+/// Room left in a header map for what a route's policies add after the gateway's own
+/// edit (`request_headers`, `RateLimit-*`, …), so that their edits do not rebuild the
+/// map a second time. A route without policies gets none: a map with room to spare is
+/// rebuilt for nothing.
+fn policy_headroom(chain: &crate::policy::Chain) -> usize {
+    if chain.is_empty() {
+        0
+    } else {
+        4
+    }
+}
+
 /// Maps a proxying error to the contract's refusal.
 fn classify(e: &Error) -> Option<ErrorCode> {
     use ErrorType::*;
@@ -509,7 +521,8 @@ impl ProxyHttp for Gateway {
             + usize::from(client_host.is_some())
             + usize::from(forwarded_for.is_some())
             + usize::from(traceparent.is_some())
-            + usize::from(consumer.is_some());
+            + usize::from(consumer.is_some())
+            + policy_headroom(&route.chain);
         forwarding::edit_headers(up, added, |h| {
             match host {
                 Some(Some(v)) => {
@@ -568,7 +581,8 @@ impl ProxyHttp for Gateway {
             .or_err(ErrorType::InvalidHTTPHeader, "invalid request id")?;
         // room for exactly what goes in: a map with room to spare is not rebuilt (the
         // upstream's `Connection`, which Pingora puts back, is gone by now)
-        forwarding::edit_response_headers(resp, 1, |h| {
+        let headroom = cx.route.as_ref().map_or(0, |r| policy_headroom(&r.chain));
+        forwarding::edit_response_headers(resp, 1 + headroom, |h| {
             h.insert(X_REQUEST_ID_NAME.clone(), id);
         })?;
         if let Some(route) = cx.route.clone() {
