@@ -178,10 +178,12 @@ impl Guard {
                 return Poll::Pending;
             }
             self.timer = None;
-            if self.timer_at == at {
+            // (the clock, not the timer, says whether the deadline has passed: a timer
+            // may fire a little early, and always does when armed for an earlier one)
+            if Instant::now() >= at {
                 return Poll::Ready(());
             }
-            // fired early, at an earlier deadline: on to this one
+            // fired early: on to the deadline
         }
     }
 
