@@ -108,19 +108,18 @@ pub struct Guard {
     ready: BytesMut,
     /// The refusal being written.
     refusal: BytesMut,
-    /// The timer of the deadline, made at the first wait (most connections have their
-    /// next head at hand when they read) and dropped once it has fired.
-    timer: Option<Timer>,
+    /// The deadline's timer and when it fires, made at the first wait (most
+    /// connections have their next head at hand when they read) and dropped once it has
+    /// fired. It fires never after `deadline_at`, but often before it: a deadline that
+    /// moves later (the idle deadline moves with every request) is left where it was,
+    /// and moved when it fires, so a busy connection sets its timer once per timeout,
+    /// not once per request.
+    timer: Option<(Instant, Timer)>,
     deadline_at: Instant,
     /// A deadline that starts when the guard first waits (`idle_timeout` after a
     /// request): set on the first read that finds no data, so a connection whose next
     /// request is already there reads no clock and sets no timer.
     deadline_from_wait: Option<Duration>,
-    /// When the timer fires. Never after `deadline_at`, but often before
-    /// it: a deadline that moves later (the idle deadline moves with every request) is
-    /// left registered where it was, and moved when it fires, so a busy connection
-    /// resets its timer once per timeout, not once per request.
-    timer_at: Instant,
     head_started: Instant,
 }
 
@@ -150,7 +149,6 @@ impl Guard {
             timer: None,
             deadline_at: now + limits.header_timeout,
             deadline_from_wait: None,
-            timer_at: now + limits.header_timeout,
             head_started: now,
         }
     }
@@ -168,11 +166,8 @@ impl Guard {
         let at = self.deadline();
         loop {
             let timer = match &mut self.timer {
-                Some(t) if self.timer_at <= at => t,
-                _ => {
-                    self.timer_at = at;
-                    self.timer.insert(timer_until(at))
-                }
+                Some((fires, t)) if *fires <= at => t,
+                _ => &mut self.timer.insert((at, timer_until(at))).1,
             };
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;

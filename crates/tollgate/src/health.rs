@@ -224,17 +224,16 @@ impl BackgroundService for HealthChecker {
             reloads.borrow_and_update();
             let elapsed = epoch.elapsed().as_millis() as u64;
             let snapshot = self.state.load_full();
-            let mut next_due = None::<u64>;
             for upstream in snapshot.upstreams.values() {
-                let Some(schedule) = upstream.health.as_ref() else {
-                    continue;
-                };
-                if schedule.claim(elapsed) {
+                if upstream.health.as_ref().is_some_and(|s| s.claim(elapsed)) {
                     tokio::spawn(run(upstream.clone(), self.metrics.clone()));
                 }
-                next_due =
-                    Some(next_due.map_or(schedule.next_due(), |n| n.min(schedule.next_due())));
             }
+            let schedules = snapshot
+                .upstreams
+                .values()
+                .filter_map(|u| u.health.as_ref());
+            let next_due = schedules.map(Schedule::next_due).min();
             drop(snapshot);
             let wake = next_due.map(|due| {
                 let floor = elapsed + TICK.as_millis() as u64;

@@ -165,6 +165,24 @@ enum Tracked {
     TransferEncoding,
 }
 
+impl Tracked {
+    /// Whether the header `name` (any case) is one whose value the scanner keeps.
+    fn of(name: &[u8]) -> Self {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            Self::ContentLength
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            Self::TransferEncoding
+        } else {
+            Self::None
+        }
+    }
+}
+
+/// The request-line versions the gateway takes.
+fn known_version(v: &[u8]) -> bool {
+    matches!(v, b"HTTP/1.1" | b"HTTP/1.0" | b"HTTP/2.0")
+}
+
 /// `tchar` of RFC 9110: the characters of methods and header names.
 fn is_tchar(b: u8) -> bool {
     const TCHAR: [bool; 256] = {
@@ -364,26 +382,9 @@ impl HeadScanner {
             if name.is_empty() || !name.iter().all(|&c| is_tchar(c)) {
                 return false;
             }
-            let tracked = if name.eq_ignore_ascii_case(b"content-length") {
-                Tracked::ContentLength
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                Tracked::TransferEncoding
-            } else {
-                Tracked::None
-            };
-            let value = value[..value.len().min(256)]
-                .iter()
-                .map(u8::to_ascii_lowercase);
-            match tracked {
-                Tracked::ContentLength => self.content_lengths.push(value.collect()),
-                Tracked::TransferEncoding => {
-                    let te = self.transfer_encoding.get_or_insert_with(Vec::new);
-                    if !te.is_empty() {
-                        te.push(b',');
-                    }
-                    te.extend(value);
-                }
-                Tracked::None => {}
+            let tracked = Tracked::of(name);
+            if tracked != Tracked::None {
+                self.keep(tracked, value[..value.len().min(256)].to_ascii_lowercase());
             }
         }
         self.total = total;
@@ -403,8 +404,7 @@ impl HeadScanner {
         else {
             return false;
         };
-        let known = matches!(version, b"HTTP/1.1" | b"HTTP/1.0" | b"HTTP/2.0");
-        if !known
+        if !known_version(version)
             || method.is_empty()
             || !method.iter().all(|&c| is_tchar(c))
             || target.is_empty()
@@ -450,11 +450,7 @@ impl HeadScanner {
                     return false;
                 }
                 self.name_done = true;
-                self.tracked = match self.name.as_slice() {
-                    b"content-length" => Tracked::ContentLength,
-                    b"transfer-encoding" => Tracked::TransferEncoding,
-                    _ => Tracked::None,
-                };
+                self.tracked = Tracked::of(&self.name);
             } else if !is_tchar(b) {
                 return false;
             } else if self.name.len() < 32 {
@@ -469,6 +465,21 @@ impl HeadScanner {
         true
     }
 
+    /// Keeps the (lower-cased) value of a header line for the framing checks.
+    fn keep(&mut self, tracked: Tracked, value: Vec<u8>) {
+        match tracked {
+            Tracked::ContentLength => self.content_lengths.push(value),
+            Tracked::TransferEncoding => {
+                let te = self.transfer_encoding.get_or_insert_with(Vec::new);
+                if !te.is_empty() {
+                    te.push(b',');
+                }
+                te.extend_from_slice(&value);
+            }
+            Tracked::None => {}
+        }
+    }
+
     /// A line ended. `Some(Complete)` for the blank line ending the head.
     fn end_line(&mut self) -> Option<Scan> {
         let len = std::mem::take(&mut self.line_len);
@@ -478,29 +489,17 @@ impl HeadScanner {
             }
             return Some(Scan::Complete(0));
         }
-        if self.lines == 0 {
-            let version = self.rl_version.as_slice();
-            let known = matches!(version, b"HTTP/1.1" | b"HTTP/1.0" | b"HTTP/2.0");
-            if self.rl_spaces != 2 || self.rl_prev_space || !known {
-                return Some(Scan::Refuse(ErrorCode::BadRequest));
-            }
+        let request_line_ok =
+            self.rl_spaces == 2 && !self.rl_prev_space && known_version(&self.rl_version);
+        if self.lines == 0 && !request_line_ok {
+            return Some(Scan::Refuse(ErrorCode::BadRequest));
         }
         if self.lines > 0 {
             if !self.name_done {
                 return Some(Scan::Refuse(ErrorCode::BadRequest)); // a header line without ':'
             }
             let value = std::mem::take(&mut self.value);
-            match self.tracked {
-                Tracked::ContentLength => self.content_lengths.push(value),
-                Tracked::TransferEncoding => {
-                    let te = self.transfer_encoding.get_or_insert_with(Vec::new);
-                    if !te.is_empty() {
-                        te.push(b',');
-                    }
-                    te.extend_from_slice(&value);
-                }
-                Tracked::None => {}
-            }
+            self.keep(self.tracked, value);
             if self.lines > self.limits.max_headers {
                 return Some(Scan::Refuse(ErrorCode::HeadersTooLarge));
             }

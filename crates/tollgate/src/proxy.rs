@@ -172,15 +172,15 @@ impl ProxyHttp for Gateway {
         let client_id = head.request_id;
         let (id, header) =
             match client_id.and_then(|v| Some((request_id::valid(&v)?.to_string(), v))) {
-                Some(valid) => valid,
+                Some((id, v)) => (id, Some(v)),
                 None => {
                     let id = request_id::generate();
                     let header = HeaderValue::from_str(&id).ok();
-                    (id, header.unwrap_or_else(|| HeaderValue::from_static("")))
+                    (id, header)
                 }
             };
         cx.request_id = id;
-        cx.request_id_header = Some(header);
+        cx.request_id_header = header;
         if let Some(peer) = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -579,8 +579,8 @@ impl ProxyHttp for Gateway {
         let id = cx
             .request_id_header()
             .or_err(ErrorType::InvalidHTTPHeader, "invalid request id")?;
-        // room for exactly what goes in: a map with room to spare is not rebuilt (the
-        // upstream's `Connection`, which Pingora puts back, is gone by now)
+        // room for what goes in: a map with room to spare is not rebuilt (Pingora's
+        // `Date` and `Connection` replace the upstream's)
         let headroom = cx.route.as_ref().map_or(0, |r| policy_headroom(&r.chain));
         forwarding::edit_response_headers(resp, 1 + headroom, |h| {
             h.insert(X_REQUEST_ID_NAME.clone(), id);
