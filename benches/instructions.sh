@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # User-space instructions per request (`just bench-instructions`): raw Pingora (Tollgate's
-# profile) and Tollgate with one plain route, each run under callgrind while it proxies
+# profile), Tollgate with one plain route and Tollgate with the policies route of
+# `just bench-load` (key_auth + local rate_limit + request_headers), each run under callgrind while it proxies
 # REQUESTS requests, one at a time, to an nginx upstream. Instruction counts do not move
 # with a noisy host the way times do (two runs agree to ~0.2 %), so this is the measure
 # for comparing two builds of the request path; the kernel's share (about half of the
@@ -41,7 +42,22 @@ backends = ["127.0.0.1:$UPSTREAM_PORT"]
 paths = ["/"]
 upstream = "u"
 EOF
+KEY=bench-key-0123456789abcdef
+cp "$OUT/tg.toml" "$OUT/tg-policies.toml"
+cat >>"$OUT/tg-policies.toml" <<EOF
+[routes.r.policies.key_auth]
+[routes.r.policies.rate_limit]
+requests = 100000000
+by = "consumer"
+[routes.r.policies.request_headers]
+set = { "x-env" = "bench" }
+add = { "x-via" = "tollgate" }
 
+[consumers.bench]
+api_keys = ["$KEY"]
+EOF
+
+HEADERS=() # extra request headers for the target being measured
 measure() { # NAME CMD...: writes instructions per request to $OUT/NAME.ir
   local name=$1 pid f ir
   shift
@@ -51,10 +67,10 @@ measure() { # NAME CMD...: writes instructions per request to $OUT/NAME.ir
   PIDS+=("$pid")
   wait_port $PORT 60 # valgrind starts slowly
   # warm up (connections, pools, lazily built state), then count only the measured run
-  target/release/examples/open_loop 127.0.0.1:$PORT / 100 2 4 >/dev/null
+  target/release/examples/open_loop 127.0.0.1:$PORT / 100 2 4 "${HEADERS[@]}" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   target/release/examples/open_loop 127.0.0.1:$PORT / 200 "$(python3 -c "print($REQUESTS / 200)")" 4 \
-    >"$OUT/$name.load"
+    "${HEADERS[@]}" >"$OUT/$name.load"
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill -KILL "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
@@ -68,9 +84,13 @@ measure() { # NAME CMD...: writes instructions per request to $OUT/NAME.ir
 # run here, not in a command substitution: the exit trap must see the valgrind pids
 measure raw-same target/release/examples/raw_pingora 127.0.0.1:$PORT 127.0.0.1:$UPSTREAM_PORT
 measure tg-plain target/release/tollgate run --config "$OUT/tg.toml"
+HEADERS=("apikey: $KEY")
+measure tg-policies target/release/tollgate run --config "$OUT/tg-policies.toml"
 raw=$(cat "$OUT/raw-same.ir")
 tg=$(cat "$OUT/tg-plain.ir")
+pol=$(cat "$OUT/tg-policies.ir")
 echo "raw Pingora (Tollgate's profile): $raw instructions/request"
 echo "Tollgate, one plain route:        $tg instructions/request"
-python3 -c "print(f'Tollgate / raw: {$tg / $raw:.3f} (+{$tg - $raw} per request)')"
+echo "Tollgate, policies route:         $pol instructions/request"
+python3 -c "print(f'Tollgate / raw: {$tg / $raw:.3f} (+{$tg - $raw} per request); policies / raw: {$pol / $raw:.3f}')"
 echo "per-function counts: callgrind_annotate $OUT/<name>.cg.<pid>.1" >&2

@@ -70,7 +70,8 @@ pub struct Upstream {
 
 impl Upstream {
     /// An echo upstream named `name` (the `upstream` field of its JSON answers).
-    /// A request whose path contains `/slow` is answered after 2 s.
+    /// A request whose path contains `/slow` is answered after 2 s; one whose path
+    /// contains `/own-ratelimit` gets `RateLimit-Limit: 999` (an upstream's own limiter).
     pub async fn start(name: &str) -> Self {
         Self::start_on("127.0.0.1:0", name).await
     }
@@ -275,6 +276,9 @@ async fn echo(req: Request<Incoming>, name: &str, rec: &Mutex<Vec<Seen>>) -> Res
         .header("content-type", "application/json")
         .header("x-upstream", name)
         .header("keep-alive", "timeout=5");
+    if target.contains("/own-ratelimit") {
+        resp = resp.header("ratelimit-limit", "999");
+    }
     if target.contains("/hop-named") {
         // a hop-by-hop header named by `Connection`, which must not reach the client
         resp = resp
@@ -920,8 +924,9 @@ pub async fn otlp_export(
 }
 
 /// An upstream that records the exact bytes of every request it receives (head and
-/// body) and answers each with `200 ok`. It understands just enough HTTP/1.1 framing
-/// (Content-Length, chunked) to find where each request ends.
+/// body) and answers each with `200 ok`, after a `103 Early Hints` when the request has
+/// `x-interim: 1`. It understands just enough HTTP/1.1 framing (Content-Length,
+/// chunked) to find where each request ends.
 pub struct RawUpstream {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -970,8 +975,13 @@ impl RawUpstream {
                     loop {
                         while let Some(end) = request_end(&buf) {
                             let req: Vec<u8> = buf.drain(..end).collect();
+                            let interim = find(&req, b"x-interim: 1").is_some();
                             if let Ok(mut r) = rec.lock() {
                                 r.push(req);
+                            }
+                            let hints = b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n";
+                            if interim && stream.write_all(hints).await.is_err() {
+                                return;
                             }
                             let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                             if stream.write_all(ok).await.is_err() {

@@ -77,6 +77,54 @@ async fn rate_limit_admits_exactly_the_budget_per_key_with_headers() {
 }
 
 #[tokio::test]
+async fn rate_limit_headers_replace_the_upstreams_and_ride_on_every_final_answer() {
+    let up = Upstream::start("a").await;
+    let early = RawUpstream::start().await;
+    let policy =
+        "[routes.{r}.policies.rate_limit]\nrequests = 50\nwindow = \"1m\"\nby = \"route\"\n";
+    let gw = gateway(&format!(
+        "{}{}{}[routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n{}\
+         [routes.gone]\npaths = [\"/gone\"]\nupstream = \"down\"\n{}\
+         [routes.hints]\npaths = [\"/hints\"]\nupstream = \"early\"\n{}",
+        upstream_table("a", &[up.addr]),
+        upstream_table("down", &[closed_port()]),
+        upstream_table("early", &[early.addr]),
+        policy.replace("{r}", "r"),
+        policy.replace("{r}", "gone"),
+        policy.replace("{r}", "hints"),
+    ));
+    // the upstream's own RateLimit-Limit is replaced, not joined
+    let r = raw(gw.addr, &get("/own-ratelimit", "")).await;
+    assert_eq!(r.status, 200);
+    let limits: Vec<&str> = (r.headers.iter())
+        .filter(|(n, _)| n == "ratelimit-limit")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(limits, ["50"], "{:?}", r.headers);
+    assert_eq!(r.header("ratelimit-remaining"), Some("49"));
+
+    // the gateway's own answer when the upstream cannot be reached carries them too
+    let r = raw(gw.addr, &get("/gone", "")).await;
+    assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("ratelimit-limit"), Some("50"));
+    assert_eq!(r.header("ratelimit-remaining"), Some("49"));
+
+    // an interim 103 does not; the final answer after it does
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, &get("/hints", "x-interim: 1\r\n"))
+        .await
+        .unwrap();
+    let bytes = read_until_closed(&mut s, std::time::Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    let (interim, last) = text.split_once("\r\n\r\n").expect("a head");
+    assert!(interim.starts_with("http/1.1 103"), "{text}");
+    assert!(!interim.contains("ratelimit-"), "{text}");
+    let last = parse_response(last.as_bytes());
+    assert_eq!(last.status, 200, "{text}");
+    assert_eq!(last.header("ratelimit-limit"), Some("50"), "{text}");
+}
+
+#[tokio::test]
 async fn a_consumer_override_gets_its_own_budget() {
     let up = Upstream::start("a").await;
     let gw = gateway(&format!(

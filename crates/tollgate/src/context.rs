@@ -13,7 +13,8 @@ use crate::runtime::{Route, Snapshot};
 /// Everything the gateway knows about the request in flight.
 ///
 /// One is created per request; policies read it and may write [`RequestCtx::consumer`]
-/// and [`RequestCtx::extensions`] (typed data for later policies of the same request).
+/// and [`RequestCtx::extensions`] (typed data for later policies of the same request),
+/// and add headers to the response with [`RequestCtx::set_response_header`].
 #[derive(Debug)]
 pub struct RequestCtx {
     /// The request id: the client's valid `X-Request-Id`, or a generated one.
@@ -29,6 +30,9 @@ pub struct RequestCtx {
     pub consumer: Option<Arc<Consumer>>,
     /// Typed data that policies pass to each other and to their own later hooks.
     pub extensions: http::Extensions,
+    /// Headers for whichever response answers the request (see
+    /// [`RequestCtx::set_response_header`]).
+    pub(crate) response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// `request_id` as a header value, made once for the headers that carry it.
     pub(crate) request_id_header: Option<http::HeaderValue>,
     /// The client's `Host` (for `X-Forwarded-Host`), and whether it sent an
@@ -71,6 +75,7 @@ impl RequestCtx {
             path: String::new(),
             consumer: None,
             extensions: http::Extensions::new(),
+            response_headers: Vec::new(),
             request_id_header: None,
             client_host: None,
             client_sent_xff: false,
@@ -88,6 +93,32 @@ impl RequestCtx {
             upstream_conn: None,
             head_deadline: None,
         }
+    }
+
+    /// Sets `name: value` on the response the client gets for this request, whichever
+    /// answers it: the upstream, or the gateway itself (a refusal by this or a later
+    /// policy, a 502, …). Replaces the upstream's values of that name, and an earlier
+    /// call's. Interim answers (`100 Continue`, `103 Early Hints`) do not get it.
+    ///
+    /// For headers known before the response arrives (a rate limiter's counts, say), this
+    /// is cheaper than editing the response in [`Policy::response_filter`]: the gateway
+    /// puts them in together with its own headers, in one edit of the header map. They go
+    /// in before the policies' `response_filter` hooks run, so those still see (and may
+    /// change) them.
+    ///
+    /// [`Policy::response_filter`]: crate::policy::Policy::response_filter
+    pub fn set_response_header(&mut self, name: http::HeaderName, value: http::HeaderValue) {
+        match self.response_headers.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.response_headers.push((name, value)),
+        }
+    }
+
+    /// The headers set by [`RequestCtx::set_response_header`], in the order first set.
+    pub fn response_headers(
+        &self,
+    ) -> impl Iterator<Item = (&http::HeaderName, &http::HeaderValue)> {
+        self.response_headers.iter().map(|(n, v)| (n, v))
     }
 
     /// [`RequestCtx::request_id`] as a header value (`None` if a policy made it invalid).
@@ -141,5 +172,29 @@ impl RequestCtx {
     /// The refusal code of the gateway's own answer, if it made one.
     pub fn refusal(&self) -> Option<ErrorCode> {
         self.refusal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderName, HeaderValue};
+
+    #[test]
+    fn a_response_header_set_again_replaces_the_first_value_in_place() {
+        let mut cx = RequestCtx::new();
+        let a = HeaderName::from_static("x-a");
+        let b = HeaderName::from_static("x-b");
+        cx.set_response_header(a.clone(), HeaderValue::from_static("1"));
+        cx.set_response_header(b.clone(), HeaderValue::from_static("2"));
+        cx.set_response_header(a.clone(), HeaderValue::from_static("3"));
+        let set: Vec<_> = cx.response_headers().collect();
+        assert_eq!(
+            set,
+            [
+                (&a, &HeaderValue::from_static("3")),
+                (&b, &HeaderValue::from_static("2"))
+            ]
+        );
     }
 }

@@ -77,6 +77,9 @@ impl Gateway {
         for (n, v) in reply.headers {
             resp.append_header(n, v)?;
         }
+        for (n, v) in std::mem::take(&mut cx.response_headers) {
+            resp.insert_header(n, v)?;
+        }
         if let Some(route) = cx.route.clone() {
             route.chain.response_filter(cx, &mut resp)?;
         }
@@ -582,8 +585,21 @@ impl ProxyHttp for Gateway {
         // room for what goes in: a map with room to spare is not rebuilt (Pingora's
         // `Date` and `Connection` replace the upstream's)
         let headroom = cx.route.as_ref().map_or(0, |r| policy_headroom(&r.chain));
-        forwarding::edit_response_headers(resp, 1 + headroom, |h| {
+        // the policies' headers go on the final answer only (taken, not cloned: a clone
+        // of a fresh header value allocates); an interim one (100 Continue, 103 Early
+        // Hints) passes here before it
+        let interim =
+            resp.status.is_informational() && resp.status != http::StatusCode::SWITCHING_PROTOCOLS;
+        let set = if interim {
+            Vec::new()
+        } else {
+            std::mem::take(&mut cx.response_headers)
+        };
+        forwarding::edit_response_headers(resp, 1 + set.len() + headroom, |h| {
             h.insert(X_REQUEST_ID_NAME.clone(), id);
+            for (n, v) in set {
+                h.insert(n, v);
+            }
         })?;
         if let Some(route) = cx.route.clone() {
             route.chain.response_filter(cx, resp)?;

@@ -13,6 +13,8 @@
 //! with `WWW-Authenticate: Key`. Keys are looked up by digest and compared in constant
 //! time (see [`crate::consumer`]). The key is never logged or echoed.
 
+use std::borrow::Cow;
+
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
@@ -127,12 +129,16 @@ impl Policy for KeyAuth {
 
     async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<Flow> {
         let req = session.req_header();
-        let from_header = req.headers.get(&self.header).map(|v| v.as_bytes().to_vec());
-        let key = from_header
-            .or_else(|| query_param(req.uri.query(), &self.query).map(String::into_bytes));
-        let Some(key) = key.filter(|k| !k.is_empty()) else {
-            return Ok(challenge("missing API key"));
+        let key = match req.headers.get(&self.header) {
+            Some(v) => Cow::Borrowed(v.as_bytes()),
+            None => match query_param(req.uri.query(), &self.query) {
+                Some(q) => Cow::Owned(q.into_bytes()),
+                None => Cow::Borrowed(&b""[..]),
+            },
         };
+        if key.is_empty() {
+            return Ok(challenge("missing API key"));
+        }
         match cx.consumers().by_api_key(&key) {
             Some(c) => {
                 cx.consumer = Some(c.clone());

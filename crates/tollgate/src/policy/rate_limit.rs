@@ -11,7 +11,7 @@
 //! on_store_error = "allow"  # default; "deny": 503 when Redis cannot answer in time
 //! ```
 //!
-//! Every response on the route carries `RateLimit-Limit`, `RateLimit-Remaining` and
+//! Every final response on the route carries `RateLimit-Limit`, `RateLimit-Remaining` and
 //! `RateLimit-Reset` (seconds to the end of the window). Over the limit the answer is 429
 //! `rate_limited` with `Retry-After` (whole seconds, at least 1), and the request never
 //! reaches the upstream. With `by = "consumer"` (or a header) and no consumer (or no such
@@ -38,7 +38,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
-use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::Result;
 use pingora_limits::estimator::Estimator;
@@ -134,6 +133,7 @@ impl PolicyConfig for RateLimitConfig {
         };
         Ok(RateLimit {
             limit: self.requests,
+            limit_value: self.requests.into(),
             by: self.by,
             counter,
         })
@@ -243,6 +243,8 @@ enum Counter {
 #[derive(Debug)]
 pub struct RateLimit {
     limit: u64,
+    /// `limit` as the `RateLimit-Limit` value, made once.
+    limit_value: HeaderValue,
     by: RequestKey,
     counter: Counter,
 }
@@ -296,14 +298,6 @@ impl RateLimit {
     }
 }
 
-/// The values of the `RateLimit-*` headers for this request.
-#[derive(Debug, Clone, Copy)]
-struct Headers {
-    limit: u64,
-    remaining: u64,
-    reset_secs: u64,
-}
-
 #[async_trait]
 impl Policy for RateLimit {
     fn stage(&self) -> Stage {
@@ -317,12 +311,14 @@ impl Policy for RateLimit {
             Ok(d) => d,
             Err(flow) => return Ok(flow),
         };
+        static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+        static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+        static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
         let reset_secs = d.reset.as_secs() + u64::from(d.reset.subsec_nanos() > 0);
-        cx.extensions.insert(Headers {
-            limit: self.limit,
-            remaining: d.remaining,
-            reset_secs,
-        });
+        // on every answer to this request, the upstream's or a refusal
+        cx.set_response_header(LIMIT.clone(), self.limit_value.clone());
+        cx.set_response_header(REMAINING.clone(), d.remaining.into());
+        cx.set_response_header(RESET.clone(), reset_secs.into());
         if d.allowed {
             return Ok(Flow::Continue);
         }
@@ -336,20 +332,6 @@ impl Policy for RateLimit {
                 HeaderValue::from(reset_secs.max(1)),
             ),
         ))
-    }
-
-    fn response_filter(&self, cx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()> {
-        static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
-        static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
-        static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
-        let Some(h) = cx.extensions.get::<Headers>() else {
-            return Ok(());
-        };
-        crate::forwarding::edit_response_headers(resp, 3, |m| {
-            m.insert(LIMIT.clone(), h.limit.into());
-            m.insert(REMAINING.clone(), h.remaining.into());
-            m.insert(RESET.clone(), h.reset_secs.into());
-        })
     }
 }
 
