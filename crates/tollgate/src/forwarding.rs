@@ -133,6 +133,13 @@ pub fn connection_names_protected(headers: &HeaderMap) -> bool {
         .any(|n| protected(&n))
 }
 
+/// Whether `status` is an interim answer (`100 Continue`, `103 Early Hints`, …): a 1xx
+/// that the final answer follows. A `101 Switching Protocols` is the last HTTP answer on
+/// its connection, so it is final.
+pub(crate) fn is_interim(status: http::StatusCode) -> bool {
+    status.is_informational() && status != http::StatusCode::SWITCHING_PROTOCOLS
+}
+
 /// Removes hop-by-hop headers from an upstream response (not from a `101`): the
 /// standard ones and those its `Connection` names.
 ///
@@ -149,9 +156,9 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
         return;
     }
-    let informational = resp.status.is_informational();
+    let interim = is_interim(resp.status);
     let mut gone = names_where(&resp.headers, |n| {
-        is_hop_by_hop(n) && (informational || n != header::CONNECTION)
+        is_hop_by_hop(n) && (interim || n != header::CONNECTION)
     });
     // `Connection: keep-alive` or `close`, the usual values, name no header
     let names_nothing = |v: &HeaderValue| {

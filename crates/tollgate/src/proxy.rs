@@ -102,7 +102,7 @@ impl Gateway {
 }
 
 /// Room left in a header map for what a route's policies add after the gateway's own
-/// edit (`request_headers`, `RateLimit-*`, …), so that their edits do not rebuild the
+/// edit (`request_headers`, `cors`, …), so that their edits do not rebuild the
 /// map a second time. A route without policies gets none: a map with room to spare is
 /// rebuilt for nothing.
 fn policy_headroom(chain: &crate::policy::Chain) -> usize {
@@ -586,11 +586,8 @@ impl ProxyHttp for Gateway {
         // `Date` and `Connection` replace the upstream's)
         let headroom = cx.route.as_ref().map_or(0, |r| policy_headroom(&r.chain));
         // the policies' headers go on the final answer only (taken, not cloned: a clone
-        // of a fresh header value allocates); an interim one (100 Continue, 103 Early
-        // Hints) passes here before it
-        let interim =
-            resp.status.is_informational() && resp.status != http::StatusCode::SWITCHING_PROTOCOLS;
-        let set = if interim {
+        // of a fresh header value allocates); an interim one passes here before it
+        let set = if forwarding::is_interim(resp.status) {
             Vec::new()
         } else {
             std::mem::take(&mut cx.response_headers)

@@ -315,7 +315,7 @@ impl Policy for RateLimit {
         static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
         static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
         let reset_secs = d.reset.as_secs() + u64::from(d.reset.subsec_nanos() > 0);
-        // on every answer to this request, the upstream's or a refusal
+        // on the final answer to this request, the upstream's or a refusal
         cx.set_response_header(LIMIT.clone(), self.limit_value.clone());
         cx.set_response_header(REMAINING.clone(), d.remaining.into());
         cx.set_response_header(RESET.clone(), reset_secs.into());
