@@ -10,7 +10,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
-use pingora::{Error, ErrorSource, ErrorType, OkOrErr, OrErr, Result};
+use pingora::{Error, ErrorSource, ErrorType, OkOrErr, Result};
 use tokio::time::Instant;
 
 use crate::access_log::AccessLogger;
@@ -505,16 +505,16 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| forwarding::forwarded_for(&up.headers, cx.client_sent_xff, a.ip()));
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        let header_value = |v: &str| {
-            HeaderValue::from_str(v).or_err(ErrorType::InvalidHTTPHeader, "invalid header value")
-        };
         let request_id = cx
             .request_id_header()
             .or_err(ErrorType::InvalidHTTPHeader, "invalid request id")?;
         let consumer = cx
             .consumer
             .as_ref()
-            .map(|c| header_value(&c.name))
+            .map(|c| {
+                c.name_header()
+                    .or_err(ErrorType::InvalidHTTPHeader, "invalid consumer name")
+            })
             .transpose()?;
         let traceparent = cx.trace.as_ref().map(TraceContext::child_header);
         // the headers that are new to the map (`Host` replaces the client's); a map with

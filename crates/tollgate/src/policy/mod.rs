@@ -324,32 +324,48 @@ impl Registry {
 /// The policies of one route, in stage order.
 #[derive(Clone, Default)]
 pub struct Chain {
-    policies: Vec<(Arc<str>, BoxPolicy)>,
+    policies: Vec<Link>,
+}
+
+/// One policy of a chain, with its stage asked once, at load.
+#[derive(Clone)]
+struct Link {
+    name: Arc<str>,
+    stage: Stage,
+    policy: BoxPolicy,
 }
 
 impl fmt::Debug for Chain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
-            .entries(self.policies.iter().map(|(n, _)| n))
+            .entries(self.policies.iter().map(|l| &l.name))
             .finish()
     }
 }
 
 impl Chain {
     /// Orders named policies by stage, then name.
-    pub fn new(mut policies: Vec<(Arc<str>, BoxPolicy)>) -> Self {
-        policies.sort_by(|a, b| (a.1.stage(), &a.0).cmp(&(b.1.stage(), &b.0)));
+    pub fn new(policies: Vec<(Arc<str>, BoxPolicy)>) -> Self {
+        let mut policies: Vec<Link> = policies
+            .into_iter()
+            .map(|(name, policy)| Link {
+                stage: policy.stage(),
+                name,
+                policy,
+            })
+            .collect();
+        policies.sort_by(|a, b| (a.stage, &a.name).cmp(&(b.stage, &b.name)));
         Self { policies }
     }
 
     /// The policy names in run order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.policies.iter().map(|(n, _)| &**n)
+        self.policies.iter().map(|l| &*l.name)
     }
 
     /// True when a policy of `stage` is in the chain.
     pub fn has_stage(&self, stage: Stage) -> bool {
-        self.policies.iter().any(|(_, p)| p.stage() == stage)
+        self.policies.iter().any(|l| l.stage == stage)
     }
 
     /// True when the route has no policies.
@@ -366,13 +382,12 @@ impl Chain {
     pub async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<Flow> {
         let mut auth_refusal: Option<Reply> = None;
         let mut authenticated = false;
-        for (name, p) in &self.policies {
-            let stage = p.stage();
-            if stage == Stage::Authentication {
+        for link in &self.policies {
+            if link.stage == Stage::Authentication {
                 if authenticated {
                     continue;
                 }
-                match p.request_filter(session, cx).await? {
+                match link.policy.request_filter(session, cx).await? {
                     Flow::Continue => authenticated = true,
                     Flow::Respond(r) => {
                         auth_refusal.get_or_insert(r);
@@ -386,7 +401,7 @@ impl Chain {
                 }
             }
             let overrides = overrides(cx);
-            let p = effective(overrides.as_deref(), name, p);
+            let p = link.effective(overrides.as_deref());
             if let Flow::Respond(r) = p.request_filter(session, cx).await? {
                 return Ok(Flow::Respond(r));
             }
@@ -407,7 +422,7 @@ impl Chain {
         let o = overrides(cx);
         self.policies
             .iter()
-            .try_for_each(|(n, p)| effective(o.as_deref(), n, p).request_body_filter(cx, body, end))
+            .try_for_each(|l| l.effective(o.as_deref()).request_body_filter(cx, body, end))
     }
 
     /// Runs every policy's `upstream_request_filter`.
@@ -419,7 +434,7 @@ impl Chain {
         let o = overrides(cx);
         self.policies
             .iter()
-            .try_for_each(|(n, p)| effective(o.as_deref(), n, p).upstream_request_filter(cx, req))
+            .try_for_each(|l| l.effective(o.as_deref()).upstream_request_filter(cx, req))
     }
 
     /// Runs every policy's `response_filter`.
@@ -427,14 +442,14 @@ impl Chain {
         let o = overrides(cx);
         self.policies
             .iter()
-            .try_for_each(|(n, p)| effective(o.as_deref(), n, p).response_filter(cx, resp))
+            .try_for_each(|l| l.effective(o.as_deref()).response_filter(cx, resp))
     }
 
     /// Runs every policy's `logging`.
     pub fn logging(&self, cx: &RequestCtx, error: Option<&pingora::Error>) {
         self.policies
             .iter()
-            .for_each(|(n, p)| effective(cx.consumer.as_deref(), n, p).logging(cx, error));
+            .for_each(|l| l.effective(cx.consumer.as_deref()).logging(cx, error));
     }
 }
 
@@ -447,16 +462,15 @@ fn overrides(cx: &RequestCtx) -> Option<Arc<crate::consumer::Consumer>> {
         .cloned()
 }
 
-/// The consumer's override of a post-authentication policy, or the route's own.
-fn effective<'a>(
-    consumer: Option<&'a crate::consumer::Consumer>,
-    name: &str,
-    route_policy: &'a BoxPolicy,
-) -> &'a BoxPolicy {
-    if route_policy.stage() > Stage::Authentication {
-        if let Some(p) = consumer.and_then(|c| c.policy(name)) {
-            return p;
+impl Link {
+    /// The consumer's override of this policy when it runs after authentication, or
+    /// the route's own.
+    fn effective<'a>(&'a self, consumer: Option<&'a crate::consumer::Consumer>) -> &'a BoxPolicy {
+        if self.stage > Stage::Authentication {
+            if let Some(p) = consumer.and_then(|c| c.policy(&self.name)) {
+                return p;
+            }
         }
+        &self.policy
     }
-    route_policy
 }
