@@ -18,10 +18,11 @@
 //! header), the client IP is the key.
 //!
 //! With `store = "local"`, counting is local to the process, in fixed windows aligned to
-//! the process clock, in count-min sketches from `pingora-limits`: memory is bounded (a
-//! fixed few MiB per distinct window length, shared by every limiter) whatever the
-//! number of keys; with very many distinct keys in one window the estimate can only
-//! over-count. Counts are keyed by the policy's key path, so they survive a reload.
+//! the process clock, in a count-min sketch whose counters carry their window (so a
+//! window's end clears nothing): memory is bounded (2 MiB per distinct window length,
+//! shared by every limiter) whatever the number of keys; with very many distinct keys
+//! in one window the estimate can only over-count. Counts are keyed by the policy's key
+//! path, so they survive a reload.
 //!
 //! With `store = "redis"`, every instance using the same Redis shares one count per key
 //! (`tollgate:rl:<policy path>:<window>:<key>`, windows aligned to wall-clock time, one
@@ -40,7 +41,6 @@ use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use pingora::proxy::Session;
 use pingora::Result;
-use pingora_limits::estimator::Estimator;
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -142,15 +142,23 @@ impl PolicyConfig for RateLimitConfig {
 
 // === Counting ===
 
-const HASHES: usize = 4;
-const SLOTS: usize = 65_536;
+/// Rows of the sketch; each takes 16 bits of the key's one 64-bit hash.
+const ROWS: usize = 4;
+/// Counters per row (2^16).
+const SLOTS: usize = 1 << 16;
 
-/// Fixed windows of one length, counted in two alternating count-min sketches.
+/// Fixed windows of one length, counted in one count-min sketch whose counters carry
+/// the window they count: a counter last touched in an earlier window starts again
+/// from zero when next touched, so nothing is ever cleared wholesale (no pause at a
+/// window's end) and memory (2 MiB) is one sketch whatever the number of keys.
 pub struct FixedWindows {
     window_ms: u64,
     epoch: Instant,
-    slots: [Estimator; 2],
-    current: AtomicU64,
+    /// `ROWS * SLOTS` counters: window index (low 32 bits) << 32 | count.
+    counters: Box<[AtomicU64]>,
+    /// Keyed (aHash, seeded at random): clients choose keys (a header, a path), not
+    /// where they land.
+    hasher: ahash::RandomState,
 }
 
 impl fmt::Debug for FixedWindows {
@@ -178,8 +186,8 @@ impl FixedWindows {
         Self {
             window_ms: (window.as_millis() as u64).max(1),
             epoch,
-            slots: [Estimator::new(HASHES, SLOTS), Estimator::new(HASHES, SLOTS)],
-            current: AtomicU64::new(0),
+            counters: (0..ROWS * SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            hasher: ahash::RandomState::new(),
         }
     }
 
@@ -200,27 +208,49 @@ impl FixedWindows {
     /// Counts one request for `key` at `now` against `limit`.
     pub fn check(&self, key: &(u64, &[u8]), limit: u64, now: Instant) -> Decision {
         let elapsed = now.saturating_duration_since(self.epoch).as_millis() as u64;
-        let index = elapsed / self.window_ms;
-        let current = self.current.load(Ordering::Acquire);
-        if index > current
-            && self
-                .current
-                .compare_exchange(current, index, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            // the slot of the new window last held window index-2 (or older): clear it
-            self.slots[(index % 2) as usize].reset();
-            if index > current + 1 {
-                self.slots[((index + 1) % 2) as usize].reset();
-            }
-        }
-        let n = self.slots[(index % 2) as usize].incr(key, 1).max(0) as u64;
+        // windows are told apart by the low 32 bits of their index, ordered on a circle:
+        // a counter left untouched for 2^31 windows (6.8 years of the shortest, 100 ms)
+        // could be taken for a current one
+        let window = (elapsed / self.window_ms) as u32;
+        let hash = self.hasher.hash_one(key);
+        let n = (0..ROWS)
+            .map(|row| {
+                let slot = (hash >> (16 * row)) as usize & (SLOTS - 1);
+                count(&self.counters[row * SLOTS + slot], window)
+            })
+            .min()
+            .unwrap_or(u64::MAX);
         Decision {
             allowed: n <= limit,
             remaining: limit.saturating_sub(n),
             reset: Duration::from_millis(self.window_ms - elapsed % self.window_ms),
         }
     }
+}
+
+/// Adds one to `counter` for `window` and returns its count. A counter of an earlier
+/// window starts again at one; a request counted late, after another already counted
+/// in a later window, is counted in that later one (never resetting it).
+fn count(counter: &AtomicU64, window: u32) -> u64 {
+    let mut current = counter.load(Ordering::Relaxed);
+    loop {
+        let (tag, n) = ((current >> 32) as u32, current & u64::from(u32::MAX));
+        let next = if window_before(tag, window) {
+            u64::from(window) << 32 | 1
+        } else {
+            // saturates rather than carrying into the window's bits
+            current + u64::from(n < u64::from(u32::MAX))
+        };
+        match counter.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next & u64::from(u32::MAX),
+            Err(seen) => current = seen,
+        }
+    }
+}
+
+/// Whether window `a` came before window `b`, on the 32-bit circle of window indexes.
+fn window_before(a: u32, b: u32) -> bool {
+    (b.wrapping_sub(a) as i32) > 0
 }
 
 // === Policy ===
@@ -378,6 +408,69 @@ mod tests {
         // skipping several windows starts from zero too
         let d = w.check(&key, 3, epoch + Duration::from_millis(5500));
         assert_eq!(d.remaining, 2);
+    }
+
+    #[test]
+    fn a_late_request_counts_in_the_newer_window_without_resetting_it() {
+        let epoch = Instant::now();
+        let w = FixedWindows::new(Duration::from_secs(1), epoch);
+        let key = (1, b"k".as_slice());
+        assert_eq!(
+            w.check(&key, 5, epoch + Duration::from_millis(1001))
+                .remaining,
+            4
+        );
+        // a request of window 0 that reaches the counter after window 1 began
+        assert_eq!(
+            w.check(&key, 5, epoch + Duration::from_millis(999))
+                .remaining,
+            3
+        );
+        assert_eq!(
+            w.check(&key, 5, epoch + Duration::from_millis(1002))
+                .remaining,
+            2
+        );
+    }
+
+    #[test]
+    fn concurrent_requests_are_each_counted_once() {
+        let epoch = Instant::now();
+        let w = FixedWindows::new(Duration::from_secs(60), epoch);
+        let key = (7, b"shared".as_slice());
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        w.check(&key, u64::MAX, epoch);
+                    }
+                });
+            }
+        });
+        assert_eq!(w.check(&key, 4001, epoch).remaining, 0);
+    }
+
+    #[test]
+    fn other_keys_do_not_eat_a_keys_budget() {
+        let epoch = Instant::now();
+        let w = FixedWindows::new(Duration::from_secs(1), epoch);
+        for i in 0..1000u32 {
+            w.check(&(1, i.to_string().as_bytes()), 10, epoch);
+        }
+        // four rows of 65,536 counters: a fresh key collides in all four with odds
+        // of about 1 in 20 million
+        assert_eq!(w.check(&(1, b"fresh".as_slice()), 10, epoch).remaining, 9);
+        // a counter only ever says a count too high, never too low
+        let d = w.check(&(1, b"7".as_slice()), 10, epoch);
+        assert!(d.remaining <= 8, "{d:?}");
+    }
+
+    #[test]
+    fn windows_are_ordered_on_a_circle() {
+        assert!(window_before(0, 1));
+        assert!(!window_before(1, 1));
+        assert!(!window_before(2, 1));
+        assert!(window_before(u32::MAX, 0), "across the wrap");
     }
 
     #[test]
