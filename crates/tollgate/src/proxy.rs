@@ -505,15 +505,17 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| forwarding::forwarded_for(&up.headers, cx.client_sent_xff, a.ip()));
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        // `or_err_with`, not `or_err`: the latter builds its (boxed) error even when
+        // there is none to report
         let request_id = cx
             .request_id_header()
-            .or_err(ErrorType::InvalidHTTPHeader, "invalid request id")?;
+            .or_err_with(ErrorType::InvalidHTTPHeader, || "invalid request id")?;
         let consumer = cx
             .consumer
             .as_ref()
             .map(|c| {
                 c.name_header()
-                    .or_err(ErrorType::InvalidHTTPHeader, "invalid consumer name")
+                    .or_err_with(ErrorType::InvalidHTTPHeader, || "invalid consumer name")
             })
             .transpose()?;
         let traceparent = cx.trace.as_ref().map(TraceContext::child_header);
@@ -581,7 +583,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let id = cx
             .request_id_header()
-            .or_err(ErrorType::InvalidHTTPHeader, "invalid request id")?;
+            .or_err_with(ErrorType::InvalidHTTPHeader, || "invalid request id")?;
         // room for what goes in: a map with room to spare is not rebuilt (Pingora's
         // `Date` and `Connection` replace the upstream's)
         let headroom = cx.route.as_ref().map_or(0, |r| policy_headroom(&r.chain));
