@@ -116,13 +116,19 @@ fn bench_jwt(c: &mut Criterion) {
             ),
         ),
     ];
+    // every verification in full (no cache), then the same token again from the cache
     let mut group = c.benchmark_group("jwt_verify");
     for (alg, key, tok) in &cases {
-        let p = policy(dir.path(), &format!("algorithms = [\"{alg}\"]\n{key}\n"));
-        assert!(p.verify(tok, &cs).is_ok(), "{alg} token does not verify");
-        group.bench_function(*alg, |b| {
-            b.iter(|| black_box(p.verify(black_box(tok), &cs).is_ok()))
-        });
+        for (name, cache) in [(alg.to_string(), 0), (format!("{alg} cached"), 1024)] {
+            let p = policy(
+                dir.path(),
+                &format!("algorithms = [\"{alg}\"]\n{key}\ncache_size = {cache}\n"),
+            );
+            assert!(p.verify(tok, &cs).is_ok(), "{alg} token does not verify");
+            group.bench_function(name, |b| {
+                b.iter(|| black_box(p.verify(black_box(tok), &cs).is_ok()))
+            });
+        }
     }
     group.finish();
 }

@@ -383,3 +383,45 @@ fn bad_key_material_is_a_config_error() {
     );
     assert_eq!(err.lines().count(), 2, "{err}");
 }
+
+#[tokio::test]
+async fn a_token_remembered_before_a_reload_that_changes_the_key_is_refused_after_it() {
+    let up = Upstream::start("a").await;
+    let gw = gateway_with_admin(&format!(
+        "{}[consumers.alice]\njwt_subject = \"alice\"\n\
+         [routes.hs]\npaths = [\"/hs\"]\nupstream = \"a\"\n\
+         [routes.hs.policies.jwt_auth]\nalgorithms = [\"HS256\"]\nsecret = \"{SECRET}\"\n",
+        upstream_table("a", &[up.addr])
+    ));
+    let token = sign(
+        Algorithm::HS256,
+        None,
+        &claims("alice"),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    );
+    // verified once, then answered from the verified-token cache
+    for i in 0..3 {
+        let r = raw(gw.addr, &get("/hs", &bearer(&token))).await;
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    assert_eq!(up.count(), 3);
+
+    let full = std::fs::read_to_string(&gw.config).unwrap();
+    let rotated = full.replace(SECRET, "another-shared-secret-of-32+bytes!!");
+    assert_ne!(full, rotated);
+    std::fs::write(&gw.config, rotated).unwrap();
+    let r = client()
+        .post(gw.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = raw(gw.addr, &get("/hs", &bearer(&token))).await;
+    assert_eq!(
+        r.status,
+        401,
+        "a token of the old key passed after the reload: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(up.count(), 3);
+}
