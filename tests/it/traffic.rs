@@ -177,6 +177,46 @@ async fn concurrency_limit_refuses_while_the_slot_is_held_and_frees_it_after() {
 }
 
 #[tokio::test]
+async fn cors_headers_ride_on_the_gateways_own_refusals_too() {
+    // a browser script can read a 401 only when it carries Access-Control-Allow-Origin
+    let up = Upstream::start("a").await;
+    let gw = gateway(&format!(
+        "{}[consumers.c]\napi_keys = [\"k-0123456789\"]\n\
+         [routes.api]\npaths = [\"/api\"]\nupstream = \"a\"\n\
+         [routes.api.policies.key_auth]\n\
+         [routes.api.policies.cors]\nallow_origins = [\"https://app.example.com\"]\nallow_credentials = true\n",
+        upstream_table("a", &[up.addr])
+    ));
+    let origin = "Origin: https://app.example.com\r\n";
+    let r = raw(gw.addr, &get("/api/x", origin)).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(r.header("vary"), Some("Origin"));
+    let r = raw(
+        gw.addr,
+        &get("/api/x", &format!("{origin}apikey: k-0123456789\r\n")),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    let r = raw(
+        gw.addr,
+        &get("/api/x", "Origin: https://evil.example.com\r\n"),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
 async fn cors_preflights_are_answered_by_the_gateway_and_actual_responses_labelled() {
     let up = Upstream::start("a").await;
     let gw = gateway(&format!(

@@ -17,7 +17,9 @@
 //! about, so routes limited to `GET`/`POST` still get their preflights. An allowed
 //! origin gets `Access-Control-Allow-*` headers; a disallowed one gets none. Actual
 //! requests from an allowed origin get `Access-Control-Allow-Origin` (and
-//! `-Credentials`, `-Expose-Headers`) on the response; `Vary: Origin` is always added.
+//! `-Credentials`, `-Expose-Headers`) on the final response, the gateway's own refusals
+//! included (so a page can read why it was refused), replacing the upstream's;
+//! `Vary: Origin` is always added to the upstream's own `Vary`.
 
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
@@ -165,10 +167,6 @@ pub struct Cors {
     credentials: bool,
 }
 
-/// The origin an actual request was allowed for (read in `response_filter`).
-#[derive(Debug, Clone)]
-struct AllowedOrigin(HeaderValue);
-
 /// True for a CORS preflight request.
 pub fn is_preflight(req: &pingora::http::RequestHeader) -> bool {
     req.method == Method::OPTIONS
@@ -252,16 +250,31 @@ impl Policy for Cors {
         if is_preflight(session.req_header()) {
             return Ok(Flow::Respond(self.preflight(session)));
         }
-        if let Some(origin) = session.req_header().headers.get(http::header::ORIGIN) {
+        use http::header as h;
+        if let Some(origin) = session.req_header().headers.get(h::ORIGIN) {
             if origin.to_str().is_ok_and(|o| self.origin_allowed(o)) {
-                cx.extensions
-                    .insert(AllowedOrigin(self.allow_origin_value(origin)));
+                // on the final answer, the upstream's or the gateway's own refusal
+                cx.set_response_header(
+                    h::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    self.allow_origin_value(origin),
+                );
+                if self.credentials {
+                    cx.set_response_header(
+                        h::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                        HeaderValue::from_static("true"),
+                    );
+                }
+                if let Some(e) = &self.expose {
+                    cx.set_response_header(h::ACCESS_CONTROL_EXPOSE_HEADERS, e.clone());
+                }
             }
         }
         Ok(Flow::Continue)
     }
 
-    fn response_filter(&self, cx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()> {
+    /// `Vary: Origin` goes next to the upstream's own `Vary` (appended), so it is added
+    /// here rather than set with the allow headers in `request_filter`.
+    fn response_filter(&self, _cx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()> {
         use http::header as h;
         if resp.status == StatusCode::NO_CONTENT
             && resp.headers.contains_key(h::ACCESS_CONTROL_ALLOW_METHODS)
@@ -269,15 +282,6 @@ impl Policy for Cors {
             return Ok(()); // our own preflight answer
         }
         resp.append_header(h::VARY, "Origin")?;
-        if let Some(AllowedOrigin(o)) = cx.extensions.get::<AllowedOrigin>().cloned() {
-            resp.insert_header(h::ACCESS_CONTROL_ALLOW_ORIGIN, o)?;
-            if self.credentials {
-                resp.insert_header(h::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
-            }
-            if let Some(e) = &self.expose {
-                resp.insert_header(h::ACCESS_CONTROL_EXPOSE_HEADERS, e.clone())?;
-            }
-        }
         Ok(())
     }
 }
