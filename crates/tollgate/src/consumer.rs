@@ -164,10 +164,16 @@ struct KeyDigest([u8; 32]);
 
 impl std::hash::Hash for KeyDigest {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        let mut first = [0; 8];
-        first.copy_from_slice(&self.0[..8]);
-        state.write_u64(u64::from_le_bytes(first));
+        state.write_u64(digest_prefix(&self.0));
     }
+}
+
+/// The first eight bytes of a SHA-256 digest, as a ready-made hash of it (uniformly
+/// distributed, and no client can choose them).
+pub(crate) fn digest_prefix(digest: &[u8; 32]) -> u64 {
+    let mut first = [0; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
 }
 
 /// Compares two secrets in constant time (their SHA-256 digests, so lengths leak nothing

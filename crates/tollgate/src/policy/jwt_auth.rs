@@ -365,9 +365,8 @@ impl VerifiedTokens {
     }
 
     fn slot(&self, digest: &[u8; 32]) -> &ArcSwapOption<Verified> {
-        let mut first = [0; 8];
-        first.copy_from_slice(&digest[..8]);
-        &self.slots[(u64::from_le_bytes(first) % self.slots.len() as u64) as usize]
+        let i = crate::consumer::digest_prefix(digest) % self.slots.len() as u64;
+        &self.slots[i as usize]
     }
 
     /// The subject of the token with `digest` if it passed and has not expired by `now`.
