@@ -4,7 +4,7 @@
 //!
 //! ```toml
 //! [routes.orders.policies.rate_limit]
-//! requests = 100
+//! requests = 100           # required: 1 to 4294967294
 //! window = "1s"            # default
 //! by = "consumer"          # consumer | client_ip (default) | route | path | "header:NAME"
 //! store = "local"          # default; "redis" shares the count via [server.redis]
@@ -105,6 +105,12 @@ impl PolicyConfig for RateLimitConfig {
         if self.requests == 0 {
             return Err(BuildError::field("requests", "requests must be at least 1"));
         }
+        if self.requests > MAX_REQUESTS {
+            return Err(BuildError::field(
+                "requests",
+                format!("requests must be at most {MAX_REQUESTS}"),
+            ));
+        }
         let window = self.window.get();
         if window < Duration::from_millis(100) || window > Duration::from_secs(24 * 3600) {
             return Err(BuildError::field(
@@ -146,6 +152,9 @@ impl PolicyConfig for RateLimitConfig {
 const ROWS: usize = 4;
 /// Counters per row (2^16).
 const SLOTS: usize = 1 << 16;
+/// Largest `requests`: a local counter holds 32 bits and stops at their maximum, which
+/// must still be over the limit.
+const MAX_REQUESTS: u64 = u32::MAX as u64 - 1;
 
 /// Fixed windows of one length, counted in one count-min sketch whose counters carry
 /// the window they count: a counter last touched in an earlier window starts again
@@ -466,6 +475,15 @@ mod tests {
     }
 
     #[test]
+    fn a_saturated_counter_is_still_over_the_largest_limit() {
+        let c = AtomicU64::new(u64::from(u32::MAX) - 1);
+        assert_eq!(count(&c, 0), u64::from(u32::MAX));
+        assert_eq!(count(&c, 0), u64::from(u32::MAX), "stays, never carries");
+        assert!(u64::from(u32::MAX) > MAX_REQUESTS);
+        assert_eq!(count(&c, 1), 1, "the next window starts again");
+    }
+
+    #[test]
     fn windows_are_ordered_on_a_circle() {
         assert!(window_before(0, 1));
         assert!(!window_before(1, 1));
@@ -496,5 +514,11 @@ mod tests {
             zero.build(&cx).unwrap_err().field.as_deref(),
             Some("requests")
         );
+        let huge: RateLimitConfig = toml::from_str("requests = 4294967295").unwrap();
+        let e = huge.build(&cx).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("requests"));
+        assert!(e.message.contains("4294967294"), "{e}");
+        let most: RateLimitConfig = toml::from_str("requests = 4294967294").unwrap();
+        assert!(most.build(&cx).is_ok());
     }
 }
