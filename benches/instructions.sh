@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # User-space instructions per request (`just bench-instructions`): raw Pingora (Tollgate's
-# profile), Tollgate with one plain route and Tollgate with the policies route of
-# `just bench-load` (key_auth + local rate_limit + request_headers), each run under
-# callgrind while it proxies REQUESTS requests, one at a time, to an nginx upstream.
+# profile), Tollgate with one plain route, with the policies route of `just bench-load`
+# (key_auth + local rate_limit + request_headers) and with its 10,000 routes, each run
+# under callgrind while it proxies REQUESTS requests, one at a time, to an nginx upstream.
 # Instruction counts do not move with a noisy host the way times do (two runs agree to
 # ~0.2 %), so this is the measure for comparing two builds of the request path; the
 # kernel's share (about half of the time per request, and the same for both) is not in
 # it. The policies route's count includes SHA-256 in software (valgrind hides the CPU's
-# SHA extensions) and the rate limiter's once-a-second window clear spread over only
-# 200 requests a second.
+# SHA extensions).
 #
 # Prints one line per target and the ratios. Knobs: REQUESTS (2000), OUT (target/bench-instructions)
 set -euo pipefail
@@ -60,7 +59,10 @@ add = { "x-via" = "tollgate" }
 api_keys = ["$KEY"]
 EOF
 
-HEADERS=() # extra request headers for the target being measured
+{ sed '/^\[routes.r\]/,$d' "$OUT/tg.toml"; python3 "$ROOT/benches/routes.py" 10000; } >"$OUT/tg-10k.toml"
+
+HEADERS=()      # extra request headers for the target being measured
+REQ_PATH=/      # and its request path
 measure() { # NAME CMD...: writes instructions per request to $OUT/NAME.ir
   local name=$1 pid f ir
   shift
@@ -70,9 +72,9 @@ measure() { # NAME CMD...: writes instructions per request to $OUT/NAME.ir
   PIDS+=("$pid")
   wait_port $PORT 60 # valgrind starts slowly
   # warm up (connections, pools, lazily built state), then count only the measured run
-  target/release/examples/open_loop 127.0.0.1:$PORT / 100 2 4 "${HEADERS[@]}" >/dev/null
+  target/release/examples/open_loop 127.0.0.1:$PORT "$REQ_PATH" 100 2 4 "${HEADERS[@]}" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
-  target/release/examples/open_loop 127.0.0.1:$PORT / 200 "$(python3 -c "print($REQUESTS / 200)")" 4 \
+  target/release/examples/open_loop 127.0.0.1:$PORT "$REQ_PATH" 200 "$(python3 -c "print($REQUESTS / 200)")" 4 \
     "${HEADERS[@]}" >"$OUT/$name.load"
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill -KILL "$pid" 2>/dev/null || true
@@ -89,11 +91,16 @@ measure raw-same target/release/examples/raw_pingora 127.0.0.1:$PORT 127.0.0.1:$
 measure tg-plain target/release/tollgate run --config "$OUT/tg.toml"
 HEADERS=("apikey: $KEY")
 measure tg-policies target/release/tollgate run --config "$OUT/tg-policies.toml"
+HEADERS=()
+REQ_PATH=/svc5001/items/42/detail # a parameter route among 10,000 (benches/routes.py)
+measure tg-10k target/release/tollgate run --config "$OUT/tg-10k.toml"
 raw=$(cat "$OUT/raw-same.ir")
 tg=$(cat "$OUT/tg-plain.ir")
 pol=$(cat "$OUT/tg-policies.ir")
+many=$(cat "$OUT/tg-10k.ir")
 echo "raw Pingora (Tollgate's profile): $raw instructions/request"
 echo "Tollgate, one plain route:        $tg instructions/request"
 echo "Tollgate, policies route:         $pol instructions/request"
-python3 -c "print(f'Tollgate / raw: {$tg / $raw:.3f} (+{$tg - $raw} per request); policies / raw: {$pol / $raw:.3f}')"
+echo "Tollgate, 10,000 routes:          $many instructions/request"
+python3 -c "print(f'Tollgate / raw: {$tg / $raw:.3f} (+{$tg - $raw} per request); policies / raw: {$pol / $raw:.3f}; 10,000 routes / one: {$many / $tg:.3f}')"
 echo "per-function counts: callgrind_annotate $OUT/<name>.cg.<pid>.1" >&2

@@ -78,8 +78,10 @@ port_of() { # TARGET -> its port
   esac
 }
 python3 - "$OUT" "$UPSTREAM_PORT" "$KEY" "$(port_of tg-plain)" "$(port_of tg-policies)" \
-  "$(port_of tg-10k)" "$MEMORY_PORT" <<'PY'
+  "$(port_of tg-10k)" "$MEMORY_PORT" "$ROOT/benches" <<'PY'
 import sys
+sys.path.insert(0, sys.argv[8])
+from routes import routes
 out, up, key = sys.argv[1:4]
 ports = dict(zip(["tg-plain", "tg-policies", "tg-10k", "tg-memory"], sys.argv[4:8]))
 def server(name):
@@ -110,21 +112,6 @@ add = {{ "x-via" = "tollgate" }}
 [consumers.bench]
 api_keys = ["{key}"]
 ''')
-def routes(n):
-    out = []
-    for i in range(n):
-        kind = i % 4
-        if kind == 0:
-            paths = f'["/svc{i}/items"]'
-        elif kind == 1:
-            paths = f'["/svc{i}/items/{{id}}/detail"]'
-        elif kind == 2:
-            paths = f'["=/svc{i}/health"]'
-        else:
-            paths = f'["/api/v{i % 7}/svc{i}"]'
-        hosts = f'\nhosts = ["svc{i}.example.com", "*.svc{i}.example.net"]' if i % 5 == 4 else ""
-        out.append(f'[routes.r{i}]\npaths = {paths}{hosts}\nupstream = "u"\n')
-    return "\n".join(out)
 open(f"{out}/tg-10k.toml", "w").write(server("tg-10k") + routes(10000))
 consumers = "".join(f'[consumers.c{i}]\napi_keys = ["key-{i:08d}-{i * 7919 % 1000003:07d}"]\n'
                     for i in range(100000))

@@ -187,7 +187,10 @@ struct Entry {
 
 #[derive(Debug, Default)]
 struct Node {
-    literal: HashMap<Box<str>, Node>,
+    /// Children by literal segment. The client picks the segments looked up, not the
+    /// keys (the config does), so a keyed hash that is quicker than SipHash on short
+    /// strings will do (`ahash`, seeded at random).
+    literal: HashMap<Box<str>, Node, ahash::RandomState>,
     param: Option<Box<Node>>,
     /// Entries whose pattern ends at this node.
     entries: Vec<Entry>,
