@@ -152,7 +152,8 @@ pub struct Consumers {
     by_subject: HashMap<String, Arc<Consumer>>,
 }
 
-fn digest(key: &[u8]) -> [u8; 32] {
+/// SHA-256 of a secret: what the indexes keep and compare instead of the secret.
+pub(crate) fn digest(key: &[u8]) -> [u8; 32] {
     Sha256::digest(key).into()
 }
 

@@ -50,7 +50,6 @@ use pingora::proxy::Session;
 use pingora::Result;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
 use crate::config::units::ConfigDuration;
@@ -454,7 +453,7 @@ impl JwtAuth {
         let Some(cache) = &self.cache else {
             return self.verify_signed(token, consumers).map(|p| p.consumer);
         };
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let digest = crate::consumer::digest(token.as_bytes());
         let now = jsonwebtoken::get_current_timestamp();
         if let Some(found) = cache.subject(&digest, now, |s| consumers.by_subject(s).cloned()) {
             return found.ok_or("token subject is not a known consumer");
@@ -644,7 +643,7 @@ mod tests {
     }
 
     fn digest(token: &str) -> [u8; 32] {
-        Sha256::digest(token.as_bytes()).into()
+        crate::consumer::digest(token.as_bytes())
     }
 
     #[test]
