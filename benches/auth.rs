@@ -1,5 +1,7 @@
 //! Authentication hot paths: API-key look-up among 100,000 consumers, and JWT
-//! verification per algorithm (keys generated here, tokens signed by jsonwebtoken).
+//! verification per algorithm (keys generated here, tokens signed by jsonwebtoken):
+//! the policy's whole check, in full and from its cache, and the signature alone with
+//! the gateway's backend (`ring`) beside jsonwebtoken's pure-Rust one.
 //!
 //! Run with `cargo bench -p tollgate --bench auth`.
 
@@ -9,8 +11,10 @@
 use std::hint::black_box;
 use std::path::Path;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use jsonwebtoken::{encode, Algorithm, DecodingKey, EncodingKey, Header};
 use tollgate::consumer::{Consumer, Consumers};
 use tollgate::policy::jwt_auth::{JwtAuth, JwtAuthConfig};
 use tollgate::policy::{BuildCtx, PolicyConfig};
@@ -43,6 +47,11 @@ fn policy(dir: &Path, toml: &str) -> JwtAuth {
 
 fn bench_jwt(c: &mut Criterion) {
     use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+    // before anything signs: the first use of jsonwebtoken fixes its provider
+    assert!(
+        tollgate::jwt_crypto::install(),
+        "ring provider not installed"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let mut rng = rand::thread_rng();
     let rsa = rsa::RsaPrivateKey::new(&mut rng, 2048).expect("rsa");
@@ -127,6 +136,52 @@ fn bench_jwt(c: &mut Criterion) {
             assert!(p.verify(tok, &cs).is_ok(), "{alg} token does not verify");
             group.bench_function(name, |b| {
                 b.iter(|| black_box(p.verify(black_box(tok), &cs).is_ok()))
+            });
+        }
+    }
+    group.finish();
+
+    // the signature alone, each backend's verifier as jsonwebtoken calls it
+    let mut group = c.benchmark_group("jwt_signature");
+    let rust_crypto = &jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER;
+    let keys = [
+        DecodingKey::from_secret(secret.as_bytes()),
+        DecodingKey::from_rsa_pem(
+            std::fs::read(dir.path().join("rsa.pem"))
+                .expect("read")
+                .as_slice(),
+        )
+        .expect("key"),
+        DecodingKey::from_ec_pem(
+            std::fs::read(dir.path().join("ec.pem"))
+                .expect("read")
+                .as_slice(),
+        )
+        .expect("key"),
+        DecodingKey::from_ed_pem(
+            std::fs::read(dir.path().join("ed.pem"))
+                .expect("read")
+                .as_slice(),
+        )
+        .expect("key"),
+    ];
+    for ((alg, _, tok), key) in cases.iter().zip(&keys) {
+        let algorithm: Algorithm = alg.parse().expect("algorithm");
+        let (msg, sig) = tok.rsplit_once('.').expect("token");
+        let sig = URL_SAFE_NO_PAD.decode(sig).expect("base64");
+        for (backend, provider) in [
+            ("gateway", tollgate::jwt_crypto::provider()),
+            ("rust_crypto", rust_crypto),
+        ] {
+            let verify = || {
+                (provider.verifier_factory)(&algorithm, key)
+                    .expect("verifier")
+                    .verify(msg.as_bytes(), &sig)
+                    .is_ok()
+            };
+            assert!(verify(), "{alg} with {backend}");
+            group.bench_function(format!("{alg} {backend}"), |b| {
+                b.iter(|| black_box(verify()))
             });
         }
     }

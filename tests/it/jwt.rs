@@ -357,6 +357,21 @@ fn bad_key_material_is_a_config_error() {
         "-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n",
     );
     let jwks = write(dir.path(), "jwks.json", "{\"keys\": [{\"kty\": \"RSA\"}]}");
+    // RFC 7518 §3.3: RSA keys of at least 2048 bits
+    let small_n = b64url(&[0xc3; 128]);
+    let small = write(
+        dir.path(),
+        "small.json",
+        &json!({ "keys": [{ "kty": "RSA", "kid": "small", "n": small_n, "e": "AQAB" }] })
+            .to_string(),
+    );
+    // a P-256 key cannot verify ES384
+    let p256_pem = {
+        use p256::pkcs8::{EncodePublicKey, LineEnding};
+        let ec = p256::SecretKey::random(&mut rand::thread_rng());
+        ec.public_key().to_public_key_pem(LineEnding::LF).unwrap()
+    };
+    let ec = write(dir.path(), "ec.pem", &p256_pem);
     let cfg = write(
         dir.path(),
         "g.toml",
@@ -364,7 +379,11 @@ fn bad_key_material_is_a_config_error() {
             "[upstreams.a]\nbackends = [\"127.0.0.1:1\"]\n[routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n\
              [routes.r.policies.jwt_auth]\nalgorithms = [\"RS256\"]\npublic_key_file = \"{pem}\"\n\
              [routes.s]\npaths = [\"/s\"]\nupstream = \"a\"\n\
-             [routes.s.policies.jwt_auth]\nalgorithms = [\"RS256\"]\njwks_file = \"{jwks}\"\n"
+             [routes.s.policies.jwt_auth]\nalgorithms = [\"RS256\"]\njwks_file = \"{jwks}\"\n\
+             [routes.t]\npaths = [\"/t\"]\nupstream = \"a\"\n\
+             [routes.t.policies.jwt_auth]\nalgorithms = [\"RS256\"]\njwks_file = \"{small}\"\n\
+             [routes.u]\npaths = [\"/u\"]\nupstream = \"a\"\n\
+             [routes.u.policies.jwt_auth]\nalgorithms = [\"ES256\", \"ES384\"]\npublic_key_file = \"{ec}\"\n"
         ),
     );
     let out = std::process::Command::new(bin())
@@ -381,7 +400,18 @@ fn bad_key_material_is_a_config_error() {
         err.contains("routes.s.policies.jwt_auth.jwks_file:"),
         "{err}"
     );
-    assert_eq!(err.lines().count(), 2, "{err}");
+    assert!(
+        err.contains(
+            "routes.t.policies.jwt_auth.jwks_file: key \"small\": RSA key of 1024 bits: \
+             at least 2048 are required"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("routes.u.policies.jwt_auth.algorithms: ES384 does not fit this key's curve"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 4, "{err}");
 }
 
 #[tokio::test]

@@ -34,7 +34,8 @@
 //!   config types are public so their options are documented here.
 //! - **Types those two need**: [`Snapshot`] and [`runtime`] (the compiled config),
 //!   [`consumer`], [`context`], [`reply`], [`trace`], [`tls`], [`store`], [`otlp`],
-//!   [`service`], [`router`] (also used by the benchmarks), and re-exports of
+//!   [`service`], [`router`] (also used by the benchmarks), [`jwt_crypto`] (the JWT
+//!   signature backend, for programs that also use `jsonwebtoken`), and re-exports of
 //!   [`pingora`] and [`async_trait`](macro@async_trait) so your code uses the same versions.
 //!
 //! Everything else (balancing, health checking, forwarding rules, the access log
@@ -45,6 +46,7 @@ pub mod config;
 pub mod consumer;
 pub mod context;
 pub mod guard;
+pub mod jwt_crypto;
 pub mod limits;
 pub mod metrics;
 pub mod otlp;
