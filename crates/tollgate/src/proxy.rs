@@ -330,7 +330,7 @@ impl ProxyHttp for Gateway {
             );
         };
         let up = &route.upstream;
-        let mut key = Vec::new();
+        let mut key = crate::request_key::KeyBuf::new();
         if let Some(k) = up.selector.hash_key() {
             k.write(cx, &session.req_header().headers, &mut key);
         }

@@ -10,6 +10,10 @@ use serde::Deserialize;
 
 use crate::context::RequestCtx;
 
+/// A request's key as written by [`RequestKey::write`]: inline up to 64 bytes (an
+/// address, a consumer name, most header values), so a request does not allocate for it.
+pub(crate) type KeyBuf = smallvec::SmallVec<[u8; 64]>;
+
 /// The part of a request that identifies its client or its share.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum RequestKey {
@@ -50,8 +54,8 @@ impl RequestKey {
 
     /// Appends this request's key to `out`. Each kind of value is tagged, so a consumer
     /// name can never collide with a header value or an address.
-    pub(crate) fn write(&self, cx: &RequestCtx, headers: &HeaderMap, out: &mut Vec<u8>) {
-        let ip = |out: &mut Vec<u8>| match cx.client_ip {
+    pub(crate) fn write(&self, cx: &RequestCtx, headers: &HeaderMap, out: &mut KeyBuf) {
+        let ip = |out: &mut KeyBuf| match cx.client_ip {
             Some(IpAddr::V4(v4)) => out.extend_from_slice(&v4.octets()),
             Some(IpAddr::V6(v6)) => out.extend_from_slice(&v6.octets()),
             None => {}
@@ -115,11 +119,11 @@ mod tests {
         let mut cx = RequestCtx::new();
         cx.client_ip = Some(IpAddr::from([10, 0, 0, 7]));
         let headers = HeaderMap::new();
-        let mut a = Vec::new();
+        let mut a = KeyBuf::new();
         RequestKey::Consumer.write(&cx, &headers, &mut a);
-        let mut b = Vec::new();
+        let mut b = KeyBuf::new();
         RequestKey::Header(HeaderName::from_static("x-user")).write(&cx, &headers, &mut b);
-        assert_eq!(a, [10, 0, 0, 7]);
+        assert_eq!(a.as_slice(), [10, 0, 0, 7]);
         assert_eq!(a, b);
     }
 }

@@ -91,7 +91,7 @@ impl Policy for ConcurrencyLimit {
     }
 
     async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<Flow> {
-        let mut key = Vec::with_capacity(32);
+        let mut key = crate::request_key::KeyBuf::new();
         self.by.write(cx, &session.req_header().headers, &mut key);
         match self.acquire(&key) {
             Some(guard) => {

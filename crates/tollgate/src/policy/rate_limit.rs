@@ -344,7 +344,7 @@ impl Policy for RateLimit {
     }
 
     async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<Flow> {
-        let mut key = Vec::with_capacity(32);
+        let mut key = crate::request_key::KeyBuf::new();
         self.by.write(cx, &session.req_header().headers, &mut key);
         let d = match self.count(&key).await {
             Ok(d) => d,
@@ -356,8 +356,8 @@ impl Policy for RateLimit {
         let reset_secs = d.reset.as_secs() + u64::from(d.reset.subsec_nanos() > 0);
         // on the final answer to this request, the upstream's or a refusal
         cx.set_response_header(LIMIT.clone(), self.limit_value.clone());
-        cx.set_response_header(REMAINING.clone(), d.remaining.into());
-        cx.set_response_header(RESET.clone(), reset_secs.into());
+        cx.set_response_header(REMAINING.clone(), int_value(d.remaining));
+        cx.set_response_header(RESET.clone(), int_value(reset_secs));
         if d.allowed {
             return Ok(Flow::Continue);
         }
@@ -366,17 +366,50 @@ impl Policy for RateLimit {
                 ErrorCode::RateLimited,
                 format!("rate limit of {} requests exceeded", self.limit),
             )
-            .header(
-                http::header::RETRY_AFTER,
-                HeaderValue::from(reset_secs.max(1)),
-            ),
+            .header(http::header::RETRY_AFTER, int_value(reset_secs.max(1))),
         ))
     }
+}
+
+/// `n` as a header value. Those under 1024 (most `RateLimit-Remaining` and `-Reset`
+/// values) are cut from one string made once, so a request's copy points at static
+/// bytes instead of allocating.
+fn int_value(n: u64) -> HeaderValue {
+    const SMALL: usize = 1024;
+    static VALUES: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+    let values = VALUES.get_or_init(|| {
+        let mut digits = String::new();
+        let mut ends = Vec::with_capacity(SMALL);
+        for i in 0..SMALL {
+            digits.push_str(&i.to_string());
+            ends.push(digits.len());
+        }
+        let digits: &'static str = Box::leak(digits.into_boxed_str());
+        let mut start = 0;
+        ends.into_iter()
+            .map(|end| {
+                let v = HeaderValue::from_static(&digits[start..end]);
+                start = end;
+                v
+            })
+            .collect()
+    });
+    usize::try_from(n)
+        .ok()
+        .and_then(|i| values.get(i).cloned())
+        .unwrap_or_else(|| n.into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integer_header_values_match_their_formatting() {
+        for n in (0..1100).chain([u64::from(u32::MAX), u64::MAX]) {
+            assert_eq!(int_value(n), HeaderValue::from(n), "{n}");
+        }
+    }
 
     #[test]
     fn allows_up_to_the_limit_per_key_then_refuses() {
