@@ -199,6 +199,14 @@ async fn every_algorithm_family_authenticates_its_consumer() {
         );
     }
     assert_eq!(s.up.count(), cases.len());
+    // the gateway's own provider (ring for RSA and ECDSA) verified them, not a default
+    // fixed by an earlier use of jsonwebtoken in the process
+    let log = s.gw.stderr_lines();
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("crypto provider was chosen before")),
+        "{log:?}"
+    );
 }
 
 #[tokio::test]

@@ -54,9 +54,11 @@ pub fn install() -> bool {
     *INSTALLED.get_or_init(|| {
         let ours = provider().install_default().is_ok();
         if !ours {
-            tracing::info!(
+            // once a process: RS*/ES* tokens then cost several times more to verify
+            tracing::warn!(
                 "jwt_auth: jsonwebtoken's crypto provider was chosen before the gateway's; \
-                 tokens are verified with it"
+                 tokens are verified with it (call tollgate::jwt_crypto::install() first \
+                 for the gateway's)"
             );
         }
         ours
