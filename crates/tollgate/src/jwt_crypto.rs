@@ -292,6 +292,16 @@ mod tests {
         let compressed = DecodingKey::from_ec_der(&ec.public_key().to_sec1_bytes()[..33]);
         assert!(check_key(&compressed).is_err());
 
+        let ec = p384::SecretKey::random(&mut rand::thread_rng());
+        let enc =
+            EncodingKey::from_ec_pem(ec.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
+        let pem = ec.public_key().to_public_key_pem(LineEnding::LF).unwrap();
+        let dec = DecodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+        check_family(&[Algorithm::ES384], &enc, &dec);
+        assert_eq!(check_key(&dec), Ok(()));
+        assert!(fits(&dec, Algorithm::ES384));
+        assert!(!fits(&dec, Algorithm::ES256), "a P-384 key");
+
         let ed = ed25519_dalek::SigningKey::generate(&mut rand::thread_rng());
         let enc =
             EncodingKey::from_ed_pem(ed.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
