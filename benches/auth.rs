@@ -144,26 +144,12 @@ fn bench_jwt(c: &mut Criterion) {
     // the signature alone, each backend's verifier as jsonwebtoken calls it
     let mut group = c.benchmark_group("jwt_signature");
     let rust_crypto = &jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER;
+    let read = |name: &str| std::fs::read(dir.path().join(name)).expect("read");
     let keys = [
         DecodingKey::from_secret(secret.as_bytes()),
-        DecodingKey::from_rsa_pem(
-            std::fs::read(dir.path().join("rsa.pem"))
-                .expect("read")
-                .as_slice(),
-        )
-        .expect("key"),
-        DecodingKey::from_ec_pem(
-            std::fs::read(dir.path().join("ec.pem"))
-                .expect("read")
-                .as_slice(),
-        )
-        .expect("key"),
-        DecodingKey::from_ed_pem(
-            std::fs::read(dir.path().join("ed.pem"))
-                .expect("read")
-                .as_slice(),
-        )
-        .expect("key"),
+        DecodingKey::from_rsa_pem(&read("rsa.pem")).expect("key"),
+        DecodingKey::from_ec_pem(&read("ec.pem")).expect("key"),
+        DecodingKey::from_ed_pem(&read("ed.pem")).expect("key"),
     ];
     for ((alg, _, tok), key) in cases.iter().zip(&keys) {
         let algorithm: Algorithm = alg.parse().expect("algorithm");

@@ -279,28 +279,33 @@ mod tests {
     #[test]
     fn ecdsa_and_eddsa_verify() {
         use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
-        let ec = p256::SecretKey::random(&mut rand::thread_rng());
-        let enc =
-            EncodingKey::from_ec_pem(ec.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
-        let pem = ec.public_key().to_public_key_pem(LineEnding::LF).unwrap();
-        let dec = DecodingKey::from_ec_pem(pem.as_bytes()).unwrap();
-        check_family(&[Algorithm::ES256], &enc, &dec);
-        assert_eq!(check_key(&dec), Ok(()));
-        assert!(fits(&dec, Algorithm::ES256));
-        assert!(!fits(&dec, Algorithm::ES384), "a P-256 key");
-        assert!(!fits(&dec, Algorithm::RS256));
-        let compressed = DecodingKey::from_ec_der(&ec.public_key().to_sec1_bytes()[..33]);
-        assert!(check_key(&compressed).is_err());
-
-        let ec = p384::SecretKey::random(&mut rand::thread_rng());
-        let enc =
-            EncodingKey::from_ec_pem(ec.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
-        let pem = ec.public_key().to_public_key_pem(LineEnding::LF).unwrap();
-        let dec = DecodingKey::from_ec_pem(pem.as_bytes()).unwrap();
-        check_family(&[Algorithm::ES384], &enc, &dec);
-        assert_eq!(check_key(&dec), Ok(()));
-        assert!(fits(&dec, Algorithm::ES384));
-        assert!(!fits(&dec, Algorithm::ES256), "a P-384 key");
+        let p256 = p256::SecretKey::random(&mut rand::thread_rng());
+        let p384 = p384::SecretKey::random(&mut rand::thread_rng());
+        let curves = [
+            (
+                Algorithm::ES256,
+                Algorithm::ES384,
+                p256.to_pkcs8_pem(LineEnding::LF).unwrap().to_string(),
+                p256.public_key().to_public_key_pem(LineEnding::LF).unwrap(),
+            ),
+            (
+                Algorithm::ES384,
+                Algorithm::ES256,
+                p384.to_pkcs8_pem(LineEnding::LF).unwrap().to_string(),
+                p384.public_key().to_public_key_pem(LineEnding::LF).unwrap(),
+            ),
+        ];
+        for (alg, other, private, public) in &curves {
+            let enc = EncodingKey::from_ec_pem(private.as_bytes()).unwrap();
+            let dec = DecodingKey::from_ec_pem(public.as_bytes()).unwrap();
+            check_family(&[*alg], &enc, &dec);
+            assert_eq!(check_key(&dec), Ok(()));
+            assert!(fits(&dec, *alg));
+            assert!(!fits(&dec, *other), "a {alg:?} key");
+            assert!(!fits(&dec, Algorithm::RS256));
+        }
+        let cut_short = DecodingKey::from_ec_der(&p256.public_key().to_sec1_bytes()[..33]);
+        assert!(check_key(&cut_short).is_err());
 
         let ed = ed25519_dalek::SigningKey::generate(&mut rand::thread_rng());
         let enc =

@@ -17,8 +17,8 @@
 //! ```
 //!
 //! Key material is loaded and checked at config load: a bad PEM or JWKS, a secret
-//! shorter than its algorithm's hash, or algorithms of another family than the key are
-//! config errors. A token is refused with 401 `unauthorized` (`WWW-Authenticate:
+//! shorter than its algorithm's hash, an RSA key under 2048 bits, or algorithms of
+//! another family (or, for ECDSA, another curve) than the key are config errors. A token is refused with 401 `unauthorized` (`WWW-Authenticate:
 //! Bearer`) when it is missing, larger than 8 KiB, unsigned (`alg: none`), signed with
 //! an algorithm not in `algorithms` or not matching the key's family (so an HS256 token
 //! "signed" with an RSA public key fails), has a `crit` header, a bad signature, no
@@ -27,8 +27,8 @@
 //!
 //! A token that passed is remembered (by its SHA-256 digest, in `cache_size` slots, until
 //! its `exp` plus `leeway`), so that a client presenting it again does not pay for the
-//! signature again: a signature costs tens of microseconds (RS256, ES256; verified with
-//! `ring`, see [`crate::jwt_crypto`]), a look-up well under one. A remembered token is still refused
+//! signature again: a signature costs tens of microseconds (RS256, ES256, EdDSA; see
+//! [`crate::jwt_crypto`]), a look-up well under one. A remembered token is still refused
 //! once expired, and its consumer is looked up again each time (a reload builds a new
 //! policy, so a changed key or consumer set starts from an empty cache). Envoy's
 //! `jwt_authn` does the same (`jwt_cache_config`).
@@ -252,13 +252,15 @@ impl PolicyConfig for JwtAuthConfig {
             })?;
             crate::jwt_crypto::check_key(&key)
                 .map_err(|e| BuildError::field("public_key_file", e))?;
-            if let Some(a) = algs.iter().find(|a| !crate::jwt_crypto::fits(&key, **a)) {
-                if a.family() == family {
-                    return Err(BuildError::field(
-                        "algorithms",
-                        format!("{a:?} does not fit this key's curve"),
-                    ));
-                }
+            // another family is refused below; of this family, ES256/ES384 need their curve
+            if let Some(a) = algs
+                .iter()
+                .find(|a| a.family() == family && !crate::jwt_crypto::fits(&key, **a))
+            {
+                return Err(BuildError::field(
+                    "algorithms",
+                    format!("{a:?} does not fit this key's curve"),
+                ));
             }
             Keys::Single(key, family_validation(family, "algorithms")?)
         } else {
