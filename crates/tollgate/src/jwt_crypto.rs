@@ -25,7 +25,7 @@ use ring::signature as sig;
 
 /// Smallest RSA modulus accepted, in bits (RFC 7518 §3.3: "A key of size 2048 bits or
 /// larger MUST be used"). `ring` refuses smaller ones.
-pub const MIN_RSA_BITS: usize = 2048;
+const MIN_RSA_BITS: usize = 2048;
 /// Largest RSA modulus `ring` verifies with, in bits.
 const MAX_RSA_BITS: usize = 8192;
 /// Largest RSA modulus RustCrypto's `rsa` verifies with, when it is the provider.

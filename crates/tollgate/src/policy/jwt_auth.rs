@@ -18,12 +18,13 @@
 //!
 //! Key material is loaded and checked at config load: a bad PEM or JWKS, a secret
 //! shorter than its algorithm's hash, an RSA key under 2048 bits, or algorithms of
-//! another family (or, for ECDSA, another curve) than the key are config errors. A token is refused with 401 `unauthorized` (`WWW-Authenticate:
-//! Bearer`) when it is missing, larger than 8 KiB, unsigned (`alg: none`), signed with
-//! an algorithm not in `algorithms` or not matching the key's family (so an HS256 token
-//! "signed" with an RSA public key fails), has a `crit` header, a bad signature, no
-//! `exp`, is expired or not yet valid (beyond `leeway`), has the wrong `iss`/`aud`, names
-//! an unknown `kid`, or names no known consumer.
+//! another family (or, for ECDSA, another curve) than the key are config errors. A
+//! token is refused with 401 `unauthorized` (`WWW-Authenticate: Bearer`) when it is
+//! missing, larger than 8 KiB, unsigned (`alg: none`), signed with an algorithm not in
+//! `algorithms` or not matching the key's family (so an HS256 token "signed" with an
+//! RSA public key fails), has a `crit` header, a bad signature, no `exp`, is expired or
+//! not yet valid (beyond `leeway`), has the wrong `iss`/`aud`, names an unknown `kid`,
+//! or names no known consumer.
 //!
 //! A token that passed is remembered (by its SHA-256 digest, in `cache_size` slots, until
 //! its `exp` plus `leeway`), so that a client presenting it again does not pay for the
