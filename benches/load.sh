@@ -15,9 +15,11 @@
 #   tg-plain      Tollgate, one plain route
 #   tg-policies   Tollgate, key_auth + local rate_limit (never refusing) + request_headers
 #   tg-10k        Tollgate, 10,000 routes (prefixes, params, hosts), hitting one of them
-# Then, open loop (benches/open_loop.rs): every target at one fixed request rate,
-# OPEN_LOAD (0.2) x raw-default's median req/s from the closed-loop rounds, latency
-# counted from each request's due time. (Not 0.5: served one at a time, without the
+# Then, open loop (benches/open_loop.rs): all targets loaded at once, their requests
+# interleaved (a request due every 1 / (targets x RATE) seconds, to each target in
+# turn), so that a stall of the host lands on all of them alike; latency counted from
+# each request's due time. In all the proxy core carries OPEN_LOAD (0.2) x raw-default's
+# median req/s from the closed-loop rounds. (Not 0.5: served one at a time, without the
 # batching of 50 busy connections, a request costs every Pingora build here 2-3x the
 # CPU, and half the closed-loop maximum overloads them.) Then: RSS of Tollgate started
 # with 10,000 routes and 100,000 consumers.
@@ -211,12 +213,21 @@ PY
   tail -1 "$OUT/runs.csv" >&2
 }
 
-open_loop() { # TARGET PID: requests at $RATE per second, one line to open.csv
-  local t=$1 line
-  line=$(taskset -c $LOAD_CPU "$OUT/open_loop" 127.0.0.1:$PORT "$REQ_PATH" "$RATE" \
-    "$DURATION" "$CONNS" "${REQ_HEADERS[@]}")
-  echo "$t,$round,$RATE,$(echo "$line" | sed -E 's/[a-z0-9_]+=//g; s/ /,/g')" >>"$OUT/open.csv"
-  tail -1 "$OUT/open.csv" >&2
+open_loop() { # ROUND: every target at $RATE requests/s at once, interleaved; lines to open.csv
+  local args=() names=() t h line
+  for t in $(rotated "$1"); do
+    request_args "$t"
+    [ ${#args[@]} -gt 0 ] && args+=(--)
+    args+=(127.0.0.1:$PORT "$REQ_PATH")
+    [ ${#args[@]} -eq 2 ] && args+=("$RATE" "$OPEN_SECONDS" "$CONNS")
+    for h in "${REQ_HEADERS[@]}"; do args+=("$h"); done
+    names+=("$t")
+  done
+  taskset -c $LOAD_CPU "$OUT/open_loop" "${args[@]}" | while read -r line; do
+    echo "${names[0]},$1,$RATE,$(echo "$line" | sed -E 's/[a-z0-9_]+=//g; s/ /,/g')" >>"$OUT/open.csv"
+    tail -1 "$OUT/open.csv" >&2
+    names=("${names[@]:1}")
+  done
 }
 
 rotated() { # ROUND -> the targets, order rotated by the round
@@ -229,16 +240,18 @@ for round in $(seq "$ROUNDS"); do
   for t in $(rotated "$round"); do run_target "$t" closed_loop; done
 done
 
-# --- open loop: every target at one fixed rate --------------------------------------
+# --- open loop: all targets at once, each at one fixed rate ---------------------------
+# The proxy core carries OPEN_LOAD x raw-default's median req/s in all, shared by the
+# targets in turn; a round lasts DURATION x the number of targets, so each target gets
+# as many requests as a closed-loop run would have at that rate.
 RATE=$(python3 -c "
 import csv, statistics
 rps = [float(r['rps']) for r in csv.DictReader(open('$OUT/runs.csv')) if r['target'] == 'raw-default']
-print(round(statistics.median(rps) * $OPEN_LOAD))")
-echo "open loop at $RATE requests/s" >&2
+print(round(statistics.median(rps) * $OPEN_LOAD / ${#TARGETS[@]}))")
+OPEN_SECONDS=$((DURATION * ${#TARGETS[@]}))
+echo "open loop: $RATE requests/s to each of ${#TARGETS[@]} targets, interleaved" >&2
 echo "target,round,rate,sent,done,errors,p50_us,p90_us,p99_us,p999_us,max_us,late_p99_us" >"$OUT/open.csv"
-for round in $(seq "$ROUNDS"); do
-  for t in $(rotated "$round"); do run_target "$t" open_loop; done
-done
+for round in $(seq "$ROUNDS"); do open_loop "$round"; done
 
 for t in "${TARGETS[@]}"; do stop "${PID_OF[$t]}"; done
 

@@ -53,7 +53,8 @@ if "raw-default" in opened:
         return median(opened, t, k)
     rate = int(next(iter(opened["raw-default"].values()))["rate"])
     lines += ["",
-              f"Open loop: {rate:,} requests/s to every target ({open_load} of raw Pingora "
+              f"Open loop: {rate:,} requests/s to each of the {len(opened)} targets at once, their "
+              f"requests interleaved ({rate * len(opened):,} in all: {open_load} of raw Pingora "
               "default's median req/s above), latency counted from each request's due time "
               "(`benches/open_loop.rs`):",
               "",
