@@ -9,8 +9,12 @@ use tollgate::pingora::prelude::*;
 use tollgate::pingora::server::configuration::ServerConf;
 
 #[cfg(not(feature = "system-allocator"))]
+#[allow(unsafe_code)] // audited: a GlobalAlloc over mimalloc's C calls
+#[path = "../gateway-bin/src/allocator.rs"]
+mod allocator;
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: allocator::MiMalloc = allocator::MiMalloc;
 
 struct Fixed {
     upstream: String,

@@ -8,8 +8,11 @@ use clap::{Parser, Subcommand};
 // Measured faster than glibc's malloc for the gateway's many small, short-lived
 // allocations (docs/benchmarks.md).
 #[cfg(not(feature = "system-allocator"))]
+#[allow(unsafe_code)] // audited: a GlobalAlloc over mimalloc's C calls
+mod allocator;
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: allocator::MiMalloc = allocator::MiMalloc;
 use tollgate::{Config, GatewayBuilder, LoadError};
 
 #[derive(Parser)]
