@@ -15,10 +15,12 @@
 #   tg-plain      Tollgate, one plain route
 #   tg-policies   Tollgate, key_auth + local rate_limit (never refusing) + request_headers
 #   tg-10k        Tollgate, 10,000 routes (prefixes, params, hosts), hitting one of them
-# Then, open loop (benches/open_loop.rs): all targets loaded at once, their requests
-# interleaved (a request due every 1 / (targets x RATE) seconds, to each target in
-# turn), so that a stall of the host lands on all of them alike; latency counted from
-# each request's due time. In all the proxy core carries OPEN_LOAD (0.2) x raw-default's
+# Then, shared core: all targets flat out at once (wrk each, SHARED_CONNS connections),
+# the scheduler splitting the proxy core between them, so that their CPU per request is
+# compared over the same seconds. Then, open loop (benches/open_loop.rs): all targets
+# loaded at once, their requests interleaved (a request due every 1 / (targets x RATE)
+# seconds, to each target in turn), so that a stall of the host lands on all of them
+# alike; latency counted from each request's due time. In all the proxy core carries OPEN_LOAD (0.2) x raw-default's
 # median req/s from the closed-loop rounds. (Not 0.5: served one at a time, without the
 # batching of 50 busy connections, a request costs every Pingora build here 2-3x the
 # CPU, and half the closed-loop maximum overloads them.) Then: RSS of Tollgate started
@@ -30,14 +32,15 @@
 # the per-round ratios stay meaningful. Short runs in many rounds beat long runs in few.
 #
 # Knobs: ROUNDS (10) DURATION (3 s) WARMUP (2 s, once per target) CONNS (50)
-# OPEN_LOAD (0.2) OUT (target/bench-load)
-# Bounded: about 2 x ROUNDS x targets x (DURATION + 1) seconds after the builds.
+# SHARED_CONNS (16, per target) OPEN_LOAD (0.2) OUT (target/bench-load)
+# Bounded: about ROUNDS x (3 x targets + 1) x (DURATION + 1) seconds after the builds.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ROUNDS=${ROUNDS:-10}
 DURATION=${DURATION:-3}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-50}
+SHARED_CONNS=${SHARED_CONNS:-16}
 OPEN_LOAD=${OPEN_LOAD:-0.2}
 OUT=${OUT:-$ROOT/target/bench-load}
 PROXY_CPU=0
@@ -230,6 +233,24 @@ open_loop() { # ROUND: every target at $RATE requests/s at once, interleaved; li
   done
 }
 
+shared_core() { # ROUND: every target flat out at once, sharing the proxy core; lines to shared.csv
+  local t wrks=() c0=() i=0 n
+  for t in "${TARGETS[@]}"; do c0+=("$(cpu_ticks "${PID_OF[$t]}")"); done
+  for t in $(rotated "$1"); do
+    request_args "$t"
+    taskset -c $LOAD_CPU wrk -t1 -c"$SHARED_CONNS" -d"${DURATION}s" "${ARGS[@]}" >"$OUT/$t-shared.wrk" &
+    wrks+=($!)
+  done
+  wait "${wrks[@]}"
+  for t in "${TARGETS[@]}"; do
+    n=$(awk '/requests in/ {print $1}' "$OUT/$t-shared.wrk")
+    echo "$t,$1,$n,$(python3 -c "print(round(($(cpu_ticks "${PID_OF[$t]}") - ${c0[$i]}) / $(getconf CLK_TCK) * 1e6 / $n, 1))")" \
+      >>"$OUT/shared.csv"
+    i=$((i + 1))
+  done
+  tail -${#TARGETS[@]} "$OUT/shared.csv" >&2
+}
+
 rotated() { # ROUND -> the targets, order rotated by the round
   local n=${#TARGETS[@]} i
   for i in $(seq 0 $((n - 1))); do echo "${TARGETS[$(((i + $1) % n))]}"; done
@@ -239,6 +260,15 @@ echo "target,round,rps,p50_us,p99_us,cpu_us_per_req,errors" >"$OUT/runs.csv"
 for round in $(seq "$ROUNDS"); do
   for t in $(rotated "$round"); do run_target "$t" closed_loop; done
 done
+
+# --- shared core: all targets flat out at once --------------------------------------
+# The scheduler splits the proxy core between them, so each one's CPU per request is
+# measured over the same seconds as every other's: a host stall or a slow minute
+# weighs on all alike. A harsher regime than the runs above (the proxies evict each
+# other's caches), but its ratios hold to a few percent where single runs swing by
+# tens. The wrk clients and the upstream share the load core.
+echo "target,round,requests,cpu_us_per_req" >"$OUT/shared.csv"
+for round in $(seq "$ROUNDS"); do shared_core "$round"; done
 
 # --- open loop: all targets at once, each at one fixed rate ---------------------------
 # The proxy core carries OPEN_LOAD x raw-default's median req/s in all, shared by the
@@ -266,4 +296,4 @@ rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$mpid/status")
 stop "$mpid"
 
 python3 "$ROOT/benches/load_report.py" "$OUT" "$ROOT/docs/benchmarks.md" "$rss_kib" "$ready_ms" \
-  "$ROUNDS" "$DURATION" "$CONNS" "$OPEN_LOAD"
+  "$ROUNDS" "$DURATION" "$CONNS" "$OPEN_LOAD" "$SHARED_CONNS"

@@ -2,10 +2,11 @@
 prints the tables and writes them into docs/benchmarks.md between the bench-load
 markers. Runs on its own over the files of an earlier run too:
 
-    python3 benches/load_report.py OUT DOC RSS_KIB READY_MS ROUNDS DURATION CONNS OPEN_LOAD
+    python3 benches/load_report.py OUT DOC RSS_KIB READY_MS ROUNDS DURATION CONNS OPEN_LOAD [SHARED_CONNS]
 """
 import csv, statistics, sys, platform, subprocess, datetime
-out, doc, rss, ready, rounds, duration, conns, open_load = sys.argv[1:]
+out, doc, rss, ready, rounds, duration, conns, open_load = sys.argv[1:9]
+conns_shared = sys.argv[9] if len(sys.argv) > 9 else "16"
 rows = list(csv.DictReader(open(f"{out}/runs.csv")))
 by = {}
 for r in rows:
@@ -45,6 +46,32 @@ if "tg-10k" in by and "tg-plain" in by:
     lines.append("")
     lines.append(f"10,000 routes vs one route: {spread(per_round(by, 'tg-10k', 'tg-plain', 'rps'))} "
                  "of the req/s (median of per-round ratios, quartiles).")
+shared = {}
+try:
+    for r in csv.DictReader(open(f"{out}/shared.csv")):
+        shared.setdefault(r["target"], {})[int(r["round"])] = r
+except FileNotFoundError:  # a run from before the shared-core rounds
+    pass
+if "raw-default" in shared:
+    lines += ["",
+              "Shared core: every target flat out at once (wrk, "
+              f"{conns_shared} connections each), the scheduler splitting the proxy core "
+              "between them; requests served and CPU per request over the same seconds:",
+              "",
+              "| target | req/s (median) | vs raw Pingora default (quartiles) | CPU µs/req | vs raw default CPU (quartiles) |",
+              "|---|---:|---:|---:|---:|"]
+    for t in names:
+        if t not in shared:
+            continue
+        lines.append(f"| {names[t]} | {median(shared, t, 'requests') / float(duration):,.0f} | "
+                     f"{spread(per_round(shared, t, 'raw-default', 'requests'))} | "
+                     f"{median(shared, t, 'cpu_us_per_req'):.1f} | "
+                     f"{spread(per_round(shared, t, 'raw-default', 'cpu_us_per_req'))} |")
+    if "tg-10k" in shared and "tg-plain" in shared:
+        lines.append("")
+        lines.append("10,000 routes vs one route, shared core: "
+                     f"{spread(per_round(shared, 'tg-10k', 'tg-plain', 'requests'))} of the requests, "
+                     f"{spread(per_round(shared, 'tg-10k', 'tg-plain', 'cpu_us_per_req'))} of the CPU per request.")
 opened = {}
 for r in csv.DictReader(open(f"{out}/open.csv")):
     opened.setdefault(r["target"], {})[int(r["round"])] = r
@@ -76,7 +103,7 @@ lines += ["",
           f"RSS {int(rss) / 1024:.0f} MiB, listening {int(ready) / 1000:.1f} s after start.",
           "",
           f"Run: {datetime.date.today()}, `just bench-load` (ROUNDS={rounds}, DURATION={duration} s, "
-          f"CONNS={conns}, OPEN_LOAD={open_load}, wrk -t1 HTTP/1.1 keep-alive), {cpu}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, "
+          f"CONNS={conns}, SHARED_CONNS={conns_shared}, OPEN_LOAD={open_load}, wrk -t1 HTTP/1.1 keep-alive), {cpu}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, "
           f"kernel {platform.release()}. Ratios are medians of per-round ratios (targets of one "
           "round run seconds apart)."]
 table = "\n".join(lines)
