@@ -20,8 +20,10 @@ test:
     cargo test --workspace
 
 # Whole-gateway load test: Tollgate beside raw Pingora and nginx (loopback, interleaved
-# rounds; closed loop with wrk, then open loop at a fixed rate with benches/open_loop.rs);
-# writes the tables to docs/benchmarks.md. ROUNDS, DURATION, CONNS, OPEN_LOAD tune it.
+# rounds; closed loop with wrk one target at a time, then all targets flat out sharing
+# the proxy core, then all at once in open loop at a fixed rate with benches/open_loop.rs);
+# writes the tables to docs/benchmarks.md. ROUNDS, DURATION, CONNS, SHARED_CONNS,
+# OPEN_LOAD tune it.
 bench-load:
     ./benches/load.sh
 
