@@ -20,11 +20,11 @@
 # compared over the same seconds. Then, open loop (benches/open_loop.rs): all targets
 # loaded at once, their requests interleaved (a request due every 1 / (targets x RATE)
 # seconds, to each target in turn), so that a stall of the host lands on all of them
-# alike; latency counted from each request's due time. In all the proxy core carries OPEN_LOAD (0.2) x raw-default's
-# median req/s from the closed-loop rounds. (Not 0.5: served one at a time, without the
-# batching of 50 busy connections, a request costs every Pingora build here 2-3x the
-# CPU, and half the closed-loop maximum overloads them.) Then: RSS of Tollgate started
-# with 10,000 routes and 100,000 consumers.
+# alike; latency counted from each request's due time. In all the proxy core carries
+# OPEN_LOAD (0.2) x raw-default's median req/s from the closed-loop rounds. (Not 0.5:
+# served one at a time, without the batching of 50 busy connections, a request costs
+# every Pingora build here 2-3x the CPU, and half the closed-loop maximum overloads
+# them.) Then: RSS of Tollgate started with 10,000 routes and 100,000 consumers.
 #
 # All targets run side by side (each on its own port, all pinned to the proxy core, idle
 # but for the one under load) and are loaded in turn, order rotating each round: the
