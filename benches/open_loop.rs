@@ -106,11 +106,16 @@ fn parse(args: &[String]) -> Result<Plan, String> {
             )),
         }
     };
-    let (rate, seconds, conns) = (
-        number(2, "RATE")?,
-        number(3, "SECONDS")?,
-        number(4, "CONNS")?,
-    );
+    let (rate, seconds) = (number(2, "RATE")?, number(3, "SECONDS")?);
+    let conns = match first[4].parse::<usize>() {
+        Ok(n) if n > 0 => n,
+        _ => {
+            return Err(format!(
+                "CONNS must be a positive integer, got {:?}",
+                first[4]
+            ))
+        }
+    };
     let mut targets = vec![(first[0].clone(), first[1].clone(), first[5..].to_vec())];
     for more in groups {
         if more.len() < 2 {
@@ -121,7 +126,7 @@ fn parse(args: &[String]) -> Result<Plan, String> {
     Ok(Plan {
         rate,
         seconds,
-        conns: conns as usize,
+        conns,
         targets,
     })
 }
@@ -451,6 +456,7 @@ mod tests {
         assert!(parse(&args("127.0.0.1:1 / 100 1")).is_err());
         assert!(parse(&args("127.0.0.1:1 / 0 1 1")).is_err());
         assert!(parse(&args("127.0.0.1:1 / 100 x 1")).is_err());
+        assert!(parse(&args("127.0.0.1:1 / 100 1 0.5")).is_err());
         assert!(parse(&args("127.0.0.1:1 / 100 1 1 -- 127.0.0.1:2")).is_err());
         let plan = parse(&args("127.0.0.1:1 / 100 1 4 h: v -- 127.0.0.1:2 /p")).unwrap();
         assert_eq!(plan.targets.len(), 2);
