@@ -22,7 +22,7 @@ use crate::policy::Flow;
 use crate::reply::{ErrorCode, Reply};
 use crate::request_id;
 use crate::router::{self, path, Lookup, RequestFacts};
-use crate::runtime::Snapshot;
+use crate::runtime::{Route, Snapshot};
 use crate::trace::TraceContext;
 
 /// The gateway: routes requests and runs their policies. Implements Pingora's
@@ -59,6 +59,152 @@ static X_CONSUMER_NAME: HeaderName = HeaderName::from_static("x-consumer-name");
 static TRACEPARENT_NAME: HeaderName = HeaderName::from_static("traceparent");
 
 impl Gateway {
+    /// The gateway's part of `request_filter`: the request's id, client address and
+    /// trace context, the head checks that Pingora's parse leaves, and the route
+    /// (the route's policies come after). `Err` is the answer to send instead.
+    fn admit(
+        &self,
+        session: &mut Session,
+        cx: &mut RequestCtx,
+    ) -> std::result::Result<Arc<Route>, Reply> {
+        if self.draining.load(std::sync::atomic::Ordering::Acquire) {
+            session.set_keepalive(None);
+        }
+        let head = forwarding::HeadFacts::of(&session.req_header().headers);
+        if head.untrusted {
+            forwarding::drop_untrusted_headers(session.req_header_mut());
+        }
+        if head.content_lengths > 1 {
+            forwarding::collapse_content_length(session.req_header_mut());
+        }
+        // the longest pause in a request body (a request without one has nothing to wait for)
+        if !session.is_body_empty() {
+            session.set_read_timeout(Some(self.limits.body_timeout));
+        }
+        let snap = self.state.load_full();
+        let req = session.req_header();
+        let client_id = head.request_id;
+        let (id, header) =
+            match client_id.and_then(|v| Some((request_id::valid(&v)?.to_string(), v))) {
+                Some((id, v)) => (id, Some(v)),
+                None => {
+                    let id = request_id::generate();
+                    let header = HeaderValue::from_str(&id).ok();
+                    (id, header)
+                }
+            };
+        cx.request_id = id;
+        cx.request_id_header = header;
+        if let Some(peer) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            let xff = head
+                .forwarded_for
+                .then(|| req.headers.get_all(&X_FORWARDED_FOR_NAME));
+            let xff = xff.iter().flatten().filter_map(|v| v.to_str().ok());
+            cx.client_ip = Some(snap.client_ip(peer, xff));
+        }
+        cx.client_sent_xff = head.forwarded_for;
+        let incoming = head.traceparent.as_ref().and_then(|v| v.to_str().ok());
+        cx.trace = Some(
+            incoming
+                .and_then(TraceContext::parse)
+                .unwrap_or_else(TraceContext::generate),
+        );
+        cx.snapshot = Some(snap.clone());
+        // the connection guard checked the head already; this catches pipelined heads
+        // it did not see
+        let req = session.req_header();
+        let uri_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+        if uri_len > self.limits.max_uri_bytes {
+            return Err(Reply::refuse(ErrorCode::UriTooLong));
+        }
+        if head.connection && forwarding::connection_names_protected(&req.headers) {
+            return Err(Reply::refuse_with(
+                ErrorCode::BadRequest,
+                "Connection names a header the gateway protects",
+            ));
+        }
+        if req.headers.len() > self.limits.max_headers {
+            return Err(Reply::refuse(ErrorCode::HeadersTooLarge));
+        }
+
+        let req = session.req_header();
+        let normalised = match path::normalize(req.uri.path()) {
+            Ok(p) => p.into_owned(),
+            Err(e) => {
+                return Err(Reply::refuse_with(ErrorCode::BadRequest, e.to_string()));
+            }
+        };
+        let host = req
+            .uri
+            .host()
+            .or_else(|| head.host.as_ref().and_then(|h| h.to_str().ok()))
+            .map(router::host_without_port);
+        let facts = RequestFacts {
+            method: &req.method,
+            host,
+            headers: &req.headers,
+            path: &normalised,
+        };
+        let mut found = snap.router.lookup(&facts);
+        // A CORS preflight is routed by the method it asks about, when that route has cors.
+        if crate::policy::cors::is_preflight(req) {
+            let asked = req
+                .headers
+                .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+                .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok());
+            if let Some(asked) = asked {
+                let as_asked = RequestFacts {
+                    method: &asked,
+                    ..facts
+                };
+                if let Lookup::Found {
+                    route,
+                    prefix_segments,
+                } = snap.router.lookup(&as_asked)
+                {
+                    if snap
+                        .routes
+                        .get(route)
+                        .is_some_and(|r| r.chain.has_stage(crate::policy::Stage::Cors))
+                    {
+                        found = Lookup::Found {
+                            route,
+                            prefix_segments,
+                        };
+                    }
+                }
+            }
+        }
+        cx.path = normalised;
+        cx.client_host = head.host;
+        match found {
+            Lookup::Found {
+                route,
+                prefix_segments,
+            } => {
+                cx.route = snap.routes.get(route).cloned();
+                cx.prefix_segments = prefix_segments;
+            }
+            Lookup::MethodNotAllowed(allow) => {
+                let mut reply = Reply::refuse(ErrorCode::MethodNotAllowed);
+                if let Ok(v) = http::HeaderValue::from_str(&allow) {
+                    reply = reply.header(header::ALLOW, v);
+                }
+                return Err(reply);
+            }
+            Lookup::NotFound => {
+                return Err(Reply::refuse(ErrorCode::NoRoute));
+            }
+        }
+        cx.route
+            .clone()
+            .ok_or_else(|| Reply::refuse(ErrorCode::NoRoute))
+    }
+
     /// Writes a gateway-made response, running the route's `response_filter`s on it.
     async fn respond(
         &self,
@@ -159,166 +305,16 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, cx: &mut Self::CTX) -> Result<bool> {
-        if self.draining.load(std::sync::atomic::Ordering::Acquire) {
-            session.set_keepalive(None);
-        }
-        let head = forwarding::HeadFacts::of(&session.req_header().headers);
-        if head.untrusted {
-            forwarding::drop_untrusted_headers(session.req_header_mut());
-        }
-        if head.content_lengths > 1 {
-            forwarding::collapse_content_length(session.req_header_mut());
-        }
-        // the longest pause in a request body (a request without one has nothing to wait for)
-        if !session.is_body_empty() {
-            session.set_read_timeout(Some(self.limits.body_timeout));
-        }
-        let snap = self.state.load_full();
-        let req = session.req_header();
-        let client_id = head.request_id;
-        let (id, header) =
-            match client_id.and_then(|v| Some((request_id::valid(&v)?.to_string(), v))) {
-                Some((id, v)) => (id, Some(v)),
-                None => {
-                    let id = request_id::generate();
-                    let header = HeaderValue::from_str(&id).ok();
-                    (id, header)
-                }
-            };
-        cx.request_id = id;
-        cx.request_id_header = header;
-        if let Some(peer) = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        {
-            let xff = head
-                .forwarded_for
-                .then(|| req.headers.get_all(&X_FORWARDED_FOR_NAME));
-            let xff = xff.iter().flatten().filter_map(|v| v.to_str().ok());
-            cx.client_ip = Some(snap.client_ip(peer, xff));
-        }
-        cx.client_sent_xff = head.forwarded_for;
-        let incoming = head.traceparent.as_ref().and_then(|v| v.to_str().ok());
-        cx.trace = Some(
-            incoming
-                .and_then(TraceContext::parse)
-                .unwrap_or_else(TraceContext::generate),
-        );
-        cx.snapshot = Some(snap.clone());
-        // the connection guard checked the head already; this catches pipelined heads
-        // it did not see
-        let req = session.req_header();
-        let uri_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
-        if uri_len > self.limits.max_uri_bytes {
-            return self
-                .respond(session, cx, Reply::refuse(ErrorCode::UriTooLong))
-                .await;
-        }
-        if head.connection && forwarding::connection_names_protected(&req.headers) {
-            return self
-                .respond(
-                    session,
-                    cx,
-                    Reply::refuse_with(
-                        ErrorCode::BadRequest,
-                        "Connection names a header the gateway protects",
-                    ),
-                )
-                .await;
-        }
-        if req.headers.len() > self.limits.max_headers {
-            return self
-                .respond(session, cx, Reply::refuse(ErrorCode::HeadersTooLarge))
-                .await;
-        }
-
-        let req = session.req_header();
-        let normalised = match path::normalize(req.uri.path()) {
-            Ok(p) => p.into_owned(),
-            Err(e) => {
-                return self
-                    .respond(
-                        session,
-                        cx,
-                        Reply::refuse_with(ErrorCode::BadRequest, e.to_string()),
-                    )
-                    .await
-            }
+        // one place that answers: each `respond(..).await` is a copy of its state
+        // machine in this hook's future and code
+        let reply = match self.admit(session, cx) {
+            Ok(route) => match route.chain.request_filter(session, cx).await? {
+                Flow::Continue => return Ok(false),
+                Flow::Respond(reply) => reply,
+            },
+            Err(reply) => reply,
         };
-        let host = req
-            .uri
-            .host()
-            .or_else(|| head.host.as_ref().and_then(|h| h.to_str().ok()))
-            .map(router::host_without_port);
-        let facts = RequestFacts {
-            method: &req.method,
-            host,
-            headers: &req.headers,
-            path: &normalised,
-        };
-        let mut found = snap.router.lookup(&facts);
-        // A CORS preflight is routed by the method it asks about, when that route has cors.
-        if crate::policy::cors::is_preflight(req) {
-            let asked = req
-                .headers
-                .get(header::ACCESS_CONTROL_REQUEST_METHOD)
-                .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok());
-            if let Some(asked) = asked {
-                let as_asked = RequestFacts {
-                    method: &asked,
-                    ..facts
-                };
-                if let Lookup::Found {
-                    route,
-                    prefix_segments,
-                } = snap.router.lookup(&as_asked)
-                {
-                    if snap
-                        .routes
-                        .get(route)
-                        .is_some_and(|r| r.chain.has_stage(crate::policy::Stage::Cors))
-                    {
-                        found = Lookup::Found {
-                            route,
-                            prefix_segments,
-                        };
-                    }
-                }
-            }
-        }
-        cx.path = normalised;
-        cx.client_host = head.host;
-        match found {
-            Lookup::Found {
-                route,
-                prefix_segments,
-            } => {
-                cx.route = snap.routes.get(route).cloned();
-                cx.prefix_segments = prefix_segments;
-            }
-            Lookup::MethodNotAllowed(allow) => {
-                let mut reply = Reply::refuse(ErrorCode::MethodNotAllowed);
-                if let Ok(v) = http::HeaderValue::from_str(&allow) {
-                    reply = reply.header(header::ALLOW, v);
-                }
-                return self.respond(session, cx, reply).await;
-            }
-            Lookup::NotFound => {
-                return self
-                    .respond(session, cx, Reply::refuse(ErrorCode::NoRoute))
-                    .await
-            }
-        }
-        let Some(route) = cx.route.clone() else {
-            return self
-                .respond(session, cx, Reply::refuse(ErrorCode::NoRoute))
-                .await;
-        };
-        match route.chain.request_filter(session, cx).await? {
-            Flow::Continue => Ok(false),
-            Flow::Respond(reply) => self.respond(session, cx, reply).await,
-        }
+        self.respond(session, cx, reply).await
     }
 
     async fn upstream_peer(
