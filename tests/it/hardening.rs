@@ -727,6 +727,100 @@ async fn a_slow_upload_longer_than_read_timeout_is_not_cut() {
     assert_eq!(up.last().unwrap().body_len, 20);
 }
 
+/// An upstream that answers each connection's first request with `size` bytes of body,
+/// written as fast as the connection takes them.
+async fn big_upstream(size: usize) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if matches!(s.read(&mut buf).await, Ok(0) | Err(_)) {
+                    return;
+                }
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n");
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut left = size;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if s.write_all(&chunk[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A gateway with `send_timeout = "500ms"` in front of `up`, and a client connection to
+/// it with a small receive buffer (so that what it does not read soon stops the
+/// gateway's writes) that has sent `GET /big`.
+async fn big_download(up: std::net::SocketAddr) -> (Gateway, TcpStream) {
+    let gw = gateway(&format!(
+        "[server.limits]\nsend_timeout = \"500ms\"\n\
+         [upstreams.big]\nbackends = [\"{up}\"]\n\
+         [routes.big]\npaths = [\"/\"]\nupstream = \"big\"\n"
+    ));
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(gw.addr).await.unwrap();
+    s.write_all(&get_raw("/big", "")).await.unwrap();
+    (gw, s)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_at_send_timeout() {
+    const SIZE: usize = 64 << 20;
+    let (_gw, mut s) = big_download(big_upstream(SIZE).await).await;
+    // the client takes nothing for four times send_timeout (the behaviour under test,
+    // not a wait for the gateway), then reads what there is
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = read_all(&mut s).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &got[..got.len().min(64)]
+    );
+    assert!(
+        got.len() < SIZE,
+        "the gateway went on writing to a client that had stopped reading ({} bytes)",
+        got.len()
+    );
+}
+
+#[tokio::test]
+async fn a_slow_but_steady_reader_is_not_cut() {
+    const SIZE: usize = 4 << 20;
+    let (_gw, mut s) = big_download(big_upstream(SIZE).await).await;
+    // 256 KiB, then a pause of 100 ms (a fifth of send_timeout), and again: ~1.6 s in
+    // all, three times send_timeout, which bounds each pause, not the whole answer
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let finished = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let mark = got.len();
+            while got.len() - mark < 256 * 1024 {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(finished.is_ok(), "the download did not end");
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(got.len() - head_end, SIZE, "the answer was cut short");
+}
+
 // --- HTTP/2 abuse, with a scripted client writing raw frames over h2c ---
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {

@@ -9,6 +9,7 @@
 //! header_timeout = "10s"       # first byte of a head to its end → 408, connection closed
 //! idle_timeout = "60s"         # between requests on a keep-alive connection → closed
 //! body_timeout = "60s"         # the longest pause while a request body is sent → 408
+//! send_timeout = "60s"         # the longest pause while the client takes no response → closed
 //! ```
 //!
 //! The [`HeadScanner`] also refuses, with 400, framing that two parsers could read
@@ -38,6 +39,7 @@ pub(crate) struct LimitsFile {
     pub header_timeout: Option<ConfigDuration>,
     pub idle_timeout: Option<ConfigDuration>,
     pub body_timeout: Option<ConfigDuration>,
+    pub send_timeout: Option<ConfigDuration>,
 }
 
 /// Server-wide request limits.
@@ -57,6 +59,10 @@ pub struct Limits {
     /// The longest pause while the client sends a request body (a slow-body deadline;
     /// a steady upload of any length is fine). Default 60 s.
     pub body_timeout: Duration,
+    /// The longest pause while the gateway cannot write to the client (a client that
+    /// stops reading its response; a slow reader of any steady pace is fine): the
+    /// connection is closed. Default 60 s.
+    pub send_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -68,6 +74,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -87,6 +94,7 @@ impl LimitsFile {
             header_timeout: self.header_timeout.map_or(d.header_timeout, |t| t.get()),
             idle_timeout: self.idle_timeout.map_or(d.idle_timeout, |t| t.get()),
             body_timeout: self.body_timeout.map_or(d.body_timeout, |t| t.get()),
+            send_timeout: self.send_timeout.map_or(d.send_timeout, |t| t.get()),
         };
         if !(1024..=PARSER_MAX_HEADER_BYTES).contains(&l.max_header_bytes) {
             return Err((
@@ -110,6 +118,7 @@ impl LimitsFile {
             ("header_timeout", l.header_timeout),
             ("idle_timeout", l.idle_timeout),
             ("body_timeout", l.body_timeout),
+            ("send_timeout", l.send_timeout),
         ] {
             if t < Duration::from_millis(10) {
                 return Err((key, "must be at least 10ms".into()));
@@ -764,6 +773,11 @@ mod tests {
             "max_uri_bytes"
         );
         assert_eq!(f("idle_timeout = \"1ms\"").unwrap_err().0, "idle_timeout");
+        assert_eq!(f("send_timeout = \"5ms\"").unwrap_err().0, "send_timeout");
+        assert_eq!(
+            f("send_timeout = \"2s\"").unwrap().send_timeout,
+            Duration::from_secs(2)
+        );
         assert!(toml::from_str::<LimitsFile>("max_body = 1").is_err());
     }
 }

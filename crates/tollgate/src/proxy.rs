@@ -81,6 +81,10 @@ impl Gateway {
         if !session.is_body_empty() {
             session.set_read_timeout(Some(self.limits.body_timeout));
         }
+        // the longest pause in writing the answer: a client that stops reading does not
+        // hold its connection (and the upstream one behind it) for ever. Pingora arms it
+        // only for a write that has to wait.
+        session.set_write_timeout(Some(self.limits.send_timeout));
         let snap = self.state.load_full();
         let req = session.req_header();
         let client_id = head.request_id;
