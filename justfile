@@ -27,8 +27,9 @@ test:
 bench-load:
     ./benches/load.sh
 
-# User-space instructions per request, raw Pingora vs Tollgate, under callgrind: the
-# noise-free measure for comparing two builds of the request path. REQUESTS tunes it.
+# User-space instructions per request, raw Pingora (default build and Tollgate's profile)
+# vs Tollgate, under callgrind: the noise-free measure for comparing two builds of the
+# request path. REQUESTS tunes it; CACHE_SIM=1 adds simulated L1 misses per request.
 bench-instructions:
     ./benches/instructions.sh
 
