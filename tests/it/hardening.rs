@@ -727,6 +727,69 @@ async fn a_slow_upload_longer_than_read_timeout_is_not_cut() {
     assert_eq!(up.last().unwrap().body_len, 20);
 }
 
+/// An upstream that accepts connections and never reads from them or answers (a small
+/// receive buffer, so that what it does not take soon stops the gateway's writes).
+async fn non_reading_upstream() -> std::net::SocketAddr {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let l = socket.listen(16).unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upstream_that_stops_taking_the_request_body_gets_504_at_read_timeout() {
+    let up = non_reading_upstream().await;
+    let gw = gateway(&format!(
+        "[upstreams.s]\nbackends = [\"{up}\"]\nretries = 0\nread_timeout = \"500ms\"\n\
+         [routes.s]\npaths = [\"/\"]\nupstream = \"s\"\n"
+    ));
+    const SIZE: usize = 64 << 20;
+    let (mut rd, mut wr) = TcpStream::connect(gw.addr).await.unwrap().into_split();
+    // the client uploads as fast as it is let (and stops when the gateway gives up)
+    tokio::spawn(async move {
+        let head = format!(
+            "POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n"
+        );
+        if wr.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'u'; 64 * 1024];
+        for _ in 0..SIZE / chunk.len() {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut got)).await;
+    assert!(
+        ended.is_ok(),
+        "the request hung: no answer, and the connection still open after 10 s"
+    );
+    if !got.is_empty() {
+        assert_eq!(parse_response(&got).status, 504);
+    }
+    // the answer itself may be lost to the reset of a connection whose upload was not
+    // read to the end; the access log has it
+    assert!(
+        eventually(Duration::from_secs(5), async || gw
+            .stdout_lines()
+            .iter()
+            .any(|l| l.contains("\"status\":504")))
+        .await,
+        "no 504 in the access log: {:?}",
+        gw.stdout_lines()
+    );
+}
+
 /// An upstream that answers each connection's first request with `size` bytes of body,
 /// written as fast as the connection takes them.
 async fn big_upstream(size: usize) -> std::net::SocketAddr {

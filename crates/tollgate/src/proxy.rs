@@ -353,6 +353,9 @@ impl ProxyHttp for Gateway {
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout);
         peer.options.read_timeout = Some(up.read_timeout);
+        // an upstream that stops taking the request (its body) is not answering either:
+        // without this, Pingora waits for it for ever (it reads no response meanwhile)
+        peer.options.write_timeout = Some(up.read_timeout);
         // Pingora strips the request's hop-by-hop headers (and those its `Connection`
         // names) under this policy; the gateway relies on it (see `forwarding`)
         peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::standard();
