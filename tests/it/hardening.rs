@@ -626,13 +626,19 @@ async fn trickling_upstream() -> std::net::SocketAddr {
     addr
 }
 
+/// A gateway with one route, `/`, to the upstream `up` with `upstream` settings (TOML
+/// lines of its table), and `more` tables after.
+fn one_route(up: std::net::SocketAddr, upstream: &str, more: &str) -> Gateway {
+    gateway(&format!(
+        "[upstreams.u]\nbackends = [\"{up}\"]\n{upstream}\
+         [routes.u]\npaths = [\"/\"]\nupstream = \"u\"\n{more}"
+    ))
+}
+
 #[tokio::test]
 async fn an_upstream_trickling_its_head_gets_504_at_read_timeout() {
     let up = trickling_upstream().await;
-    let gw = gateway(&format!(
-        "[upstreams.t]\nbackends = [\"{up}\"]\nretries = 0\nread_timeout = \"1s\"\n\
-         [routes.t]\npaths = [\"/\"]\nupstream = \"t\"\n"
-    ));
+    let gw = one_route(up, "retries = 0\nread_timeout = \"1s\"\n", "");
     let started = std::time::Instant::now();
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(&get_raw("/t", "")).await.unwrap();
@@ -685,10 +691,7 @@ async fn trickling_on_reuse_upstream() -> std::net::SocketAddr {
 #[tokio::test]
 async fn a_pooled_upstream_connection_trickling_its_head_gets_504_too() {
     let up = trickling_on_reuse_upstream().await;
-    let gw = gateway(&format!(
-        "[upstreams.t]\nbackends = [\"{up}\"]\nretries = 0\nread_timeout = \"1s\"\n\
-         [routes.t]\npaths = [\"/\"]\nupstream = \"t\"\n"
-    ));
+    let gw = one_route(up, "retries = 0\nread_timeout = \"1s\"\n", "");
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(&get_raw("/first", "")).await.unwrap();
     assert_eq!(parse_response(&read_all(&mut s).await).status, 200);
@@ -708,11 +711,7 @@ async fn a_pooled_upstream_connection_trickling_its_head_gets_504_too() {
 #[tokio::test]
 async fn a_slow_upload_longer_than_read_timeout_is_not_cut() {
     let up = Upstream::start("u").await;
-    let gw = gateway(&format!(
-        "[upstreams.u]\nbackends = [\"{}\"]\nread_timeout = \"500ms\"\n\
-         [routes.u]\npaths = [\"/\"]\nupstream = \"u\"\n",
-        up.addr
-    ));
+    let gw = one_route(up.addr, "read_timeout = \"500ms\"\n", "");
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 20\r\nConnection: close\r\n\r\n")
         .await
@@ -747,10 +746,7 @@ async fn non_reading_upstream() -> std::net::SocketAddr {
 #[tokio::test]
 async fn an_upstream_that_stops_taking_the_request_body_gets_504_at_read_timeout() {
     let up = non_reading_upstream().await;
-    let gw = gateway(&format!(
-        "[upstreams.s]\nbackends = [\"{up}\"]\nretries = 0\nread_timeout = \"500ms\"\n\
-         [routes.s]\npaths = [\"/\"]\nupstream = \"s\"\n"
-    ));
+    let gw = one_route(up, "retries = 0\nread_timeout = \"500ms\"\n", "");
     const SIZE: usize = 64 << 20;
     let (mut rd, mut wr) = TcpStream::connect(gw.addr).await.unwrap().into_split();
     // the client uploads as fast as it is let (and stops when the gateway gives up)
@@ -825,11 +821,7 @@ async fn big_upstream(size: usize) -> std::net::SocketAddr {
 /// it with a small receive buffer (so that what it does not read soon stops the
 /// gateway's writes) that has sent `GET /big`.
 async fn big_download(up: std::net::SocketAddr) -> (Gateway, TcpStream) {
-    let gw = gateway(&format!(
-        "[server.limits]\nsend_timeout = \"500ms\"\n\
-         [upstreams.big]\nbackends = [\"{up}\"]\n\
-         [routes.big]\npaths = [\"/\"]\nupstream = \"big\"\n"
-    ));
+    let gw = one_route(up, "", "[server.limits]\nsend_timeout = \"500ms\"\n");
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut s = socket.connect(gw.addr).await.unwrap();
