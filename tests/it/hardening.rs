@@ -556,22 +556,35 @@ async fn a_pipelined_request_is_never_smuggled_to_the_upstream() {
     );
 }
 
-/// An upstream that answers every connection with `bytes` and then resets it.
-async fn scripted_upstream(bytes: &'static [u8]) -> std::net::SocketAddr {
+/// A loopback upstream that runs `conn` on each connection it accepts, each in a task
+/// of its own.
+async fn serve<F, Fut>(conn: F) -> std::net::SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf).await;
-            let _ = s.write_all(bytes).await;
-            // close with RST; a zero linger does not block
-            #[allow(deprecated)]
-            let _ = s.set_linger(Some(Duration::ZERO));
-            drop(s);
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(conn(s));
         }
     });
     addr
+}
+
+/// An upstream that answers every connection with `bytes` and then resets it.
+async fn scripted_upstream(bytes: &'static [u8]) -> std::net::SocketAddr {
+    serve(move |mut s| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let _ = s.write_all(bytes).await;
+        // close with RST; a zero linger does not block
+        #[allow(deprecated)]
+        let _ = s.set_linger(Some(Duration::ZERO));
+        drop(s);
+    })
+    .await
 }
 
 #[tokio::test]
@@ -608,22 +621,16 @@ async fn an_upstream_dying_mid_response_never_looks_like_a_complete_answer() {
 /// An upstream that reads a request and then sends a response head one byte every
 /// 100 ms: each read is quick, the head would take minutes.
 async fn trickling_upstream() -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\n{}",
-                    "X-Slow: 0123456789\r\n".repeat(100)
-                );
-                trickle(&mut s, &head).await;
-            });
-        }
-    });
-    addr
+    serve(move |mut s| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\n{}",
+            "X-Slow: 0123456789\r\n".repeat(100)
+        );
+        trickle(&mut s, &head).await;
+    })
+    .await
 }
 
 /// A gateway with one route, `/`, to the upstream `up` with `upstream` settings (TOML
@@ -665,27 +672,21 @@ async fn trickle(s: &mut tokio::net::TcpStream, text: &str) {
 /// An upstream whose connections answer their first request at once (and stay open)
 /// and trickle the head of every later one.
 async fn trickling_on_reuse_upstream() -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                if matches!(s.read(&mut buf).await, Ok(0) | Err(_)) {
-                    return;
-                }
-                let quick = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                if s.write_all(quick).await.is_err() {
-                    return;
-                }
-                if matches!(s.read(&mut buf).await, Ok(0) | Err(_)) {
-                    return;
-                }
-                trickle(&mut s, &"HTTP/1.1 200 OK\r\nX-Slow: 1\r\n".repeat(20)).await;
-            });
+    serve(move |mut s| async move {
+        let mut buf = [0u8; 4096];
+        if matches!(s.read(&mut buf).await, Ok(0) | Err(_)) {
+            return;
         }
-    });
-    addr
+        let quick = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        if s.write_all(quick).await.is_err() {
+            return;
+        }
+        if matches!(s.read(&mut buf).await, Ok(0) | Err(_)) {
+            return;
+        }
+        trickle(&mut s, &"HTTP/1.1 200 OK\r\nX-Slow: 1\r\n".repeat(20)).await;
+    })
+    .await
 }
 
 #[tokio::test]
@@ -789,32 +790,26 @@ async fn an_upstream_that_stops_taking_the_request_body_gets_504_at_read_timeout
 /// An upstream that answers each connection's first request with `size` bytes of body,
 /// written as fast as the connection takes them.
 async fn big_upstream(size: usize) -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                if matches!(s.read(&mut buf).await, Ok(0) | Err(_)) {
-                    return;
-                }
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n");
-                if s.write_all(head.as_bytes()).await.is_err() {
-                    return;
-                }
-                let chunk = vec![b'x'; 64 * 1024];
-                let mut left = size;
-                while left > 0 {
-                    let n = left.min(chunk.len());
-                    if s.write_all(&chunk[..n]).await.is_err() {
-                        return;
-                    }
-                    left -= n;
-                }
-            });
+    serve(move |mut s| async move {
+        let mut buf = [0u8; 4096];
+        if matches!(s.read(&mut buf).await, Ok(0) | Err(_)) {
+            return;
         }
-    });
-    addr
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n");
+        if s.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if s.write_all(&chunk[..n]).await.is_err() {
+                return;
+            }
+            left -= n;
+        }
+    })
+    .await
 }
 
 /// A gateway with `send_timeout = "500ms"` in front of `up`, and a client connection to
