@@ -963,6 +963,28 @@ async fn rapid_reset_gets_the_connection_closed_and_the_gateway_keeps_serving() 
 }
 
 #[tokio::test]
+async fn an_http2_client_that_grants_no_window_is_cut_at_send_timeout() {
+    let up = big_upstream(64 << 20).await;
+    let gw = one_route(up, "", "[server.limits]\nsend_timeout = \"500ms\"\n");
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut out = h2_start();
+    out.extend(h2_get(1, "/big"));
+    s.write_all(&out).await.unwrap();
+    // the client never sends WINDOW_UPDATE: the answer stops after the first 64 KiB
+    let frames = h2_frames(&mut s, Duration::from_secs(3)).await;
+    assert!(
+        frames.iter().any(|f| f.0 == 0x1 && f.2 == 1),
+        "no HEADERS on the stream: {frames:?}"
+    );
+    assert!(
+        frames
+            .iter()
+            .any(|f| (f.0 == 0x3 && f.2 == 1) || f.0 == 0x7),
+        "the stalled stream was neither reset nor its connection closed: {frames:?}"
+    );
+}
+
+#[tokio::test]
 async fn streams_beyond_the_concurrency_limit_are_refused() {
     let slow = Upstream::start("slow").await;
     let gw = gateway(&format!(
