@@ -156,3 +156,29 @@ async fn upstream_tls_is_verified_against_the_configured_ca() {
     }
     assert_eq!(up.count(), 1);
 }
+
+#[tokio::test]
+async fn a_tls_connection_that_sends_nothing_is_closed_at_header_timeout() {
+    let certs = tempfile::tempdir().unwrap();
+    cert(certs.path(), "a", &["a.test"]);
+    let up = Upstream::start("a").await;
+    let d = certs.path().display();
+    let gw = gateway(&format!(
+        "[server.limits]\nheader_timeout = \"1s\"\n\
+         [[server.tls]]\nlisten = \"127.0.0.1:0\"\n\
+         certs = [{{ cert = \"{d}/a.pem\", key = \"{d}/a.key\" }}]\n\
+         {}[routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n",
+        upstream_table("a", &[up.addr])
+    ));
+    let tls = gw.tls.expect("tls listener");
+    let started = std::time::Instant::now();
+    // no ClientHello: the connection is closed as a plain one that sends nothing is
+    let mut s = tokio::net::TcpStream::connect(tls).await.unwrap();
+    let got = read_until_closed(&mut s, std::time::Duration::from_secs(5)).await;
+    let took = started.elapsed();
+    assert!(got.is_empty(), "{got:?}");
+    assert!(
+        took >= std::time::Duration::from_millis(900),
+        "closed after {took:?}, before header_timeout"
+    );
+}

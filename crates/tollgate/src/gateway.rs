@@ -302,6 +302,7 @@ impl GatewayHandle {
         let guarded = Guarded::new(proxy, self.server.limits, self.metrics.clone());
         ListenerService::new("proxy", self.server.listen.clone(), guarded)
             .tls(self.server.tls.clone())
+            .tls_hello_deadline(self.server.limits.header_timeout)
             .threads(self.server.threads)
             .exit_on_bind_error(self.exit_on_bind_error)
     }

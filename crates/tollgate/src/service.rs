@@ -22,7 +22,7 @@ use pingora::services::Service;
 use tokio::net::TcpSocket;
 use tokio::sync::watch;
 
-use crate::tls::TlsListener;
+use crate::tls::{HelloDeadline, TlsListener};
 
 /// Accept backlog of the listening sockets.
 const BACKLOG: u32 = 65535;
@@ -32,6 +32,7 @@ pub struct ListenerService<A> {
     name: String,
     addrs: Vec<SocketAddr>,
     tls: Vec<TlsListener>,
+    hello_deadline: Option<std::time::Duration>,
     inner: PingoraListening<A>,
     threads: Option<usize>,
     exit_on_bind_error: bool,
@@ -47,6 +48,7 @@ impl<A> ListenerService<A> {
             name,
             addrs,
             tls: Vec::new(),
+            hello_deadline: None,
             threads: None,
             exit_on_bind_error: false,
             bound_tx: watch::channel(Vec::new()).0,
@@ -72,6 +74,15 @@ impl<A> ListenerService<A> {
     #[must_use]
     pub fn tls(mut self, listeners: Vec<TlsListener>) -> Self {
         self.tls = listeners;
+        self
+    }
+
+    /// On the TLS listeners, drop a connection whose client sends no ClientHello within
+    /// `deadline` (see [`HelloDeadline`]). Default: Pingora's 60 s for the whole
+    /// handshake alone.
+    #[must_use]
+    pub fn tls_hello_deadline(mut self, deadline: std::time::Duration) -> Self {
+        self.hello_deadline = Some(deadline);
         self
     }
 
@@ -117,6 +128,10 @@ impl<A: ServerApp + Send + Sync + 'static> Service for ListenerService<A> {
         listeners_per_fd: usize,
     ) {
         let mut bound = Vec::new();
+        if let Some(d) = self.hello_deadline.filter(|_| !self.tls.is_empty()) {
+            let hello: pingora::listeners::PreTlsCallback = std::sync::Arc::new(HelloDeadline(d));
+            self.inner.endpoints().set_pre_tls_callback(hello);
+        }
         let plain = self.addrs.iter().map(|a| (*a, None));
         let tls = self.tls.iter().map(|t| (t.addr, Some(t.resolver.clone())));
         let all: Vec<_> = plain.chain(tls).collect();

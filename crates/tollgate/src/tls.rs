@@ -107,6 +107,34 @@ pub struct TlsListener {
     pub resolver: Arc<SniResolver>,
 }
 
+/// Drops a TLS connection whose client sends nothing (no ClientHello) within its
+/// deadline, as the connection guard closes a plain connection that sends nothing within
+/// `header_timeout`. The guard sees a TLS connection's bytes only after the handshake,
+/// and Pingora bounds the handshake by a fixed 60 s alone. Runs once per TLS connection,
+/// before the handshake (Pingora's pre-TLS hook); the byte it waits for is put back.
+#[derive(Debug, Clone, Copy)]
+pub struct HelloDeadline(pub std::time::Duration);
+
+#[async_trait::async_trait]
+impl pingora::listeners::PreTlsProcess for HelloDeadline {
+    async fn process(
+        &self,
+        stream: &mut pingora::protocols::l4::stream::Stream,
+    ) -> pingora::Result<()> {
+        use pingora::protocols::Peek;
+        use pingora::{Error, ErrorType};
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(self.0, stream.try_peek(&mut first)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Error::e_because(ErrorType::ReadError, "before a TLS ClientHello", e),
+            Err(_) => Error::e_explain(
+                ErrorType::ReadTimedout,
+                "no TLS ClientHello within header_timeout",
+            ),
+        }
+    }
+}
+
 /// Loads the CA certificates of a PEM file, for verifying upstream TLS.
 ///
 /// # Errors
