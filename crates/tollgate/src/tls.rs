@@ -16,6 +16,12 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::listeners::PreTlsProcess;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::Peek;
+use pingora::{Error, ErrorType};
 
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{CertificateDer, ClientHello, CryptoProvider, ResolvesServerCert, ServerName};
@@ -112,19 +118,16 @@ pub struct TlsListener {
 /// `header_timeout`. The guard sees a TLS connection's bytes only after the handshake,
 /// and Pingora bounds the handshake by a fixed 60 s alone. Runs once per TLS connection,
 /// before the handshake (Pingora's pre-TLS hook); the byte it waits for is put back.
+/// On Pingora's timer, as the guard's deadlines are (a tokio timer armed per connection
+/// makes every wait of the worker threads set a timeout).
 #[derive(Debug, Clone, Copy)]
-pub struct HelloDeadline(pub std::time::Duration);
+pub struct HelloDeadline(pub Duration);
 
 #[async_trait::async_trait]
-impl pingora::listeners::PreTlsProcess for HelloDeadline {
-    async fn process(
-        &self,
-        stream: &mut pingora::protocols::l4::stream::Stream,
-    ) -> pingora::Result<()> {
-        use pingora::protocols::Peek;
-        use pingora::{Error, ErrorType};
+impl PreTlsProcess for HelloDeadline {
+    async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
         let mut first = [0u8; 1];
-        match tokio::time::timeout(self.0, stream.try_peek(&mut first)).await {
+        match pingora::time::timeout(self.0, stream.try_peek(&mut first)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Error::e_because(ErrorType::ReadError, "before a TLS ClientHello", e),
             Err(_) => Error::e_explain(
