@@ -19,17 +19,24 @@ clippy:
 test:
     cargo test --workspace
 
+# The production binary: the release profile plus profile-guided optimisation, trained
+# on loopback traffic (two full builds, ~25 minutes on 2 cores) -> target/pgo/tollgate.
+build-pgo:
+    ./scripts/build-pgo.sh
+
 # Whole-gateway load test: Tollgate beside raw Pingora and nginx (loopback, interleaved
 # rounds; closed loop with wrk one target at a time, then all targets flat out sharing
 # the proxy core, then all at once in open loop at a fixed rate with benches/open_loop.rs);
-# writes the tables to docs/benchmarks.md. ROUNDS, DURATION, CONNS, SHARED_CONNS,
-# OPEN_LOAD tune it.
+# writes the tables to docs/benchmarks.md. Measures the shipped build (build-pgo, built
+# first unless PGO_BIN names one) beside the release build without PGO. ROUNDS,
+# DURATION, CONNS, SHARED_CONNS, OPEN_LOAD tune it.
 bench-load:
     ./benches/load.sh
 
 # User-space instructions per request, raw Pingora (default build and Tollgate's profile)
 # vs Tollgate, under callgrind: the noise-free measure for comparing two builds of the
-# request path. REQUESTS tunes it; CACHE_SIM=1 adds simulated L1 misses per request.
+# request path. REQUESTS tunes it; CACHE_SIM=1 adds simulated L1 misses per request;
+# PGO_BIN names an existing shipped build (else build-pgo runs first).
 bench-instructions:
     ./benches/instructions.sh
 
