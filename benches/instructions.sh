@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # User-space instructions per request (`just bench-instructions`): raw Pingora (its default
-# release build, and with Tollgate's profile), Tollgate with one plain route, with the
-# policies route of `just bench-load` (key_auth + local rate_limit + request_headers) and
-# with its 10,000 routes, each run under callgrind while it proxies REQUESTS requests, one
+# release build, and with Tollgate's profile), Tollgate's shipped build (release profile
+# plus PGO, scripts/build-pgo.sh) with one plain route, with the policies route of `just
+# bench-load` (key_auth + local rate_limit + request_headers) and with its 10,000 routes,
+# and the plain route on the release build without PGO, each run under callgrind while it proxies REQUESTS requests, one
 # at a time, to an nginx upstream. Instruction counts do not move with a noisy host the
 # way times do (two runs agree to ~0.2 %), so this is the measure for comparing two
 # builds of the request path; the kernel's share (about half of the time per request,
@@ -18,7 +19,8 @@
 # between runs made the same way.
 #
 # Prints one line per target and the ratios. Knobs: REQUESTS (2000), CACHE_SIM (0),
-# OUT (target/bench-instructions)
+# OUT (target/bench-instructions), PGO_BIN (the shipped build to measure; unset: built
+# now by scripts/build-pgo.sh, ~25 minutes)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REQUESTS=${REQUESTS:-2000}
@@ -41,6 +43,12 @@ cargo build --release -p tollgate-bin --bin tollgate --example raw_pingora --exa
 cargo build --profile fast-release -p tollgate-bin --example raw_pingora \
   --features system-allocator >&2
 cp target/fast-release/examples/raw_pingora "$OUT/raw_pingora_default"
+# Tollgate's shipped build: the release profile plus PGO (scripts/build-pgo.sh)
+if [ -z "${PGO_BIN:-}" ]; then
+  "$ROOT/scripts/build-pgo.sh" >&2
+  PGO_BIN=$ROOT/target/pgo/tollgate
+fi
+TOLLGATE=$PGO_BIN
 
 PIDS=()
 trap cleanup EXIT
@@ -108,12 +116,13 @@ measure() { # NAME CMD...: writes instructions and L1 misses per request to $OUT
 # run here, not in a command substitution: the exit trap must see the valgrind pids
 measure raw-default "$OUT/raw_pingora_default" 127.0.0.1:$PORT 127.0.0.1:$UPSTREAM_PORT
 measure raw-same target/release/examples/raw_pingora 127.0.0.1:$PORT 127.0.0.1:$UPSTREAM_PORT
-measure tg-plain target/release/tollgate run --config "$OUT/tg.toml"
+measure tg-plain "$TOLLGATE" run --config "$OUT/tg.toml"
+measure tg-release target/release/tollgate run --config "$OUT/tg.toml"
 HEADERS=("apikey: $KEY")
-measure tg-policies target/release/tollgate run --config "$OUT/tg-policies.toml"
+measure tg-policies "$TOLLGATE" run --config "$OUT/tg-policies.toml"
 HEADERS=()
 REQ_PATH=/svc5001/items/42/detail # a parameter route among 10,000 (benches/routes.py)
-measure tg-10k target/release/tollgate run --config "$OUT/tg-10k.toml"
+measure tg-10k "$TOLLGATE" run --config "$OUT/tg-10k.toml"
 python3 - "$OUT" <<'PY'
 import sys
 out = sys.argv[1]
@@ -121,6 +130,7 @@ names = {
     "raw-default": "raw Pingora (default build)",
     "raw-same": "raw Pingora (Tollgate's profile)",
     "tg-plain": "Tollgate, one plain route",
+    "tg-release": "  the same without PGO",
     "tg-policies": "Tollgate, policies route",
     "tg-10k": "Tollgate, 10,000 routes",
 }
@@ -135,6 +145,7 @@ def ratios(a, b):
 print("ratios (" + " / ".join(heads) + "):")
 print(f"  one plain route / raw default:  {ratios('tg-plain', 'raw-default')}")
 print(f"  one plain route / raw same:     {ratios('tg-plain', 'raw-same')}")
+print(f"  without PGO / raw default:      {ratios('tg-release', 'raw-default')}")
 print(f"  policies route / raw default:   {ratios('tg-policies', 'raw-default')}")
 print(f"  10,000 routes / one route:      {ratios('tg-10k', 'tg-plain')}")
 PY

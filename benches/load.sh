@@ -12,9 +12,13 @@
 #   raw-same      the same proxy with Tollgate's release profile (fat LTO, mimalloc):
 #                 the engine's own ceiling
 #   nginx         nginx as a reverse proxy, when installed
-#   tg-plain      Tollgate, one plain route
-#   tg-policies   Tollgate, key_auth + local rate_limit (never refusing) + request_headers
-#   tg-10k        Tollgate, 10,000 routes (prefixes, params, hosts), hitting one of them
+#   tg-plain      Tollgate, one plain route, its shipped build (scripts/build-pgo.sh:
+#                 the release profile plus profile-guided optimisation)
+#   tg-release    the same, the release profile without PGO (`cargo build --release`)
+#   tg-policies   Tollgate (shipped build), key_auth + local rate_limit (never refusing)
+#                 + request_headers
+#   tg-10k        Tollgate (shipped build), 10,000 routes (prefixes, params, hosts),
+#                 hitting one of them
 # Then, shared core: all targets flat out at once (wrk each, SHARED_CONNS connections),
 # the scheduler splitting the proxy core between them, so that their CPU per request is
 # compared over the same seconds. Then, open loop (benches/open_loop.rs): all targets
@@ -32,7 +36,8 @@
 # the per-round ratios stay meaningful. Short runs in many rounds beat long runs in few.
 #
 # Knobs: ROUNDS (10) DURATION (3 s) WARMUP (2 s, once per target) CONNS (50)
-# SHARED_CONNS (16, per target) OPEN_LOAD (0.2) OUT (target/bench-load)
+# SHARED_CONNS (16, per target) OPEN_LOAD (0.2) OUT (target/bench-load) PGO_BIN (the
+# shipped build to measure; unset: built now by scripts/build-pgo.sh, ~25 minutes)
 # Bounded: about ROUNDS x (3 x targets + 1) x (DURATION + 1) seconds after the builds.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -61,9 +66,15 @@ echo "building (release: fat LTO + mimalloc; raw-default: fast-release + system 
 cd "$ROOT"
 cargo build --release -p tollgate-bin --bin tollgate --example raw_pingora \
   --example open_loop >&2
-cp target/release/tollgate target/release/examples/raw_pingora \
-  target/release/examples/open_loop "$OUT/"
+cp target/release/examples/raw_pingora target/release/examples/open_loop "$OUT/"
+cp target/release/tollgate "$OUT/tollgate-release"
 mv "$OUT/raw_pingora" "$OUT/raw_pingora_same"
+if [ -z "${PGO_BIN:-}" ]; then
+  echo "building the shipped binary (scripts/build-pgo.sh)" >&2
+  "$ROOT/scripts/build-pgo.sh" >&2
+  PGO_BIN=$ROOT/target/pgo/tollgate
+fi
+cp "$PGO_BIN" "$OUT/tollgate"
 cargo build --profile fast-release -p tollgate-bin --example raw_pingora \
   --features system-allocator >&2
 cp target/fast-release/examples/raw_pingora "$OUT/raw_pingora_default"
@@ -80,15 +91,16 @@ port_of() { # TARGET -> its port
   case $1 in
     raw-default) echo 18481 ;; raw-same) echo 18482 ;; nginx) echo 18483 ;;
     tg-plain) echo 18484 ;; tg-policies) echo 18485 ;; tg-10k) echo 18486 ;;
+    tg-release) echo 18487 ;;
   esac
 }
 python3 - "$OUT" "$UPSTREAM_PORT" "$KEY" "$(port_of tg-plain)" "$(port_of tg-policies)" \
-  "$(port_of tg-10k)" "$MEMORY_PORT" "$ROOT/benches" <<'PY'
+  "$(port_of tg-10k)" "$MEMORY_PORT" "$(port_of tg-release)" "$ROOT/benches" <<'PY'
 import sys
-sys.path.insert(0, sys.argv[8])
+sys.path.insert(0, sys.argv[9])
 from routes import routes
 out, up, key = sys.argv[1:4]
-ports = dict(zip(["tg-plain", "tg-policies", "tg-10k", "tg-memory"], sys.argv[4:8]))
+ports = dict(zip(["tg-plain", "tg-policies", "tg-10k", "tg-memory", "tg-release"], sys.argv[4:9]))
 def server(name):
     return f'''[server]
 listen = ["127.0.0.1:{ports[name]}"]
@@ -100,7 +112,8 @@ upgrade_sock = "{out}/{name}.sock"
 [upstreams.u]
 backends = ["127.0.0.1:{up}"]
 '''
-open(f"{out}/tg-plain.toml", "w").write(server("tg-plain") + '[routes.r]\npaths = ["/"]\nupstream = "u"\n')
+for name in ["tg-plain", "tg-release"]:
+    open(f"{out}/{name}.toml", "w").write(server(name) + '[routes.r]\npaths = ["/"]\nupstream = "u"\n')
 open(f"{out}/tg-policies.toml", "w").write(server("tg-policies") + f'''
 [routes.r]
 paths = ["/"]
@@ -137,7 +150,7 @@ http {
 }
 EOF
 
-TARGETS=(raw-default raw-same tg-plain tg-policies tg-10k)
+TARGETS=(raw-default raw-same tg-plain tg-release tg-policies tg-10k)
 need nginx && TARGETS+=(nginx)
 
 start() { # TARGET -> pid (of the proxy itself: each branch execs it)
@@ -145,6 +158,7 @@ start() { # TARGET -> pid (of the proxy itself: each branch execs it)
     raw-default) exec taskset -c $PROXY_CPU "$OUT/raw_pingora_default" 127.0.0.1:$(port_of raw-default) 127.0.0.1:$UPSTREAM_PORT ;;
     raw-same) exec taskset -c $PROXY_CPU "$OUT/raw_pingora_same" 127.0.0.1:$(port_of raw-same) 127.0.0.1:$UPSTREAM_PORT ;;
     nginx) exec taskset -c $PROXY_CPU nginx -c "$OUT/nginx-proxy.conf" ;;
+    tg-release) exec taskset -c $PROXY_CPU "$OUT/tollgate-release" run --config "$OUT/$1.toml" ;;
     tg-*) exec taskset -c $PROXY_CPU "$OUT/tollgate" run --config "$OUT/$1.toml" ;;
   esac >"$OUT/$1.log" 2>&1 &
   echo $!

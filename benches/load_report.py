@@ -28,7 +28,8 @@ names = {
     "raw-default": "raw Pingora, default release build, system allocator",
     "raw-same": "raw Pingora, Tollgate's profile (fat LTO, mimalloc)",
     "nginx": "nginx reverse proxy (1 worker, upstream keep-alive)",
-    "tg-plain": "Tollgate, one plain route",
+    "tg-plain": "Tollgate, one plain route (shipped build: release + PGO)",
+    "tg-release": "Tollgate, one plain route, release build without PGO",
     "tg-policies": "Tollgate, key_auth + rate_limit + request_headers",
     "tg-10k": "Tollgate, 10,000 routes",
 }
