@@ -52,7 +52,10 @@ find_profdata() {
 if ! PROFDATA=$(find_profdata); then
   echo "installing llvm-$llvm_major (llvm-profdata)" >&2
   install_packages "llvm-$llvm_major"
-  PROFDATA=$(find_profdata) || { echo "no llvm-profdata for LLVM $llvm_major" >&2; exit 1; }
+  PROFDATA=$(find_profdata) || {
+    echo "no llvm-profdata for LLVM $llvm_major (rustup component add llvm-tools gives one)" >&2
+    exit 1
+  }
 fi
 
 cd "$ROOT"
@@ -188,6 +191,7 @@ trap cleanup EXIT
 start_upstream $UPSTREAM_PORT
 "$OUT/tollgate" run --config "$OUT/train.toml" >"$OUT/check.log" 2>&1 &
 PIDS+=($!)
+disown $!
 wait_port $PORT 30
 wait_port $TLS_PORT 30
 expect() { # STATUS CURL-ARGS...
