@@ -167,10 +167,12 @@ start() { # TARGET -> pid (of the proxy itself: each branch execs it)
 request_args() { # TARGET -> sets PORT, REQ_PATH, REQ_HEADERS and ARGS (wrk's headers and URL)
   PORT=$(port_of "$1")
   REQ_HEADERS=()
+  # one request for every target: a parameter route among 10,000 (benches/routes.py),
+  # which the one-route configs match by their "/" prefix, so that "10,000 routes vs
+  # one route" compares the tables, not two request lengths
+  REQ_PATH=/svc5001/items/42/detail
   case $1 in
-    tg-policies) REQ_PATH=/ REQ_HEADERS=("apikey: $KEY") ;;
-    tg-10k) REQ_PATH=/svc5001/items/42/detail ;;
-    *) REQ_PATH=/ ;;
+    tg-policies) REQ_HEADERS=("apikey: $KEY") ;;
   esac
   ARGS=()
   for h in "${REQ_HEADERS[@]}"; do ARGS+=(-H "$h"); done
