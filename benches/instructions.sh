@@ -3,8 +3,8 @@
 # release build, and with Tollgate's profile), Tollgate's shipped build (release profile
 # plus PGO, scripts/build-pgo.sh) with one plain route, with the policies route of `just
 # bench-load` (key_auth + local rate_limit + request_headers) and with its 10,000 routes,
-# and the plain route on the release build without PGO, each run under callgrind while it proxies REQUESTS requests, one
-# at a time, to an nginx upstream. Instruction counts do not move with a noisy host the
+# and the plain route on the release build without PGO, each run under callgrind while
+# it proxies REQUESTS requests, one at a time, to an nginx upstream. Instruction counts do not move with a noisy host the
 # way times do (two runs agree to ~0.2 %), so this is the measure for comparing two
 # builds of the request path; the kernel's share (about half of the time per request,
 # and the same for both) is not in it. The policies route's count includes SHA-256 in
