@@ -14,8 +14,9 @@
 # PGO lays out each function's hot path contiguously and inlines by measured call
 # counts; the request path is mostly Pingora's many small async functions, and it is
 # bound by instruction-cache misses more than by instructions (docs/benchmarks.md).
-# Code the training does not reach is optimised for size, as cold code: correct, but
-# slower than in a plain release build.
+# Code the training does not reach (HTTP/2, Redis-backed limits, RSA tokens, ...) is
+# optimised as cold code, for size: as correct as in the release build; its speed there
+# has not been measured.
 #
 # Takes two full builds (~25 minutes on 2 cores the first time; the optimised build is
 # always a full one, since the profile changes). Knobs: TRAIN_SECONDS (4) per load.
