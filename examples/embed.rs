@@ -10,6 +10,7 @@
 use std::process::ExitCode;
 
 use tollgate::pingora::prelude::*;
+use tollgate::pingora::server::configuration::ServerConf;
 use tollgate::{async_trait, GatewayBuilder};
 
 /// The program's own proxy: everything to one backend.
@@ -39,14 +40,15 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
 
-    // the server as the program already builds it, with its own service
-    let mut server = match Server::new(None) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("cannot create the server: {e}");
-            return ExitCode::from(1);
-        }
+    // the server as the program already builds it, with its own service. Pingora's own
+    // grace period (300 s by default) and shutdown timeout come after the gateway's
+    // drain (`[server] grace_period`, `graceful_shutdown_timeout`), so they are zero here
+    let conf = ServerConf {
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
+        ..ServerConf::default()
     };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut legacy = http_proxy_service(
         &server.configuration,
@@ -68,5 +70,7 @@ fn main() -> ExitCode {
     };
     gateway.add_to(&mut server);
 
-    server.run_forever()
+    // until SIGTERM or SIGQUIT (the gateway drains as its config says) or SIGINT
+    gateway.run(server);
+    ExitCode::SUCCESS
 }

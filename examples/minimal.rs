@@ -20,5 +20,6 @@ fn main() -> ExitCode {
     };
     let mut server = gateway.pingora_server(false);
     gateway.add_to(&mut server);
-    server.run_forever()
+    gateway.run(server); // until SIGTERM (drains), SIGQUIT (hands over, drains) or SIGINT
+    ExitCode::SUCCESS
 }

@@ -70,7 +70,8 @@ pub struct Upstream {
 
 impl Upstream {
     /// An echo upstream named `name` (the `upstream` field of its JSON answers).
-    /// A request whose path contains `/slow` is answered after 2 s; one whose path
+    /// A request whose path contains `/slow` is answered after 2 s, one with
+    /// `/delay/MS` after MS milliseconds; one whose path
     /// contains `/own-ratelimit` gets `RateLimit-Limit: 999` (an upstream's own limiter).
     pub async fn start(name: &str) -> Self {
         Self::start_on("127.0.0.1:0", name).await
@@ -247,7 +248,16 @@ async fn echo(req: Request<Incoming>, name: &str, rec: &Mutex<Vec<Seen>>) -> Res
             )
         })
         .collect();
-    let slow = target.contains("/slow");
+    // `/slow`: 2 s; `/delay/MS`: MS milliseconds
+    let delay = if target.contains("/slow") {
+        Some(Duration::from_secs(2))
+    } else {
+        target
+            .split("/delay/")
+            .nth(1)
+            .and_then(|rest| rest.split(['/', '?']).next()?.parse().ok())
+            .map(Duration::from_millis)
+    };
     let body = req
         .into_body()
         .collect()
@@ -262,8 +272,8 @@ async fn echo(req: Request<Incoming>, name: &str, rec: &Mutex<Vec<Seen>>) -> Res
             body_len: body.len(),
         });
     }
-    if slow {
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
     }
     let mut hmap: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (n, v) in headers {

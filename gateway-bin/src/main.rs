@@ -92,7 +92,8 @@ fn main() -> ExitCode {
                 c.summary()
             );
             release_free_memory();
-            server.run_forever()
+            handle.run(server);
+            ExitCode::SUCCESS
         }
     }
 }

@@ -14,5 +14,6 @@ mod policies;
 mod protocols;
 mod proxying;
 mod routing;
+mod shutdown;
 mod tls;
 mod traffic;

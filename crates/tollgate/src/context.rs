@@ -56,6 +56,8 @@ pub struct RequestCtx {
     /// The HTTP/1 upstream connection of the current try, until its deadline is armed.
     pub(crate) upstream_conn: Option<Arc<crate::head_deadline::Connection>>,
     pub(crate) head_deadline: Option<crate::head_deadline::HeadDeadline>,
+    /// Counts the request as in flight for a graceful shutdown, until dropped.
+    pub(crate) in_flight: Option<crate::drain::InFlight>,
 }
 
 impl Default for RequestCtx {
@@ -92,6 +94,7 @@ impl RequestCtx {
             fresh_conn: None,
             upstream_conn: None,
             head_deadline: None,
+            in_flight: None,
         }
     }
 

@@ -2,7 +2,6 @@
 //! Pingora services, and reloads.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -18,6 +17,7 @@ use pingora::services::ServiceWithDependents;
 use crate::access_log::AccessLogger;
 use crate::admin::Admin;
 use crate::config::{Config, LoadError, ServerSettings};
+use crate::drain::Drain;
 use crate::guard::Guarded;
 use crate::health::HealthChecker;
 use crate::metrics::Metrics;
@@ -25,6 +25,7 @@ use crate::otlp::SpanExporter;
 use crate::policy::{PolicyConfig, Registry};
 use crate::proxy::Gateway;
 use crate::runtime::Snapshot;
+use crate::server::ShutdownSignals;
 use crate::service::ListenerService;
 
 /// Builds a [`GatewayHandle`]: which policies exist (the built-ins plus yours), then
@@ -137,7 +138,7 @@ impl GatewayBuilder {
             state: Arc::new(ArcSwap::new(config.snapshot.clone())),
             metrics,
             spans,
-            draining: Arc::default(),
+            drain: Arc::default(),
             registry: self.registry,
             path: config.path.clone(),
             server: config.server.clone(),
@@ -207,7 +208,7 @@ pub struct GatewayHandle {
     server: ServerSettings,
     access_log: Option<AccessLogger>,
     spans: Option<SpanExporter>,
-    draining: Arc<AtomicBool>,
+    drain: Arc<Drain>,
     exit_on_bind_error: bool,
     started: SystemTime,
     /// Told of every reload (the health checker waits on it).
@@ -222,7 +223,7 @@ impl GatewayHandle {
             metrics: self.metrics.clone(),
             access_log: self.access_log.clone(),
             spans: self.spans.clone(),
-            draining: self.draining.clone(),
+            drain: self.drain.clone(),
             limits: self.server.limits,
         }
     }
@@ -232,7 +233,7 @@ impl GatewayHandle {
     /// (graceful upgrade) or begins a graceful shutdown; see
     /// [`crate::server::signal_handlers`].
     pub fn start_draining(&self) {
-        if !self.draining.swap(true, Ordering::AcqRel) {
+        if self.drain.start() {
             tracing::info!("draining: answers now close their connections");
         }
     }
@@ -303,6 +304,7 @@ impl GatewayHandle {
         ListenerService::new("proxy", self.server.listen.clone(), guarded)
             .tls(self.server.tls.clone())
             .tls_hello_deadline(self.server.limits.header_timeout)
+            .drain(self.drain.clone())
             .threads(self.server.threads)
             .exit_on_bind_error(self.exit_on_bind_error)
     }
@@ -333,6 +335,7 @@ impl GatewayHandle {
         Some(
             ListenerService::new("admin", vec![addr], HttpServer::new_app(admin))
                 .threads(1)
+                .drain(self.drain.clone())
                 .exit_on_bind_error(self.exit_on_bind_error),
         )
     }
@@ -368,6 +371,29 @@ impl GatewayHandle {
     /// sockets over from the running instance. For a program that has no server yet.
     pub fn pingora_server(&self, upgrade: bool) -> Server {
         crate::server::build(&self.server, upgrade)
+    }
+
+    /// Runs `server` (with the gateway's services added, see [`GatewayHandle::add_to`])
+    /// until it is told to stop, draining as [`ShutdownSignals`] describes on SIGTERM
+    /// and SIGQUIT; returns when it has shut down. A server from
+    /// [`GatewayHandle::pingora_server`] leaves the whole drain to the gateway.
+    pub fn run(&self, server: Server) {
+        server.run(pingora::server::RunArgs {
+            shutdown_signal: Box::new(self.shutdown_signals()),
+        });
+    }
+
+    /// The gateway's shutdown signals, for a program that calls Pingora's
+    /// [`Server::run`] itself: SIGTERM and SIGQUIT drain with `[server] grace_period`
+    /// and `graceful_shutdown_timeout` before Pingora shuts down (whose own grace period
+    /// then follows: set it to zero).
+    pub fn shutdown_signals(&self) -> ShutdownSignals {
+        ShutdownSignals {
+            drain: self.drain.clone(),
+            grace_period: self.server.grace_period,
+            timeout: self.server.graceful_shutdown_timeout,
+            upgrade_sock: self.server.upgrade_sock.clone(),
+        }
     }
 
     /// Adds every service of the gateway to `server`: the proxy listeners, the health

@@ -64,6 +64,7 @@ pub mod trace;
 mod access_log;
 mod admin;
 mod balance;
+mod drain;
 mod forwarding;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]

@@ -36,7 +36,7 @@ pub struct Gateway {
     /// Set when this process hands its sockets over or shuts down: answers then close
     /// their connection, so clients move to new connections (and the new process) while
     /// this one still serves, instead of finding a kept-alive connection closed under them.
-    pub(crate) draining: Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) drain: Arc<crate::drain::Drain>,
     pub(crate) limits: crate::limits::Limits,
 }
 
@@ -67,7 +67,7 @@ impl Gateway {
         session: &mut Session,
         cx: &mut RequestCtx,
     ) -> std::result::Result<Arc<Route>, Reply> {
-        if self.draining.load(std::sync::atomic::Ordering::Acquire) {
+        if self.drain.is_draining() {
             session.set_keepalive(None);
         }
         let head = forwarding::HeadFacts::of(&session.req_header().headers);
@@ -300,7 +300,9 @@ impl ProxyHttp for Gateway {
     type CTX = Box<RequestCtx>;
 
     fn new_ctx(&self) -> Box<RequestCtx> {
-        Box::new(RequestCtx::new())
+        let mut cx = Box::new(RequestCtx::new());
+        cx.in_flight = Some(self.drain.enter());
+        cx
     }
 
     /// No downstream modules. Pingora's default adds a response-compression module

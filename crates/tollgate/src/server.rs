@@ -1,25 +1,35 @@
-//! Building a Pingora [`Server`] from the `[server]` table, and the signal handlers
-//! (SIGHUP reload, SIGUSR1 access-log reopen).
+//! Building a Pingora [`Server`] from the `[server]` table, the shutdown signals
+//! (SIGTERM and SIGQUIT drain, SIGINT exits) and the other signal handlers (SIGHUP
+//! reload, SIGUSR1 access-log reopen).
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{ExecutionPhase, Server, ShutdownWatch};
+use pingora::server::{ExecutionPhase, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
 use crate::config::ServerSettings;
+use crate::drain::Drain;
 use crate::gateway::GatewayHandle;
 
-/// A Pingora server configured from `[server]` (threads, pid file, upgrade socket,
-/// grace periods). With `upgrade`, it takes over the listening sockets of the running
-/// instance through `upgrade_sock`.
+/// A Pingora server configured from `[server]` (threads, pid file, upgrade socket).
+/// With `upgrade`, it takes over the listening sockets of the running instance through
+/// `upgrade_sock`.
+///
+/// Pingora's own grace period and shutdown timeout are zero: the gateway drains itself,
+/// with `[server] grace_period` and `graceful_shutdown_timeout`, before Pingora is told
+/// to shut down. Run the server with [`GatewayHandle::run`] (or pass
+/// [`GatewayHandle::shutdown_signals`] to [`Server::run`]); `run_forever` would skip
+/// the drain.
 pub fn build(s: &ServerSettings, upgrade: bool) -> Server {
-    let secs = |d: std::time::Duration| Some(d.as_secs_f64().ceil() as u64);
     let conf = ServerConf {
         threads: s.threads,
         pid_file: s.pid_file.clone(),
         upgrade_sock: s.upgrade_sock.clone(),
-        grace_period_seconds: secs(s.grace_period),
-        graceful_shutdown_timeout_seconds: secs(s.graceful_shutdown_timeout),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
         ..ServerConf::default()
     };
     let opt = Opt {
@@ -97,4 +107,115 @@ pub fn signal_handlers(
             phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
         },
     )
+}
+
+/// The shutdown signals of a gateway, for [`Server::run`]: what the gateway does on each
+/// before Pingora is told to shut down.
+///
+/// - SIGTERM: answers close their connections; the listeners keep accepting for
+///   `grace_period`, then stop; requests in flight (HTTP/2 streams and WebSocket
+///   tunnels included) get up to `graceful_shutdown_timeout` to finish; then Pingora
+///   shuts down, cutting whatever is left, and the process exits 0.
+/// - SIGQUIT (graceful upgrade): the listening sockets are sent to the new process on
+///   `upgrade_sock` at once, then the same drain as SIGTERM (both processes accept
+///   during `grace_period`).
+/// - SIGINT, also during a drain: exit at once.
+///
+/// Pingora's own grace period and shutdown timeout come after this and should be zero,
+/// as in [`build`].
+pub struct ShutdownSignals {
+    pub(crate) drain: Arc<Drain>,
+    pub(crate) grace_period: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) upgrade_sock: String,
+}
+
+impl std::fmt::Debug for ShutdownSignals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShutdownSignals")
+            .field("grace_period", &self.grace_period)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShutdownSignals {
+    /// Sends the listening sockets to the upgrading process (blocking: Pingora retries
+    /// for a few seconds while the new process is not ready).
+    async fn hand_over(&self) {
+        let Some(fds) = self.drain.listen_fds() else {
+            tracing::warn!("SIGQUIT: no listening sockets to hand over");
+            return;
+        };
+        let sock = self.upgrade_sock.clone();
+        let sent = tokio::task::spawn_blocking(move || {
+            let fds = fds.lock();
+            if fds.is_empty() {
+                return Ok(0);
+            }
+            fds.send_to_sock(sock.as_str())
+        })
+        .await;
+        match sent {
+            Ok(Ok(_)) => tracing::info!("listening sockets sent to the new process"),
+            Ok(Err(e)) => {
+                tracing::error!("cannot send the listening sockets to the new process: {e}")
+            }
+            Err(e) => tracing::error!("cannot send the listening sockets to the new process: {e}"),
+        }
+    }
+
+    /// The drain after SIGTERM or SIGQUIT; returns when Pingora may shut down.
+    async fn drain(&self, upgrade: bool) {
+        self.drain.start();
+        if upgrade {
+            self.hand_over().await;
+        }
+        tracing::info!(
+            "draining: answers close their connections; accepting for {:?} more",
+            self.grace_period
+        );
+        tokio::time::sleep(self.grace_period).await;
+        self.drain.stop_accepting();
+        let n = self.drain.in_flight();
+        tracing::info!(
+            "stopped accepting; waiting up to {:?} for {n} requests in flight",
+            self.timeout
+        );
+        match self.drain.wait_idle(self.timeout).await {
+            0 => tracing::info!("drained: no request in flight"),
+            left => tracing::warn!(
+                "graceful_shutdown_timeout reached: cutting {left} requests in flight"
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for ShutdownSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut quit, mut term, mut int) = match (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(q), Ok(t), Ok(i)) => (q, t, i),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                tracing::error!("cannot watch SIGTERM/SIGQUIT/SIGINT: {e}");
+                eprintln!("tollgate: cannot watch SIGTERM/SIGQUIT/SIGINT: {e}");
+                return std::future::pending().await;
+            }
+        };
+        let upgrade = tokio::select! {
+            _ = int.recv() => return ShutdownSignal::FastShutdown,
+            _ = term.recv() => false,
+            _ = quit.recv() => true,
+        };
+        tracing::info!("{} received", if upgrade { "SIGQUIT" } else { "SIGTERM" });
+        tokio::select! {
+            () = self.drain(upgrade) => ShutdownSignal::GracefulTerminate,
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+        }
+    }
 }

@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
@@ -22,6 +23,7 @@ use pingora::services::Service;
 use tokio::net::TcpSocket;
 use tokio::sync::watch;
 
+use crate::drain::Drain;
 use crate::tls::{HelloDeadline, TlsListener};
 
 /// Accept backlog of the listening sockets.
@@ -37,6 +39,7 @@ pub struct ListenerService<A> {
     threads: Option<usize>,
     exit_on_bind_error: bool,
     bound_tx: watch::Sender<Vec<SocketAddr>>,
+    drain: Option<Arc<Drain>>,
 }
 
 impl<A> ListenerService<A> {
@@ -52,6 +55,7 @@ impl<A> ListenerService<A> {
             threads: None,
             exit_on_bind_error: false,
             bound_tx: watch::channel(Vec::new()).0,
+            drain: None,
         }
     }
 
@@ -86,6 +90,14 @@ impl<A> ListenerService<A> {
         self
     }
 
+    /// Stop accepting when `drain` says so (its grace period is over), before the
+    /// server's own shutdown; and give it the server's listening sockets for a hand-over.
+    #[must_use]
+    pub(crate) fn drain(mut self, drain: Arc<Drain>) -> Self {
+        self.drain = Some(drain);
+        self
+    }
+
     /// The bound addresses, published once every listener is bound.
     pub fn bound(&self) -> watch::Receiver<Vec<SocketAddr>> {
         self.bound_tx.subscribe()
@@ -117,6 +129,22 @@ fn bind(addr: SocketAddr) -> std::io::Result<(std::net::TcpListener, SocketAddr)
     l.set_nonblocking(true)?;
     let actual = l.local_addr()?;
     Ok((l, actual))
+}
+
+/// A shutdown watch that turns `true` when `server` does or when `stop` does, whichever
+/// is first.
+fn stop_early(mut server: ShutdownWatch, mut stop: watch::Receiver<bool>) -> ShutdownWatch {
+    let (tx, rx) = watch::channel(*server.borrow() || *stop.borrow());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = server.wait_for(|s| *s) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+        tx.send_replace(true);
+        // kept until the last receiver is gone: a closed channel would wake them
+        tx.closed().await;
+    });
+    rx
 }
 
 #[async_trait]
@@ -180,6 +208,15 @@ impl<A: ServerApp + Send + Sync + 'static> Service for ListenerService<A> {
             bound.push(actual);
         }
         let _ = self.bound_tx.send(bound);
+        let shutdown = match &self.drain {
+            Some(drain) => {
+                if let Some(f) = &fds {
+                    drain.keep_listen_fds(f.clone());
+                }
+                stop_early(shutdown, drain.stop_watch())
+            }
+            None => shutdown,
+        };
         Service::start_service(&mut self.inner, fds, shutdown, listeners_per_fd).await;
     }
 
