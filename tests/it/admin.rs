@@ -234,3 +234,106 @@ async fn reloads_under_load_fail_no_request() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn a_reload_applies_what_it_can_and_lists_the_server_keys_that_need_a_restart() {
+    let up = Upstream::start("a").await;
+    let gw = gateway_with_admin(&format!(
+        "{}[routes.one]\npaths = [\"/one\"]\nupstream = \"a\"\n",
+        upstream_table("a", &[up.addr])
+    ));
+    let full = std::fs::read_to_string(&gw.config).unwrap();
+    let free = closed_port();
+    // a new listener and thread count (need a restart) and a new route (applied)
+    let changed = full
+        .replacen(
+            "listen = [\"127.0.0.1:0\"]",
+            &format!("listen = [\"{free}\"]"),
+            1,
+        )
+        .replacen("threads = 1", "threads = 2", 1)
+        + "[routes.two]\npaths = [\"/two\"]\nupstream = \"a\"\n";
+    assert_ne!(changed, full);
+    std::fs::write(&gw.config, changed).unwrap();
+    let r = client()
+        .post(gw.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        v["needs_restart"],
+        serde_json::json!(["server.listen", "server.threads"]),
+        "{v}"
+    );
+    assert_eq!(
+        get_json(&gw.url("/two")).await.0,
+        200,
+        "the route was applied"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(free).await.is_err(),
+        "the new listener is not opened by a reload"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || gw
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains(
+                "not applied until a restart or upgrade: server.listen, server.threads"
+            )))
+        .await,
+        "the keys were not logged"
+    );
+
+    // a reload that changes nothing of [server] lists nothing
+    let r = client()
+        .post(gw.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        v["needs_restart"],
+        serde_json::json!(["server.listen", "server.threads"]),
+        "still not applied: {v}"
+    );
+    std::fs::write(&gw.config, full).unwrap();
+    let r = client()
+        .post(gw.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["needs_restart"], serde_json::json!([]), "{v}");
+}
+
+#[tokio::test]
+async fn a_truncated_file_is_refused_by_a_reload_and_serving_goes_on() {
+    let up = Upstream::start("a").await;
+    let gw = gateway_with_admin(&format!(
+        "{}[routes.one]\npaths = [\"/one\"]\nupstream = \"a\"\n",
+        upstream_table("a", &[up.addr])
+    ));
+    let full = std::fs::read_to_string(&gw.config).unwrap();
+    // a non-atomic write caught half way: the tables before the routes
+    let cut = &full[..full.find("[routes.one]").unwrap()];
+    for truncated in [cut, ""] {
+        std::fs::write(&gw.config, truncated).unwrap();
+        let r = client()
+            .post(gw.admin_url("/admin/reload"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{truncated:?}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            v["errors"][0]
+                .as_str()
+                .is_some_and(|e| e.contains("routes: the file declares no routes")),
+            "{v}"
+        );
+        assert_eq!(get_json(&gw.url("/one")).await.0, 200, "still serving");
+    }
+}

@@ -727,6 +727,84 @@ async fn a_slow_upload_longer_than_read_timeout_is_not_cut() {
     assert_eq!(up.last().unwrap().body_len, 20);
 }
 
+#[tokio::test]
+async fn a_client_pausing_its_body_longer_than_read_timeout_is_not_blamed_on_the_upstream() {
+    let up = Upstream::start("u").await;
+    let gw = one_route(
+        up.addr,
+        "read_timeout = \"500ms\"\n",
+        "[server.limits]\nbody_timeout = \"5s\"\n",
+    );
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\nConnection: close\r\n\r\n12345",
+    )
+    .await
+    .unwrap();
+    // the client (not the upstream) pauses for three times the upstream's read_timeout,
+    // within its own body_timeout
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.write_all(b"67890").await.unwrap();
+    let answer = parse_response(&read_all(&mut s).await);
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(up.last().unwrap().body_len, 10);
+}
+
+#[tokio::test]
+async fn a_client_pausing_its_body_past_body_timeout_gets_408_not_504() {
+    let up = Upstream::start("u").await;
+    let gw = one_route(
+        up.addr,
+        "read_timeout = \"300ms\"\n",
+        "[server.limits]\nbody_timeout = \"1s\"\n",
+    );
+    let started = std::time::Instant::now();
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\nConnection: close\r\n\r\n12345",
+    )
+    .await
+    .unwrap();
+    let answer = parse_response(&read_all(&mut s).await);
+    let took = started.elapsed();
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert_eq!(answer.json()["error"], "request_timeout");
+    assert!(
+        took >= Duration::from_millis(900),
+        "answered after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_stalling_its_body_after_an_upload_is_still_cut_at_read_timeout() {
+    // reads the request, sends a head and part of a body, then nothing
+    let up = serve(move |mut s| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello")
+            .await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let gw = one_route(up, "read_timeout = \"500ms\"\nretries = 0\n", "");
+    let started = std::time::Instant::now();
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nConnection: close\r\n\r\n12345",
+    )
+    .await
+    .unwrap();
+    let got = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "the stalled body was cut after {took:?}"
+    );
+}
+
 /// An upstream that accepts connections and never reads from them or answers (a small
 /// receive buffer, so that what it does not take soon stops the gateway's writes).
 async fn non_reading_upstream() -> std::net::SocketAddr {

@@ -105,8 +105,12 @@ impl ServeHttp for Admin {
                 r
             }
             ("/admin/reload", _) if method == http::Method::POST => match self.handle.reload() {
-                Ok(digest) => {
-                    let body = serde_json::json!({ "ok": true, "config_digest": digest });
+                Ok(done) => {
+                    let body = serde_json::json!({
+                        "ok": true,
+                        "config_digest": done.digest,
+                        "needs_restart": done.needs_restart,
+                    });
                     reply(
                         StatusCode::OK,
                         "application/json",

@@ -56,6 +56,10 @@ pub struct RequestCtx {
     /// The HTTP/1 upstream connection of the current try, until its deadline is armed.
     pub(crate) upstream_conn: Option<Arc<crate::head_deadline::Connection>>,
     pub(crate) head_deadline: Option<crate::head_deadline::HeadDeadline>,
+    /// With a request body: the upstream connection whose reads the gateway bounds
+    /// itself, each by `read_timeout`, once the request is sent (Pingora's own read
+    /// timeout would also run while the upstream waits for a slow client).
+    pub(crate) read_idle: Option<Arc<crate::head_deadline::Connection>>,
     /// Counts the request as in flight for a graceful shutdown, until dropped.
     pub(crate) in_flight: Option<crate::drain::InFlight>,
 }
@@ -94,6 +98,7 @@ impl RequestCtx {
             fresh_conn: None,
             upstream_conn: None,
             head_deadline: None,
+            read_idle: None,
             in_flight: None,
         }
     }
@@ -169,7 +174,37 @@ impl RequestCtx {
             return;
         };
         let after = route.upstream.read_timeout;
+        if self.read_idle.is_some() {
+            self.read_idle = Some(conn.clone());
+        }
         self.head_deadline = Some(crate::head_deadline::HeadDeadline::arm(conn, after));
+    }
+
+    /// While the request body is sent, on a request whose upstream reads the gateway
+    /// bounds itself ([`Self::read_idle`]): an upstream that stops taking the body is
+    /// cut after `read_timeout`, a client that pauses is not blamed on it.
+    pub(crate) fn arm_upload_deadline(&mut self) {
+        let (Some(conn), Some(_), Some(route)) =
+            (&self.upstream_conn, &self.read_idle, &self.route)
+        else {
+            return;
+        };
+        let after = route.upstream.read_timeout;
+        self.head_deadline = None;
+        self.head_deadline = Some(crate::head_deadline::HeadDeadline::arm_upload(
+            conn.clone(),
+            after,
+        ));
+    }
+
+    /// For a request whose upstream reads the gateway bounds itself ([`Self::read_idle`]):
+    /// the next read from the upstream must come within `read_timeout`.
+    pub(crate) fn rearm_read_deadline(&mut self) {
+        if let (Some(conn), Some(route)) = (&self.read_idle, &self.route) {
+            let after = route.upstream.read_timeout;
+            self.head_deadline = None;
+            self.head_deadline = Some(crate::head_deadline::HeadDeadline::arm(conn.clone(), after));
+        }
     }
 
     /// The refusal code of the gateway's own answer, if it made one.

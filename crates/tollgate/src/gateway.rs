@@ -197,6 +197,17 @@ impl From<std::io::Error> for StartError {
     }
 }
 
+/// What a successful [`GatewayHandle::reload`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Reloaded {
+    /// The digest of the configuration now serving.
+    pub digest: String,
+    /// The changed `[server]` keys that were not applied: they need a restart or an
+    /// upgrade (`server.listen`, …). Empty when everything was applied.
+    pub needs_restart: Vec<&'static str>,
+}
+
 /// A running gateway's shared state: the current snapshot, metrics, and what a reload
 /// needs. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -256,12 +267,14 @@ impl GatewayHandle {
     }
 
     /// Re-reads the config file and, if it is valid, swaps it in for new requests.
-    /// Requests in flight finish on the snapshot they started with. `[server]`
-    /// changes (listeners, threads) need a restart or upgrade and are not applied.
+    /// Requests in flight finish on the snapshot they started with. `[server]` keys
+    /// that need a restart or upgrade (listeners, threads, …) are not applied: they are
+    /// logged and listed in the answer ([`ServerSettings::needs_restart`]).
     ///
     /// # Errors
-    /// The file is unreadable or invalid; nothing changed.
-    pub fn reload(&self) -> Result<String, LoadError> {
+    /// The file is unreadable or invalid; nothing changed. The errors are logged, and
+    /// written to stderr too, so that a program without a tracing subscriber sees them.
+    pub fn reload(&self) -> Result<Reloaded, LoadError> {
         let Some(path) = &self.path else {
             return Err(LoadError::Unreadable {
                 path: PathBuf::new(),
@@ -272,16 +285,27 @@ impl GatewayHandle {
         match Config::reload_from(path, &self.registry, Some(&prior)) {
             Ok(c) => {
                 let digest = c.snapshot.digest.clone();
+                let needs_restart = self.server.needs_restart(&c.server);
                 self.state.store(c.snapshot);
                 self.reloads.send_replace(());
                 self.metrics.reload(true);
                 self.publish_health();
                 tracing::info!("configuration reloaded, digest {digest}");
-                Ok(digest)
+                if !needs_restart.is_empty() {
+                    tracing::warn!(
+                        "reload: not applied until a restart or upgrade: {}",
+                        needs_restart.join(", ")
+                    );
+                }
+                Ok(Reloaded {
+                    digest,
+                    needs_restart,
+                })
             }
             Err(e) => {
                 self.metrics.reload(false);
                 tracing::error!("reload failed, keeping the running configuration:\n{e}");
+                eprintln!("tollgate: reload failed, keeping the running configuration:\n{e}");
                 Err(e)
             }
         }

@@ -100,6 +100,23 @@ impl Connection {
         }
     }
 
+    /// Bytes written to the socket and not yet acknowledged by the peer; `None` when the
+    /// connection is closed or the count cannot be had.
+    fn unsent(&self) -> Option<u32> {
+        let closed = lock(&self.closed);
+        let fd = match &self.own {
+            Some(own) => std::os::fd::AsFd::as_fd(own),
+            None if *closed => return None,
+            None => match self.fd.load(Ordering::Acquire) {
+                fd if fd >= 0 => borrow(fd),
+                _ => return None,
+            },
+        };
+        let n = send_queue(fd);
+        drop(closed);
+        n
+    }
+
     /// Shuts the socket down, unless Pingora has let the connection go.
     fn shut_down(&self) {
         let closed = lock(&self.closed);
@@ -127,6 +144,18 @@ fn borrow<'a>(fd: RawFd) -> BorrowedFd<'a> {
     // (checked under `Connection::closed`, which the connection's `Drop` takes before
     // the descriptor is closed)
     unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// `SIOCOUTQ`: the bytes in a TCP socket's send queue (written, not yet acknowledged).
+#[allow(unsafe_code)]
+fn send_queue(fd: BorrowedFd<'_>) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: `fd` is open for the borrow; SIOCOUTQ (on Linux the same request as
+    // TIOCOUTQ, which is how libc names it) writes one c_int to the pointer, which
+    // points at `n`
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    (r == 0).then(|| u32::try_from(n).unwrap_or(0))
 }
 
 /// Put on every HTTP/1 upstream peer: Pingora clones it onto each connection it
@@ -171,7 +200,9 @@ pub(crate) struct HeadDeadline {
 
 #[derive(Default)]
 struct Shard {
-    armed: HashMap<u64, (Instant, Arc<Connection>)>,
+    /// Each deadline: when, on which connection, and for an upload deadline its length
+    /// (it is renewed instead of firing while the connection has nothing unsent).
+    armed: HashMap<u64, (Instant, Arc<Connection>, Option<Duration>)>,
     fired: HashSet<u64>,
 }
 
@@ -244,14 +275,20 @@ impl Registry {
             let mut due = Vec::new();
             for shard in &self.shards {
                 let mut shard = lock(shard);
-                let ids: Vec<u64> = shard
-                    .armed
-                    .iter()
-                    .filter(|(_, (at, _))| *at <= now)
-                    .map(|(id, _)| *id)
-                    .collect();
+                let mut ids: Vec<u64> = Vec::new();
+                for (id, (at, conn, upload)) in shard.armed.iter_mut() {
+                    if *at > now {
+                        continue;
+                    }
+                    match upload {
+                        // everything written was taken: the request waits for its
+                        // client, whose pauses body_timeout bounds
+                        Some(after) if conn.unsent() == Some(0) => *at = now + *after,
+                        _ => ids.push(*id),
+                    }
+                }
                 for id in ids {
-                    if let Some((_, conn)) = shard.armed.remove(&id) {
+                    if let Some((_, conn, _)) = shard.armed.remove(&id) {
                         self.armed.fetch_sub(1, Ordering::AcqRel);
                         shard.fired.insert(id);
                         due.push(conn);
@@ -269,9 +306,25 @@ impl HeadDeadline {
     /// Shuts down `conn`'s socket after `after` (within [`TICK`]), unless disarmed
     /// first or the connection closed.
     pub(crate) fn arm(conn: Arc<Connection>, after: Duration) -> Self {
+        Self::arm_as(conn, after, None)
+    }
+
+    /// While a request body is sent: shuts `conn`'s socket down once `after` has passed
+    /// with bytes written to it and not taken by the upstream (its send queue not
+    /// empty), so an upstream that stops taking the body is cut even after Pingora's
+    /// write gave up and it waits for an answer. While everything written has been
+    /// taken, the request is waiting for its client, not the upstream: the deadline is
+    /// renewed.
+    pub(crate) fn arm_upload(conn: Arc<Connection>, after: Duration) -> Self {
+        Self::arm_as(conn, after, Some(after))
+    }
+
+    fn arm_as(conn: Arc<Connection>, after: Duration, upload: Option<Duration>) -> Self {
         let r = registry();
         let id = r.next_id.fetch_add(1, Ordering::Relaxed);
-        r.shard(id).armed.insert(id, (Instant::now() + after, conn));
+        r.shard(id)
+            .armed
+            .insert(id, (Instant::now() + after, conn, upload));
         r.armed.fetch_add(1, Ordering::SeqCst);
         if r.sleeping.load(Ordering::SeqCst) {
             let _idle = lock(&r.idle);
@@ -342,6 +395,66 @@ mod tests {
     #[tokio::test]
     async fn an_expired_deadline_ends_a_pending_read() {
         a_deadline_ends_a_pending_read(Duration::from_millis(50)).await;
+    }
+
+    #[tokio::test]
+    async fn an_upload_deadline_is_renewed_while_everything_written_was_taken() {
+        let (mut c, mut s) = pair().await;
+        tokio::io::AsyncWriteExt::write_all(&mut c, b"taken")
+            .await
+            .unwrap();
+        let mut got = [0u8; 5];
+        s.read_exact(&mut got).await.unwrap();
+        let d = HeadDeadline::arm_upload(opened(c.as_raw_fd()), Duration::from_millis(20));
+        // a later deadline on another connection firing shows the first one's time passed
+        let (mut witness, _ws) = pair().await;
+        let _w = HeadDeadline::arm(opened(witness.as_raw_fd()), Duration::from_millis(200));
+        let mut buf = [0u8; 2];
+        let n = tokio::time::timeout(Duration::from_secs(5), witness.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 0);
+        assert!(
+            !d.expired(),
+            "waiting for the client is not the upstream's fault"
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut s, b"ok")
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut buf))
+            .await
+            .expect("the socket was shut down")
+            .unwrap();
+        assert_eq!(&buf, b"ok");
+    }
+
+    #[tokio::test]
+    async fn an_upload_deadline_fires_when_the_upstream_stops_taking_the_body() {
+        let (mut c, _s) = pair().await;
+        // the peer reads nothing: write until its window and our buffer are full
+        let chunk = vec![b'u'; 64 * 1024];
+        let full = Instant::now() + Duration::from_secs(10);
+        loop {
+            match c.try_write(&chunk) {
+                Ok(_) => assert!(Instant::now() < full, "the socket never filled"),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let conn = opened(c.as_raw_fd());
+        assert!(
+            conn.unsent().is_some_and(|n| n > 0),
+            "bytes wait in the send queue"
+        );
+        let d = HeadDeadline::arm_upload(conn, Duration::from_millis(50));
+        let mut buf = [0u8; 8];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .expect("the read was not ended by the deadline")
+            .unwrap();
+        assert_eq!(n, 0);
+        assert!(d.expired());
     }
 
     #[tokio::test]

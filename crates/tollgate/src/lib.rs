@@ -79,7 +79,7 @@ pub use async_trait::async_trait;
 pub use config::{Config, ConfigError, ConfigErrors, LoadError};
 pub use consumer::{Consumer, Consumers};
 pub use context::RequestCtx;
-pub use gateway::{GatewayBuilder, GatewayHandle, StartError};
+pub use gateway::{GatewayBuilder, GatewayHandle, Reloaded, StartError};
 pub use pingora;
 pub use pingora::proxy::Session;
 pub use proxy::Gateway;

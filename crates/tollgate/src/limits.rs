@@ -17,9 +17,11 @@
 //! values, a `Transfer-Encoding` whose final coding is not `chunked`, obs-fold (a header
 //! line starting with white space), a bare CR, and NUL or other control characters.
 
+use std::ops::Range;
 use std::time::Duration;
 
 use serde::Deserialize;
+use toml::Spanned;
 
 use crate::config::units::{ConfigDuration, ConfigSize};
 use crate::reply::ErrorCode;
@@ -29,17 +31,17 @@ pub const PARSER_MAX_HEADERS: usize = 256;
 /// The most header bytes Pingora's parser accepts; `max_header_bytes` cannot exceed it.
 pub const PARSER_MAX_HEADER_BYTES: usize = 1024 * 1024 - 1;
 
-/// `[server.limits]` as written.
+/// `[server.limits]` as written, each value with its place in the file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LimitsFile {
-    pub max_header_bytes: Option<ConfigSize>,
-    pub max_headers: Option<usize>,
-    pub max_uri_bytes: Option<ConfigSize>,
-    pub header_timeout: Option<ConfigDuration>,
-    pub idle_timeout: Option<ConfigDuration>,
-    pub body_timeout: Option<ConfigDuration>,
-    pub send_timeout: Option<ConfigDuration>,
+    pub max_header_bytes: Option<Spanned<ConfigSize>>,
+    pub max_headers: Option<Spanned<usize>>,
+    pub max_uri_bytes: Option<Spanned<ConfigSize>>,
+    pub header_timeout: Option<Spanned<ConfigDuration>>,
+    pub idle_timeout: Option<Spanned<ConfigDuration>>,
+    pub body_timeout: Option<Spanned<ConfigDuration>>,
+    pub send_timeout: Option<Spanned<ConfigDuration>>,
 }
 
 /// Server-wide request limits.
@@ -49,7 +51,7 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Header lines. Default 100.
     pub max_headers: usize,
-    /// Request line, in bytes. Default 8 KiB.
+    /// Request line, in bytes. Default: the smaller of 8 KiB and `max_header_bytes`.
     pub max_uri_bytes: usize,
     /// From the first byte of a request head to its end (and from accepting a
     /// connection to its first byte). Default 10 s.
@@ -65,12 +67,15 @@ pub struct Limits {
     pub send_timeout: Duration,
 }
 
+/// The default `max_uri_bytes`, when `max_header_bytes` leaves room for it.
+const DEFAULT_MAX_URI_BYTES: usize = 8 * 1024;
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_header_bytes: 32 * 1024,
             max_headers: 100,
-            max_uri_bytes: 8 * 1024,
+            max_uri_bytes: DEFAULT_MAX_URI_BYTES,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(60),
@@ -79,52 +84,91 @@ impl Default for Limits {
     }
 }
 
+/// An invalid limit: its key, where its value is written, and what is wrong.
+pub(crate) type LimitError = (&'static str, Range<usize>, String);
+
 impl LimitsFile {
-    /// Applies the defaults and checks the values; `(key, message)` on error.
-    pub(crate) fn resolve(&self) -> Result<Limits, (&'static str, String)> {
+    /// Applies the defaults (a default that depends on another limit follows it) and
+    /// checks the values written; every invalid one on error, located at its value.
+    pub(crate) fn resolve(&self) -> Result<Limits, Vec<LimitError>> {
         let d = Limits::default();
+        let size =
+            |s: &Option<Spanned<ConfigSize>>| s.as_ref().map(|s| s.get_ref().bytes() as usize);
+        let time =
+            |t: &Option<Spanned<ConfigDuration>>, d| t.as_ref().map_or(d, |t| t.get_ref().get());
+        let max_header_bytes = size(&self.max_header_bytes).unwrap_or(d.max_header_bytes);
         let l = Limits {
-            max_header_bytes: self
-                .max_header_bytes
-                .map_or(d.max_header_bytes, |s| s.bytes() as usize),
-            max_headers: self.max_headers.unwrap_or(d.max_headers),
-            max_uri_bytes: self
-                .max_uri_bytes
-                .map_or(d.max_uri_bytes, |s| s.bytes() as usize),
-            header_timeout: self.header_timeout.map_or(d.header_timeout, |t| t.get()),
-            idle_timeout: self.idle_timeout.map_or(d.idle_timeout, |t| t.get()),
-            body_timeout: self.body_timeout.map_or(d.body_timeout, |t| t.get()),
-            send_timeout: self.send_timeout.map_or(d.send_timeout, |t| t.get()),
+            max_header_bytes,
+            max_headers: self
+                .max_headers
+                .as_ref()
+                .map_or(d.max_headers, |n| *n.get_ref()),
+            max_uri_bytes: size(&self.max_uri_bytes)
+                .unwrap_or(DEFAULT_MAX_URI_BYTES.min(max_header_bytes)),
+            header_timeout: time(&self.header_timeout, d.header_timeout),
+            idle_timeout: time(&self.idle_timeout, d.idle_timeout),
+            body_timeout: time(&self.body_timeout, d.body_timeout),
+            send_timeout: time(&self.send_timeout, d.send_timeout),
         };
-        if !(1024..=PARSER_MAX_HEADER_BYTES).contains(&l.max_header_bytes) {
-            return Err((
-                "max_header_bytes",
-                format!("must be between 1KiB and {PARSER_MAX_HEADER_BYTES} bytes"),
-            ));
-        }
-        if !(1..=PARSER_MAX_HEADERS).contains(&l.max_headers) {
-            return Err((
-                "max_headers",
-                format!("must be between 1 and {PARSER_MAX_HEADERS}"),
-            ));
-        }
-        if l.max_uri_bytes < 64 || l.max_uri_bytes > l.max_header_bytes {
-            return Err((
-                "max_uri_bytes",
-                "must be at least 64 bytes and at most max_header_bytes".into(),
-            ));
-        }
-        for (key, t) in [
-            ("header_timeout", l.header_timeout),
-            ("idle_timeout", l.idle_timeout),
-            ("body_timeout", l.body_timeout),
-            ("send_timeout", l.send_timeout),
-        ] {
-            if t < Duration::from_millis(10) {
-                return Err((key, "must be at least 10ms".into()));
+        let mut errors = Vec::new();
+        if let Some(s) = &self.max_header_bytes {
+            if !(1024..=PARSER_MAX_HEADER_BYTES).contains(&l.max_header_bytes) {
+                errors.push((
+                    "max_header_bytes",
+                    s.span(),
+                    format!("must be between 1KiB and {PARSER_MAX_HEADER_BYTES} bytes"),
+                ));
             }
         }
-        Ok(l)
+        if let Some(n) = &self.max_headers {
+            if !(1..=PARSER_MAX_HEADERS).contains(&l.max_headers) {
+                errors.push((
+                    "max_headers",
+                    n.span(),
+                    format!("must be between 1 and {PARSER_MAX_HEADERS}"),
+                ));
+            }
+        }
+        if let Some(s) = &self.max_uri_bytes {
+            if l.max_uri_bytes < 64 {
+                errors.push((
+                    "max_uri_bytes",
+                    s.span(),
+                    "must be at least 64 bytes".into(),
+                ));
+            } else if l.max_uri_bytes > l.max_header_bytes {
+                let of = if self.max_header_bytes.is_some() {
+                    ""
+                } else {
+                    ", its default"
+                };
+                errors.push((
+                    "max_uri_bytes",
+                    s.span(),
+                    format!(
+                        "must be at most max_header_bytes ({} bytes{of}): the request line is part of the head",
+                        l.max_header_bytes
+                    ),
+                ));
+            }
+        }
+        for (key, t) in [
+            ("header_timeout", &self.header_timeout),
+            ("idle_timeout", &self.idle_timeout),
+            ("body_timeout", &self.body_timeout),
+            ("send_timeout", &self.send_timeout),
+        ] {
+            if let Some(t) = t {
+                if t.get_ref().get() < Duration::from_millis(10) {
+                    errors.push((key, t.span(), "must be at least 10ms".into()));
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(l)
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -760,24 +804,50 @@ mod tests {
     #[test]
     fn limits_are_checked_against_the_parser_and_each_other() {
         let f = |src: &str| toml::from_str::<LimitsFile>(src).unwrap().resolve();
+        let keys = |src: &str| -> Vec<&'static str> {
+            f(src).unwrap_err().into_iter().map(|e| e.0).collect()
+        };
         assert_eq!(f("").unwrap(), Limits::default());
-        assert_eq!(f("max_headers = 300").unwrap_err().0, "max_headers");
+        assert_eq!(keys("max_headers = 300"), ["max_headers"]);
+        assert_eq!(keys("max_header_bytes = \"2MiB\""), ["max_header_bytes"]);
         assert_eq!(
-            f("max_header_bytes = \"2MiB\"").unwrap_err().0,
-            "max_header_bytes"
+            keys("max_header_bytes = \"4KiB\"\nmax_uri_bytes = \"8KiB\""),
+            ["max_uri_bytes"]
         );
-        assert_eq!(
-            f("max_header_bytes = \"4KiB\"\nmax_uri_bytes = \"8KiB\"")
-                .unwrap_err()
-                .0,
-            "max_uri_bytes"
-        );
-        assert_eq!(f("idle_timeout = \"1ms\"").unwrap_err().0, "idle_timeout");
-        assert_eq!(f("send_timeout = \"5ms\"").unwrap_err().0, "send_timeout");
+        assert_eq!(keys("max_uri_bytes = \"64KiB\""), ["max_uri_bytes"]);
+        assert_eq!(keys("idle_timeout = \"1ms\""), ["idle_timeout"]);
+        assert_eq!(keys("send_timeout = \"5ms\""), ["send_timeout"]);
         assert_eq!(
             f("send_timeout = \"2s\"").unwrap().send_timeout,
             Duration::from_secs(2)
         );
         assert!(toml::from_str::<LimitsFile>("max_body = 1").is_err());
+    }
+
+    #[test]
+    fn max_uri_bytes_follows_a_smaller_max_header_bytes_when_not_written() {
+        let f = |src: &str| toml::from_str::<LimitsFile>(src).unwrap().resolve();
+        let l = f("max_header_bytes = \"4KiB\"").expect("one limit alone is valid");
+        assert_eq!((l.max_header_bytes, l.max_uri_bytes), (4096, 4096));
+        let l = f("max_header_bytes = \"64KiB\"").unwrap();
+        assert_eq!(
+            l.max_uri_bytes,
+            8 * 1024,
+            "the default is 8 KiB when there is room"
+        );
+    }
+
+    #[test]
+    fn every_invalid_limit_is_reported_at_its_own_value() {
+        let src = "max_headers = 0\nidle_timeout = \"1ms\"\n";
+        let errors = toml::from_str::<LimitsFile>(src)
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        let found: Vec<_> = errors
+            .iter()
+            .map(|(k, span, _)| (*k, &src[span.clone()]))
+            .collect();
+        assert_eq!(found, [("max_headers", "0"), ("idle_timeout", "\"1ms\"")]);
     }
 }

@@ -354,7 +354,12 @@ impl ProxyHttp for Gateway {
         let mut peer = HttpPeer::new(backend.addr.clone(), up.tls, up.sni.clone());
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout);
-        peer.options.read_timeout = Some(up.read_timeout);
+        // read_timeout counts only while the gateway waits for the upstream: with a
+        // request body, Pingora's per-read timeout would also run while the upstream
+        // waits for a slow client (whose pauses body_timeout bounds), so the gateway
+        // bounds those reads itself once the request is sent (HTTP/1; see `read_idle`)
+        let own_reads = !up.http2 && !session.is_body_empty();
+        peer.options.read_timeout = (!own_reads).then_some(up.read_timeout);
         // an upstream that stops taking the request (its body) is not answering either:
         // without this, Pingora waits for it for ever (it reads no response meanwhile)
         peer.options.write_timeout = Some(up.read_timeout);
@@ -369,6 +374,10 @@ impl ProxyHttp for Gateway {
             // a connection opened for this try carries this, for its head deadline
             let conn = Connection::unopened();
             peer.options.tracer = Some(PeerTracer::tracer(&conn));
+            if own_reads {
+                // the connection is known once the request is sent (arm_head_deadline)
+                cx.read_idle = Some(conn.clone());
+            }
             cx.fresh_conn = Some(conn);
         }
         if up.ca.is_some() {
@@ -414,6 +423,8 @@ impl ProxyHttp for Gateway {
             cx.upstream_conn = Connection::on(fd, reused, cx.fresh_conn.take());
             if session.is_body_done() {
                 cx.arm_head_deadline();
+            } else {
+                cx.arm_upload_deadline();
             }
         }
         Ok(())
@@ -573,6 +584,8 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         cx.upstream_conn = None;
         cx.head_deadline = None;
+        // the body's first read, when the gateway bounds the upstream's reads itself
+        cx.rearm_read_deadline();
         if let Some(start) = cx.upstream_start {
             cx.upstream_elapsed = Some(start.elapsed());
         }
@@ -581,6 +594,24 @@ impl ProxyHttp for Gateway {
         }
         forwarding::strip_response_hop_by_hop(resp);
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        cx: &mut Self::CTX,
+    ) -> Result<Option<std::time::Duration>> {
+        if cx.read_idle.is_some() {
+            if end_of_stream {
+                cx.read_idle = None;
+                cx.head_deadline = None;
+            } else {
+                cx.rearm_read_deadline();
+            }
+        }
+        Ok(None)
     }
 
     async fn response_filter(

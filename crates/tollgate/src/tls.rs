@@ -111,6 +111,8 @@ pub struct TlsListener {
     pub addr: std::net::SocketAddr,
     /// Its certificates.
     pub resolver: Arc<SniResolver>,
+    /// The certificate and key files they were read from, in order.
+    pub files: Vec<(String, String)>,
 }
 
 /// Drops a TLS connection whose client sends nothing (no ClientHello) within its

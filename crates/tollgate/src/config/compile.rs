@@ -113,6 +113,17 @@ pub(super) fn compile(
         }
     }
 
+    let allow_empty = server.as_ref().is_some_and(|s| s.allow_empty);
+    if named_tables_names(sections.get("routes").copied()).is_empty() && !allow_empty {
+        let at = sections.get("routes").map_or(0..0, |v| v.span());
+        cx.diags.at(
+            at,
+            "routes",
+            "the file declares no routes, so every request would get 404 (a truncated \
+             write?); set `[server] allow_empty = true` if that is meant",
+        );
+    }
+
     let mut h = std::collections::hash_map::DefaultHasher::new();
     src.hash(&mut h);
     let digest = format!("{:016x}", h.finish());
@@ -131,14 +142,68 @@ pub(super) fn compile(
     Ok((server, snapshot))
 }
 
+/// Deserialises a table strictly, reporting every error in it (see [`strictly`]).
 fn deser<T: DeserializeOwned>(cx: &mut Ctx<'_>, v: &Value<'_>, path: &str) -> Option<T> {
-    match T::deserialize(v.clone().into_deserializer()) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            cx.diags.toml(&e, path);
-            None
+    strictly(&mut cx.diags, v, path, |v| {
+        T::deserialize(v.into_deserializer())
+    })
+}
+
+/// Runs `parse` on a table and reports every error in it, not only the first: the
+/// entry an error points at is reported, taken out, and the rest parsed again (a
+/// required key taken out this way is not reported missing). Once the rest parses, its
+/// value lets the caller check it further: the file is invalid anyway.
+fn strictly<'a, T>(
+    diags: &mut Diagnostics<'_>,
+    v: &Value<'a>,
+    path: &str,
+    mut parse: impl FnMut(Value<'a>) -> Result<T, toml::de::Error>,
+) -> Option<T> {
+    /// Enough for any real table; a bound for a hostile one.
+    const MAX_ERRORS: usize = 64;
+    let mut v = v.clone();
+    let mut removed: Vec<String> = Vec::new();
+    for _ in 0..MAX_ERRORS {
+        match parse(v.clone()) {
+            Ok(t) => return Some(t),
+            Err(e) => {
+                let follows = removed
+                    .iter()
+                    .any(|k| e.message().contains(&format!("missing field `{k}`")));
+                if !follows {
+                    diags.toml(&e, path);
+                }
+                match e.span().and_then(|at| remove_entry_at(&mut v, &at)) {
+                    Some(key) if !follows => removed.push(key),
+                    _ => return None,
+                }
+            }
         }
     }
+    None
+}
+
+/// Takes out the deepest table entry whose key or value holds `at`; returns its key.
+fn remove_entry_at(v: &mut Value<'_>, at: &Range<usize>) -> Option<String> {
+    let inside = |s: Range<usize>| s.start <= at.start && at.end <= s.end && s.start < s.end;
+    let DeValue::Table(t) = v.get_mut() else {
+        return None;
+    };
+    let mut hit = None;
+    for (k, val) in t.iter_mut() {
+        if inside(val.span()) {
+            if let Some(deeper) = remove_entry_at(val, at) {
+                return Some(deeper);
+            }
+        }
+        if inside(k.span()) || inside(val.span()) {
+            hit = Some(k.get_ref().to_string());
+            break;
+        }
+    }
+    let key = hit?;
+    t.remove(key.as_str());
+    Some(key)
 }
 
 fn valid_name(name: &str) -> bool {
@@ -237,6 +302,7 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
     if let Some(p) = f.pid_file {
         s.pid_file = p;
     }
+    s.allow_empty = f.allow_empty.unwrap_or(false);
     if let Some(g) = f.grace_period {
         s.grace_period = g.get();
     }
@@ -279,8 +345,10 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
     if let Some(l) = &f.limits {
         match l.get_ref().resolve() {
             Ok(limits) => s.limits = limits,
-            Err((key, msg)) => {
-                cx.diags.at(l.span(), format!("server.limits.{key}"), msg);
+            Err(errors) => {
+                for (key, span, msg) in errors {
+                    cx.diags.at(span, format!("server.limits.{key}"), msg);
+                }
                 ok = false;
             }
         }
@@ -304,6 +372,7 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
             Ok(r) => s.tls.push(crate::tls::TlsListener {
                 addr,
                 resolver: Arc::new(r),
+                files: pairs,
             }),
             Err((j, msg)) => {
                 cx.diags
@@ -679,7 +748,15 @@ fn policies(cx: &mut Ctx<'_>, v: Option<&Value<'_>>, path: &str) -> Vec<(Arc<str
             path: &ppath,
             redis: cx.redis.as_ref(),
         };
-        match cx.registry.build(name, val.clone(), &bcx) {
+        let registry = cx.registry;
+        let built = strictly(&mut cx.diags, val, &ppath, |v| {
+            match registry.build(name, v, &bcx) {
+                Some(Err(Failure::Toml(e))) => Err(e),
+                other => Ok(other),
+            }
+        });
+        let Some(built) = built else { continue };
+        match built {
             None => {
                 let known: Vec<&str> = cx.registry.names().collect();
                 cx.diags.at(
@@ -689,7 +766,7 @@ fn policies(cx: &mut Ctx<'_>, v: Option<&Value<'_>>, path: &str) -> Vec<(Arc<str
                 );
             }
             Some(Ok(p)) => out.push((Arc::from(name), p)),
-            Some(Err(Failure::Toml(e))) => cx.diags.toml(&e, &ppath),
+            Some(Err(Failure::Toml(_))) => {} // reported by `strictly`
             Some(Err(Failure::Build(e))) => {
                 let (span, at) = match e.field.as_deref().and_then(|f| {
                     val.get_ref()

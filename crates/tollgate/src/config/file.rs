@@ -27,6 +27,7 @@ pub(crate) struct ServerFile {
     pub pid_file: Option<String>,
     pub grace_period: Option<ConfigDuration>,
     pub graceful_shutdown_timeout: Option<ConfigDuration>,
+    pub allow_empty: Option<bool>,
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
     pub access_log: Option<Spanned<String>>,

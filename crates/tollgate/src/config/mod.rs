@@ -65,6 +65,9 @@ pub struct ServerSettings {
     pub grace_period: Duration,
     /// How long a draining instance waits for in-flight requests. Default: 10 s.
     pub graceful_shutdown_timeout: Duration,
+    /// Whether a file with no routes is meant (else it is an error: a truncated write
+    /// must not become "404 for everything"). Default: false.
+    pub allow_empty: bool,
     /// Access log destination. Default: stdout.
     pub access_log: AccessLog,
     /// TLS listeners (`[[server.tls]]`).
@@ -86,11 +89,45 @@ impl Default for ServerSettings {
             pid_file: "/tmp/tollgate.pid".into(),
             grace_period: Duration::from_secs(5),
             graceful_shutdown_timeout: Duration::from_secs(10),
+            allow_empty: false,
             access_log: AccessLog::Stdout,
             tls: Vec::new(),
             tracing: None,
             limits: crate::limits::Limits::default(),
         }
+    }
+}
+
+impl ServerSettings {
+    /// The `[server]` keys whose value differs in `new` and that a running gateway applies
+    /// only at a restart or upgrade (listeners, threads, files opened at start, the
+    /// limits and timeouts its services were built with), as dotted paths. Everything
+    /// else of a file (routes, upstreams, consumers, policies, `trusted_proxies`,
+    /// `redis`, `allow_empty`) is applied by a reload.
+    pub fn needs_restart(&self, new: &ServerSettings) -> Vec<&'static str> {
+        let tls = |s: &ServerSettings| -> Vec<_> {
+            s.tls.iter().map(|t| (t.addr, t.files.clone())).collect()
+        };
+        [
+            ("server.listen", self.listen != new.listen),
+            ("server.admin_listen", self.admin_listen != new.admin_listen),
+            ("server.admin_token", self.admin_token != new.admin_token),
+            ("server.threads", self.threads != new.threads),
+            ("server.upgrade_sock", self.upgrade_sock != new.upgrade_sock),
+            ("server.pid_file", self.pid_file != new.pid_file),
+            ("server.grace_period", self.grace_period != new.grace_period),
+            (
+                "server.graceful_shutdown_timeout",
+                self.graceful_shutdown_timeout != new.graceful_shutdown_timeout,
+            ),
+            ("server.access_log", self.access_log != new.access_log),
+            ("server.tls", tls(self) != tls(new)),
+            ("server.tracing", self.tracing != new.tracing),
+            ("server.limits", self.limits != new.limits),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
     }
 }
 
@@ -258,6 +295,11 @@ mod tests {
         Config::parse(src, "gw.toml", Path::new("."), &Registry::with_builtins())
     }
 
+    /// `src` with one route more (a file needs one), in tables of its own at the end.
+    fn with_route(src: &str) -> String {
+        format!("{src}\n[upstreams.zz]\nbackends = [\"127.0.0.1:1\"]\n[routes.zz]\npaths = [\"/zz\"]\nupstream = \"zz\"\n")
+    }
+
     fn errors(src: &str) -> Vec<String> {
         parse(src)
             .unwrap_err()
@@ -350,6 +392,55 @@ colour = "red"
     }
 
     #[test]
+    fn every_error_of_one_table_is_reported_unknown_keys_and_values_alike() {
+        let src = "[upstreams.u]\nbackends = [\"127.0.0.1:1\"]\n\
+                   [routes.r]\npaths = [\"/\"]\nupstream = \"nope\"\ncolour = \"red\"\nsize = 3\n\
+                   [routes.r.policies.rate_limit]\nrequests = 5\nwindw = \"1s\"\nbi = \"route\"\n";
+        let e = errors(src);
+        assert_eq!(e.len(), 5, "{e:#?}");
+        // in file order
+        assert_eq!(
+            e[0],
+            r#"gw.toml:5:12: routes.r.upstream: unknown upstream "nope" (known: u)"#
+        );
+        assert!(
+            e[1].starts_with("gw.toml:6:1: routes.r.colour: unknown field `colour`"),
+            "{}",
+            e[1]
+        );
+        assert!(
+            e[2].starts_with("gw.toml:7:1: routes.r.size: unknown field `size`"),
+            "{}",
+            e[2]
+        );
+        assert!(
+            e[3].contains("routes.r.policies.rate_limit.windw: unknown field `windw`"),
+            "{}",
+            e[3]
+        );
+        assert!(
+            e[4].contains("routes.r.policies.rate_limit.bi: unknown field `bi`"),
+            "{}",
+            e[4]
+        );
+    }
+
+    #[test]
+    fn a_required_key_with_a_bad_value_is_reported_once_not_also_as_missing() {
+        let src = "[upstreams.u]\nbackends = [\"127.0.0.1:1\"]\n\
+                   [routes.r]\npaths = 5\nupstream = \"u\"\nextra = 1\n";
+        let e = errors(src);
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(e[0].contains("routes.r.paths"), "{}", e[0]);
+        assert!(!e.iter().any(|l| l.contains("missing field")), "{e:#?}");
+        assert!(
+            e[1].contains("routes.r.extra: unknown field `extra`"),
+            "{}",
+            e[1]
+        );
+    }
+
+    #[test]
     fn policy_errors_point_inside_the_policy_table() {
         let src = "[upstreams.u]\nbackends = [\"127.0.0.1:1\"]\n[routes.r]\npaths = [\"/\"]\nupstream = \"u\"\n\
                    [routes.r.policies.request_headers]\nsett = {}\n[routes.r.policies.nope]\n";
@@ -427,10 +518,30 @@ colour = "red"
     }
 
     #[test]
+    fn a_file_with_no_routes_is_an_error_unless_it_says_it_is_meant() {
+        for src in [
+            "",
+            "[server]\nlisten = [\"127.0.0.1:8080\"]\n",
+            "[upstreams.u]\nbackends = [\"127.0.0.1:1\"]\n",
+        ] {
+            let e = errors(src);
+            assert_eq!(e.len(), 1, "{src:?}: {e:#?}");
+            assert!(
+                e[0].starts_with("gw.toml:1:1: routes: the file declares no routes"),
+                "{}",
+                e[0]
+            );
+        }
+        let c = parse("[server]\nallow_empty = true\n").expect("an empty gateway, as meant");
+        assert_eq!(c.summary(), "0 routes, 0 upstreams, 0 consumers");
+        assert!(c.server.allow_empty);
+    }
+
+    #[test]
     fn unsupported_features_are_errors_not_silently_ignored() {
-        let e = errors("[server.limits]\nmax_headers = 1000\n");
+        let e = errors(&with_route("[server.limits]\nmax_headers = 1000\n"));
         assert!(
-            e[0].starts_with("gw.toml:1:1: server.limits.max_headers: must be between 1 and 256"),
+            e[0].starts_with("gw.toml:2:15: server.limits.max_headers: must be between 1 and 256"),
             "{e:?}"
         );
     }
@@ -502,28 +613,35 @@ colour = "red"
              [routes.r.policies.jwt_auth]\nalgorithms = [\"RS256\"]\npublic_key_file = \"/dev/zero\"\n",
         );
         assert!(e[0].contains("/dev/zero is not a regular file"), "{e:?}");
-        let e = errors("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncerts = [{ cert = \"/dev/zero\", key = \"/dev/null\" }]\n");
+        let e = errors(&with_route("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncerts = [{ cert = \"/dev/zero\", key = \"/dev/null\" }]\n"));
         assert!(e[0].contains("not a regular file"), "{e:?}");
     }
 
     #[test]
     fn tracing_needs_a_plain_http_collector() {
-        let c = parse("[server.tracing]\notlp_endpoint = \"http://127.0.0.1:4317\"\n").unwrap();
+        let c = parse(&with_route(
+            "[server.tracing]\notlp_endpoint = \"http://127.0.0.1:4317\"\n",
+        ))
+        .unwrap();
         let t = c.server.tracing.unwrap();
         assert_eq!(t.service_name, "tollgate");
         assert_eq!(t.timeout, std::time::Duration::from_secs(2));
-        let e = errors("[server.tracing]\notlp_endpoint = \"https://c:4317\"\n");
+        let e = errors(&with_route(
+            "[server.tracing]\notlp_endpoint = \"https://c:4317\"\n",
+        ));
         assert!(
             e[0].starts_with("gw.toml:2:17: server.tracing.otlp_endpoint: https"),
             "{e:?}"
         );
-        let e = errors("[server.tracing]\nservice_name = \"x\"\n");
+        let e = errors(&with_route("[server.tracing]\nservice_name = \"x\"\n"));
         assert!(e[0].contains("otlp_endpoint"), "{e:?}");
     }
 
     #[test]
     fn duplicate_api_keys_are_refused() {
-        let e = errors("[consumers.a]\napi_keys = [\"k\"]\n[consumers.b]\napi_keys = [\"k\"]\n");
+        let e = errors(&with_route(
+            "[consumers.a]\napi_keys = [\"k\"]\n[consumers.b]\napi_keys = [\"k\"]\n",
+        ));
         assert!(e[0].contains("already given to consumer \"a\""), "{e:?}");
         assert!(
             !e[0].contains("\"k\""),
