@@ -345,6 +345,16 @@ impl Gateway {
         Self::spawn(program, &[], toml, args, "warn")
     }
 
+    /// Like [`Gateway::start`], with the process's open-file limit set to `limit`
+    /// (`ulimit -n`), to see the gateway run out of descriptors.
+    pub fn start_with_fd_limit(bin: &Path, toml: &str, limit: u32) -> Self {
+        let script = format!(
+            "ulimit -n {limit} && exec '{}' run --config \"$0\"",
+            bin.display()
+        );
+        Self::spawn(Path::new("/bin/sh"), &["-c", &script], toml, &[], "warn")
+    }
+
     /// Starts `bin run --upgrade` on `toml`: it takes over the listening sockets of the
     /// running instance once that one is sent SIGQUIT (which the caller does). Returns
     /// when the new process reports its listeners; the config needs fixed ports.

@@ -224,3 +224,141 @@ async fn connect_failures_take_a_backend_out_passively() {
     assert!(failed <= 3, "the dead backend kept getting requests: {m:?}");
     assert_eq!(m.get("live").copied().unwrap_or(0), 20 - failed, "{m:?}");
 }
+
+#[tokio::test]
+async fn a_passively_ejected_backend_shows_unhealthy_in_status_and_metrics() {
+    let dead = closed_port();
+    let gw = gateway_with_admin(&format!(
+        "[upstreams.p]\nbackends = [\"{dead}\"]\nretries = 0\n\
+         [routes.r]\npaths = [\"/\"]\nupstream = \"p\"\n"
+    ));
+    // three connect failures take it out (for 10 s)
+    for _ in 0..3 {
+        assert_eq!(get_json(&gw.url("/")).await.0, 502);
+    }
+    let (status, _, body) = get_json(&gw.url("/")).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"], "no_healthy_upstream");
+    let (_, _, v) = get_json(&gw.admin_url("/admin/status")).await;
+    assert_eq!(
+        v["upstreams"]["p"]["backends"][0]["healthy"], false,
+        "status shows the state that decides traffic: {v}"
+    );
+    let gauge = format!("tollgate_upstream_backend_healthy{{backend=\"{dead}\",upstream=\"p\"}} 0");
+    let text = metrics_text(&gw).await;
+    assert!(text.contains(&gauge), "{gauge} not in:\n{text}");
+}
+
+/// Reads one HTTP/1.1 answer with a Content-Length body off a kept-alive connection;
+/// the status, or `None` when none comes within `wait`.
+async fn answer_on(s: &mut tokio::net::TcpStream, wait: Duration) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    let read_head = async {
+        while !buf.ends_with(b"\r\n\r\n") {
+            if s.read(&mut byte).await.ok()? == 0 {
+                return None;
+            }
+            buf.push(byte[0]);
+        }
+        Some(())
+    };
+    tokio::time::timeout(wait, read_head).await.ok()??;
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    tokio::time::timeout(wait, s.read_exact(&mut body))
+        .await
+        .ok()?
+        .ok()?;
+    head.split(' ').nth(1)?.parse().ok()
+}
+
+#[tokio::test]
+async fn running_out_of_descriptors_never_counts_against_a_backend() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start("live").await;
+    let toml = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nthreads = 1\naccess_log = \"off\"\n\
+         pid_file = \"/tmp/tollgate-fds-{n}.pid\"\nupgrade_sock = \"/tmp/tollgate-fds-{n}.sock\"\n\
+         [upstreams.p]\nbackends = [\"{}\"]\nretries = 0\n\
+         [routes.r]\npaths = [\"/up\"]\nupstream = \"p\"\n",
+        up.addr,
+        n = std::process::id()
+    );
+    let gw = Gateway::start_with_fd_limit(bin(), &toml, 128);
+    // kept-alive connections for later, each seen answered (so accepted)
+    let mut kept = Vec::new();
+    for _ in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"GET /nowhere HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(answer_on(&mut s, Duration::from_secs(5)).await, Some(404));
+        kept.push(s);
+    }
+    // fill the gateway's descriptor table: connections until it cannot accept one (a
+    // few more wait in the backlog, to take any descriptor that comes free)
+    let mut fillers = Vec::new();
+    let full = || {
+        gw.stderr_lines()
+            .iter()
+            .any(|l| l.contains("Too many open files"))
+    };
+    while !full() {
+        assert!(
+            fillers.len() < 1000,
+            "the gateway never ran out of descriptors"
+        );
+        let s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        fillers.push(s);
+        if fillers.len() % 10 == 0 {
+            eventually(Duration::from_millis(200), async || full()).await;
+        }
+    }
+    for _ in 0..5 {
+        fillers.push(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+    }
+    let open = || std::fs::read_dir(format!("/proc/{}/fd", gw.pid())).map_or(0, |d| d.count());
+    let table_full = open();
+    // the gateway cannot open a connection to the backend: more failures than it takes
+    // to eject one (3)
+    for s in &mut kept[..4] {
+        s.write_all(b"GET /up HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        let status = answer_on(s, Duration::from_secs(5)).await;
+        assert!(
+            status.is_none_or(|c| c >= 500 && c != 503),
+            "no connection to the backend could be opened, yet: {status:?}"
+        );
+        // the failed request's client connection is closed: wait until it is, and until a
+        // connection of the backlog has taken its descriptor again
+        read_until_closed(s, Duration::from_secs(5)).await;
+        assert!(
+            eventually(Duration::from_secs(5), async || open() >= table_full).await,
+            "the descriptor table did not fill again"
+        );
+    }
+    assert_eq!(up.count(), 0);
+    drop(fillers);
+    assert!(
+        eventually(Duration::from_secs(10), async || open() + 50 < table_full).await,
+        "the gateway did not close the fillers' connections"
+    );
+    // descriptors are free again, and the backend was never taken out
+    let last = &mut kept[4];
+    last.write_all(b"GET /up HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        answer_on(last, Duration::from_secs(5)).await,
+        Some(200),
+        "the backend was ejected for the gateway's own shortage"
+    );
+}

@@ -87,11 +87,14 @@ impl ServeHttp for Admin {
         let get = method == http::Method::GET;
         match (path.as_str(), get) {
             ("/healthz", true) => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-            ("/metrics", true) => reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                self.handle.metrics().render(),
-            ),
+            ("/metrics", true) => {
+                self.handle.publish_health();
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    self.handle.metrics().render(),
+                )
+            }
             (p, _) if p.starts_with("/admin/") && !authorized(self.token.as_deref(), session) => {
                 let mut r = json_error(
                     StatusCode::UNAUTHORIZED,

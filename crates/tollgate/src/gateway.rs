@@ -376,8 +376,10 @@ impl GatewayHandle {
         )
     }
 
-    /// Sets the health gauge of every backend of the current config.
-    fn publish_health(&self) {
+    /// Sets the health gauge of every backend of the current config, as traffic sees
+    /// it (also on every `/metrics` scrape: a passive ejection starts and ends on the
+    /// request path, which does not touch the gauges).
+    pub(crate) fn publish_health(&self) {
         for u in self.state.load().upstreams.values() {
             for (addr, _, healthy) in u.backend_health() {
                 self.metrics.backend_health(&u.name, &addr, healthy);

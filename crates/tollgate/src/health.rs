@@ -205,9 +205,8 @@ async fn run(upstream: Arc<Upstream>, metrics: Metrics) {
         return;
     };
     upstream.selector.backends().run_health_check(true).await;
-    for b in upstream.selector.backends().get_backend().iter() {
-        let addr = b.addr.to_string();
-        metrics.backend_health(&upstream.name, &addr, upstream.selector.backends().ready(b));
+    for (addr, _, healthy) in upstream.backend_health() {
+        metrics.backend_health(&upstream.name, &addr, healthy);
     }
     schedule.running.store(false, Ordering::Release);
 }

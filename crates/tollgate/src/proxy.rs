@@ -263,6 +263,19 @@ fn policy_headroom(chain: &crate::policy::Chain) -> usize {
     }
 }
 
+/// Whether a failed connect failed for want of the gateway's own resources (file
+/// descriptors, socket buffers, memory, local ports), not because of the backend.
+fn own_shortage(e: &Error) -> bool {
+    let os = e
+        .root_cause()
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::raw_os_error);
+    matches!(
+        os,
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
+}
+
 /// Maps a proxying error to the contract's refusal.
 fn classify(e: &Error) -> Option<ErrorCode> {
     use ErrorType::*;
@@ -398,7 +411,9 @@ impl ProxyHttp for Gateway {
         cx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(route), Some(addr)) = (&cx.route, cx.backend()) {
+        // the gateway's own shortage (descriptors, memory, local ports) says nothing
+        // about the backend
+        if let (Some(route), Some(addr), false) = (&cx.route, cx.backend(), own_shortage(&e)) {
             route.upstream.passive.failed(addr);
         }
         let retries = cx.route.as_ref().map_or(0, |r| r.upstream.retries);

@@ -129,10 +129,15 @@ impl Upstream {
         self.backends
             .iter()
             .map(|(addr, w)| {
-                let healthy = set
-                    .iter()
-                    .find(|b| b.addr.to_string() == *addr)
-                    .is_some_and(|b| self.selector.backends().ready(b));
+                // as traffic sees it: failing active checks, or passively ejected
+                let ejected = addr
+                    .parse()
+                    .is_ok_and(|a: std::net::SocketAddr| self.passive.is_down(a));
+                let healthy = !ejected
+                    && set
+                        .iter()
+                        .find(|b| b.addr.to_string() == *addr)
+                        .is_some_and(|b| self.selector.backends().ready(b));
                 (addr.clone(), *w, healthy)
             })
             .collect()
