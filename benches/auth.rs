@@ -16,7 +16,7 @@ use base64::Engine;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use jsonwebtoken::{encode, Algorithm, DecodingKey, EncodingKey, Header};
 use tollgate::consumer::{Consumer, Consumers};
-use tollgate::policy::jwt_auth::{JwtAuth, JwtAuthConfig};
+use tollgate::policies::jwt_auth::{JwtAuth, JwtAuthConfig};
 use tollgate::policy::{BuildCtx, PolicyConfig};
 
 fn bench_key_lookup(c: &mut Criterion) {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use tokio::time::Instant;
-use tollgate::policy::rate_limit::FixedWindows;
+use tollgate::policies::rate_limit::FixedWindows;
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

@@ -751,6 +751,66 @@ async fn a_client_pausing_its_body_longer_than_read_timeout_is_not_blamed_on_the
 }
 
 #[tokio::test]
+async fn a_steady_upload_to_a_slow_upstream_is_not_cut_at_read_timeout() {
+    const SIZE: usize = 1 << 20;
+    // the upstream is the bottleneck: it takes 16 KiB every 20 ms (~1.3 s for 1 MiB,
+    // four times its read_timeout), through a small receive buffer
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let l = socket.listen(16).unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 16 * 1024];
+                let body_start = loop {
+                    let Ok(n) = s.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let mut body = got.len() - body_start;
+                while body < SIZE {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => body += n,
+                    }
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    let gw = one_route(up, "read_timeout = \"300ms\"\nretries = 0\n", "");
+    let started = std::time::Instant::now();
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&vec![b'u'; SIZE]).await.unwrap();
+    let answer = parse_response(&read_until_closed(&mut s, Duration::from_secs(30)).await);
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(
+        started.elapsed() > Duration::from_millis(600),
+        "the upload was not slower than read_timeout: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn a_client_pausing_its_body_past_body_timeout_gets_408_not_504() {
     let up = Upstream::start("u").await;
     let gw = one_route(

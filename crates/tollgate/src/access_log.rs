@@ -67,6 +67,7 @@ impl AccessLogger {
         cx: &RequestCtx,
         status: u16,
         elapsed: Duration,
+        upstream_elapsed: Option<Duration>,
         bytes: usize,
     ) {
         let req = session.req_header();
@@ -83,7 +84,7 @@ impl AccessLogger {
             "upstream": cx.backend().map(|a| a.to_string()),
             "consumer": cx.consumer.as_ref().map(|c| c.name.as_str()),
             "duration_ms": elapsed.as_secs_f64() * 1000.0,
-            "upstream_ms": cx.upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
+            "upstream_ms": upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
             "bytes_sent": bytes,
             "error": cx.refusal().map(|c| c.as_str()),
         });

@@ -13,6 +13,21 @@ use pingora::lb::{Backend, LoadBalancer};
 
 use crate::request_key::RequestKey;
 
+/// How an upstream spreads requests over its backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Balance {
+    /// Weighted round robin. The default.
+    #[default]
+    RoundRobin,
+    /// Weighted random.
+    Random,
+    /// Ketama consistent hashing on `hash_key`.
+    ConsistentHash,
+    /// Fewest in-flight requests.
+    LeastConn,
+}
+
 /// Passive health: consecutive connect failures per backend. A backend that failed
 /// `threshold` times in a row is skipped for `cooldown`, then tried again (one failure
 /// then takes it out again); any response from it resets its count.

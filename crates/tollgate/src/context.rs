@@ -3,18 +3,24 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use tokio::time::Instant;
-
 pub use crate::consumer::Consumer;
 use crate::consumer::Consumers;
 use crate::reply::ErrorCode;
-use crate::runtime::{Route, Snapshot};
 
-/// Everything the gateway knows about the request in flight.
+/// A route as a policy sees it: its name and its upstream's.
+#[derive(Debug)]
+pub(crate) struct RouteInfo {
+    pub(crate) name: String,
+    pub(crate) upstream: String,
+}
+
+/// What a policy may read and write of the request in flight.
 ///
 /// One is created per request; policies read it and may write [`RequestCtx::consumer`]
 /// and [`RequestCtx::extensions`] (typed data for later policies of the same request),
-/// and add headers to the response with [`RequestCtx::set_response_header`].
+/// and add headers to the response with [`RequestCtx::set_response_header`]. The
+/// proxy's own bookkeeping of the request (its snapshot, the backends tried, deadlines,
+/// timings) is not here: it is the proxy's.
 #[derive(Debug)]
 pub struct RequestCtx {
     /// The request id: the client's valid `X-Request-Id`, or a generated one.
@@ -33,35 +39,26 @@ pub struct RequestCtx {
     /// Headers for whichever response answers the request (see
     /// [`RequestCtx::set_response_header`]).
     pub(crate) response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    /// `request_id` as a header value, made once for the headers that carry it.
-    pub(crate) request_id_header: Option<http::HeaderValue>,
-    /// The client's `Host` (for `X-Forwarded-Host`), and whether it sent an
-    /// `X-Forwarded-For`: read once, with the rest of the head.
-    pub(crate) client_host: Option<http::HeaderValue>,
-    pub(crate) client_sent_xff: bool,
-    pub(crate) snapshot: Option<Arc<Snapshot>>,
-    pub(crate) route: Option<Arc<Route>>,
-    pub(crate) prefix_segments: usize,
-    pub(crate) start: Instant,
-    pub(crate) upstream_start: Option<Instant>,
-    pub(crate) upstream_elapsed: Option<std::time::Duration>,
+    /// The consumers of the configuration the request runs on, once routed.
+    pub(crate) consumers: Option<Arc<Consumers>>,
+    /// The matched route, once routed.
+    pub(crate) route: Option<Arc<RouteInfo>>,
+    /// The backend the request went to, once chosen.
+    pub(crate) backend: Option<std::net::SocketAddr>,
+    /// The refusal code of the gateway's own answer.
     pub(crate) refusal: Option<ErrorCode>,
-    pub(crate) tries: usize,
-    /// Backends tried, in order; the last is the one the request went to.
-    /// Inline for the usual one or two tries: no allocation per request.
-    pub(crate) tried: smallvec::SmallVec<[std::net::SocketAddr; 2]>,
-    pub(crate) slot: Option<crate::balance::BackendSlot>,
-    /// The connection Pingora opens if the current try needs a new one (HTTP/1).
-    pub(crate) fresh_conn: Option<Arc<crate::head_deadline::Connection>>,
-    /// The HTTP/1 upstream connection of the current try, until its deadline is armed.
-    pub(crate) upstream_conn: Option<Arc<crate::head_deadline::Connection>>,
-    pub(crate) head_deadline: Option<crate::head_deadline::HeadDeadline>,
-    /// With a request body: the upstream connection whose reads the gateway bounds
-    /// itself, each by `read_timeout`, once the request is sent (Pingora's own read
-    /// timeout would also run while the upstream waits for a slow client).
-    pub(crate) read_idle: Option<Arc<crate::head_deadline::Connection>>,
-    /// Counts the request as in flight for a graceful shutdown, until dropped.
-    pub(crate) in_flight: Option<crate::drain::InFlight>,
+    /// How far the route's policy chain got in `request_filter` (its `logging` runs
+    /// only for the policies whose `request_filter` ran).
+    pub(crate) chain: ChainProgress,
+}
+
+/// Which policies of a route's chain ran `request_filter`: the first `reached` ones,
+/// except the authentication policies after `authenticated_by` (skipped once one
+/// authenticated).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ChainProgress {
+    pub(crate) reached: usize,
+    pub(crate) authenticated_by: Option<usize>,
 }
 
 impl Default for RequestCtx {
@@ -82,24 +79,11 @@ impl RequestCtx {
             consumer: None,
             extensions: http::Extensions::new(),
             response_headers: Vec::new(),
-            request_id_header: None,
-            client_host: None,
-            client_sent_xff: false,
-            snapshot: None,
+            consumers: None,
             route: None,
-            prefix_segments: 0,
-            start: Instant::now(),
-            upstream_start: None,
-            upstream_elapsed: None,
+            backend: None,
             refusal: None,
-            tries: 0,
-            tried: smallvec::SmallVec::new(),
-            slot: None,
-            fresh_conn: None,
-            upstream_conn: None,
-            head_deadline: None,
-            read_idle: None,
-            in_flight: None,
+            chain: ChainProgress::default(),
         }
     }
 
@@ -129,22 +113,20 @@ impl RequestCtx {
         self.response_headers.iter().map(|(n, v)| (n, v))
     }
 
-    /// [`RequestCtx::request_id`] as a header value (`None` if a policy made it invalid).
-    pub(crate) fn request_id_header(&self) -> Option<http::HeaderValue> {
-        match &self.request_id_header {
-            Some(v) if v.as_bytes() == self.request_id.as_bytes() => Some(v.clone()),
-            _ => http::HeaderValue::from_str(&self.request_id).ok(),
-        }
-    }
-
     /// The consumers of the configuration this request runs on (for authentication
     /// policies). Empty before routing.
     pub fn consumers(&self) -> &Consumers {
         static EMPTY: std::sync::OnceLock<Consumers> = std::sync::OnceLock::new();
-        match &self.snapshot {
-            Some(s) => &s.consumers,
+        match &self.consumers {
+            Some(c) => c,
             None => EMPTY.get_or_init(Consumers::default),
         }
+    }
+
+    /// [`RequestCtx::consumers`], shared: for work that outlives the hook (a password
+    /// check on a blocking thread). `None` before routing.
+    pub fn consumers_shared(&self) -> Option<Arc<Consumers>> {
+        self.consumers.clone()
     }
 
     /// The name of the matched route, if one matched.
@@ -154,57 +136,12 @@ impl RequestCtx {
 
     /// The name of the matched route's upstream, if one matched.
     pub fn upstream_name(&self) -> Option<&str> {
-        self.route.as_deref().map(|r| r.upstream.name.as_str())
+        self.route.as_deref().map(|r| r.upstream.as_str())
     }
 
     /// The backend address the request was sent to, once one was chosen.
     pub fn backend(&self) -> Option<std::net::SocketAddr> {
-        self.tried.last().copied()
-    }
-
-    /// Whether the upstream's response head missed its deadline.
-    pub(crate) fn head_timed_out(&self) -> bool {
-        self.head_deadline.as_ref().is_some_and(|d| d.expired())
-    }
-
-    /// Starts the response-head deadline of the current try, once both the upstream
-    /// connection is known and the request has been sent.
-    pub(crate) fn arm_head_deadline(&mut self) {
-        let (Some(conn), Some(route)) = (self.upstream_conn.take(), &self.route) else {
-            return;
-        };
-        let after = route.upstream.read_timeout;
-        if self.read_idle.is_some() {
-            self.read_idle = Some(conn.clone());
-        }
-        self.head_deadline = Some(crate::head_deadline::HeadDeadline::arm(conn, after));
-    }
-
-    /// While the request body is sent, on a request whose upstream reads the gateway
-    /// bounds itself ([`Self::read_idle`]): an upstream that stops taking the body is
-    /// cut after `read_timeout`, a client that pauses is not blamed on it.
-    pub(crate) fn arm_upload_deadline(&mut self) {
-        let (Some(conn), Some(_), Some(route)) =
-            (&self.upstream_conn, &self.read_idle, &self.route)
-        else {
-            return;
-        };
-        let after = route.upstream.read_timeout;
-        self.head_deadline = None;
-        self.head_deadline = Some(crate::head_deadline::HeadDeadline::arm_upload(
-            conn.clone(),
-            after,
-        ));
-    }
-
-    /// For a request whose upstream reads the gateway bounds itself ([`Self::read_idle`]):
-    /// the next read from the upstream must come within `read_timeout`.
-    pub(crate) fn rearm_read_deadline(&mut self) {
-        if let (Some(conn), Some(route)) = (&self.read_idle, &self.route) {
-            let after = route.upstream.read_timeout;
-            self.head_deadline = None;
-            self.head_deadline = Some(crate::head_deadline::HeadDeadline::arm(conn.clone(), after));
-        }
+        self.backend
     }
 
     /// The refusal code of the gateway's own answer, if it made one.

@@ -5,8 +5,9 @@
 
 use std::path::Path;
 
+use crate::config::limits::Limits;
 use crate::config::Config;
-use crate::limits::{HeadScanner, Limits, Scan};
+use crate::guard::scanner::{HeadScanner, Scan};
 use crate::policy::Registry;
 use crate::router::path::normalize;
 
@@ -88,14 +89,14 @@ pub fn router(data: &[u8]) {
 
 /// The credential parsers: Basic credentials, API keys in query strings, JWTs.
 pub fn auth(data: &[u8]) {
-    use crate::policy::jwt_auth::{JwtAuth, JwtAuthConfig};
+    use crate::policies::jwt_auth::{JwtAuth, JwtAuthConfig};
     use crate::policy::{BuildCtx, PolicyConfig};
     static JWT: std::sync::OnceLock<JwtAuth> = std::sync::OnceLock::new();
-    let _ = crate::policy::basic_auth::parse_basic(data);
+    let _ = crate::policies::basic_auth::parse_basic(data);
     let Ok(s) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = crate::policy::key_auth::query_param(Some(s), "apikey");
+    let _ = crate::policies::key_auth::query_param(Some(s), "apikey");
     let jwt = JWT.get_or_init(|| {
         let c: JwtAuthConfig = toml::from_str(
             "algorithms = [\"HS256\"]\nsecret = \"fuzz-secret-that-is-at-least-32-bytes!!\"\n",

@@ -404,8 +404,9 @@ impl GatewayHandle {
     /// and SIGQUIT; returns when it has shut down. A server from
     /// [`GatewayHandle::pingora_server`] leaves the whole drain to the gateway.
     pub fn run(&self, server: Server) {
+        let signals = self.shutdown_signals(&server);
         server.run(pingora::server::RunArgs {
-            shutdown_signal: Box::new(self.shutdown_signals()),
+            shutdown_signal: Box::new(signals),
         });
     }
 
@@ -413,12 +414,13 @@ impl GatewayHandle {
     /// [`Server::run`] itself: SIGTERM and SIGQUIT drain with `[server] grace_period`
     /// and `graceful_shutdown_timeout` before Pingora shuts down (whose own grace period
     /// then follows: set it to zero).
-    pub fn shutdown_signals(&self) -> ShutdownSignals {
+    /// A SIGQUIT hands the sockets over on `server`'s `upgrade_sock`.
+    pub fn shutdown_signals(&self, server: &Server) -> ShutdownSignals {
         ShutdownSignals {
             drain: self.drain.clone(),
             grace_period: self.server.grace_period,
             timeout: self.server.graceful_shutdown_timeout,
-            upgrade_sock: self.server.upgrade_sock.clone(),
+            upgrade_sock: server.configuration.upgrade_sock.clone(),
         }
     }
 

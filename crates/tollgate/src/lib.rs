@@ -47,9 +47,9 @@ pub mod consumer;
 pub mod context;
 pub mod guard;
 pub mod jwt_crypto;
-pub mod limits;
 pub mod metrics;
 pub mod otlp;
+pub mod policies;
 pub mod policy;
 pub mod proxy;
 pub mod reply;
@@ -60,6 +60,7 @@ pub mod service;
 pub mod store;
 pub mod tls;
 pub mod trace;
+pub mod units;
 
 mod access_log;
 mod admin;
@@ -70,7 +71,6 @@ mod forwarding;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gateway;
-mod head_deadline;
 mod health;
 mod request_id;
 mod request_key;

@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 use regex::Regex;
 
-use crate::balance::Selector;
-use crate::config::file::Balance;
+use crate::balance::{Balance, Selector};
 use crate::consumer::Consumers;
 use crate::policy::Chain;
 use crate::router::Router;
@@ -22,7 +22,7 @@ pub struct Snapshot {
     pub(crate) router: Router,
     pub(crate) routes: Vec<Arc<Route>>,
     pub(crate) upstreams: BTreeMap<String, Arc<Upstream>>,
-    pub(crate) consumers: Consumers,
+    pub(crate) consumers: Arc<Consumers>,
     pub(crate) trusted_proxies: Vec<IpNet>,
     /// Hex digest of the configuration source.
     pub digest: String,
@@ -86,6 +86,8 @@ impl Snapshot {
 pub struct Route {
     /// The route's name (its table key); the `route` label of metrics.
     pub name: String,
+    /// What a policy sees of it ([`crate::RequestCtx::route_name`], …).
+    pub(crate) info: Arc<crate::context::RouteInfo>,
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) strip_prefix: bool,
     pub(crate) rewrite: Option<(Regex, String)>,
@@ -113,7 +115,7 @@ pub struct Upstream {
     pub(crate) connect_timeout: Duration,
     pub(crate) read_timeout: Duration,
     pub(crate) retries: usize,
-    pub(crate) health: Option<crate::health::Schedule>,
+    pub(crate) health: Option<HealthSchedule>,
     /// The active checks' health state and the fingerprint of the check that made it.
     pub(crate) health_registry: Option<(String, std::sync::Arc<pingora::lb::HealthRegistry>)>,
     pub(crate) passive: crate::balance::Passive,
@@ -151,5 +153,65 @@ impl std::fmt::Debug for Upstream {
             .field("backends", &self.backends)
             .field("balance", &self.balance)
             .finish_non_exhaustive()
+    }
+}
+
+/// When an upstream's checks are due.
+#[derive(Debug)]
+pub(crate) struct HealthSchedule {
+    interval: Duration,
+    next_due_ms: AtomicU64,
+    running: AtomicBool,
+}
+
+impl HealthSchedule {
+    pub(crate) fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            next_due_ms: AtomicU64::new(0),
+            running: AtomicBool::new(false),
+        }
+    }
+
+    /// Claims the next run if it is due at `elapsed_ms` and none is running.
+    pub(crate) fn claim(&self, elapsed_ms: u64) -> bool {
+        if elapsed_ms < self.next_due_ms.load(Ordering::Acquire) {
+            return false;
+        }
+        if self.running.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.next_due_ms.store(
+            elapsed_ms + self.interval.as_millis() as u64,
+            Ordering::Release,
+        );
+        true
+    }
+
+    /// When the next run is due (ms since the checker started). A run that overruns
+    /// its interval is past due; the checker then looks again shortly.
+    pub(crate) fn next_due(&self) -> u64 {
+        self.next_due_ms.load(Ordering::Acquire)
+    }
+
+    /// Ends the run [`HealthSchedule::claim`] claimed.
+    pub(crate) fn finish(&self) {
+        self.running.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_runs_once_per_interval_and_never_overlaps() {
+        let s = HealthSchedule::new(Duration::from_millis(100));
+        assert!(s.claim(0));
+        assert!(!s.claim(10), "not due yet");
+        assert!(!s.claim(150), "previous run still going");
+        s.finish();
+        assert!(s.claim(150));
+        assert!(!s.claim(200));
     }
 }

@@ -51,7 +51,7 @@ impl SniResolver {
         let mut certs = Vec::new();
         for (i, (cert, key)) in pairs.iter().enumerate() {
             for f in [cert, key] {
-                crate::config::check_material_file(std::path::Path::new(f)).map_err(|e| (i, e))?;
+                crate::units::check_material_file(std::path::Path::new(f)).map_err(|e| (i, e))?;
             }
             let loaded = pingora::tls::load_certs_and_key_files(cert, key)
                 .map_err(|e| (i, format!("cannot load {cert} / {key}: {e}")))?
@@ -148,7 +148,7 @@ pub fn load_ca_file(
     path: &std::path::Path,
 ) -> Result<Arc<pingora::protocols::tls::CaType>, String> {
     use rustls_pki_types::pem::PemObject;
-    crate::config::check_material_file(path)?;
+    crate::units::check_material_file(path)?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?
         .collect::<Result<_, _>>()

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
@@ -17,9 +17,9 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::diagnostic::{join, Diagnostics};
-use super::file::{Balance, ConsumerFile, RouteFile, ServerFile, UpstreamFile};
+use super::file::{ConsumerFile, RouteFile, ServerFile, UpstreamFile};
 use super::{AccessLog, ConfigErrors, ServerSettings};
-use crate::balance::{LeastConn, Passive, Selector};
+use crate::balance::{Balance, LeastConn, Passive, Selector};
 use crate::consumer::{Consumer, Consumers, PasswordHash};
 use crate::policy::{BoxPolicy, BuildCtx, Chain, Failure, Registry};
 use crate::request_key::RequestKey;
@@ -133,10 +133,10 @@ pub(super) fn compile(
         router: Router::new(specs),
         routes,
         upstreams,
-        consumers,
+        consumers: Arc::new(consumers),
         trusted_proxies: trusted,
         digest,
-        redacted: crate::admin::redacted_config(src),
+        redacted: super::redact::redacted_config(src),
         loaded_at: SystemTime::now(),
     };
     Ok((server, snapshot))
@@ -327,7 +327,7 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
     }
     let mut trusted = Vec::new();
     for t in &f.trusted_proxies {
-        match parse_net(t.get_ref()) {
+        match crate::units::parse_net(t.get_ref()) {
             Some(n) => trusted.push(n),
             None => {
                 cx.diags.at(
@@ -411,13 +411,6 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
         }
     }
     (ok && cx.diags.len() == errors_before).then_some((s, trusted))
-}
-
-/// Parses a CIDR (`10.0.0.0/8`) or a bare address (a /32 or /128).
-pub fn parse_net(s: &str) -> Option<IpNet> {
-    s.parse::<IpNet>()
-        .ok()
-        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
@@ -913,6 +906,10 @@ fn route(
     chain.extend(own);
     let route = Route {
         name: name.to_string(),
+        info: Arc::new(crate::context::RouteInfo {
+            name: name.to_string(),
+            upstream: upstream.name.clone(),
+        }),
         upstream,
         strip_prefix: f.strip_prefix,
         rewrite,

@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use toml::Spanned;
 
-use super::units::ConfigDuration;
+use crate::balance::Balance;
+use crate::units::ConfigDuration;
 
 /// `[server]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -31,7 +32,7 @@ pub(crate) struct ServerFile {
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
     pub access_log: Option<Spanned<String>>,
-    pub limits: Option<Spanned<crate::limits::LimitsFile>>,
+    pub limits: Option<Spanned<super::limits::LimitsFile>>,
     #[serde(default)]
     pub tls: Vec<Spanned<TlsFile>>,
     pub redis: Option<Spanned<RedisFile>>,
@@ -54,22 +55,7 @@ pub(crate) struct UpstreamFile {
     pub connect_timeout: Option<ConfigDuration>,
     pub read_timeout: Option<ConfigDuration>,
     pub retries: Option<usize>,
-    pub health_check: Option<Spanned<crate::health::HealthCheckConfig>>,
-}
-
-/// How an upstream spreads requests over its backends.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Balance {
-    /// Weighted round robin. The default.
-    #[default]
-    RoundRobin,
-    /// Weighted random.
-    Random,
-    /// Ketama consistent hashing on `hash_key`.
-    ConsistentHash,
-    /// Fewest in-flight requests.
-    LeastConn,
+    pub health_check: Option<Spanned<super::health_check::HealthCheckConfig>>,
 }
 
 /// One backend: `"127.0.0.1:9001"` or `{ addr = "127.0.0.1:9002", weight = 3 }`.

@@ -7,9 +7,11 @@
 
 pub mod diagnostic;
 pub(crate) mod file;
-pub mod units;
 
 mod compile;
+pub(crate) mod health_check;
+pub mod limits;
+mod redact;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -17,9 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use compile::parse_net;
 pub use diagnostic::{ConfigError, ConfigErrors};
-pub use file::Balance;
 
 use crate::policy::Registry;
 use crate::runtime::Snapshot;
@@ -75,7 +75,7 @@ pub struct ServerSettings {
     /// OTLP span export (`[server.tracing]`), if configured.
     pub tracing: Option<crate::otlp::TracingSettings>,
     /// Request-head limits and connection deadlines (`[server.limits]`).
-    pub limits: crate::limits::Limits,
+    pub limits: limits::Limits,
 }
 
 impl Default for ServerSettings {
@@ -93,7 +93,7 @@ impl Default for ServerSettings {
             access_log: AccessLog::Stdout,
             tls: Vec::new(),
             tracing: None,
-            limits: crate::limits::Limits::default(),
+            limits: limits::Limits::default(),
         }
     }
 }
@@ -174,24 +174,6 @@ impl std::error::Error for LoadError {
             Self::Invalid(e) => Some(e),
         }
     }
-}
-
-/// The largest key, certificate or JWKS file the config may name.
-const MAX_MATERIAL_FILE: u64 = 1024 * 1024;
-
-/// Checks that `path` (named by the config: a key, certificate or JWKS) is a regular
-/// file of at most 1 MiB, so that naming a device, a FIFO or a huge file is a config
-/// error rather than a load that never ends.
-pub(crate) fn check_material_file(path: &Path) -> Result<(), String> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{} is not a regular file", path.display()));
-    }
-    if meta.len() > MAX_MATERIAL_FILE {
-        return Err(format!("{} is larger than 1 MiB", path.display()));
-    }
-    Ok(())
 }
 
 impl Config {

@@ -38,17 +38,6 @@
 //! registry.register::<RequireTenantConfig>("require_tenant");
 //! ```
 
-pub mod acl;
-pub mod basic_auth;
-pub mod body_limit;
-pub mod concurrency_limit;
-pub mod cors;
-pub mod headers;
-pub mod ip_restriction;
-pub mod jwt_auth;
-pub mod key_auth;
-pub mod rate_limit;
-
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
@@ -63,7 +52,7 @@ use serde::de::DeserializeOwned;
 use toml::de::DeValue;
 use toml::Spanned;
 
-use crate::context::RequestCtx;
+use crate::context::{ChainProgress, RequestCtx};
 use crate::reply::Reply;
 
 /// What a policy decided about the request.
@@ -149,11 +138,6 @@ pub trait Policy: Send + Sync + 'static {
     fn logging(&self, cx: &RequestCtx, error: Option<&pingora::Error>) {
         let _ = (cx, error);
     }
-}
-
-/// `true`, for serde defaults of policy flags such as `hide_credentials`.
-pub(crate) fn default_true() -> bool {
-    true
 }
 
 /// A shared, type-erased policy.
@@ -262,35 +246,12 @@ impl fmt::Debug for Registry {
     }
 }
 
-impl Default for Registry {
-    fn default() -> Self {
-        Self::with_builtins()
-    }
-}
-
 impl Registry {
     /// A registry with no policies at all.
     pub fn empty() -> Self {
         Self {
             builders: BTreeMap::new(),
         }
-    }
-
-    /// A registry with every built-in policy.
-    pub fn with_builtins() -> Self {
-        let mut r = Self::empty();
-        r.register::<ip_restriction::IpRestrictionConfig>("ip_restriction");
-        r.register::<cors::CorsConfig>("cors");
-        r.register::<key_auth::KeyAuthConfig>("key_auth");
-        r.register::<basic_auth::BasicAuthConfig>("basic_auth");
-        r.register::<jwt_auth::JwtAuthConfig>("jwt_auth");
-        r.register::<acl::AclConfig>("acl");
-        r.register::<rate_limit::RateLimitConfig>("rate_limit");
-        r.register::<concurrency_limit::ConcurrencyLimitConfig>("concurrency_limit");
-        r.register::<body_limit::BodyLimitConfig>("body_limit");
-        r.register::<headers::RequestHeadersConfig>("request_headers");
-        r.register::<headers::ResponseHeadersConfig>("response_headers");
-        r
     }
 
     /// Registers config type `C` under `name`, so `[routes.X.policies.NAME]` builds it.
@@ -382,13 +343,18 @@ impl Chain {
     pub async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<Flow> {
         let mut auth_refusal: Option<Reply> = None;
         let mut authenticated = false;
-        for link in &self.policies {
+        cx.chain = ChainProgress::default();
+        for (i, link) in self.policies.iter().enumerate() {
             if link.stage == Stage::Authentication {
                 if authenticated {
                     continue;
                 }
+                cx.chain.reached = i + 1;
                 match link.policy.request_filter(session, cx).await? {
-                    Flow::Continue => authenticated = true,
+                    Flow::Continue => {
+                        authenticated = true;
+                        cx.chain.authenticated_by = Some(i);
+                    }
                     Flow::Respond(r) => {
                         auth_refusal.get_or_insert(r);
                     }
@@ -400,6 +366,7 @@ impl Chain {
                     return Ok(Flow::Respond(r));
                 }
             }
+            cx.chain.reached = i + 1;
             let overrides = overrides(cx);
             let p = link.effective(overrides.as_deref());
             if let Flow::Respond(r) = p.request_filter(session, cx).await? {
@@ -445,11 +412,18 @@ impl Chain {
             .try_for_each(|l| l.effective(o.as_deref()).response_filter(cx, resp))
     }
 
-    /// Runs every policy's `logging`.
+    /// Runs the `logging` of every policy whose `request_filter` ran for this request
+    /// (not of those after a refusal, nor of the authentication policies skipped once
+    /// one authenticated): a policy's logging sees only requests it saw.
     pub fn logging(&self, cx: &RequestCtx, error: Option<&pingora::Error>) {
-        self.policies
-            .iter()
-            .for_each(|l| l.effective(cx.consumer.as_deref()).logging(cx, error));
+        let ran = cx.chain;
+        for (i, l) in self.policies.iter().enumerate().take(ran.reached) {
+            let skipped =
+                l.stage == Stage::Authentication && ran.authenticated_by.is_some_and(|by| i > by);
+            if !skipped {
+                l.effective(cx.consumer.as_deref()).logging(cx, error);
+            }
+        }
     }
 }
 

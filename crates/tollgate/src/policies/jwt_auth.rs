@@ -52,11 +52,11 @@ use pingora::Result;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use super::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
-use crate::config::units::ConfigDuration;
 use crate::consumer::{Consumer, Consumers};
 use crate::context::RequestCtx;
+use crate::policy::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
 use crate::reply::{ErrorCode, Reply};
+use crate::units::ConfigDuration;
 
 /// Largest token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -94,7 +94,7 @@ pub struct JwtAuthConfig {
     /// A cookie carrying the token, tried when the header is absent.
     pub cookie: Option<String>,
     /// Remove the token before forwarding. Default: `true`.
-    #[serde(default = "super::default_true")]
+    #[serde(default = "crate::policies::default_true")]
     pub hide_credentials: bool,
     /// Verified tokens remembered, so a repeated token skips its signature check.
     /// Default: 1024; 0 turns the cache off.
@@ -152,7 +152,7 @@ fn min_secret_len(alg: Algorithm) -> usize {
 
 fn read(cx: &BuildCtx<'_>, field: &str, file: &str) -> Result<Vec<u8>, BuildError> {
     let path = cx.config_dir.join(file);
-    crate::config::check_material_file(&path).map_err(|e| BuildError::field(field, e))?;
+    crate::units::check_material_file(&path).map_err(|e| BuildError::field(field, e))?;
     std::fs::read(&path)
         .map_err(|e| BuildError::field(field, format!("cannot read {}: {e}", path.display())))
 }

@@ -22,8 +22,8 @@ use pingora::proxy::Session;
 use pingora::Result;
 use serde::Deserialize;
 
-use super::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
 use crate::context::RequestCtx;
+use crate::policy::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
 use crate::reply::{ErrorCode, Reply};
 
 // === Config ===
@@ -39,7 +39,7 @@ pub struct KeyAuthConfig {
     #[serde(default = "default_name")]
     pub query: String,
     /// Remove the key before forwarding. Default: `true`.
-    #[serde(default = "super::default_true")]
+    #[serde(default = "crate::policies::default_true")]
     pub hide_credentials: bool,
 }
 

@@ -44,12 +44,12 @@ use pingora::Result;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
-use crate::config::units::ConfigDuration;
 use crate::context::RequestCtx;
+use crate::policy::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
 use crate::reply::{ErrorCode, Reply};
 use crate::request_key::RequestKey;
 use crate::store::RedisStore;
+use crate::units::ConfigDuration;
 
 // === Config ===
 

@@ -22,8 +22,8 @@ use pingora::Result;
 use pingora_limits::inflight::{Guard, Inflight};
 use serde::Deserialize;
 
-use super::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
 use crate::context::RequestCtx;
+use crate::policy::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
 use crate::reply::{ErrorCode, Reply};
 use crate::request_key::RequestKey;
 

@@ -1,8 +1,12 @@
-//! Durations and sizes as operators write them: `"250ms"`, `"5s"`, `"1MiB"`, `1048576`.
+//! Values as operators write them: durations and sizes (`"250ms"`, `"5s"`, `"1MiB"`,
+//! `1048576`), networks (`10.0.0.0/8`), and files of key material.
 
 use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -93,6 +97,31 @@ impl Serialize for ConfigSize {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(self.0)
     }
+}
+
+/// Parses a CIDR (`10.0.0.0/8`) or a bare address (a /32 or /128).
+pub fn parse_net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// The largest key, certificate or JWKS file the config may name.
+const MAX_MATERIAL_FILE: u64 = 1024 * 1024;
+
+/// Checks that `path` (named by the config: a key, certificate or JWKS) is a regular
+/// file of at most 1 MiB, so that naming a device, a FIFO or a huge file is a config
+/// error rather than a load that never ends.
+pub(crate) fn check_material_file(path: &Path) -> Result<(), String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    if meta.len() > MAX_MATERIAL_FILE {
+        return Err(format!("{} is larger than 1 MiB", path.display()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

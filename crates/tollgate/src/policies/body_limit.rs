@@ -19,10 +19,10 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use serde::Deserialize;
 
-use super::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
-use crate::config::units::ConfigSize;
 use crate::context::RequestCtx;
+use crate::policy::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
 use crate::reply::{ErrorCode, Reply};
+use crate::units::ConfigSize;
 
 // === Config ===
 

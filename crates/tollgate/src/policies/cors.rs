@@ -28,10 +28,10 @@ use pingora::proxy::Session;
 use pingora::Result;
 use serde::Deserialize;
 
-use super::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
-use crate::config::units::ConfigDuration;
 use crate::context::RequestCtx;
+use crate::policy::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
 use crate::reply::Reply;
+use crate::units::ConfigDuration;
 
 // === Config ===
 

@@ -198,11 +198,63 @@ pub(crate) struct HeadDeadline {
     id: u64,
 }
 
+/// What a deadline waits for.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// Anything: it fires when it passes.
+    Fixed,
+    /// The upstream taking a request body: renewed while the upstream takes bytes (the
+    /// send queue shrank since the last look). While the body is still being sent
+    /// (`all_written` false) it is also renewed when the upstream has taken all there
+    /// is (the request waits for its client); once all is written and taken, a
+    /// [`Wait::Fixed`] deadline of `after` for the response head starts.
+    Body {
+        after: Duration,
+        all_written: bool,
+        /// The send queue when the deadline was armed or last renewed.
+        unsent: Option<u32>,
+    },
+}
+
+impl Wait {
+    /// Looks at the connection once a tick; `true` when the deadline fires.
+    fn look(&mut self, at: &mut Instant, now: Instant, conn: &Connection) -> bool {
+        let Self::Body {
+            after,
+            all_written,
+            unsent,
+        } = self
+        else {
+            return *at <= now;
+        };
+        let after = *after;
+        let Some(left) = conn.unsent() else {
+            return *at <= now;
+        };
+        if left == 0 && *all_written {
+            *self = Self::Fixed;
+            *at = now + after;
+            return false;
+        }
+        // the baseline: the queue at the first look after arming, or at a renewal
+        let baseline = *unsent.get_or_insert(left);
+        if *at > now {
+            return false;
+        }
+        // the upstream took some since, or (while the body is sent) all there is
+        if left == 0 || left < baseline {
+            *unsent = Some(left);
+            *at = now + after;
+            return false;
+        }
+        true
+    }
+}
+
 #[derive(Default)]
 struct Shard {
-    /// Each deadline: when, on which connection, and for an upload deadline its length
-    /// (it is renewed instead of firing while the connection has nothing unsent).
-    armed: HashMap<u64, (Instant, Arc<Connection>, Option<Duration>)>,
+    /// Each deadline: when, on which connection, and what it waits for.
+    armed: HashMap<u64, (Instant, Arc<Connection>, Wait)>,
     fired: HashSet<u64>,
 }
 
@@ -276,15 +328,9 @@ impl Registry {
             for shard in &self.shards {
                 let mut shard = lock(shard);
                 let mut ids: Vec<u64> = Vec::new();
-                for (id, (at, conn, upload)) in shard.armed.iter_mut() {
-                    if *at > now {
-                        continue;
-                    }
-                    match upload {
-                        // everything written was taken: the request waits for its
-                        // client, whose pauses body_timeout bounds
-                        Some(after) if conn.unsent() == Some(0) => *at = now + *after,
-                        _ => ids.push(*id),
+                for (id, (at, conn, wait)) in shard.armed.iter_mut() {
+                    if wait.look(at, now, conn) {
+                        ids.push(*id);
                     }
                 }
                 for id in ids {
@@ -306,25 +352,48 @@ impl HeadDeadline {
     /// Shuts down `conn`'s socket after `after` (within [`TICK`]), unless disarmed
     /// first or the connection closed.
     pub(crate) fn arm(conn: Arc<Connection>, after: Duration) -> Self {
-        Self::arm_as(conn, after, None)
+        Self::arm_as(conn, after, Wait::Fixed)
     }
 
     /// While a request body is sent: shuts `conn`'s socket down once `after` has passed
-    /// with bytes written to it and not taken by the upstream (its send queue not
-    /// empty), so an upstream that stops taking the body is cut even after Pingora's
-    /// write gave up and it waits for an answer. While everything written has been
-    /// taken, the request is waiting for its client, not the upstream: the deadline is
-    /// renewed.
+    /// with bytes written to it that the upstream did not take any of (its send queue
+    /// did not shrink), so an upstream that stops taking the body is cut, even after
+    /// Pingora's write gave up and it waits for an answer. An upstream that takes the
+    /// body slowly is not; and when it has taken everything written, the request is
+    /// waiting for its client, not the upstream.
     pub(crate) fn arm_upload(conn: Arc<Connection>, after: Duration) -> Self {
-        Self::arm_as(conn, after, Some(after))
+        Self::arm_as(
+            conn,
+            after,
+            Wait::Body {
+                after,
+                all_written: false,
+                unsent: None,
+            },
+        )
     }
 
-    fn arm_as(conn: Arc<Connection>, after: Duration, upload: Option<Duration>) -> Self {
+    /// Once a request body is all written: while the upstream takes the rest of it, as
+    /// [`HeadDeadline::arm_upload`]; once it has all of it, the response head must come
+    /// within `after` (as [`HeadDeadline::arm`]).
+    pub(crate) fn arm_sent(conn: Arc<Connection>, after: Duration) -> Self {
+        Self::arm_as(
+            conn,
+            after,
+            Wait::Body {
+                after,
+                all_written: true,
+                unsent: None,
+            },
+        )
+    }
+
+    fn arm_as(conn: Arc<Connection>, after: Duration, wait: Wait) -> Self {
         let r = registry();
         let id = r.next_id.fetch_add(1, Ordering::Relaxed);
         r.shard(id)
             .armed
-            .insert(id, (Instant::now() + after, conn, upload));
+            .insert(id, (Instant::now() + after, conn, wait));
         r.armed.fetch_add(1, Ordering::SeqCst);
         if r.sleeping.load(Ordering::SeqCst) {
             let _idle = lock(&r.idle);

@@ -24,9 +24,9 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
 use serde::Deserialize;
 
-use super::{BuildCtx, BuildError, Policy, PolicyConfig, Stage};
 use crate::context::RequestCtx;
 use crate::forwarding;
+use crate::policy::{BuildCtx, BuildError, Policy, PolicyConfig, Stage};
 
 // === Config ===
 

@@ -21,8 +21,8 @@ use pingora::proxy::Session;
 use pingora::Result;
 use serde::Deserialize;
 
-use super::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
 use crate::context::RequestCtx;
+use crate::policy::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
 use crate::reply::{ErrorCode, Reply};
 
 // === Config ===
@@ -42,7 +42,7 @@ pub struct IpRestrictionConfig {
 fn nets(field: &str, list: &[String]) -> Result<Vec<IpNet>, BuildError> {
     list.iter()
         .map(|s| {
-            crate::config::parse_net(s).ok_or_else(|| {
+            crate::units::parse_net(s).ok_or_else(|| {
                 BuildError::field(
                     field,
                     format!("invalid CIDR {s:?}: expected an address or ADDRESS/PREFIX"),

@@ -15,6 +15,13 @@
 //! head) through [`ConnState::request_done`], reached with [`conn_state`]. HTTP/2
 //! connections (ALPN `h2` or the h2c preface) pass through untouched: their limits are
 //! the h2 options of the proxy service.
+//!
+//! The HTTP/1 head defence lives here whole: the [`scanner`] of request heads, this
+//! guard that applies it and the connection deadlines, and the [`head_deadline`] on
+//! upstream response heads.
+
+pub(crate) mod head_deadline;
+pub mod scanner;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,9 +42,10 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use crate::limits::{HeadScanner, Limits, Scan};
+use crate::config::limits::Limits;
 use crate::metrics::{Metrics, NO_ROUTE};
 use crate::reply::{ErrorCode, Reply};
+use scanner::{HeadScanner, Scan};
 
 /// A deadline's timer: Pingora's (`pingora-timeout`), which one thread drives for the
 /// whole process at 10 ms precision, rather than tokio's: a tokio timer armed on every

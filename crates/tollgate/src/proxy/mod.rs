@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::access_log::AccessLogger;
 use crate::context::RequestCtx;
 use crate::forwarding;
-use crate::head_deadline::{Connection, PeerTracer};
+use crate::guard::head_deadline::{Connection, PeerTracer};
 use crate::metrics::{Metrics, NO_ROUTE};
 use crate::policy::Flow;
 use crate::reply::{ErrorCode, Reply};
@@ -24,6 +24,11 @@ use crate::request_id;
 use crate::router::{self, path, Lookup, RequestFacts};
 use crate::runtime::{Route, Snapshot};
 use crate::trace::TraceContext;
+
+mod state;
+
+pub use state::Exchange;
+use state::ProxyState;
 
 /// The gateway: routes requests and runs their policies. Implements Pingora's
 /// [`ProxyHttp`]; see [`crate::service`] to turn it into a Pingora service.
@@ -37,7 +42,7 @@ pub struct Gateway {
     /// their connection, so clients move to new connections (and the new process) while
     /// this one still serves, instead of finding a kept-alive connection closed under them.
     pub(crate) drain: Arc<crate::drain::Drain>,
-    pub(crate) limits: crate::limits::Limits,
+    pub(crate) limits: crate::config::limits::Limits,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -66,6 +71,7 @@ impl Gateway {
         &self,
         session: &mut Session,
         cx: &mut RequestCtx,
+        st: &mut ProxyState,
     ) -> std::result::Result<Arc<Route>, Reply> {
         if self.drain.is_draining() {
             session.set_keepalive(None);
@@ -98,7 +104,7 @@ impl Gateway {
                 }
             };
         cx.request_id = id;
-        cx.request_id_header = header;
+        st.request_id_header = header;
         if let Some(peer) = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -110,14 +116,14 @@ impl Gateway {
             let xff = xff.iter().flatten().filter_map(|v| v.to_str().ok());
             cx.client_ip = Some(snap.client_ip(peer, xff));
         }
-        cx.client_sent_xff = head.forwarded_for;
+        st.client_sent_xff = head.forwarded_for;
         let incoming = head.traceparent.as_ref().and_then(|v| v.to_str().ok());
         cx.trace = Some(
             incoming
                 .and_then(TraceContext::parse)
                 .unwrap_or_else(TraceContext::generate),
         );
-        cx.snapshot = Some(snap.clone());
+        cx.consumers = Some(snap.consumers.clone());
         // the connection guard checked the head already; this catches pipelined heads
         // it did not see
         let req = session.req_header();
@@ -155,7 +161,7 @@ impl Gateway {
         };
         let mut found = snap.router.lookup(&facts);
         // A CORS preflight is routed by the method it asks about, when that route has cors.
-        if crate::policy::cors::is_preflight(req) {
+        if crate::policies::cors::is_preflight(req) {
             let asked = req
                 .headers
                 .get(header::ACCESS_CONTROL_REQUEST_METHOD)
@@ -184,14 +190,15 @@ impl Gateway {
             }
         }
         cx.path = normalised;
-        cx.client_host = head.host;
+        st.client_host = head.host;
         match found {
             Lookup::Found {
                 route,
                 prefix_segments,
             } => {
-                cx.route = snap.routes.get(route).cloned();
-                cx.prefix_segments = prefix_segments;
+                st.route = snap.routes.get(route).cloned();
+                st.prefix_segments = prefix_segments;
+                cx.route = st.route.as_ref().map(|r| r.info.clone());
             }
             Lookup::MethodNotAllowed(allow) => {
                 let mut reply = Reply::refuse(ErrorCode::MethodNotAllowed);
@@ -204,7 +211,7 @@ impl Gateway {
                 return Err(Reply::refuse(ErrorCode::NoRoute));
             }
         }
-        cx.route
+        st.route
             .clone()
             .ok_or_else(|| Reply::refuse(ErrorCode::NoRoute))
     }
@@ -214,6 +221,7 @@ impl Gateway {
         &self,
         session: &mut Session,
         cx: &mut RequestCtx,
+        st: &ProxyState,
         reply: Reply,
     ) -> Result<bool> {
         cx.refusal = reply.code;
@@ -230,7 +238,7 @@ impl Gateway {
         for (n, v) in std::mem::take(&mut cx.response_headers) {
             resp.insert_header(n, v)?;
         }
-        if let Some(route) = cx.route.clone() {
+        if let Some(route) = &st.route {
             route.chain.response_filter(cx, &mut resp)?;
         }
         let head_only = session.req_header().method == http::Method::HEAD;
@@ -243,8 +251,8 @@ impl Gateway {
         Ok(true)
     }
 
-    fn route_label(cx: &RequestCtx) -> &str {
-        match (&cx.route, cx.refusal) {
+    fn route_label<'a>(cx: &RequestCtx, st: &'a ProxyState) -> &'a str {
+        match (&st.route, cx.refusal) {
             (_, Some(ErrorCode::MethodNotAllowed)) | (None, _) => NO_ROUTE,
             (Some(r), _) => r.name.as_str(),
         }
@@ -310,12 +318,13 @@ impl ProxyHttp for Gateway {
     /// Boxed: Pingora keeps the context in its per-request future, which it copies
     /// twice a request; behind a box the 480-byte context is not copied (~1,500
     /// instructions a request fewer than inline, docs/benchmarks.md).
-    type CTX = Box<RequestCtx>;
+    type CTX = Box<Exchange>;
 
-    fn new_ctx(&self) -> Box<RequestCtx> {
-        let mut cx = Box::new(RequestCtx::new());
-        cx.in_flight = Some(self.drain.enter());
-        cx
+    fn new_ctx(&self) -> Box<Exchange> {
+        Box::new(Exchange {
+            cx: RequestCtx::new(),
+            st: ProxyState::new(self.drain.enter()),
+        })
     }
 
     /// No downstream modules. Pingora's default adds a response-compression module
@@ -323,25 +332,27 @@ impl ProxyHttp for Gateway {
     /// not compress responses, so it goes.
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
-    async fn request_filter(&self, session: &mut Session, cx: &mut Self::CTX) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, x: &mut Self::CTX) -> Result<bool> {
+        let Exchange { cx, st } = &mut **x;
         // one place that answers: each `respond(..).await` is a copy of its state
         // machine in this hook's future and code
-        let reply = match self.admit(session, cx) {
+        let reply = match self.admit(session, cx, st) {
             Ok(route) => match route.chain.request_filter(session, cx).await? {
                 Flow::Continue => return Ok(false),
                 Flow::Respond(reply) => reply,
             },
             Err(reply) => reply,
         };
-        self.respond(session, cx, reply).await
+        self.respond(session, cx, st, reply).await
     }
 
     async fn upstream_peer(
         &self,
         session: &mut Session,
-        cx: &mut Self::CTX,
+        x: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        let Some(route) = cx.route.clone() else {
+        let Exchange { cx, st } = &mut **x;
+        let Some(route) = st.route.clone() else {
             return Error::e_explain(
                 ErrorType::InternalError,
                 "no route chosen before upstream_peer",
@@ -353,16 +364,17 @@ impl ProxyHttp for Gateway {
             k.write(cx, &session.req_header().headers, &mut key);
         }
         // a retry releases its hold on the backend that failed before choosing another
-        cx.slot = None;
+        st.slot = None;
         let Some((backend, slot)) =
             up.selector
-                .select(&key, &cx.tried, Some(&up.passive), up.health.is_some())
+                .select(&key, &st.tried, Some(&up.passive), up.health.is_some())
         else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "every backend is unhealthy");
         };
-        cx.slot = slot;
+        st.slot = slot;
         if let Some(addr) = backend.addr.as_inet() {
-            cx.tried.push(*addr);
+            st.tried.push(*addr);
+            cx.backend = Some(*addr);
         }
         let mut peer = HttpPeer::new(backend.addr.clone(), up.tls, up.sni.clone());
         peer.options.connection_timeout = Some(up.connect_timeout);
@@ -389,17 +401,17 @@ impl ProxyHttp for Gateway {
             peer.options.tracer = Some(PeerTracer::tracer(&conn));
             if own_reads {
                 // the connection is known once the request is sent (arm_head_deadline)
-                cx.read_idle = Some(conn.clone());
+                st.read_idle = Some(conn.clone());
             }
-            cx.fresh_conn = Some(conn);
+            st.fresh_conn = Some(conn);
         }
         if up.ca.is_some() {
             peer.options.ca = up.ca.clone();
             peer.group_key = up.trust_key;
         }
-        cx.tries += 1;
-        if cx.upstream_start.is_none() {
-            cx.upstream_start = Some(Instant::now());
+        st.tries += 1;
+        if st.upstream_start.is_none() {
+            st.upstream_start = Some(Instant::now());
         }
         Ok(Box::new(peer))
     }
@@ -408,16 +420,17 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        cx: &mut Self::CTX,
+        x: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        let Exchange { cx, st } = &mut **x;
         // the gateway's own shortage (descriptors, memory, local ports) says nothing
         // about the backend
-        if let (Some(route), Some(addr), false) = (&cx.route, cx.backend(), own_shortage(&e)) {
+        if let (Some(route), Some(addr), false) = (&st.route, cx.backend(), own_shortage(&e)) {
             route.upstream.passive.failed(addr);
         }
-        let retries = cx.route.as_ref().map_or(0, |r| r.upstream.retries);
-        if cx.tries <= retries {
+        let retries = st.route.as_ref().map_or(0, |r| r.upstream.retries);
+        if st.tries <= retries {
             e.set_retry(true);
         }
         e
@@ -430,16 +443,17 @@ impl ProxyHttp for Gateway {
         _peer: &HttpPeer,
         fd: std::os::unix::io::RawFd,
         _digest: Option<&pingora::protocols::Digest>,
-        cx: &mut Self::CTX,
+        x: &mut Self::CTX,
     ) -> Result<()> {
+        let Exchange { st, .. } = &mut **x;
         // a new try: the previous connection's deadline no longer applies
-        cx.head_deadline = None;
-        if cx.route.as_ref().is_some_and(|r| !r.upstream.http2) {
-            cx.upstream_conn = Connection::on(fd, reused, cx.fresh_conn.take());
+        st.head_deadline = None;
+        if st.route.as_ref().is_some_and(|r| !r.upstream.http2) {
+            st.upstream_conn = Connection::on(fd, reused, st.fresh_conn.take());
             if session.is_body_done() {
-                cx.arm_head_deadline();
+                st.arm_head_deadline();
             } else {
-                cx.arm_upload_deadline();
+                st.arm_upload_deadline();
             }
         }
         Ok(())
@@ -450,11 +464,12 @@ impl ProxyHttp for Gateway {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        cx: &mut Self::CTX,
+        x: &mut Self::CTX,
         client_reused: bool,
     ) -> Box<Error> {
+        let Exchange { st, .. } = &mut **x;
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if cx.head_timed_out()
+        if st.head_timed_out()
             || !session.req_header().method.is_idempotent()
             || session.as_ref().retry_buffer_truncated()
         {
@@ -470,12 +485,17 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<bytes::Bytes>,
         end_of_stream: bool,
-        cx: &mut Self::CTX,
+        x: &mut Self::CTX,
     ) -> Result<()> {
+        let Exchange { cx, st } = &mut **x;
         if end_of_stream {
-            cx.arm_head_deadline();
+            st.arm_head_deadline();
+        } else if st.read_idle.is_some() {
+            // the upstream took the last piece (or the pipe to it had room): its
+            // deadline starts again
+            st.arm_upload_deadline();
         }
-        match cx.route.clone() {
+        match st.route.clone() {
             Some(route) => route.chain.request_body_filter(cx, body, end_of_stream),
             None => Ok(()),
         }
@@ -485,13 +505,14 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         up: &mut RequestHeader,
-        cx: &mut Self::CTX,
+        x: &mut Self::CTX,
     ) -> Result<()> {
-        let Some(route) = cx.route.clone() else {
+        let Exchange { cx, st } = &mut **x;
+        let Some(route) = st.route.clone() else {
             return Ok(());
         };
         let strip = if route.strip_prefix {
-            cx.prefix_segments
+            st.prefix_segments
         } else {
             0
         };
@@ -520,7 +541,7 @@ impl ProxyHttp for Gateway {
             }
         }
 
-        let host_header = cx.client_host.clone();
+        let host_header = st.client_host.clone();
         let had_host = host_header.is_some();
         let client_host = host_header.or_else(|| {
             session
@@ -537,12 +558,12 @@ impl ProxyHttp for Gateway {
         let forwarded_for = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| forwarding::forwarded_for(&up.headers, cx.client_sent_xff, a.ip()));
+            .map(|a| forwarding::forwarded_for(&up.headers, st.client_sent_xff, a.ip()));
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         // `or_err_with`, not `or_err`: the latter builds its (boxed) error even when
         // there is none to report
-        let request_id = cx
-            .request_id_header()
+        let request_id = st
+            .request_id_header(&cx.request_id)
             .or_err_with(ErrorType::InvalidHTTPHeader, || "invalid request id")?;
         let consumer = cx
             .consumer
@@ -595,16 +616,17 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
-        cx: &mut Self::CTX,
+        x: &mut Self::CTX,
     ) -> Result<()> {
-        cx.upstream_conn = None;
-        cx.head_deadline = None;
+        let Exchange { cx, st } = &mut **x;
+        st.upstream_conn = None;
+        st.head_deadline = None;
         // the body's first read, when the gateway bounds the upstream's reads itself
-        cx.rearm_read_deadline();
-        if let Some(start) = cx.upstream_start {
-            cx.upstream_elapsed = Some(start.elapsed());
+        st.rearm_read_deadline();
+        if let Some(start) = st.upstream_start {
+            st.upstream_elapsed = Some(start.elapsed());
         }
-        if let (Some(route), Some(addr)) = (&cx.route, cx.backend()) {
+        if let (Some(route), Some(addr)) = (&st.route, cx.backend()) {
             route.upstream.passive.succeeded(addr);
         }
         forwarding::strip_response_hop_by_hop(resp);
@@ -616,14 +638,15 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         _body: &mut Option<bytes::Bytes>,
         end_of_stream: bool,
-        cx: &mut Self::CTX,
+        x: &mut Self::CTX,
     ) -> Result<Option<std::time::Duration>> {
-        if cx.read_idle.is_some() {
+        let Exchange { st, .. } = &mut **x;
+        if st.read_idle.is_some() {
             if end_of_stream {
-                cx.read_idle = None;
-                cx.head_deadline = None;
+                st.read_idle = None;
+                st.head_deadline = None;
             } else {
-                cx.rearm_read_deadline();
+                st.rearm_read_deadline();
             }
         }
         Ok(None)
@@ -633,14 +656,15 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
-        cx: &mut Self::CTX,
+        x: &mut Self::CTX,
     ) -> Result<()> {
-        let id = cx
-            .request_id_header()
+        let Exchange { cx, st } = &mut **x;
+        let id = st
+            .request_id_header(&cx.request_id)
             .or_err_with(ErrorType::InvalidHTTPHeader, || "invalid request id")?;
         // room for what goes in: a map with room to spare is not rebuilt (Pingora's
         // `Date` and `Connection` replace the upstream's)
-        let headroom = cx.route.as_ref().map_or(0, |r| policy_headroom(&r.chain));
+        let headroom = st.route.as_ref().map_or(0, |r| policy_headroom(&r.chain));
         // the policies' headers go on the final answer only (taken, not cloned: a clone
         // of a fresh header value allocates); an interim one passes here before it
         let set = if forwarding::is_interim(resp.status) {
@@ -654,7 +678,7 @@ impl ProxyHttp for Gateway {
                 h.insert(n, v);
             }
         })?;
-        if let Some(route) = cx.route.clone() {
+        if let Some(route) = st.route.clone() {
             route.chain.response_filter(cx, resp)?;
         }
         Ok(())
@@ -664,14 +688,15 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         e: &Error,
-        cx: &mut Self::CTX,
+        x: &mut Self::CTX,
     ) -> FailToProxy {
-        let code = if cx.head_timed_out() {
+        let Exchange { cx, st } = &mut **x;
+        let code = if st.head_timed_out() {
             Some(ErrorCode::GatewayTimeout)
         } else {
             classify(e)
         };
-        cx.head_deadline = None;
+        st.head_deadline = None;
         let status = match code {
             Some(code) if session.response_written().is_none() => {
                 if cx.request_id.is_empty() {
@@ -679,7 +704,7 @@ impl ProxyHttp for Gateway {
                 }
                 let reply = Reply::refuse(code);
                 let status = reply.status.as_u16();
-                if let Err(we) = self.respond(session, cx, reply).await {
+                if let Err(we) = self.respond(session, cx, st, reply).await {
                     tracing::debug!("could not write error response: {we}");
                 }
                 status
@@ -696,7 +721,8 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, cx: &mut Self::CTX) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, x: &mut Self::CTX) {
+        let Exchange { cx, st } = &mut **x;
         if let Some(conn) = session
             .as_downstream()
             .stream()
@@ -705,16 +731,16 @@ impl ProxyHttp for Gateway {
             conn.request_done();
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let route = Self::route_label(cx);
-        let elapsed = cx.start.elapsed();
+        let route = Self::route_label(cx, st);
+        let elapsed = st.start.elapsed();
         let method = &session.req_header().method;
-        match cx.route.as_ref().filter(|r| r.name == route) {
+        match st.route.as_ref().filter(|r| r.name == route) {
             Some(r) => self.metrics.observe_routed(
                 (&r.name, &r.upstream.name, &r.metrics),
                 method,
                 status,
                 elapsed.as_secs_f64(),
-                cx.upstream_elapsed.map(|t| t.as_secs_f64()),
+                st.upstream_elapsed.map(|t| t.as_secs_f64()),
             ),
             None => self
                 .metrics
@@ -723,11 +749,18 @@ impl ProxyHttp for Gateway {
         if let Some(code) = cx.refusal {
             self.metrics.refusal(route, code.as_str());
         }
-        if let Some(r) = cx.route.clone() {
+        if let Some(r) = st.route.clone() {
             r.chain.logging(cx, e);
         }
         if let Some(log) = &self.access_log {
-            log.log(session, cx, status, elapsed, session.body_bytes_sent());
+            log.log(
+                session,
+                cx,
+                status,
+                elapsed,
+                st.upstream_elapsed,
+                session.body_bytes_sent(),
+            );
         }
         if let (Some(spans), Some(trace)) = (&self.spans, &cx.trace) {
             let req = session.req_header();
@@ -740,8 +773,8 @@ impl ProxyHttp for Gateway {
                     cx.path.as_str()
                 },
                 status,
-                route: cx.route.as_ref().map(|r| r.name.as_str()),
-                upstream: cx.route.as_ref().map(|r| r.upstream.name.as_str()),
+                route: st.route.as_ref().map(|r| r.name.as_str()),
+                upstream: st.route.as_ref().map(|r| r.upstream.name.as_str()),
                 backend: cx.backend().map(|a| a.to_string()),
                 consumer: cx.consumer.as_ref().map(|c| c.name.as_str()),
                 client_ip: cx.client_ip.map(|ip| ip.to_string()),

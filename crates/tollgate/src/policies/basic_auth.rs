@@ -25,8 +25,8 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use serde::Deserialize;
 
-use super::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
 use crate::context::RequestCtx;
+use crate::policy::{BuildCtx, BuildError, Flow, Policy, PolicyConfig, Stage};
 use crate::reply::{ErrorCode, Reply};
 
 // === Config ===
@@ -39,7 +39,7 @@ pub struct BasicAuthConfig {
     #[serde(default = "default_realm")]
     pub realm: String,
     /// Remove `Authorization` before forwarding. Default: `true`.
-    #[serde(default = "super::default_true")]
+    #[serde(default = "crate::policies::default_true")]
     pub hide_credentials: bool,
 }
 
@@ -122,11 +122,11 @@ impl Policy for BasicAuth {
         let Some((user, password)) = parse_basic(value.as_bytes()) else {
             return Ok(self.refuse("malformed Basic credentials"));
         };
-        let Some(snapshot) = cx.snapshot.clone() else {
+        let Some(consumers) = cx.consumers_shared() else {
             return Error::e_explain(ErrorType::InternalError, "basic_auth ran before routing");
         };
         let verified =
-            tokio::task::spawn_blocking(move || snapshot.consumers.verify_basic(&user, &password))
+            tokio::task::spawn_blocking(move || consumers.verify_basic(&user, &password))
                 .await
                 .map_err(|e| {
                     Error::because(ErrorType::InternalError, "password check failed", e)

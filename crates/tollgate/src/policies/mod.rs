@@ -1,0 +1,46 @@
+//! The built-in policies. Each uses only the policy API ([`crate::policy`]), as a
+//! policy of yours would; their config types are public so their options are
+//! documented here.
+
+pub mod acl;
+pub mod basic_auth;
+pub mod body_limit;
+pub mod concurrency_limit;
+pub mod cors;
+pub mod headers;
+pub mod ip_restriction;
+pub mod jwt_auth;
+pub mod key_auth;
+pub mod rate_limit;
+
+use crate::policy::Registry;
+
+impl Registry {
+    /// A registry with every built-in policy.
+    pub fn with_builtins() -> Self {
+        let mut r = Self::empty();
+        r.register::<ip_restriction::IpRestrictionConfig>("ip_restriction");
+        r.register::<cors::CorsConfig>("cors");
+        r.register::<key_auth::KeyAuthConfig>("key_auth");
+        r.register::<basic_auth::BasicAuthConfig>("basic_auth");
+        r.register::<jwt_auth::JwtAuthConfig>("jwt_auth");
+        r.register::<acl::AclConfig>("acl");
+        r.register::<rate_limit::RateLimitConfig>("rate_limit");
+        r.register::<concurrency_limit::ConcurrencyLimitConfig>("concurrency_limit");
+        r.register::<body_limit::BodyLimitConfig>("body_limit");
+        r.register::<headers::RequestHeadersConfig>("request_headers");
+        r.register::<headers::ResponseHeadersConfig>("response_headers");
+        r
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::with_builtins()
+    }
+}
+
+/// `true`, for serde defaults of policy flags such as `hide_credentials`.
+pub(crate) fn default_true() -> bool {
+    true
+}

@@ -1,0 +1,131 @@
+//! The proxy's own per-request state, beside the [`RequestCtx`] the policies see.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::balance::BackendSlot;
+use crate::context::RequestCtx;
+use crate::drain::InFlight;
+use crate::guard::head_deadline::{Connection, HeadDeadline};
+use crate::runtime::Route;
+
+/// Pingora's per-request context for the gateway: what the policies see, and the
+/// proxy's bookkeeping.
+#[derive(Debug)]
+pub struct Exchange {
+    pub(crate) cx: RequestCtx,
+    pub(crate) st: ProxyState,
+}
+
+/// The proxy's bookkeeping of one request: its route, the backends tried, connection
+/// slots, deadlines and timings.
+#[derive(Debug)]
+pub(crate) struct ProxyState {
+    /// `cx.request_id` as a header value, made once for the headers that carry it.
+    pub(crate) request_id_header: Option<http::HeaderValue>,
+    /// The client's `Host` (for `X-Forwarded-Host`), and whether it sent an
+    /// `X-Forwarded-For`: read once, with the rest of the head.
+    pub(crate) client_host: Option<http::HeaderValue>,
+    pub(crate) client_sent_xff: bool,
+    pub(crate) route: Option<Arc<Route>>,
+    pub(crate) prefix_segments: usize,
+    pub(crate) start: Instant,
+    pub(crate) upstream_start: Option<Instant>,
+    pub(crate) upstream_elapsed: Option<std::time::Duration>,
+    pub(crate) tries: usize,
+    /// Backends tried, in order; the last is the one the request went to.
+    /// Inline for the usual one or two tries: no allocation per request.
+    pub(crate) tried: smallvec::SmallVec<[std::net::SocketAddr; 2]>,
+    pub(crate) slot: Option<BackendSlot>,
+    /// The connection Pingora opens if the current try needs a new one (HTTP/1).
+    pub(crate) fresh_conn: Option<Arc<Connection>>,
+    /// The HTTP/1 upstream connection of the current try, until its deadline is armed.
+    pub(crate) upstream_conn: Option<Arc<Connection>>,
+    pub(crate) head_deadline: Option<HeadDeadline>,
+    /// With a request body: the upstream connection whose reads the gateway bounds
+    /// itself, each by `read_timeout`, once the request is sent (Pingora's own read
+    /// timeout would also run while the upstream waits for a slow client).
+    pub(crate) read_idle: Option<Arc<Connection>>,
+    /// Counts the request as in flight for a graceful shutdown, until dropped.
+    _in_flight: InFlight,
+}
+
+impl ProxyState {
+    pub(crate) fn new(in_flight: InFlight) -> Self {
+        Self {
+            request_id_header: None,
+            client_host: None,
+            client_sent_xff: false,
+            route: None,
+            prefix_segments: 0,
+            start: Instant::now(),
+            upstream_start: None,
+            upstream_elapsed: None,
+            tries: 0,
+            tried: smallvec::SmallVec::new(),
+            slot: None,
+            fresh_conn: None,
+            upstream_conn: None,
+            head_deadline: None,
+            read_idle: None,
+            _in_flight: in_flight,
+        }
+    }
+
+    /// `request_id` as a header value (`None` if a policy made it invalid).
+    pub(crate) fn request_id_header(&self, request_id: &str) -> Option<http::HeaderValue> {
+        match &self.request_id_header {
+            Some(v) if v.as_bytes() == request_id.as_bytes() => Some(v.clone()),
+            _ => http::HeaderValue::from_str(request_id).ok(),
+        }
+    }
+
+    /// Whether the upstream's response head missed its deadline.
+    pub(crate) fn head_timed_out(&self) -> bool {
+        self.head_deadline.as_ref().is_some_and(|d| d.expired())
+    }
+
+    /// Starts the response-head deadline of the current try, once both the upstream
+    /// connection is known and the request has been sent.
+    pub(crate) fn arm_head_deadline(&mut self) {
+        let (Some(conn), Some(route)) = (self.upstream_conn.take(), &self.route) else {
+            return;
+        };
+        let after = route.upstream.read_timeout;
+        self.head_deadline = None;
+        self.head_deadline = Some(if self.read_idle.is_some() {
+            // a body: its end may still be in the socket's buffers, on its way to a
+            // slow upstream; the head's time starts once the upstream has all of it
+            self.read_idle = Some(conn.clone());
+            HeadDeadline::arm_sent(conn, after)
+        } else {
+            HeadDeadline::arm(conn, after)
+        });
+    }
+
+    /// While the request body is sent, on a request whose upstream reads the gateway
+    /// bounds itself ([`Self::read_idle`]): an upstream that stops taking the body is
+    /// cut after `read_timeout`, a client that pauses is not blamed on it.
+    pub(crate) fn arm_upload_deadline(&mut self) {
+        let (Some(conn), Some(_), Some(route)) =
+            (&self.upstream_conn, &self.read_idle, &self.route)
+        else {
+            return;
+        };
+        let after = route.upstream.read_timeout;
+        self.head_deadline = None;
+        self.head_deadline = Some(HeadDeadline::arm_upload(conn.clone(), after));
+    }
+
+    /// For a request whose upstream reads the gateway bounds itself
+    /// ([`Self::read_idle`]): the next read from the upstream must come within
+    /// `read_timeout`.
+    pub(crate) fn rearm_read_deadline(&mut self) {
+        if let (Some(conn), Some(route)) = (&self.read_idle, &self.route) {
+            let after = route.upstream.read_timeout;
+            self.head_deadline = None;
+            self.head_deadline = Some(HeadDeadline::arm(conn.clone(), after));
+        }
+    }
+}
