@@ -448,3 +448,86 @@ impl Link {
         &self.policy
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reply::ErrorCode;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncWriteExt;
+
+    /// Counts its `logging` calls; continues or refuses in `request_filter`.
+    struct Counting {
+        stage: Stage,
+        refuse: bool,
+        logged: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl Policy for Counting {
+        fn stage(&self) -> Stage {
+            self.stage
+        }
+        async fn request_filter(&self, _: &mut Session, _: &mut RequestCtx) -> Result<Flow> {
+            Ok(if self.refuse {
+                Flow::Respond(Reply::refuse(ErrorCode::Forbidden))
+            } else {
+                Flow::Continue
+            })
+        }
+        fn logging(&self, _: &RequestCtx, _: Option<&pingora::Error>) {
+            self.logged.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn session() -> Session {
+        let (mut client, server) = tokio::io::duplex(4096);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        let mut s = Session::new_h1(Box::new(server));
+        assert!(s.read_request().await.unwrap());
+        // the client end must outlive the session's use
+        std::mem::forget(client);
+        s
+    }
+
+    #[tokio::test]
+    async fn a_policy_logs_only_requests_its_request_filter_saw() {
+        // run order: auth a (refuses), auth b (authenticates), auth c (skipped),
+        // custom x (refuses), traffic y (never reached)
+        let spec = [
+            ("a", Stage::Authentication, true),
+            ("b", Stage::Authentication, false),
+            ("c", Stage::Authentication, false),
+            ("x", Stage::Custom, true),
+            ("y", Stage::Traffic, false),
+        ];
+        let counts: Vec<Arc<AtomicUsize>> = spec.iter().map(|_| Arc::default()).collect();
+        let chain = Chain::new(
+            spec.iter()
+                .zip(&counts)
+                .map(|((name, stage, refuse), logged)| {
+                    let p = Counting {
+                        stage: *stage,
+                        refuse: *refuse,
+                        logged: logged.clone(),
+                    };
+                    (Arc::from(*name), Arc::new(p) as BoxPolicy)
+                })
+                .collect(),
+        );
+        let mut session = session().await;
+        let mut cx = RequestCtx::new();
+        let flow = chain.request_filter(&mut session, &mut cx).await.unwrap();
+        assert!(matches!(flow, Flow::Respond(_)), "x refused");
+        chain.logging(&cx, None);
+        let logged: Vec<usize> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        assert_eq!(
+            logged,
+            [1, 1, 0, 1, 0],
+            "a, b and x ran; c was skipped, y not reached"
+        );
+    }
+}
