@@ -15,9 +15,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use jsonwebtoken::{encode, Algorithm, DecodingKey, EncodingKey, Header};
-use tollgate::consumer::{Consumer, Consumers};
 use tollgate::policies::jwt_auth::{JwtAuth, JwtAuthConfig};
 use tollgate::policy::{BuildCtx, PolicyConfig};
+use tollgate::{Consumer, Consumers};
 
 fn bench_key_lookup(c: &mut Criterion) {
     let mut group = c.benchmark_group("key_lookup");

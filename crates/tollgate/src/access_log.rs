@@ -21,7 +21,7 @@ const QUEUE: usize = 16 * 1024;
 
 /// Sends access log lines to the writer thread.
 #[derive(Debug, Clone)]
-pub struct AccessLogger {
+pub(crate) struct AccessLogger {
     tx: SyncSender<String>,
     dropped: IntCounter,
     reopen: Arc<AtomicBool>,
@@ -33,7 +33,7 @@ impl AccessLogger {
     ///
     /// # Errors
     /// The file cannot be opened for appending.
-    pub fn start(dest: &AccessLog, dropped: IntCounter) -> std::io::Result<Option<Self>> {
+    pub(crate) fn start(dest: &AccessLog, dropped: IntCounter) -> std::io::Result<Option<Self>> {
         let out = match dest {
             AccessLog::Off => return Ok(None),
             AccessLog::Stdout => Output::Stdout(std::io::stdout()),
@@ -55,7 +55,7 @@ impl AccessLogger {
 
     /// Asks the writer to reopen the log file (after rotation moved it away); lines
     /// queued before are written to the old file, later ones to the new. No-op for stdout.
-    pub fn reopen(&self) {
+    pub(crate) fn reopen(&self) {
         self.reopen.store(true, Ordering::Release);
         // wake the writer; if the queue is full it is awake anyway
         let _ = self.tx.try_send(String::new());

@@ -32,7 +32,7 @@ pub(crate) enum Balance {
 /// `threshold` times in a row is skipped for `cooldown`, then tried again (one failure
 /// then takes it out again); any response from it resets its count.
 #[derive(Debug)]
-pub struct Passive {
+pub(crate) struct Passive {
     threshold: u32,
     cooldown_ms: u64,
     epoch: tokio::time::Instant,
@@ -41,7 +41,7 @@ pub struct Passive {
 
 impl Passive {
     /// Tracks these backend addresses.
-    pub fn new(
+    pub(crate) fn new(
         addrs: impl IntoIterator<Item = SocketAddr>,
         threshold: u32,
         cooldown: std::time::Duration,
@@ -59,7 +59,7 @@ impl Passive {
     }
 
     /// Records a failed connect to `addr`.
-    pub fn failed(&self, addr: SocketAddr) {
+    pub(crate) fn failed(&self, addr: SocketAddr) {
         if let Some((n, until)) = self.state.get(&addr) {
             if n.fetch_add(1, Ordering::AcqRel) + 1 >= self.threshold {
                 until.store(self.now_ms() + self.cooldown_ms, Ordering::Release);
@@ -68,7 +68,7 @@ impl Passive {
     }
 
     /// Records a response from `addr`.
-    pub fn succeeded(&self, addr: SocketAddr) {
+    pub(crate) fn succeeded(&self, addr: SocketAddr) {
         if let Some((n, until)) = self.state.get(&addr) {
             n.store(0, Ordering::Release);
             until.store(0, Ordering::Release);
@@ -76,7 +76,7 @@ impl Passive {
     }
 
     /// True while `addr` is taken out.
-    pub fn is_down(&self, addr: SocketAddr) -> bool {
+    pub(crate) fn is_down(&self, addr: SocketAddr) -> bool {
         // the usual case, never taken out, reads no clock
         self.state.get(&addr).is_some_and(|(_, until)| {
             let until = until.load(Ordering::Acquire);
@@ -87,12 +87,12 @@ impl Passive {
 
 /// In-flight requests per backend, for `least_conn`.
 #[derive(Debug, Default)]
-pub struct LeastConn {
+pub(crate) struct LeastConn {
     inflight: HashMap<SocketAddr, AtomicUsize>,
 }
 
 /// One request's hold on a backend; dropping it ends the request for `least_conn`.
-pub struct BackendSlot {
+pub(crate) struct BackendSlot {
     counts: Arc<LeastConn>,
     addr: SocketAddr,
 }
@@ -113,7 +113,7 @@ impl Drop for BackendSlot {
 
 impl LeastConn {
     /// Tracks these backend addresses.
-    pub fn new(addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
+    pub(crate) fn new(addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
         Self {
             inflight: addrs
                 .into_iter()
@@ -123,7 +123,7 @@ impl LeastConn {
     }
 
     /// Requests in flight on `addr`.
-    pub fn inflight(&self, addr: SocketAddr) -> usize {
+    pub(crate) fn inflight(&self, addr: SocketAddr) -> usize {
         self.inflight
             .get(&addr)
             .map_or(0, |c| c.load(Ordering::Acquire))

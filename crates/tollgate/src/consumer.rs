@@ -19,8 +19,6 @@ use rustc_hash::FxBuildHasher;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::policy::BoxPolicy;
-
 /// An authenticated consumer (`[consumers.NAME]`).
 #[derive(Clone)]
 pub struct Consumer {
@@ -28,21 +26,17 @@ pub struct Consumer {
     pub name: String,
     /// The consumer's groups, for `acl`.
     pub groups: Vec<String>,
-    /// `[consumers.NAME.policies.*]`: for this consumer's requests, each replaces the
-    /// route's policy of the same name (policies after authentication only).
-    pub policies: Vec<(Arc<str>, BoxPolicy)>,
     /// `name` as the `X-Consumer-Name` value, made when the consumer is indexed
     /// ([`Consumers::insert`]), after which it no longer changes.
     name_header: Option<HeaderValue>,
 }
 
 impl Consumer {
-    /// A consumer with groups and no policy overrides.
+    /// A consumer with groups.
     pub fn new(name: impl Into<String>, groups: Vec<String>) -> Self {
         Self {
             name: name.into(),
             groups,
-            policies: Vec::new(),
             name_header: None,
         }
     }
@@ -55,14 +49,6 @@ impl Consumer {
             None => HeaderValue::from_str(&self.name).ok(),
         }
     }
-
-    /// This consumer's override of policy `name`, if any.
-    pub fn policy(&self, name: &str) -> Option<&BoxPolicy> {
-        self.policies
-            .iter()
-            .find(|(n, _)| &**n == name)
-            .map(|(_, p)| p)
-    }
 }
 
 impl fmt::Debug for Consumer {
@@ -70,10 +56,6 @@ impl fmt::Debug for Consumer {
         f.debug_struct("Consumer")
             .field("name", &self.name)
             .field("groups", &self.groups)
-            .field(
-                "policies",
-                &self.policies.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-            )
             .finish()
     }
 }
@@ -241,8 +223,8 @@ impl Consumers {
         self.by_name.keys().map(String::as_str)
     }
 
-    /// The consumer owning API key `key`: one hash probe on the key's digest (see the
-    /// [module docs](self) on timing).
+    /// The consumer owning API key `key`: one hash probe on the key's SHA-256 digest,
+    /// so its time does not depend on how much of a key matches.
     pub fn by_api_key(&self, key: &[u8]) -> Option<&Arc<Consumer>> {
         self.by_key.get(&KeyDigest(digest(key)))
     }

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-pub use crate::consumer::Consumer;
+pub(crate) use crate::consumer::Consumer;
 use crate::consumer::Consumers;
 use crate::reply::ErrorCode;
 

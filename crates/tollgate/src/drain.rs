@@ -18,6 +18,9 @@ use tokio::sync::{watch, Notify};
 /// The gateway's count of requests in flight and its draining state.
 pub(crate) struct Drain {
     in_flight: AtomicUsize,
+    /// Open HTTP/2 connections: a stream's answer is written by its connection's task,
+    /// which must not be dropped before it has flushed the last frames.
+    h2_open: AtomicUsize,
     draining: AtomicBool,
     /// Told when the count falls to zero while draining.
     idle: Notify,
@@ -31,6 +34,7 @@ impl Default for Drain {
     fn default() -> Self {
         Self {
             in_flight: AtomicUsize::new(0),
+            h2_open: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             idle: Notify::new(),
             stop_accepting: watch::channel(false).0,
@@ -43,6 +47,7 @@ impl std::fmt::Debug for Drain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Drain")
             .field("in_flight", &self.in_flight)
+            .field("h2_open", &self.h2_open)
             .field("draining", &self.draining)
             .finish_non_exhaustive()
     }
@@ -54,14 +59,17 @@ pub(crate) struct InFlight(Arc<Drain>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        // the last one out wakes a drain that waits (the store of `draining` and the
-        // waiter's read of the count are both SeqCst with these, so one of the two sees
-        // the other)
-        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
-            && self.0.draining.load(Ordering::SeqCst)
-        {
-            self.0.idle.notify_waiters();
-        }
+        self.0.left(&self.0.in_flight);
+    }
+}
+
+/// One open HTTP/2 connection, counted while this lives.
+#[derive(Debug)]
+pub(crate) struct H2Open(Arc<Drain>);
+
+impl Drop for H2Open {
+    fn drop(&mut self) {
+        self.0.left(&self.0.h2_open);
     }
 }
 
@@ -72,9 +80,29 @@ impl Drain {
         InFlight(self.clone())
     }
 
+    /// Counts an HTTP/2 connection until the returned guard is dropped.
+    pub(crate) fn open_h2(self: &Arc<Self>) -> H2Open {
+        self.h2_open.fetch_add(1, Ordering::SeqCst);
+        H2Open(self.clone())
+    }
+
+    /// One of `count` is gone: the last one out wakes a drain that waits (the store of
+    /// `draining` and the waiter's reads of the counts are both SeqCst with these, so
+    /// one of the two sees the other).
+    fn left(&self, count: &AtomicUsize) {
+        if count.fetch_sub(1, Ordering::SeqCst) == 1 && self.draining.load(Ordering::SeqCst) {
+            self.idle.notify_waiters();
+        }
+    }
+
     /// Requests in flight now.
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Nothing to wait for: no request in flight, no HTTP/2 connection still writing.
+    fn idle(&self) -> bool {
+        self.in_flight() == 0 && self.h2_open.load(Ordering::SeqCst) == 0
     }
 
     /// From now on answers close their HTTP/1 connections. Returns whether this call
@@ -111,7 +139,9 @@ impl Drain {
         self.fds.lock().ok().and_then(|f| f.clone())
     }
 
-    /// Waits until no request is in flight, or `timeout`. Returns how many were left.
+    /// Waits until no request is in flight and every HTTP/2 connection has closed (it
+    /// closes once its streams are done and its GOAWAY is flushed), or `timeout`.
+    /// Returns how many requests were left.
     pub(crate) async fn wait_idle(&self, timeout: Duration) -> usize {
         self.start();
         let wait = async {
@@ -119,7 +149,7 @@ impl Drain {
                 let idle = self.idle.notified();
                 tokio::pin!(idle);
                 idle.as_mut().enable();
-                if self.in_flight() == 0 {
+                if self.idle() {
                     return;
                 }
                 idle.await;

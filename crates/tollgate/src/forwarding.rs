@@ -55,7 +55,7 @@ fn protected(n: &HeaderName) -> bool {
 /// look-up costs a hash of the name and a probe, and the usual request has fewer
 /// headers than the gateway has questions.
 #[derive(Debug, Default)]
-pub struct HeadFacts {
+pub(crate) struct HeadFacts {
     /// The first `Host`.
     pub host: Option<HeaderValue>,
     /// The first `X-Request-Id`.
@@ -74,7 +74,7 @@ pub struct HeadFacts {
 
 impl HeadFacts {
     /// Reads `headers`.
-    pub fn of(headers: &HeaderMap) -> Self {
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
         let mut f = Self::default();
         for (n, v) in headers {
             if n == header::HOST {
@@ -109,7 +109,7 @@ fn untrusted(name: &[u8]) -> bool {
 /// (`X_User`: some servers treat `_` and `-` alike, so such a header could impersonate
 /// one the gateway checks or sets) and every `X-Consumer-*` (only the gateway says who
 /// the consumer is). Routes, policies and the upstream never see them.
-pub fn drop_untrusted_headers(req: &mut RequestHeader) {
+pub(crate) fn drop_untrusted_headers(req: &mut RequestHeader) {
     for n in names_where(&req.headers, |n| untrusted(n.as_str().as_bytes())) {
         req.remove_header(&n);
     }
@@ -117,7 +117,7 @@ pub fn drop_untrusted_headers(req: &mut RequestHeader) {
 
 /// Collapses repeated identical `Content-Length` headers (the connection guard refused
 /// differing ones) into one, so the upstream sees a single length.
-pub fn collapse_content_length(req: &mut RequestHeader) {
+pub(crate) fn collapse_content_length(req: &mut RequestHeader) {
     let mut values = req.headers.get_all(header::CONTENT_LENGTH).iter();
     let (Some(first), Some(_)) = (values.next().cloned(), values.next()) else {
         return;
@@ -127,7 +127,7 @@ pub fn collapse_content_length(req: &mut RequestHeader) {
 
 /// Whether `Connection` names a header the gateway protects (see [`protected`]); such a
 /// request is refused rather than forwarded without the header.
-pub fn connection_names_protected(headers: &HeaderMap) -> bool {
+pub(crate) fn connection_names_protected(headers: &HeaderMap) -> bool {
     connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .any(|n| protected(&n))
@@ -152,7 +152,7 @@ pub(crate) fn is_interim(status: http::StatusCode) -> bool {
 /// request policy (`HttpUpstreamRequestPolicy::standard`, which the proxy sets on
 /// every peer) strips the standard hop-by-hop headers and those `Connection` names,
 /// and keeps a WebSocket upgrade's.
-pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+pub(crate) fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
         return;
     }
@@ -203,7 +203,7 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
 /// this way: header names go upstream in lower case (the common standard ones
 /// capitalised, `Host`, `Content-Type`, …), as Envoy and HAProxy send them and as
 /// HTTP/2 has them anyway; names are case-insensitive (RFC 9110 §5.1).
-pub fn edit_headers(
+pub(crate) fn edit_headers(
     req: &mut RequestHeader,
     additional: usize,
     edit: impl FnOnce(&mut HeaderMap),
@@ -227,7 +227,7 @@ pub fn edit_headers(
 }
 
 /// [`edit_headers`] for a response on its way to the client (its reason phrase kept).
-pub fn edit_response_headers(
+pub(crate) fn edit_response_headers(
     resp: &mut ResponseHeader,
     additional: usize,
     edit: impl FnOnce(&mut HeaderMap),
@@ -249,7 +249,7 @@ pub fn edit_response_headers(
 /// by the peer's address.
 /// `client_sent` says whether the client sent any (so the headers need no look-up when
 /// it did not).
-pub fn forwarded_for(
+pub(crate) fn forwarded_for(
     headers: &HeaderMap,
     client_sent: bool,
     peer: std::net::IpAddr,
@@ -292,7 +292,7 @@ pub fn forwarded_for(
 
 /// The path sent upstream: the normalised path minus the matched prefix
 /// (`strip_prefix`), then `rewrite`, plus the original query.
-pub fn upstream_path(
+pub(crate) fn upstream_path(
     normalised: &str,
     strip_segments: usize,
     rewrite: Option<&(regex::Regex, String)>,

@@ -159,42 +159,15 @@ impl Default for GatewayBuilder {
 }
 
 /// Why a gateway could not be built from a file.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// The config file is unreadable or invalid (every error, with line and column).
-    Config(LoadError),
+    #[error("{0}")]
+    Config(#[from] LoadError),
     /// The access log could not be opened, or a thread not started.
-    Io(std::io::Error),
-}
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Config(e) => write!(f, "{e}"),
-            Self::Io(e) => write!(f, "cannot start the gateway: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for StartError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Config(e) => Some(e),
-            Self::Io(e) => Some(e),
-        }
-    }
-}
-
-impl From<LoadError> for StartError {
-    fn from(e: LoadError) -> Self {
-        Self::Config(e)
-    }
-}
-
-impl From<std::io::Error> for StartError {
-    fn from(e: std::io::Error) -> Self {
-        Self::Io(e)
-    }
+    #[error("cannot start the gateway: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// What a successful [`GatewayHandle::reload`] did.
@@ -241,8 +214,7 @@ impl GatewayHandle {
 
     /// From now on every answer closes its HTTP/1 connection (`Connection: close`), so
     /// that clients reconnect. Called when the process hands its sockets to a new one
-    /// (graceful upgrade) or begins a graceful shutdown; see
-    /// [`crate::server::signal_handlers`].
+    /// (graceful upgrade) or begins a graceful shutdown (see [`ShutdownSignals`]).
     pub fn start_draining(&self) {
         if self.drain.start() {
             tracing::info!("draining: answers now close their connections");
@@ -324,7 +296,12 @@ impl GatewayHandle {
         opts.h2c = true;
         proxy.server_options = Some(opts);
         proxy.h2_options = Some(self.h2_options());
-        let guarded = Guarded::new(proxy, self.server.limits, self.metrics.clone());
+        let guarded = Guarded::new(
+            proxy,
+            self.server.limits,
+            self.metrics.clone(),
+            self.drain.clone(),
+        );
         ListenerService::new("proxy", self.server.listen.clone(), guarded)
             .tls(self.server.tls.clone())
             .tls_hello_deadline(self.server.limits.header_timeout)

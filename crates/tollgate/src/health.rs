@@ -26,7 +26,7 @@ use crate::runtime::{HealthSchedule, Snapshot, Upstream};
 ///
 /// It sleeps until the next check is due, or until a reload (which may bring checks
 /// that are due at once): a gateway without health checks never wakes for them.
-pub struct HealthChecker {
+pub(crate) struct HealthChecker {
     pub(crate) state: Arc<ArcSwap<Snapshot>>,
     pub(crate) metrics: Metrics,
     /// Changes on every reload.

@@ -11,7 +11,7 @@ use prometheus::{
 };
 
 /// The `route` label of requests refused before a route was chosen (and of 405s).
-pub const NO_ROUTE: &str = "_none";
+pub(crate) const NO_ROUTE: &str = "_none";
 
 /// Latency buckets in seconds: 0.5 ms .. 30 s.
 const BUCKETS: &[f64] = &[
@@ -153,17 +153,17 @@ impl Metrics {
     }
 
     /// `tollgate_access_log_dropped_total`.
-    pub fn access_log_dropped(&self) -> &IntCounter {
+    pub(crate) fn access_log_dropped(&self) -> &IntCounter {
         &self.log_dropped
     }
 
     /// `tollgate_trace_spans_dropped_total`.
-    pub fn spans_dropped(&self) -> &IntCounter {
+    pub(crate) fn spans_dropped(&self) -> &IntCounter {
         &self.spans_dropped
     }
 
     /// Records one finished request.
-    pub fn observe_request(&self, route: &str, method: &Method, status: u16, seconds: f64) {
+    pub(crate) fn observe_request(&self, route: &str, method: &Method, status: u16, seconds: f64) {
         let mut buf = [0u8; 3];
         self.requests
             .with_label_values(&[route, method_label(method), status_label(status, &mut buf)])
@@ -219,26 +219,26 @@ impl Metrics {
     }
 
     /// Records the time an upstream took to answer.
-    pub fn observe_upstream(&self, upstream: &str, seconds: f64) {
+    pub(crate) fn observe_upstream(&self, upstream: &str, seconds: f64) {
         self.upstream_duration
             .with_label_values(&[upstream])
             .observe(seconds);
     }
 
     /// Records a refusal made by the gateway.
-    pub fn refusal(&self, route: &str, reason: &str) {
+    pub(crate) fn refusal(&self, route: &str, reason: &str) {
         self.refusals.with_label_values(&[route, reason]).inc();
     }
 
     /// Sets a backend's health gauge. Labels are config names and configured addresses.
-    pub fn backend_health(&self, upstream: &str, backend: &str, healthy: bool) {
+    pub(crate) fn backend_health(&self, upstream: &str, backend: &str, healthy: bool) {
         self.backend_healthy
             .with_label_values(&[upstream, backend])
             .set(i64::from(healthy));
     }
 
     /// Records a configuration reload.
-    pub fn reload(&self, ok: bool) {
+    pub(crate) fn reload(&self, ok: bool) {
         self.reloads
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
@@ -250,7 +250,7 @@ impl Metrics {
     }
 
     /// The text exposition format 0.0.4.
-    pub fn render(&self) -> Vec<u8> {
+    pub(crate) fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8192);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!("encoding metrics failed: {e}");
@@ -260,7 +260,7 @@ impl Metrics {
 }
 
 /// Standard methods keep their name; anything else is `OTHER`.
-pub fn method_label(m: &Method) -> &'static str {
+pub(crate) fn method_label(m: &Method) -> &'static str {
     METHOD_LABELS[method_index(m)]
 }
 

@@ -35,7 +35,7 @@ const LINGER: Duration = Duration::from_millis(200);
 
 /// `[server.tracing]`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TracingSettings {
+pub(crate) struct TracingSettings {
     /// The collector, `http://HOST:PORT`.
     pub endpoint: String,
     /// `service.name` of the exported resource. Default: `tollgate`.
@@ -49,7 +49,7 @@ impl TracingSettings {
     ///
     /// # Errors
     /// A message saying what is wrong with it.
-    pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    pub(crate) fn check_endpoint(endpoint: &str) -> Result<(), String> {
         let uri: http::Uri = endpoint
             .parse()
             .map_err(|e| format!("invalid collector URI {endpoint:?}: {e}"))?;
@@ -84,7 +84,7 @@ pub(crate) struct FinishedRequest<'a> {
 
 /// Hands spans to the export thread.
 #[derive(Debug, Clone)]
-pub struct SpanExporter {
+pub(crate) struct SpanExporter {
     tx: mpsc::Sender<Span>,
     dropped: IntCounter,
 }
@@ -94,7 +94,7 @@ impl SpanExporter {
     ///
     /// # Errors
     /// The thread or its runtime cannot be started, or the endpoint is invalid.
-    pub fn start(settings: &TracingSettings, dropped: IntCounter) -> std::io::Result<Self> {
+    pub(crate) fn start(settings: &TracingSettings, dropped: IntCounter) -> std::io::Result<Self> {
         let endpoint = tonic::transport::Endpoint::from_shared(settings.endpoint.clone())
             .map_err(std::io::Error::other)?
             .connect_timeout(settings.timeout)

@@ -42,9 +42,67 @@ pub enum ErrorCode {
     GatewayTimeout,
     /// 500: the gateway itself failed.
     InternalError,
+    /// A policy's own refusal, made with [`ErrorCode::custom`].
+    Custom(CustomCode),
+}
+
+/// A refusal code of a policy's own: its status and `error` string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CustomCode {
+    status: StatusCode,
+    code: &'static str,
+}
+
+/// Why [`ErrorCode::custom`] refused a code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CustomCodeError {
+    /// A refusal's status must be 4xx or 5xx.
+    #[error("a refusal's status must be 4xx or 5xx, not {0}")]
+    NotAnError(u16),
+    /// The code must be 1 to 64 characters of `a-z`, `0-9` and `_`.
+    #[error("an error code must be 1 to 64 characters of a-z, 0-9 and _, not {0:?}")]
+    BadCode(&'static str),
 }
 
 impl ErrorCode {
+    /// A refusal code of your own, for what no built-in code says (a 451 for legal
+    /// reasons, a 402 for an exhausted plan): `status` must be 4xx or 5xx, and `code`
+    /// (the `error` field of the body and the `reason` label of
+    /// `tollgate_refusals_total`) 1 to 64 characters of `a-z`, `0-9` and `_`. Make it
+    /// a constant of your policy, never from request data: every distinct code is a
+    /// metric series.
+    ///
+    /// ```
+    /// use tollgate::{ErrorCode, Reply};
+    ///
+    /// let legal = ErrorCode::custom(451, "unavailable_for_legal_reasons")?;
+    /// let r = Reply::refuse_with(legal, "not in your country");
+    /// assert_eq!(r.status.as_u16(), 451);
+    /// let body: serde_json::Value = serde_json::from_slice(&r.body("req-1")).unwrap();
+    /// assert_eq!(body["error"], "unavailable_for_legal_reasons");
+    /// # Ok::<(), tollgate::CustomCodeError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The status is not 4xx or 5xx, or the code is empty, too long or has other
+    /// characters.
+    pub fn custom(status: u16, code: &'static str) -> Result<Self, CustomCodeError> {
+        let status = StatusCode::from_u16(status)
+            .ok()
+            .filter(|s| s.is_client_error() || s.is_server_error())
+            .ok_or(CustomCodeError::NotAnError(status))?;
+        let valid = !code.is_empty()
+            && code.len() <= 64
+            && code
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            return Err(CustomCodeError::BadCode(code));
+        }
+        Ok(Self::Custom(CustomCode { status, code }))
+    }
+
     /// The `error` string of the JSON body.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -63,6 +121,7 @@ impl ErrorCode {
             Self::NoHealthyUpstream => "no_healthy_upstream",
             Self::GatewayTimeout => "gateway_timeout",
             Self::InternalError => "internal_error",
+            Self::Custom(c) => c.code,
         }
     }
 
@@ -83,6 +142,7 @@ impl ErrorCode {
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Custom(c) => c.status,
         }
     }
 
@@ -104,6 +164,7 @@ impl ErrorCode {
             Self::NoHealthyUpstream => "no healthy backend for this upstream",
             Self::GatewayTimeout => "the upstream did not answer in time",
             Self::InternalError => "internal gateway error",
+            Self::Custom(_) => "request refused",
         }
     }
 }
@@ -177,6 +238,44 @@ impl Reply {
     }
 }
 
+/// A reply as it goes on the wire, whoever writes it (the proxy through Pingora, or the
+/// connection guard as raw HTTP/1): the status, the headers (the contract's, then the
+/// reply's own) and the body.
+#[derive(Debug)]
+pub(crate) struct Rendered {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) body: Bytes,
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+impl Reply {
+    /// The reply for the request `request_id`, ready to write: a refusal gets
+    /// `Content-Type: application/json` and the JSON body; every reply gets
+    /// `Content-Length` and `X-Request-Id`.
+    pub(crate) fn render(self, request_id: &str) -> Rendered {
+        let body = self.body(request_id);
+        let mut headers = Vec::with_capacity(3 + self.headers.len());
+        if self.code.is_some() {
+            headers.push((
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ));
+        }
+        headers.push((http::header::CONTENT_LENGTH, HeaderValue::from(body.len())));
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            headers.push((X_REQUEST_ID.clone(), id));
+        }
+        headers.extend(self.headers);
+        Rendered {
+            status: self.status,
+            headers,
+            body,
+        }
+    }
+}
+
 /// `{"error": .., "message": .., "request_id": ..}` as bytes.
 pub(crate) fn error_body(code: &str, message: &str, request_id: &str) -> Bytes {
     let v = serde_json::json!({ "error": code, "message": message, "request_id": request_id });
@@ -204,5 +303,37 @@ mod tests {
         let r = Reply::refuse_with(ErrorCode::BadRequest, "quote \" and \n newline");
         let v: serde_json::Value = serde_json::from_slice(&r.body("x")).unwrap();
         assert_eq!(v["message"], "quote \" and \n newline");
+    }
+
+    #[test]
+    fn a_custom_code_keeps_its_own_status_and_error_string() {
+        let code = ErrorCode::custom(451, "unavailable_for_legal_reasons").unwrap();
+        assert_eq!(code.status(), StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS);
+        assert_eq!(code.as_str(), "unavailable_for_legal_reasons");
+        let r = Reply::refuse(code).render("id-1");
+        assert_eq!(r.status.as_u16(), 451);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["error"], "unavailable_for_legal_reasons");
+        let names: Vec<&str> = r.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["content-type", "content-length", "x-request-id"]);
+    }
+
+    #[test]
+    fn a_custom_code_must_be_an_error_status_and_a_label_safe_string() {
+        assert_eq!(
+            ErrorCode::custom(200, "fine"),
+            Err(CustomCodeError::NotAnError(200))
+        );
+        assert_eq!(
+            ErrorCode::custom(999, "odd"),
+            Err(CustomCodeError::NotAnError(999))
+        );
+        for bad in ["", "Upper", "with-dash", "sp ace", "quote\""] {
+            assert_eq!(
+                ErrorCode::custom(403, bad),
+                Err(CustomCodeError::BadCode(bad))
+            );
+        }
+        assert_eq!(ErrorCode::custom(402, "x").map(ErrorCode::as_str), Ok("x"));
     }
 }

@@ -3,10 +3,10 @@
 use http::HeaderValue;
 
 /// Longest client-supplied id that is kept.
-pub const MAX_LEN: usize = 128;
+pub(crate) const MAX_LEN: usize = 128;
 
 /// The client's id if it is 1..=128 characters of `[A-Za-z0-9._:-]`.
-pub fn valid(v: &HeaderValue) -> Option<&str> {
+pub(crate) fn valid(v: &HeaderValue) -> Option<&str> {
     let b = v.as_bytes();
     let ok = !b.is_empty()
         && b.len() <= MAX_LEN
@@ -20,7 +20,7 @@ pub fn valid(v: &HeaderValue) -> Option<&str> {
 }
 
 /// A new random id: 32 lower-case hex digits.
-pub fn generate() -> String {
+pub(crate) fn generate() -> String {
     let mut out = vec![0u8; 32];
     crate::trace::put_hex(&mut out, fastrand::u128(..));
     // hex digits are ASCII: the buffer becomes the string (no copy, no re-check of

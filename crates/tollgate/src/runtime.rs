@@ -83,7 +83,7 @@ impl Snapshot {
 
 /// A compiled route.
 #[derive(Debug)]
-pub struct Route {
+pub(crate) struct Route {
     /// The route's name (its table key); the `route` label of metrics.
     pub name: String,
     /// What a policy sees of it ([`crate::RequestCtx::route_name`], …).
@@ -98,7 +98,7 @@ pub struct Route {
 }
 
 /// A compiled upstream: its backends behind a Pingora load balancer.
-pub struct Upstream {
+pub(crate) struct Upstream {
     /// The upstream's name (its table key).
     pub name: String,
     pub(crate) selector: Selector,
@@ -126,7 +126,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// Each backend's address, weight and current health.
-    pub fn backend_health(&self) -> Vec<(String, usize, bool)> {
+    pub(crate) fn backend_health(&self) -> Vec<(String, usize, bool)> {
         let set = self.selector.backends().get_backend();
         self.backends
             .iter()

@@ -23,7 +23,7 @@ use crate::gateway::GatewayHandle;
 /// to shut down. Run the server with [`GatewayHandle::run`] (or pass
 /// [`GatewayHandle::shutdown_signals`] to [`Server::run`]); `run_forever` would skip
 /// the drain.
-pub fn build(s: &ServerSettings, upgrade: bool) -> Server {
+pub(crate) fn build(s: &ServerSettings, upgrade: bool) -> Server {
     let conf = ServerConf {
         threads: s.threads,
         pid_file: s.pid_file.clone(),
@@ -96,7 +96,7 @@ impl BackgroundService for Signals {
 /// A background service that reloads the configuration on SIGHUP, reopens the access
 /// log on SIGUSR1, and makes the gateway drain ([`GatewayHandle::start_draining`]) when
 /// `server` starts a graceful upgrade (SIGQUIT) or shutdown (SIGTERM).
-pub fn signal_handlers(
+pub(crate) fn signal_handlers(
     handle: GatewayHandle,
     server: &Server,
 ) -> impl pingora::services::ServiceWithDependents {
@@ -122,7 +122,7 @@ pub fn signal_handlers(
 /// - SIGINT, also during a drain: exit at once.
 ///
 /// Pingora's own grace period and shutdown timeout come after this and should be zero,
-/// as in [`build`].
+/// as in [`crate::GatewayHandle::pingora_server`].
 pub struct ShutdownSignals {
     pub(crate) drain: Arc<Drain>,
     pub(crate) grace_period: Duration,

@@ -76,7 +76,7 @@ impl<A> ListenerService<A> {
 
     /// Adds TLS listeners (certificates chosen by SNI, ALPN h2 and http/1.1).
     #[must_use]
-    pub fn tls(mut self, listeners: Vec<TlsListener>) -> Self {
+    pub(crate) fn tls(mut self, listeners: Vec<TlsListener>) -> Self {
         self.tls = listeners;
         self
     }
@@ -85,7 +85,7 @@ impl<A> ListenerService<A> {
     /// `deadline` (see [`HelloDeadline`]). Default: Pingora's 60 s for the whole
     /// handshake alone.
     #[must_use]
-    pub fn tls_hello_deadline(mut self, deadline: std::time::Duration) -> Self {
+    pub(crate) fn tls_hello_deadline(mut self, deadline: std::time::Duration) -> Self {
         self.hello_deadline = Some(deadline);
         self
     }

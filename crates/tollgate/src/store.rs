@@ -12,16 +12,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
 /// Why the store could not answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("shared store unavailable: {0}")]
 pub struct StoreError(pub String);
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "shared store unavailable: {}", self.0)
-    }
-}
-
-impl std::error::Error for StoreError {}
 
 /// A Redis server shared by every gateway instance that names it.
 pub struct RedisStore {

@@ -27,7 +27,7 @@ use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{CertificateDer, ClientHello, CryptoProvider, ResolvesServerCert, ServerName};
 
 /// Certificates of one TLS listener, selected by SNI.
-pub struct SniResolver {
+pub(crate) struct SniResolver {
     certs: Vec<(CertificateDer<'static>, Arc<CertifiedKey>)>,
 }
 
@@ -44,7 +44,7 @@ impl SniResolver {
     ///
     /// # Errors
     /// `(index, message)` of the first pair that cannot be used.
-    pub fn load(pairs: &[(String, String)]) -> Result<Self, (usize, String)> {
+    pub(crate) fn load(pairs: &[(String, String)]) -> Result<Self, (usize, String)> {
         pingora::tls::install_default_crypto_provider();
         let provider =
             CryptoProvider::get_default().ok_or((0, "no TLS crypto provider".to_string()))?;
@@ -84,7 +84,7 @@ impl SniResolver {
     }
 
     /// The certificate for `sni`: the first valid for that name, else the first.
-    pub fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+    pub(crate) fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
         if let Some(name) = sni.and_then(|n| ServerName::try_from(n.to_string()).ok()) {
             for (der, key) in &self.certs {
                 let valid = webpki::EndEntityCert::try_from(der)
@@ -106,7 +106,7 @@ impl ResolvesServerCert for SniResolver {
 
 /// One TLS listener, ready to serve.
 #[derive(Debug, Clone)]
-pub struct TlsListener {
+pub(crate) struct TlsListener {
     /// The address to listen on.
     pub addr: std::net::SocketAddr,
     /// Its certificates.
@@ -123,7 +123,7 @@ pub struct TlsListener {
 /// On Pingora's timer, as the guard's deadlines are (a tokio timer armed per connection
 /// makes every wait of the worker threads set a timeout).
 #[derive(Debug, Clone, Copy)]
-pub struct HelloDeadline(pub Duration);
+pub(crate) struct HelloDeadline(pub Duration);
 
 #[async_trait::async_trait]
 impl PreTlsProcess for HelloDeadline {
@@ -144,7 +144,7 @@ impl PreTlsProcess for HelloDeadline {
 ///
 /// # Errors
 /// A message when the file cannot be read or holds no valid CA certificate.
-pub fn load_ca_file(
+pub(crate) fn load_ca_file(
     path: &std::path::Path,
 ) -> Result<Arc<pingora::protocols::tls::CaType>, String> {
     use rustls_pki_types::pem::PemObject;

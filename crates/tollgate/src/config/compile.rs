@@ -21,7 +21,7 @@ use super::file::{ConsumerFile, RouteFile, ServerFile, UpstreamFile};
 use super::{AccessLog, ConfigErrors, ServerSettings};
 use crate::balance::{Balance, LeastConn, Passive, Selector};
 use crate::consumer::{Consumer, Consumers, PasswordHash};
-use crate::policy::{BoxPolicy, BuildCtx, Chain, Failure, Registry};
+use crate::policy::{BoxPolicy, BuildCtx, Chain, ConsumerPolicies, Failure, Registry};
 use crate::request_key::RequestKey;
 use crate::router::{HostMatch, PathPattern, RouteSpec, Router};
 use crate::runtime::{Route, Snapshot, Upstream};
@@ -98,16 +98,23 @@ pub(super) fn compile(
         .collect::<BTreeMap<_, _>>();
     let upstream_names: BTreeSet<String> = named_tables_names(sections.get("upstreams").copied());
 
-    let consumers = consumers(&mut cx, sections.get("consumers").copied());
+    let (consumers, consumer_policies) = consumers(&mut cx, sections.get("consumers").copied());
+    let consumer_policies = Arc::new(consumer_policies);
 
     let defaults = policies(&mut cx, sections.get("policies").copied(), "policies");
 
     let mut specs = Vec::new();
     let mut routes = Vec::new();
     for (name, v, _) in named_tables(&mut cx, sections.get("routes").copied(), "routes") {
-        if let Some((spec, route)) =
-            route(&mut cx, &name, v, &upstreams, &upstream_names, &defaults)
-        {
+        if let Some((spec, route)) = route(
+            &mut cx,
+            &name,
+            v,
+            &upstreams,
+            &upstream_names,
+            &defaults,
+            &consumer_policies,
+        ) {
             specs.push(spec);
             routes.push(Arc::new(route));
         }
@@ -630,8 +637,10 @@ where
     lb
 }
 
-fn consumers(cx: &mut Ctx<'_>, v: Option<&Value<'_>>) -> Consumers {
+/// The consumers, and their own policies.
+fn consumers(cx: &mut Ctx<'_>, v: Option<&Value<'_>>) -> (Consumers, ConsumerPolicies) {
     let mut out = Consumers::default();
+    let mut own = ConsumerPolicies::default();
     for (name, v, _) in named_tables(cx, v, "consumers") {
         let path = join("consumers", &name);
         let (rest, policies) = split_policies(v);
@@ -639,9 +648,8 @@ fn consumers(cx: &mut Ctx<'_>, v: Option<&Value<'_>>) -> Consumers {
         let Some(f) = deser::<ConsumerFile>(cx, &rest, &path) else {
             continue;
         };
-        let mut consumer = Consumer::new(name.clone(), f.groups);
-        consumer.policies = overrides;
-        let consumer = out.insert(consumer);
+        own.insert(&name, overrides);
+        let consumer = out.insert(Consumer::new(name.clone(), f.groups));
         for k in &f.api_keys {
             let kpath = format!("{path}.api_keys");
             if k.get_ref().is_empty() {
@@ -692,7 +700,7 @@ fn consumers(cx: &mut Ctx<'_>, v: Option<&Value<'_>>) -> Consumers {
             }
         }
     }
-    out
+    (out, own)
 }
 
 /// Builds a consumer's policy overrides; authentication policies cannot be overridden.
@@ -785,6 +793,7 @@ fn route(
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     upstream_names: &BTreeSet<String>,
     defaults: &[(Arc<str>, BoxPolicy)],
+    consumer_policies: &Arc<ConsumerPolicies>,
 ) -> Option<(RouteSpec, Route)> {
     let path = join("routes", name);
     let (rest, own_policies) = split_policies(v);
@@ -914,7 +923,7 @@ fn route(
         strip_prefix: f.strip_prefix,
         rewrite,
         preserve_host: f.preserve_host,
-        chain: Chain::new(chain),
+        chain: Chain::new(chain).with_consumer_policies(consumer_policies),
         metrics: Default::default(),
     };
     Some((spec, route))

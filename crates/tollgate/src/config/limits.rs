@@ -1,5 +1,5 @@
 //! Request-head limits and connection deadlines (`[server.limits]`): their defaults
-//! and checks. The connection guard ([`crate::guard`]) enforces them.
+//! and checks. The connection guard ([`crate::Guarded`]) enforces them.
 //!
 //! ```toml
 //! [server.limits]

@@ -13,7 +13,6 @@ pub(crate) mod health_check;
 pub mod limits;
 mod redact;
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,9 +70,9 @@ pub struct ServerSettings {
     /// Access log destination. Default: stdout.
     pub access_log: AccessLog,
     /// TLS listeners (`[[server.tls]]`).
-    pub tls: Vec<crate::tls::TlsListener>,
+    pub(crate) tls: Vec<crate::tls::TlsListener>,
     /// OTLP span export (`[server.tracing]`), if configured.
-    pub tracing: Option<crate::otlp::TracingSettings>,
+    pub(crate) tracing: Option<crate::otlp::TracingSettings>,
     /// Request-head limits and connection deadlines (`[server.limits]`).
     pub limits: limits::Limits,
 }
@@ -142,10 +141,11 @@ pub struct Config {
 }
 
 /// Why a configuration could not be loaded.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LoadError {
     /// The file could not be read.
+    #[error("{}: cannot read: {source}", path.display())]
     Unreadable {
         /// The path.
         path: PathBuf,
@@ -153,27 +153,8 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// The file was read but is invalid.
-    Invalid(ConfigErrors),
-}
-
-impl fmt::Display for LoadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Unreadable { path, source } => {
-                write!(f, "{}: cannot read: {source}", path.display())
-            }
-            Self::Invalid(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for LoadError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Unreadable { source, .. } => Some(source),
-            Self::Invalid(e) => Some(e),
-        }
-    }
+    #[error("{0}")]
+    Invalid(#[source] ConfigErrors),
 }
 
 impl Config {

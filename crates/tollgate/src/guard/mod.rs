@@ -21,7 +21,7 @@
 //! upstream response heads.
 
 pub(crate) mod head_deadline;
-pub mod scanner;
+pub(crate) mod scanner;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -43,6 +43,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::config::limits::Limits;
+use crate::drain::{Drain, H2Open};
 use crate::metrics::{Metrics, NO_ROUTE};
 use crate::reply::{ErrorCode, Reply};
 use scanner::{HeadScanner, Scan};
@@ -61,7 +62,7 @@ fn timer_until(at: Instant) -> Timer {
 
 /// What the proxy and the guard of one connection share.
 #[derive(Debug, Default)]
-pub struct ConnState {
+pub(crate) struct ConnState {
     next_head: AtomicBool,
 }
 
@@ -71,13 +72,13 @@ impl ConnState {
     /// Nothing needs waking: Pingora reads the next request with a new read, which
     /// sees this (a read still pending from the request in flight — Pingora's probe
     /// for a client hanging up — is dropped with that request).
-    pub fn request_done(&self) {
+    pub(crate) fn request_done(&self) {
         self.next_head.store(true, Ordering::Release);
     }
 }
 
 /// The guard state of the connection `stream` belongs to, if it is guarded.
-pub fn conn_state(stream: &Stream) -> Option<&Arc<ConnState>> {
+pub(crate) fn conn_state(stream: &Stream) -> Option<&Arc<ConnState>> {
     (**stream)
         .as_any()
         .downcast_ref::<Guard>()
@@ -103,8 +104,11 @@ enum Mode {
 }
 
 /// A connection's stream behind the guard.
-pub struct Guard {
+pub(crate) struct Guard {
     inner: Stream,
+    /// The drain, told of an HTTP/2 connection while it is open.
+    drain: Arc<Drain>,
+    h2: Option<H2Open>,
     state: Arc<ConnState>,
     limits: Limits,
     metrics: Metrics,
@@ -141,11 +145,13 @@ impl std::fmt::Debug for Guard {
 }
 
 impl Guard {
-    fn new(inner: Stream, limits: Limits, metrics: Metrics) -> Self {
+    fn new(inner: Stream, limits: Limits, metrics: Metrics, drain: Arc<Drain>) -> Self {
         let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
         let now = Instant::now();
         Self {
             inner,
+            h2: h2.then(|| drain.open_h2()),
+            drain,
             state: Arc::default(),
             limits,
             metrics,
@@ -194,19 +200,23 @@ impl Guard {
     /// before a route was chosen.
     fn refuse(&mut self, code: ErrorCode) {
         let id = crate::request_id::generate();
-        let reply = Reply::refuse(code);
-        let body = reply.body(&id);
+        let reply = Reply::refuse(code).render(&id);
         let status = reply.status;
-        let head = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-             x-request-id: {id}\r\nconnection: close\r\n\r\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
-            body.len()
-        );
         self.refusal.clear();
-        self.refusal.extend_from_slice(head.as_bytes());
-        self.refusal.extend_from_slice(&body);
+        let line = format!(
+            "HTTP/1.1 {} {}\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        );
+        self.refusal.extend_from_slice(line.as_bytes());
+        for (name, value) in &reply.headers {
+            self.refusal.extend_from_slice(name.as_str().as_bytes());
+            self.refusal.extend_from_slice(b": ");
+            self.refusal.extend_from_slice(value.as_bytes());
+            self.refusal.extend_from_slice(b"\r\n");
+        }
+        self.refusal.extend_from_slice(b"connection: close\r\n\r\n");
+        self.refusal.extend_from_slice(&reply.body);
         let method = self
             .scanner
             .method()
@@ -250,6 +260,7 @@ impl Guard {
                     self.ready = std::mem::take(&mut self.held);
                 }
                 self.mode = if self.scanner.is_h2_preface() {
+                    self.h2 = Some(self.drain.open_h2());
                     Mode::H2
                 } else {
                     Mode::Through
@@ -496,20 +507,24 @@ impl Peek for Guard {
     }
 }
 
-/// A Pingora app whose connections go through a [`Guard`].
+/// A Pingora app whose connections go through the connection guard: HTTP/1 request
+/// heads are checked against `[server.limits]` before the app sees them.
 pub struct Guarded<A> {
     app: Arc<A>,
     limits: Limits,
     metrics: Metrics,
+    drain: Arc<Drain>,
 }
 
 impl<A> Guarded<A> {
-    /// Guards `app`'s connections with `limits`; refusals are counted in `metrics`.
-    pub fn new(app: A, limits: Limits, metrics: Metrics) -> Self {
+    /// Guards `app`'s connections with `limits`; refusals are counted in `metrics`, and
+    /// HTTP/2 connections in `drain`.
+    pub(crate) fn new(app: A, limits: Limits, metrics: Metrics, drain: Arc<Drain>) -> Self {
         Self {
             app: Arc::new(app),
             limits,
             metrics,
+            drain,
         }
     }
 }
@@ -524,7 +539,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let stream: Stream = if (*stream).as_any().is::<Guard>() {
             stream
         } else {
-            Box::new(Guard::new(stream, self.limits, self.metrics.clone()))
+            Box::new(Guard::new(
+                stream,
+                self.limits,
+                self.metrics.clone(),
+                self.drain.clone(),
+            ))
         };
         self.app.process_new(stream, shutdown).await
     }

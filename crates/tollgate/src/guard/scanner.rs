@@ -11,7 +11,7 @@ use crate::reply::ErrorCode;
 
 /// What the scanner made of the bytes it was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scan {
+pub(crate) enum Scan {
     /// The head is not complete yet.
     Partial,
     /// The head ends just before this offset of the last chunk.
@@ -22,7 +22,7 @@ pub enum Scan {
 
 /// Incremental checker of one HTTP/1 request head (request line and header lines).
 #[derive(Debug)]
-pub struct HeadScanner {
+pub(crate) struct HeadScanner {
     limits: Limits,
     total: usize,
     /// The line being read: its length and whether it has a CR pending.
@@ -108,7 +108,7 @@ const KEEP_REQUEST_LINE: usize = 16;
 
 impl HeadScanner {
     /// A scanner for a new head.
-    pub fn new(limits: Limits) -> Self {
+    pub(crate) fn new(limits: Limits) -> Self {
         Self {
             limits,
             total: 0,
@@ -129,7 +129,7 @@ impl HeadScanner {
     }
 
     /// Starts over for the next head, with the same limits (keeping its buffers).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.total = 0;
         self.line_len = 0;
         self.cr = false;
@@ -147,18 +147,18 @@ impl HeadScanner {
     }
 
     /// The method of the request line, when that much has been seen.
-    pub fn method(&self) -> Option<&[u8]> {
+    pub(crate) fn method(&self) -> Option<&[u8]> {
         let sp = self.request_line.iter().position(|b| *b == b' ')?;
         Some(&self.request_line[..sp])
     }
 
     /// Whether this head is the HTTP/2 connection preface (`PRI * HTTP/2.0`).
-    pub fn is_h2_preface(&self) -> bool {
+    pub(crate) fn is_h2_preface(&self) -> bool {
         self.request_line.starts_with(b"PRI * HTTP/2.0")
     }
 
     /// Feeds the next bytes of the head.
-    pub fn feed(&mut self, chunk: &[u8]) -> Scan {
+    pub(crate) fn feed(&mut self, chunk: &[u8]) -> Scan {
         let mut i = 0;
         while i < chunk.len() {
             // a line that starts here and ends in this chunk is taken whole when it is

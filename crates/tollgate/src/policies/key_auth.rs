@@ -11,7 +11,7 @@
 //!
 //! A request without a key, or with a key no consumer has, gets 401 `unauthorized`
 //! with `WWW-Authenticate: Key`. Keys are looked up by digest and compared in constant
-//! time (see [`crate::consumer`]). The key is never logged or echoed.
+//! time (see [`crate::Consumers::by_api_key`]). The key is never logged or echoed.
 
 use std::borrow::Cow;
 

@@ -44,16 +44,22 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::proxy::Session;
 use pingora::Result;
 use serde::de::DeserializeOwned;
 use toml::de::DeValue;
 use toml::Spanned;
 
-use crate::context::{ChainProgress, RequestCtx};
-use crate::reply::Reply;
+use crate::context::ChainProgress;
+
+pub use crate::consumer::{Consumer, Consumers, PasswordHash};
+pub use crate::context::RequestCtx;
+pub use crate::reply::{CustomCodeError, ErrorCode, Reply};
+pub use crate::request_key::RequestKey;
+pub use crate::store::{RedisStore, StoreError};
+pub use crate::trace::TraceContext;
+pub use bytes::Bytes;
+pub use pingora::proxy::Session;
 
 /// What a policy decided about the request.
 #[derive(Debug)]
@@ -183,6 +189,7 @@ impl<'a> BuildCtx<'a> {
 
 /// A policy config that is well-formed TOML but cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BuildError {
     /// What is wrong.
     pub message: String,
@@ -286,6 +293,31 @@ impl Registry {
 #[derive(Clone, Default)]
 pub struct Chain {
     policies: Vec<Link>,
+    /// The consumers' own entries of policies (`[consumers.NAME.policies.*]`); `None`
+    /// when no consumer has one.
+    overrides: Option<Arc<ConsumerPolicies>>,
+}
+
+/// The consumers' own policies (`[consumers.NAME.policies.*]`): for a consumer's
+/// requests, each replaces the route's policy of the same name, among the policies that
+/// run after authentication.
+#[derive(Clone, Default)]
+pub(crate) struct ConsumerPolicies {
+    by_consumer: std::collections::HashMap<String, Vec<(Arc<str>, BoxPolicy)>>,
+}
+
+impl ConsumerPolicies {
+    /// Gives `consumer` its own `policies` (none: nothing is kept).
+    pub(crate) fn insert(&mut self, consumer: &str, policies: Vec<(Arc<str>, BoxPolicy)>) {
+        if !policies.is_empty() {
+            self.by_consumer.insert(consumer.to_string(), policies);
+        }
+    }
+
+    /// Whether no consumer has a policy of its own.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_consumer.is_empty()
+    }
 }
 
 /// One policy of a chain, with its stage asked once, at load.
@@ -316,7 +348,23 @@ impl Chain {
             })
             .collect();
         policies.sort_by(|a, b| (a.stage, &a.name).cmp(&(b.stage, &b.name)));
-        Self { policies }
+        Self {
+            policies,
+            overrides: None,
+        }
+    }
+
+    /// The chain with the consumers' own policies in it (kept only when there are some).
+    pub(crate) fn with_consumer_policies(mut self, overrides: &Arc<ConsumerPolicies>) -> Self {
+        self.overrides = (!overrides.is_empty()).then(|| overrides.clone());
+        self
+    }
+
+    /// The request's consumer's own policies, if it has some: looked up in the chain,
+    /// so it stays borrowed across hooks that need `&mut RequestCtx`.
+    fn overrides(&self, cx: &RequestCtx) -> Option<&[(Arc<str>, BoxPolicy)]> {
+        let (map, consumer) = (self.overrides.as_deref()?, cx.consumer.as_deref()?);
+        map.by_consumer.get(&consumer.name).map(Vec::as_slice)
     }
 
     /// The policy names in run order.
@@ -337,9 +385,7 @@ impl Chain {
     /// Runs every policy's `request_filter`; the first [`Flow::Respond`] stops the chain.
     /// In the authentication stage, the first policy that continues authenticates; if
     /// none does, the first one's answer is sent. After authentication, a consumer's
-    /// own entry of a policy replaces the route's (see [`Consumer::policies`]).
-    ///
-    /// [`Consumer::policies`]: crate::consumer::Consumer::policies
+    /// own entry of a policy (`[consumers.NAME.policies.*]`) replaces the route's.
     pub async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<Flow> {
         let mut auth_refusal: Option<Reply> = None;
         let mut authenticated = false;
@@ -367,8 +413,7 @@ impl Chain {
                 }
             }
             cx.chain.reached = i + 1;
-            let overrides = overrides(cx);
-            let p = link.effective(overrides.as_deref());
+            let p = link.effective(self.overrides(cx));
             if let Flow::Respond(r) = p.request_filter(session, cx).await? {
                 return Ok(Flow::Respond(r));
             }
@@ -386,10 +431,10 @@ impl Chain {
         body: &mut Option<Bytes>,
         end: bool,
     ) -> Result<()> {
-        let o = overrides(cx);
+        let o = self.overrides(cx);
         self.policies
             .iter()
-            .try_for_each(|l| l.effective(o.as_deref()).request_body_filter(cx, body, end))
+            .try_for_each(|l| l.effective(o).request_body_filter(cx, body, end))
     }
 
     /// Runs every policy's `upstream_request_filter`.
@@ -398,18 +443,18 @@ impl Chain {
         cx: &mut RequestCtx,
         req: &mut RequestHeader,
     ) -> Result<()> {
-        let o = overrides(cx);
+        let o = self.overrides(cx);
         self.policies
             .iter()
-            .try_for_each(|l| l.effective(o.as_deref()).upstream_request_filter(cx, req))
+            .try_for_each(|l| l.effective(o).upstream_request_filter(cx, req))
     }
 
     /// Runs every policy's `response_filter`.
     pub fn response_filter(&self, cx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()> {
-        let o = overrides(cx);
+        let o = self.overrides(cx);
         self.policies
             .iter()
-            .try_for_each(|l| l.effective(o.as_deref()).response_filter(cx, resp))
+            .try_for_each(|l| l.effective(o).response_filter(cx, resp))
     }
 
     /// Runs the `logging` of every policy whose `request_filter` ran for this request
@@ -417,31 +462,23 @@ impl Chain {
     /// one authenticated): a policy's logging sees only requests it saw.
     pub fn logging(&self, cx: &RequestCtx, error: Option<&pingora::Error>) {
         let ran = cx.chain;
+        let o = self.overrides(cx);
         for (i, l) in self.policies.iter().enumerate().take(ran.reached) {
             let skipped =
                 l.stage == Stage::Authentication && ran.authenticated_by.is_some_and(|by| i > by);
             if !skipped {
-                l.effective(cx.consumer.as_deref()).logging(cx, error);
+                l.effective(o).logging(cx, error);
             }
         }
     }
 }
 
-/// The request's consumer when it has policy overrides (an `Arc` clone only then, so
-/// the common case costs nothing); held across a hook that needs `&mut RequestCtx`.
-fn overrides(cx: &RequestCtx) -> Option<Arc<crate::consumer::Consumer>> {
-    cx.consumer
-        .as_ref()
-        .filter(|c| !c.policies.is_empty())
-        .cloned()
-}
-
 impl Link {
-    /// The consumer's override of this policy when it runs after authentication, or
-    /// the route's own.
-    fn effective<'a>(&'a self, consumer: Option<&'a crate::consumer::Consumer>) -> &'a BoxPolicy {
+    /// The consumer's own entry of this policy when it runs after authentication, or
+    /// the route's.
+    fn effective<'a>(&'a self, overrides: Option<&'a [(Arc<str>, BoxPolicy)]>) -> &'a BoxPolicy {
         if self.stage > Stage::Authentication {
-            if let Some(p) = consumer.and_then(|c| c.policy(&self.name)) {
+            if let Some((_, p)) = overrides.and_then(|o| o.iter().find(|(n, _)| *n == self.name)) {
                 return p;
             }
         }

@@ -27,11 +27,11 @@ use crate::trace::TraceContext;
 
 mod state;
 
-pub use state::Exchange;
+pub(crate) use state::Exchange;
 use state::ProxyState;
 
 /// The gateway: routes requests and runs their policies. Implements Pingora's
-/// [`ProxyHttp`]; see [`crate::service`] to turn it into a Pingora service.
+/// [`ProxyHttp`]; see [`crate::ListenerService`] to turn it into a Pingora service.
 #[derive(Clone)]
 pub struct Gateway {
     pub(crate) state: Arc<ArcSwap<Snapshot>>,
@@ -225,13 +225,10 @@ impl Gateway {
         reply: Reply,
     ) -> Result<bool> {
         cx.refusal = reply.code;
-        let body = reply.body(&cx.request_id);
-        let mut resp = ResponseHeader::build(reply.status, Some(4 + reply.headers.len()))?;
-        if reply.code.is_some() {
-            resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-        }
-        resp.insert_header(header::CONTENT_LENGTH, body.len())?;
-        resp.insert_header(X_REQUEST_ID, cx.request_id.as_str())?;
+        let reply = reply.render(&cx.request_id);
+        let body = reply.body;
+        let extra = cx.response_headers.len();
+        let mut resp = ResponseHeader::build(reply.status, Some(reply.headers.len() + extra))?;
         for (n, v) in reply.headers {
             resp.append_header(n, v)?;
         }

@@ -14,40 +14,30 @@
 //! Decoding happens once: `%252e` stays `%252E` and is never a dot.
 
 use std::borrow::Cow;
-use std::fmt;
 
 /// Why a request path was refused (the client gets 400 `bad_request`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PathError {
     /// The path does not start with `/`.
+    #[error("request path must start with '/'")]
     NotAbsolute,
     /// A `..` segment climbs above the root.
+    #[error("request path climbs above the root")]
     EscapesRoot,
     /// `%2F` or `%5C`: an encoded separator.
+    #[error("request path contains an encoded '/' or '\\'")]
     EncodedSeparator,
     /// `%00`.
+    #[error("request path contains an encoded NUL")]
     EncodedNul,
     /// A `%` not followed by two hex digits.
+    #[error("request path contains an invalid percent-escape")]
     BadEscape,
     /// A raw backslash or control character.
+    #[error("request path contains a backslash or control character")]
     BadCharacter,
 }
-
-impl fmt::Display for PathError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::NotAbsolute => "request path must start with '/'",
-            Self::EscapesRoot => "request path climbs above the root",
-            Self::EncodedSeparator => "request path contains an encoded '/' or '\\'",
-            Self::EncodedNul => "request path contains an encoded NUL",
-            Self::BadEscape => "request path contains an invalid percent-escape",
-            Self::BadCharacter => "request path contains a backslash or control character",
-        })
-    }
-}
-
-impl std::error::Error for PathError {}
 
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
