@@ -255,13 +255,8 @@ async fn a_reload_applies_what_it_can_and_lists_the_server_keys_that_need_a_rest
         + "[routes.two]\npaths = [\"/two\"]\nupstream = \"a\"\n";
     assert_ne!(changed, full);
     std::fs::write(&gw.config, changed).unwrap();
-    let r = client()
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: serde_json::Value = r.json().await.unwrap();
+    let (status, v) = reload(&gw).await;
+    assert_eq!(status, 200);
     assert_eq!(
         v["needs_restart"],
         serde_json::json!(["server.listen", "server.threads"]),
@@ -288,24 +283,14 @@ async fn a_reload_applies_what_it_can_and_lists_the_server_keys_that_need_a_rest
     );
 
     // a reload that changes nothing of [server] lists nothing
-    let r = client()
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
-    let v: serde_json::Value = r.json().await.unwrap();
+    let (_, v) = reload(&gw).await;
     assert_eq!(
         v["needs_restart"],
         serde_json::json!(["server.listen", "server.threads"]),
         "still not applied: {v}"
     );
     std::fs::write(&gw.config, full).unwrap();
-    let r = client()
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
-    let v: serde_json::Value = r.json().await.unwrap();
+    let (_, v) = reload(&gw).await;
     assert_eq!(v["needs_restart"], serde_json::json!([]), "{v}");
 }
 
@@ -321,13 +306,8 @@ async fn a_truncated_file_is_refused_by_a_reload_and_serving_goes_on() {
     let cut = &full[..full.find("[routes.one]").unwrap()];
     for truncated in [cut, ""] {
         std::fs::write(&gw.config, truncated).unwrap();
-        let r = client()
-            .post(gw.admin_url("/admin/reload"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 400, "{truncated:?}");
-        let v: serde_json::Value = r.json().await.unwrap();
+        let (status, v) = reload(&gw).await;
+        assert_eq!(status, 400, "{truncated:?}");
         assert!(
             v["errors"][0]
                 .as_str()
@@ -336,4 +316,14 @@ async fn a_truncated_file_is_refused_by_a_reload_and_serving_goes_on() {
         );
         assert_eq!(get_json(&gw.url("/one")).await.0, 200, "still serving");
     }
+}
+
+/// `POST /admin/reload` (no token): the status and the JSON answer.
+async fn reload(gw: &Gateway) -> (u16, serde_json::Value) {
+    let r = client()
+        .post(gw.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
 }

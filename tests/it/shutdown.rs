@@ -32,6 +32,14 @@ async fn exit_of(mut gw: Gateway, deadline: Duration) -> (std::process::ExitStat
     .expect("join")
 }
 
+/// Whether the gateway logs a line with `needle` within 5 s.
+async fn logged(gw: &Gateway, needle: &str) -> bool {
+    eventually(Duration::from_secs(5), async || {
+        gw.stderr_lines().iter().any(|l| l.contains(needle))
+    })
+    .await
+}
+
 /// GETs `url` and returns the status and the time the answer was complete.
 async fn get_at(client: reqwest::Client, url: String) -> Result<(u16, Instant), String> {
     let resp = client.get(&url).send().await.map_err(|e| e.to_string())?;
@@ -108,11 +116,7 @@ async fn a_new_connection_during_the_grace_period_is_served_with_connection_clos
     let term = Instant::now();
     gw.signal("TERM");
     assert!(
-        eventually(Duration::from_secs(5), async || gw
-            .stderr_lines()
-            .iter()
-            .any(|l| l.contains("draining")))
-        .await,
+        logged(&gw, "draining").await,
         "the gateway did not start draining"
     );
     let resp = raw(gw.addr, b"GET /new HTTP/1.1\r\nHost: h\r\n\r\n").await;
@@ -165,11 +169,7 @@ async fn a_websocket_tunnel_lives_until_the_shutdown_timeout_then_closes() {
     let term = Instant::now();
     gw.signal("TERM");
     assert!(
-        eventually(Duration::from_secs(5), async || gw
-            .stderr_lines()
-            .iter()
-            .any(|l| l.contains("stopped accepting")))
-        .await,
+        logged(&gw, "stopped accepting").await,
         "the grace period did not end"
     );
     // past the grace period, the tunnel still carries frames both ways
