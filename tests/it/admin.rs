@@ -282,7 +282,8 @@ async fn a_reload_applies_what_it_can_and_lists_the_server_keys_that_need_a_rest
         "the keys were not logged"
     );
 
-    // a reload that changes nothing of [server] lists nothing
+    // the keys stay listed on every reload until the process restarts; back to the
+    // running values, nothing is
     let (_, v) = reload(&gw).await;
     assert_eq!(
         v["needs_restart"],

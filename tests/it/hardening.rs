@@ -836,7 +836,7 @@ async fn a_client_pausing_its_body_past_body_timeout_gets_408_not_504() {
 }
 
 #[tokio::test]
-async fn an_upstream_stalling_its_body_after_an_upload_is_still_cut_at_read_timeout() {
+async fn an_upstream_stalling_its_body_after_an_upload_is_still_cut() {
     // reads the request, sends a head and part of a body, then nothing
     let up = serve(move |mut s| async move {
         let mut buf = [0u8; 4096];
@@ -847,7 +847,14 @@ async fn an_upstream_stalling_its_body_after_an_upload_is_still_cut_at_read_time
         tokio::time::sleep(Duration::from_secs(30)).await;
     })
     .await;
-    let gw = one_route(up, "read_timeout = \"500ms\"\nretries = 0\n", "");
+    // with a request body, a read of the response waits at most read_timeout +
+    // body_timeout (the per-read timer also runs between the pieces of the body, where
+    // the client's own limit must come first)
+    let gw = one_route(
+        up,
+        "read_timeout = \"500ms\"\nretries = 0\n",
+        "[server.limits]\nbody_timeout = \"1s\"\n",
+    );
     let started = std::time::Instant::now();
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(
@@ -860,7 +867,7 @@ async fn an_upstream_stalling_its_body_after_an_upload_is_still_cut_at_read_time
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(
-        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
         "the stalled body was cut after {took:?}"
     );
 }
@@ -1007,6 +1014,105 @@ async fn a_slow_but_steady_reader_is_not_cut() {
     let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     assert!(got.starts_with(b"HTTP/1.1 200"));
     assert_eq!(got.len() - head_end, SIZE, "the answer was cut short");
+}
+
+#[tokio::test]
+async fn a_slow_reader_of_the_answer_to_an_upload_is_not_cut_at_read_timeout() {
+    const SIZE: usize = 4 << 20;
+    // reads the whole request (head and its 5-byte body), then answers SIZE bytes
+    let up = serve(move |mut s| async move {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"hello") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n");
+        let _ = s.write_all(head.as_bytes()).await;
+        let _ = s.write_all(&vec![b'x'; SIZE]).await;
+    })
+    .await;
+    let gw = one_route(
+        up,
+        "read_timeout = \"300ms\"\nretries = 0\n",
+        "[server.limits]\nsend_timeout = \"5s\"\n",
+    );
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .await
+    .unwrap();
+    // the client, not the upstream, is slow: 512 KiB, then a pause longer than the
+    // upstream's read_timeout (within send_timeout), and again
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let finished = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let mark = got.len();
+            while got.len() - mark < 512 * 1024 {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+    })
+    .await;
+    assert!(finished.is_ok(), "the download did not end");
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(
+        got.len() - head_end,
+        SIZE,
+        "the answer was cut short: {:?} {:?}",
+        gw.stdout_lines(),
+        gw.stderr_lines()
+    );
+}
+
+#[tokio::test]
+async fn a_client_pausing_after_100_continue_is_not_blamed_on_the_upstream() {
+    let up = Upstream::start("u").await;
+    let gw = one_route(
+        up.addr,
+        "read_timeout = \"500ms\"\n",
+        "[server.limits]\nbody_timeout = \"5s\"\n",
+    );
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // the upstream (hyper) answers 100 Continue once it is asked for the body
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
+            .await
+            .expect("an interim answer in time")
+            .unwrap();
+        assert_eq!(n, 1, "closed before 100 Continue");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 100"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    s.write_all(b"12345").await.unwrap();
+    // the client pauses for three times the upstream's read_timeout
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.write_all(b"67890").await.unwrap();
+    let answer = parse_response(&read_all(&mut s).await);
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(up.last().unwrap().body_len, 10);
 }
 
 // --- HTTP/2 abuse, with a scripted client writing raw frames over h2c ---

@@ -141,8 +141,8 @@ impl Drain {
 
     /// Waits until no request is in flight and every HTTP/2 connection has closed (it
     /// closes once its streams are done and its GOAWAY is flushed), or `timeout`.
-    /// Returns how many requests were left.
-    pub(crate) async fn wait_idle(&self, timeout: Duration) -> usize {
+    /// Returns how many requests, and how many HTTP/2 connections, were left.
+    pub(crate) async fn wait_idle(&self, timeout: Duration) -> (usize, usize) {
         self.start();
         let wait = async {
             loop {
@@ -156,7 +156,7 @@ impl Drain {
             }
         };
         let _ = tokio::time::timeout(timeout, wait).await;
-        self.in_flight()
+        (self.in_flight(), self.h2_open.load(Ordering::SeqCst))
     }
 }
 
@@ -182,7 +182,7 @@ mod tests {
             .await
             .expect("the wait ended when the count reached zero")
             .expect("join");
-        assert_eq!(left, 0);
+        assert_eq!(left, (0, 0));
     }
 
     #[tokio::test]
@@ -190,7 +190,7 @@ mod tests {
         let drain = Arc::new(Drain::default());
         let _held = drain.enter();
         let left = drain.wait_idle(Duration::from_millis(50)).await;
-        assert_eq!(left, 1);
+        assert_eq!(left, (1, 0));
         assert!(drain.is_draining());
     }
 }

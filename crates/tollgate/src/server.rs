@@ -183,9 +183,10 @@ impl ShutdownSignals {
             self.timeout
         );
         match self.drain.wait_idle(self.timeout).await {
-            0 => tracing::info!("drained: no request in flight"),
-            left => tracing::warn!(
-                "graceful_shutdown_timeout reached: cutting {left} requests in flight"
+            (0, 0) => tracing::info!("drained: no request in flight"),
+            (left, h2) => tracing::warn!(
+                "graceful_shutdown_timeout reached: cutting {left} requests in flight \
+                 ({h2} HTTP/2 connections still open)"
             ),
         }
     }

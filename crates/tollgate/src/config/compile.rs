@@ -120,7 +120,11 @@ pub(super) fn compile(
         }
     }
 
-    let allow_empty = server.as_ref().is_some_and(|s| s.allow_empty);
+    // as written: an error elsewhere in [server] must not make it read as false
+    let allow_empty = sections
+        .get("server")
+        .and_then(|v| v.get_ref().as_table()?.get("allow_empty"))
+        .is_some_and(|v| matches!(v.get_ref(), DeValue::Boolean(true)));
     if named_tables_names(sections.get("routes").copied()).is_empty() && !allow_empty {
         let at = sections.get("routes").map_or(0..0, |v| v.span());
         cx.diags.at(
@@ -151,9 +155,21 @@ pub(super) fn compile(
 
 /// Deserialises a table strictly, reporting every error in it (see [`strictly`]).
 fn deser<T: DeserializeOwned>(cx: &mut Ctx<'_>, v: &Value<'_>, path: &str) -> Option<T> {
-    strictly(&mut cx.diags, v, path, |v| {
+    deser_noting(cx, v, path).map(|(t, _)| t)
+}
+
+/// [`deser`], with the keys taken out for their errors: checks that relate a key to
+/// one of them are skipped (its value is a default, not what the file says).
+fn deser_noting<T: DeserializeOwned>(
+    cx: &mut Ctx<'_>,
+    v: &Value<'_>,
+    path: &str,
+) -> Option<(T, Vec<String>)> {
+    let mut removed = Vec::new();
+    let t = strictly(&mut cx.diags, v, path, &mut removed, |v| {
         T::deserialize(v.into_deserializer())
-    })
+    })?;
+    Some((t, removed))
 }
 
 /// Runs `parse` on a table and reports every error in it, not only the first: the
@@ -164,12 +180,12 @@ fn strictly<'a, T>(
     diags: &mut Diagnostics<'_>,
     v: &Value<'a>,
     path: &str,
+    removed: &mut Vec<String>,
     mut parse: impl FnMut(Value<'a>) -> Result<T, toml::de::Error>,
 ) -> Option<T> {
     /// Enough for any real table; a bound for a hostile one.
     const MAX_ERRORS: usize = 64;
     let mut v = v.clone();
-    let mut removed: Vec<String> = Vec::new();
     for _ in 0..MAX_ERRORS {
         match parse(v.clone()) {
             Ok(t) => return Some(t),
@@ -422,7 +438,8 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
 
 fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
     let path = join("upstreams", name);
-    let f: UpstreamFile = deser(cx, v, &path)?;
+    let (f, removed): (UpstreamFile, _) = deser_noting(cx, v, &path)?;
+    let taken_out = |key: &str| removed.iter().any(|k| k == key);
     let mut ok = true;
     let bpath = format!("{path}.backends");
     if f.backends.get_ref().is_empty() {
@@ -473,7 +490,7 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         .as_ref()
         .map_or(Balance::RoundRobin, |b| *b.get_ref());
     let hash_key = match &f.hash_key {
-        Some(h) if balance != Balance::ConsistentHash => {
+        Some(h) if balance != Balance::ConsistentHash && !taken_out("balance") => {
             cx.diags.at(
                 h.span(),
                 format!("{path}.hash_key"),
@@ -505,7 +522,7 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
     };
     let mut ca = None;
     if let Some(file) = &f.ca_file {
-        if !f.tls {
+        if !f.tls && !taken_out("tls") {
             cx.diags.at(
                 file.span(),
                 format!("{path}.ca_file"),
@@ -750,12 +767,16 @@ fn policies(cx: &mut Ctx<'_>, v: Option<&Value<'_>>, path: &str) -> Vec<(Arc<str
             redis: cx.redis.as_ref(),
         };
         let registry = cx.registry;
-        let built = strictly(&mut cx.diags, val, &ppath, |v| {
-            match registry.build(name, v, &bcx) {
+        let built = strictly(
+            &mut cx.diags,
+            val,
+            &ppath,
+            &mut Vec::new(),
+            |v| match registry.build(name, v, &bcx) {
                 Some(Err(Failure::Toml(e))) => Err(e),
                 other => Ok(other),
-            }
-        });
+            },
+        );
         let Some(built) = built else { continue };
         match built {
             None => {
@@ -798,19 +819,34 @@ fn route(
     let path = join("routes", name);
     let (rest, own_policies) = split_policies(v);
     let own = policies(cx, own_policies.as_ref(), &format!("{path}.policies"));
-    let f: RouteFile = deser(cx, &rest, &path)?;
+    let (f, removed): (RouteFile, _) = deser_noting(cx, &rest, &path)?;
     let mut ok = true;
     let mut spec = RouteSpec::default();
-
-    if f.paths.get_ref().is_empty() {
+    // required keys: a missing one is reported here, with the route's other errors (a
+    // key taken out for a bad value was reported already)
+    for (key, missing) in [
+        ("paths", f.paths.is_none()),
+        ("upstream", f.upstream.is_none()),
+    ] {
+        if missing {
+            if !removed.iter().any(|k| k == key) {
+                cx.diags
+                    .at(rest.span(), &path, format!("missing field `{key}`"));
+            }
+            ok = false;
+        }
+    }
+    let no_paths = Spanned::new(rest.span(), Vec::new());
+    let paths = f.paths.as_ref().unwrap_or(&no_paths);
+    if f.paths.is_some() && paths.get_ref().is_empty() {
         cx.diags.at(
-            f.paths.span(),
+            paths.span(),
             format!("{path}.paths"),
             "a route needs at least one path",
         );
         ok = false;
     }
-    for p in f.paths.get_ref() {
+    for p in paths.get_ref() {
         match PathPattern::parse(p.get_ref()) {
             Ok(pat) => spec.paths.push(pat),
             Err(msg) => {
@@ -869,17 +905,17 @@ fn route(
             }
         }
     }
-    let upstream = match upstreams.get(f.upstream.get_ref()) {
-        Some(u) => Some(u.clone()),
-        None => {
-            if !upstream_names.contains(f.upstream.get_ref()) {
+    let upstream = match f.upstream.as_ref().map(|u| (u, upstreams.get(u.get_ref()))) {
+        Some((_, Some(u))) => Some(u.clone()),
+        Some((named, None)) => {
+            if !upstream_names.contains(named.get_ref()) {
                 let known: Vec<&str> = upstream_names.iter().map(String::as_str).collect();
                 cx.diags.at(
-                    f.upstream.span(),
+                    named.span(),
                     format!("{path}.upstream"),
                     format!(
                         "unknown upstream {:?} (known: {})",
-                        f.upstream.get_ref(),
+                        named.get_ref(),
                         known.join(", ")
                     ),
                 );
@@ -887,6 +923,7 @@ fn route(
             // an upstream with its own errors was already reported
             None
         }
+        None => None,
     };
     let rewrite = match &f.rewrite {
         Some(r) => match regex::Regex::new(r.regex.get_ref()) {

@@ -129,11 +129,14 @@ pub(crate) struct BasicFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RouteFile {
-    pub paths: Spanned<Vec<Spanned<String>>>,
+    /// Required; optional here so that its absence is reported with the route's other
+    /// errors (see `compile::route`).
+    pub paths: Option<Spanned<Vec<Spanned<String>>>>,
     pub methods: Option<Vec<Spanned<String>>>,
     pub hosts: Option<Vec<Spanned<String>>>,
     pub headers: Option<BTreeMap<Spanned<String>, String>>,
-    pub upstream: Spanned<String>,
+    /// Required, as `paths`.
+    pub upstream: Option<Spanned<String>>,
     #[serde(default)]
     pub strip_prefix: bool,
     pub rewrite: Option<RewriteFile>,

@@ -389,6 +389,34 @@ colour = "red"
     }
 
     #[test]
+    fn a_key_taken_out_for_its_error_raises_no_error_about_its_default() {
+        // balance misspelt: hash_key must not be reported as needing consistent_hash;
+        // tls of the wrong type: ca_file must not be reported as needing tls
+        let src = "[upstreams.u]\nbackends = [\"127.0.0.1:1\"]\nbalance = \"consistent_hsh\"\n\
+                   hash_key = \"client_ip\"\n[routes.r]\npaths = [\"/\"]\nupstream = \"u\"\n";
+        let e = errors(src);
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(e[0].contains("upstreams.u.balance"), "{}", e[0]);
+        // an error elsewhere in [server] does not hide allow_empty
+        let e = errors("[server]\nallow_empty = true\nthredas = 2\n");
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(e[0].contains("server.thredas: unknown field"), "{}", e[0]);
+    }
+
+    #[test]
+    fn a_missing_required_key_is_reported_beside_a_bad_one() {
+        let src = "[upstreams.u]\nbackends = [\"127.0.0.1:1\"]\n[routes.r]\npaths = \"/\"\n";
+        let e = errors(src);
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(e.iter().any(|l| l.contains("routes.r.paths")), "{e:#?}");
+        assert!(
+            e.iter()
+                .any(|l| l.contains("routes.r: missing field `upstream`")),
+            "{e:#?}"
+        );
+    }
+
+    #[test]
     fn a_required_key_with_a_bad_value_is_reported_once_not_also_as_missing() {
         let src = "[upstreams.u]\nbackends = [\"127.0.0.1:1\"]\n\
                    [routes.r]\npaths = 5\nupstream = \"u\"\nextra = 1\n";

@@ -54,7 +54,7 @@ use crate::context::ChainProgress;
 
 pub use crate::consumer::{Consumer, Consumers, PasswordHash};
 pub use crate::context::RequestCtx;
-pub use crate::reply::{CustomCodeError, ErrorCode, Reply};
+pub use crate::reply::{CustomCode, CustomCodeError, ErrorCode, Reply};
 pub use crate::request_key::RequestKey;
 pub use crate::store::{RedisStore, StoreError};
 pub use crate::trace::TraceContext;

@@ -27,7 +27,7 @@ use crate::trace::TraceContext;
 
 mod state;
 
-pub(crate) use state::Exchange;
+pub use state::Exchange;
 use state::ProxyState;
 
 /// The gateway: routes requests and runs their policies. Implements Pingora's
@@ -224,6 +224,9 @@ impl Gateway {
         st: &ProxyState,
         reply: Reply,
     ) -> Result<bool> {
+        if self.drain.is_draining() {
+            session.set_keepalive(None);
+        }
         cx.refusal = reply.code;
         let reply = reply.render(&cx.request_id);
         let body = reply.body;
@@ -380,8 +383,20 @@ impl ProxyHttp for Gateway {
         // request body, Pingora's per-read timeout would also run while the upstream
         // waits for a slow client (whose pauses body_timeout bounds), so the gateway
         // bounds those reads itself once the request is sent (HTTP/1; see `read_idle`)
+        // Pingora's per-read timer also runs between the pieces of the body, so with
+        // it at read_timeout a client pausing its body would be blamed on the upstream.
+        // With a body it is longer than the client's own limit (body_timeout answers a
+        // pausing client first), and the gateway bounds the upstream itself: the
+        // upload deadline while the body is sent, then the response head's deadline,
+        // which starts once the upstream has the whole body (HTTP/1; see `read_idle`).
+        // Pingora reads the response body on a side of its own, so a slow client never
+        // runs that timer
         let own_reads = !up.http2 && !session.is_body_empty();
-        peer.options.read_timeout = (!own_reads).then_some(up.read_timeout);
+        peer.options.read_timeout = Some(if own_reads {
+            up.read_timeout + self.limits.body_timeout
+        } else {
+            up.read_timeout
+        });
         // an upstream that stops taking the request (its body) is not answering either:
         // without this, Pingora waits for it for ever (it reads no response meanwhile)
         peer.options.write_timeout = Some(up.read_timeout);
@@ -616,10 +631,15 @@ impl ProxyHttp for Gateway {
         x: &mut Self::CTX,
     ) -> Result<()> {
         let Exchange { cx, st } = &mut **x;
+        if forwarding::is_interim(resp.status) {
+            // `100 Continue`, `103 Early Hints`: the request is not answered yet, and
+            // its deadlines go on (a client may send its body only now)
+            forwarding::strip_response_hop_by_hop(resp);
+            return Ok(());
+        }
         st.upstream_conn = None;
         st.head_deadline = None;
-        // the body's first read, when the gateway bounds the upstream's reads itself
-        st.rearm_read_deadline();
+        st.read_idle = None;
         if let Some(start) = st.upstream_start {
             st.upstream_elapsed = Some(start.elapsed());
         }
@@ -630,32 +650,17 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    fn upstream_response_body_filter(
-        &self,
-        _session: &mut Session,
-        _body: &mut Option<bytes::Bytes>,
-        end_of_stream: bool,
-        x: &mut Self::CTX,
-    ) -> Result<Option<std::time::Duration>> {
-        let Exchange { st, .. } = &mut **x;
-        if st.read_idle.is_some() {
-            if end_of_stream {
-                st.read_idle = None;
-                st.head_deadline = None;
-            } else {
-                st.rearm_read_deadline();
-            }
-        }
-        Ok(None)
-    }
-
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         x: &mut Self::CTX,
     ) -> Result<()> {
         let Exchange { cx, st } = &mut **x;
+        // a request that was in flight when the drain began closes its connection too
+        if self.drain.is_draining() {
+            session.set_keepalive(None);
+        }
         let id = st
             .request_id_header(&cx.request_id)
             .or_err_with(ErrorType::InvalidHTTPHeader, || "invalid request id")?;

@@ -43,9 +43,9 @@ pub(crate) struct ProxyState {
     /// The HTTP/1 upstream connection of the current try, until its deadline is armed.
     pub(crate) upstream_conn: Option<Arc<Connection>>,
     pub(crate) head_deadline: Option<HeadDeadline>,
-    /// With a request body: the upstream connection whose reads the gateway bounds
-    /// itself, each by `read_timeout`, once the request is sent (Pingora's own read
-    /// timeout would also run while the upstream waits for a slow client).
+    /// With a request body: the upstream connection whose taking of the body, and then
+    /// whose response head, the gateway bounds itself (Pingora's per-read timeout would
+    /// also run while the upstream waits for a slow client).
     pub(crate) read_idle: Option<Arc<Connection>>,
     /// Counts the request as in flight for a graceful shutdown, until dropped.
     _in_flight: InFlight,
@@ -116,16 +116,5 @@ impl ProxyState {
         let after = route.upstream.read_timeout;
         self.head_deadline = None;
         self.head_deadline = Some(HeadDeadline::arm_upload(conn.clone(), after));
-    }
-
-    /// For a request whose upstream reads the gateway bounds itself
-    /// ([`Self::read_idle`]): the next read from the upstream must come within
-    /// `read_timeout`.
-    pub(crate) fn rearm_read_deadline(&mut self) {
-        if let (Some(conn), Some(route)) = (&self.read_idle, &self.route) {
-            let after = route.upstream.read_timeout;
-            self.head_deadline = None;
-            self.head_deadline = Some(HeadDeadline::arm(conn.clone(), after));
-        }
     }
 }
