@@ -995,25 +995,32 @@ async fn a_slow_but_steady_reader_is_not_cut() {
     let (_gw, mut s) = big_download(big_upstream(SIZE).await).await;
     // 256 KiB, then a pause of 100 ms (a fifth of send_timeout), and again: ~1.6 s in
     // all, three times send_timeout, which bounds each pause, not the whole answer
+    let body = read_slowly(&mut s, 256 * 1024, Duration::from_millis(100)).await;
+    assert_eq!(body, SIZE, "the answer was cut short");
+}
+
+/// Reads a whole 200 answer `step` bytes at a time with a `pause` after each (the
+/// client's pace, the behaviour under test); the length of its body.
+async fn read_slowly(s: &mut TcpStream, step: usize, pause: Duration) -> usize {
     let mut got = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
-    let finished = tokio::time::timeout(Duration::from_secs(20), async {
+    let finished = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             let mark = got.len();
-            while got.len() - mark < 256 * 1024 {
+            while got.len() - mark < step {
                 match s.read(&mut buf).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => got.extend_from_slice(&buf[..n]),
                 }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(pause).await;
         }
     })
     .await;
     assert!(finished.is_ok(), "the download did not end");
-    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     assert!(got.starts_with(b"HTTP/1.1 200"));
-    assert_eq!(got.len() - head_end, SIZE, "the answer was cut short");
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    got.len() - head_end
 }
 
 #[tokio::test]
@@ -1049,30 +1056,12 @@ async fn a_slow_reader_of_the_answer_to_an_upload_is_not_cut_at_read_timeout() {
     .unwrap();
     // the client, not the upstream, is slow: 512 KiB, then a pause longer than the
     // upstream's read_timeout (within send_timeout), and again
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let finished = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let mark = got.len();
-            while got.len() - mark < 512 * 1024 {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(400)).await;
-        }
-    })
-    .await;
-    assert!(finished.is_ok(), "the download did not end");
-    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    assert!(got.starts_with(b"HTTP/1.1 200"));
+    let body = read_slowly(&mut s, 512 * 1024, Duration::from_millis(400)).await;
     assert_eq!(
-        got.len() - head_end,
+        body,
         SIZE,
-        "the answer was cut short: {:?} {:?}",
-        gw.stdout_lines(),
-        gw.stderr_lines()
+        "the answer was cut short: {:?}",
+        gw.stdout_lines()
     );
 }
 
