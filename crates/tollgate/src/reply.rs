@@ -248,7 +248,8 @@ pub(crate) struct Rendered {
     pub(crate) body: Bytes,
 }
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `X-Request-Id`, parsed once.
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 impl Reply {
     /// The reply for the request `request_id`, ready to write: a refusal gets

@@ -123,20 +123,12 @@ pub(crate) fn signal_handlers(
 ///
 /// Pingora's own grace period and shutdown timeout come after this and should be zero,
 /// as in [`crate::GatewayHandle::pingora_server`].
+#[derive(Debug)]
 pub struct ShutdownSignals {
     pub(crate) drain: Arc<Drain>,
     pub(crate) grace_period: Duration,
     pub(crate) timeout: Duration,
     pub(crate) upgrade_sock: String,
-}
-
-impl std::fmt::Debug for ShutdownSignals {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShutdownSignals")
-            .field("grace_period", &self.grace_period)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
 }
 
 impl ShutdownSignals {
@@ -153,14 +145,12 @@ impl ShutdownSignals {
             if fds.is_empty() {
                 return Ok(0);
             }
-            fds.send_to_sock(sock.as_str())
+            fds.send_to_sock(sock.as_str()).map_err(|e| e.to_string())
         })
-        .await;
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
         match sent {
-            Ok(Ok(_)) => tracing::info!("listening sockets sent to the new process"),
-            Ok(Err(e)) => {
-                tracing::error!("cannot send the listening sockets to the new process: {e}")
-            }
+            Ok(_) => tracing::info!("listening sockets sent to the new process"),
             Err(e) => tracing::error!("cannot send the listening sockets to the new process: {e}"),
         }
     }

@@ -19,6 +19,11 @@
 //! HTTP/2 upstream connections carry many requests and are never armed (their
 //! response head comes in one HEADERS frame, which Pingora's `read_timeout` already
 //! bounds).
+//!
+//! A request with a body gets an upload deadline while the body is sent
+//! ([`HeadDeadline::arm_upload`]) and a head deadline that starts once the upstream has
+//! taken all of it ([`HeadDeadline::arm_sent`]): both look at the socket's send queue,
+//! so that a client pausing its body, or a slow upstream taking it, is not cut.
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
@@ -100,9 +105,9 @@ impl Connection {
         }
     }
 
-    /// Bytes written to the socket and not yet acknowledged by the peer; `None` when the
-    /// connection is closed or the count cannot be had.
-    fn unsent(&self) -> Option<u32> {
+    /// Runs `f` on the socket, unless Pingora has let the connection go (or it has no
+    /// descriptor yet); `closed` stays locked until `f` returns.
+    fn with_socket<R>(&self, f: impl FnOnce(BorrowedFd<'_>) -> R) -> Option<R> {
         let closed = lock(&self.closed);
         let fd = match &self.own {
             Some(own) => std::os::fd::AsFd::as_fd(own),
@@ -112,31 +117,28 @@ impl Connection {
                 _ => return None,
             },
         };
-        let n = send_queue(fd);
+        let r = f(fd);
         drop(closed);
-        n
+        Some(r)
+    }
+
+    /// Bytes written to the socket and not yet acknowledged by the peer; `None` when the
+    /// connection is closed or the count cannot be had.
+    fn unsent(&self) -> Option<u32> {
+        self.with_socket(send_queue).flatten()
     }
 
     /// Shuts the socket down, unless Pingora has let the connection go.
     fn shut_down(&self) {
-        let closed = lock(&self.closed);
-        let fd = match &self.own {
-            Some(own) => std::os::fd::AsFd::as_fd(own),
-            None if *closed => return,
-            None => match self.fd.load(Ordering::Acquire) {
-                fd if fd >= 0 => borrow(fd),
-                _ => return,
-            },
-        };
-        // shutdown(2) acts on the socket, whichever descriptor names it (TCP or Unix);
-        // `closed` stays locked until it returns
-        let _ = socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Both);
-        drop(closed);
+        // shutdown(2) acts on the socket, whichever descriptor names it (TCP or Unix)
+        self.with_socket(|fd| {
+            let _ = socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Both);
+        });
     }
 }
 
-// The crate's one `unsafe` block: Pingora's `connected_to_upstream` hook lends the
-// connection as a bare descriptor number.
+// Pingora's `connected_to_upstream` hook lends the connection as a bare descriptor
+// number (one of the crate's two `unsafe` blocks, both in this file).
 #[allow(unsafe_code)]
 fn borrow<'a>(fd: RawFd) -> BorrowedFd<'a> {
     // SAFETY: callers pass a descriptor that is open for as long as the borrow is used:
@@ -454,6 +456,24 @@ mod tests {
         assert_eq!(&buf, b"ok");
     }
 
+    /// A pending read on `c` ends (the socket was shut down) within a few seconds.
+    async fn assert_read_ended(c: &mut tokio::net::TcpStream) {
+        let mut buf = [0u8; 8];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .expect("the read was not ended by the deadline")
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+
+    /// Waits for a deadline of `after` armed now on another connection to fire: the
+    /// time of any deadline armed before with a shorter one has passed.
+    async fn witness_passes(after: Duration) {
+        let (mut witness, _ws) = pair().await;
+        let _w = HeadDeadline::arm(opened(witness.as_raw_fd()), after);
+        assert_read_ended(&mut witness).await;
+    }
+
     fn opened(fd: RawFd) -> Arc<Connection> {
         Connection::on(fd, false, Some(Connection::unopened())).unwrap()
     }
@@ -463,12 +483,7 @@ mod tests {
     async fn a_deadline_ends_a_pending_read(after: Duration) {
         let (mut c, _s) = pair().await;
         let d = HeadDeadline::arm(opened(c.as_raw_fd()), after);
-        let mut buf = [0u8; 8];
-        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
-            .await
-            .expect("the read was not ended by the deadline")
-            .unwrap();
-        assert_eq!(n, 0);
+        assert_read_ended(&mut c).await;
         assert!(d.expired());
     }
 
@@ -487,14 +502,7 @@ mod tests {
         s.read_exact(&mut got).await.unwrap();
         let d = HeadDeadline::arm_upload(opened(c.as_raw_fd()), Duration::from_millis(20));
         // a later deadline on another connection firing shows the first one's time passed
-        let (mut witness, _ws) = pair().await;
-        let _w = HeadDeadline::arm(opened(witness.as_raw_fd()), Duration::from_millis(200));
-        let mut buf = [0u8; 2];
-        let n = tokio::time::timeout(Duration::from_secs(5), witness.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(n, 0);
+        witness_passes(Duration::from_millis(200)).await;
         assert!(
             !d.expired(),
             "waiting for the client is not the upstream's fault"
@@ -521,12 +529,7 @@ mod tests {
             "bytes wait in the send queue"
         );
         let d = HeadDeadline::arm_upload(conn, Duration::from_millis(50));
-        let mut buf = [0u8; 8];
-        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
-            .await
-            .expect("the read was not ended by the deadline")
-            .unwrap();
-        assert_eq!(n, 0);
+        assert_read_ended(&mut c).await;
         assert!(d.expired());
     }
 
@@ -558,14 +561,7 @@ mod tests {
         let conn = opened(c.as_raw_fd());
         conn.close();
         let d = HeadDeadline::arm(conn, Duration::from_millis(20));
-        let (mut witness, _ws) = pair().await;
-        let _w = HeadDeadline::arm(opened(witness.as_raw_fd()), Duration::from_millis(40));
-        let mut buf = [0u8; 2];
-        let n = tokio::time::timeout(Duration::from_secs(5), witness.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(n, 0);
+        witness_passes(Duration::from_millis(40)).await;
         assert!(d.expired(), "the deadline passed");
         assert_still_open(&mut c, &mut s).await;
     }
@@ -589,21 +585,7 @@ mod tests {
         assert!(!d.expired());
         drop(d);
         // a later deadline on another connection firing shows the first one's time passed
-        let (mut witness, _ws) = pair().await;
-        let _w = HeadDeadline::arm(opened(witness.as_raw_fd()), Duration::from_millis(40));
-        let mut buf = [0u8; 2];
-        let n = tokio::time::timeout(Duration::from_secs(5), witness.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(n, 0);
-        tokio::io::AsyncWriteExt::write_all(&mut s, b"ok")
-            .await
-            .unwrap();
-        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut buf))
-            .await
-            .expect("the disarmed connection was shut down")
-            .unwrap();
-        assert_eq!(&buf, b"ok");
+        witness_passes(Duration::from_millis(40)).await;
+        assert_still_open(&mut c, &mut s).await;
     }
 }

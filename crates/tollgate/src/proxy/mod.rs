@@ -19,7 +19,7 @@ use crate::forwarding;
 use crate::guard::head_deadline::{Connection, PeerTracer};
 use crate::metrics::{Metrics, NO_ROUTE};
 use crate::policy::Flow;
-use crate::reply::{ErrorCode, Reply};
+use crate::reply::{ErrorCode, Reply, X_REQUEST_ID};
 use crate::request_id;
 use crate::router::{self, path, Lookup, RequestFacts};
 use crate::runtime::{Route, Snapshot};
@@ -53,10 +53,8 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-const X_REQUEST_ID: &str = "x-request-id";
 /// Parsed names (a `&str` name is parsed on every look-up; cloning these allocates
 /// nothing).
-static X_REQUEST_ID_NAME: HeaderName = HeaderName::from_static(X_REQUEST_ID);
 static X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_HOST_NAME: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PROTO_NAME: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -73,9 +71,6 @@ impl Gateway {
         cx: &mut RequestCtx,
         st: &mut ProxyState,
     ) -> std::result::Result<Arc<Route>, Reply> {
-        if self.drain.is_draining() {
-            session.set_keepalive(None);
-        }
         let head = forwarding::HeadFacts::of(&session.req_header().headers);
         if head.untrusted {
             forwarding::drop_untrusted_headers(session.req_header_mut());
@@ -379,19 +374,16 @@ impl ProxyHttp for Gateway {
         let mut peer = HttpPeer::new(backend.addr.clone(), up.tls, up.sni.clone());
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout);
-        // read_timeout counts only while the gateway waits for the upstream: with a
-        // request body, Pingora's per-read timeout would also run while the upstream
-        // waits for a slow client (whose pauses body_timeout bounds), so the gateway
-        // bounds those reads itself once the request is sent (HTTP/1; see `read_idle`)
         // Pingora's per-read timer also runs between the pieces of the body, so with
         // it at read_timeout a client pausing its body would be blamed on the upstream.
         // With a body it is longer than the client's own limit (body_timeout answers a
         // pausing client first), and the gateway bounds the upstream itself: the
         // upload deadline while the body is sent, then the response head's deadline,
-        // which starts once the upstream has the whole body (HTTP/1; see `read_idle`).
+        // which starts once the upstream has the whole body (HTTP/1; see `with_body`).
         // Pingora reads the response body on a side of its own, so a slow client never
         // runs that timer
         let own_reads = !up.http2 && !session.is_body_empty();
+        st.with_body = own_reads;
         peer.options.read_timeout = Some(if own_reads {
             up.read_timeout + self.limits.body_timeout
         } else {
@@ -411,10 +403,6 @@ impl ProxyHttp for Gateway {
             // a connection opened for this try carries this, for its head deadline
             let conn = Connection::unopened();
             peer.options.tracer = Some(PeerTracer::tracer(&conn));
-            if own_reads {
-                // the connection is known once the request is sent (arm_head_deadline)
-                st.read_idle = Some(conn.clone());
-            }
             st.fresh_conn = Some(conn);
         }
         if up.ca.is_some() {
@@ -502,9 +490,8 @@ impl ProxyHttp for Gateway {
         let Exchange { cx, st } = &mut **x;
         if end_of_stream {
             st.arm_head_deadline();
-        } else if st.read_idle.is_some() {
-            // the upstream took the last piece (or the pipe to it had room): its
-            // deadline starts again
+        } else {
+            // a piece of the body moved: the upload deadline starts again
             st.arm_upload_deadline();
         }
         match st.route.clone() {
@@ -613,7 +600,7 @@ impl ProxyHttp for Gateway {
             }
             let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
             h.insert(X_FORWARDED_PROTO_NAME.clone(), proto);
-            h.insert(X_REQUEST_ID_NAME.clone(), request_id);
+            h.insert(X_REQUEST_ID.clone(), request_id);
             if let Some(v) = traceparent {
                 h.insert(TRACEPARENT_NAME.clone(), v);
             }
@@ -631,22 +618,20 @@ impl ProxyHttp for Gateway {
         x: &mut Self::CTX,
     ) -> Result<()> {
         let Exchange { cx, st } = &mut **x;
+        forwarding::strip_response_hop_by_hop(resp);
         if forwarding::is_interim(resp.status) {
             // `100 Continue`, `103 Early Hints`: the request is not answered yet, and
             // its deadlines go on (a client may send its body only now)
-            forwarding::strip_response_hop_by_hop(resp);
             return Ok(());
         }
         st.upstream_conn = None;
         st.head_deadline = None;
-        st.read_idle = None;
         if let Some(start) = st.upstream_start {
             st.upstream_elapsed = Some(start.elapsed());
         }
         if let (Some(route), Some(addr)) = (&st.route, cx.backend()) {
             route.upstream.passive.succeeded(addr);
         }
-        forwarding::strip_response_hop_by_hop(resp);
         Ok(())
     }
 
@@ -675,7 +660,7 @@ impl ProxyHttp for Gateway {
             std::mem::take(&mut cx.response_headers)
         };
         forwarding::edit_response_headers(resp, 1 + set.len() + headroom, |h| {
-            h.insert(X_REQUEST_ID_NAME.clone(), id);
+            h.insert(X_REQUEST_ID.clone(), id);
             for (n, v) in set {
                 h.insert(n, v);
             }

@@ -43,10 +43,11 @@ pub(crate) struct ProxyState {
     /// The HTTP/1 upstream connection of the current try, until its deadline is armed.
     pub(crate) upstream_conn: Option<Arc<Connection>>,
     pub(crate) head_deadline: Option<HeadDeadline>,
-    /// With a request body: the upstream connection whose taking of the body, and then
-    /// whose response head, the gateway bounds itself (Pingora's per-read timeout would
-    /// also run while the upstream waits for a slow client).
-    pub(crate) read_idle: Option<Arc<Connection>>,
+    /// The request has a body, sent to an HTTP/1 upstream: the gateway bounds the
+    /// upstream's taking of it, and starts the head's deadline once it has all of it
+    /// (Pingora's per-read timeout would also run while the upstream waits for a slow
+    /// client).
+    pub(crate) with_body: bool,
     /// Counts the request as in flight for a graceful shutdown, until dropped.
     _in_flight: InFlight,
 }
@@ -68,7 +69,7 @@ impl ProxyState {
             fresh_conn: None,
             upstream_conn: None,
             head_deadline: None,
-            read_idle: None,
+            with_body: false,
             _in_flight: in_flight,
         }
     }
@@ -93,28 +94,24 @@ impl ProxyState {
             return;
         };
         let after = route.upstream.read_timeout;
-        self.head_deadline = None;
-        self.head_deadline = Some(if self.read_idle.is_some() {
-            // a body: its end may still be in the socket's buffers, on its way to a
-            // slow upstream; the head's time starts once the upstream has all of it
-            self.read_idle = Some(conn.clone());
+        self.head_deadline = Some(if self.with_body {
+            // its end may still be in the socket's buffers, on its way to a slow
+            // upstream; the head's time starts once the upstream has all of it
             HeadDeadline::arm_sent(conn, after)
         } else {
             HeadDeadline::arm(conn, after)
         });
     }
 
-    /// While the request body is sent, on a request whose upstream reads the gateway
-    /// bounds itself ([`Self::read_idle`]): an upstream that stops taking the body is
-    /// cut after `read_timeout`, a client that pauses is not blamed on it.
+    /// While the request body is sent ([`Self::with_body`]), again for each piece of it
+    /// that moves: an upstream that stops taking the body is cut after `read_timeout`,
+    /// a client that pauses is not blamed on it.
     pub(crate) fn arm_upload_deadline(&mut self) {
-        let (Some(conn), Some(_), Some(route)) =
-            (&self.upstream_conn, &self.read_idle, &self.route)
+        let (Some(conn), true, Some(route)) = (&self.upstream_conn, self.with_body, &self.route)
         else {
             return;
         };
         let after = route.upstream.read_timeout;
-        self.head_deadline = None;
         self.head_deadline = Some(HeadDeadline::arm_upload(conn.clone(), after));
     }
 }
