@@ -496,6 +496,36 @@ impl Drop for Gateway {
     }
 }
 
+/// A WebSocket upgrade request for `path` (HTTP/1.1, no body).
+pub fn websocket_upgrade(path: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Reads one response head (to its empty line, byte by byte so that nothing after it
+/// is taken), each byte within 5 s; panics if the connection closes first.
+pub async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
+            .await
+            .expect("a response head in time")
+            .expect("read");
+        assert_eq!(
+            n,
+            1,
+            "connection closed in a response head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
 /// A parsed raw HTTP/1.1 response.
 #[derive(Debug, Clone)]
 pub struct RawResponse {

@@ -1080,21 +1080,8 @@ async fn a_client_pausing_after_100_continue_is_not_blamed_on_the_upstream() {
     .await
     .unwrap();
     // the upstream (hyper) answers 100 Continue once it is asked for the body
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
-            .await
-            .expect("an interim answer in time")
-            .unwrap();
-        assert_eq!(n, 1, "closed before 100 Continue");
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 100"),
-        "{:?}",
-        String::from_utf8_lossy(&head)
-    );
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 100"), "{head:?}");
     s.write_all(b"12345").await.unwrap();
     // the client pauses for three times the upstream's read_timeout
     tokio::time::sleep(Duration::from_millis(1500)).await;

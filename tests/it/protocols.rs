@@ -15,28 +15,8 @@ async fn websocket_upgrades_are_proxied_both_ways() {
         upstream_table("ws", &[up.addr])
     ));
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(
-        b"GET /ws/chat HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            n,
-            1,
-            "connection closed during the handshake: {:?}",
-            String::from_utf8_lossy(&head)
-        );
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    s.write_all(&websocket_upgrade("/ws/chat")).await.unwrap();
+    let head = read_head(&mut s).await.to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
     for msg in [&b"hello"[..], b"second frame", &[0u8, 159, 146, 150]] {

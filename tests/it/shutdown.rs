@@ -162,23 +162,10 @@ async fn a_websocket_tunnel_lives_until_the_shutdown_timeout_then_closes() {
         "info",
     );
     let mut s = TcpStream::connect(gw.addr).await.expect("connect");
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await
-    .expect("handshake");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
-            .await
-            .expect("handshake answer in time")
-            .expect("read");
-        assert_eq!(n, 1, "closed during the handshake");
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
+    s.write_all(&websocket_upgrade("/ws"))
+        .await
+        .expect("handshake");
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 101"));
     let term = Instant::now();
     gw.signal("TERM");
     assert!(
@@ -235,4 +222,25 @@ async fn an_upgrade_lets_a_long_request_on_the_old_process_finish() {
         .await
         .expect("the new process serves");
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_exits_at_once_even_during_a_drain() {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start_logging(bin(), &config("127.0.0.1:0", "10s", "10s", up.addr), "info");
+    let _req = tokio::spawn(get_at(client(), gw.url("/delay/20000")));
+    assert!(
+        eventually(Duration::from_secs(5), async || up.count() == 1).await,
+        "the request reached the upstream"
+    );
+    gw.signal("TERM");
+    assert!(logged(&gw, "draining").await, "the drain did not start");
+    let int = Instant::now();
+    gw.signal("INT");
+    let (_, exited) = exit_of(gw, Duration::from_secs(15)).await;
+    assert!(
+        exited - int < Duration::from_secs(3),
+        "SIGINT did not end the 10 s grace period at once: exited after {:?}",
+        exited - int
+    );
 }
