@@ -8,6 +8,11 @@
 //!   the binary reports the address it bound.
 //! - [`raw`]: sends exact bytes and reads the whole answer, for requests a normal
 //!   client would "fix" before sending (dot segments, odd framing).
+//! - [`DnsServer`]: a real authoritative DNS server (UDP and TCP on one loopback port)
+//!   with a zone the test edits, per-name failure [`Rule`]s and a log of the queries.
+
+pub mod dns;
+pub use dns::{DnsServer, Rule};
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -65,7 +70,17 @@ pub struct Upstream {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     healthy: Arc<std::sync::atomic::AtomicBool>,
     connections: Arc<std::sync::atomic::AtomicUsize>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Counts a connection closed when its task ends.
+struct Closed(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl Upstream {
@@ -119,17 +134,22 @@ impl Upstream {
         let health = healthy.clone();
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let accepted = connections.clone();
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let opened = open.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 accepted.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                opened.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                let closed = Closed(opened.clone());
                 let rec = rec.clone();
                 let name = name.clone();
                 let health = health.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
+                    let _closed = closed;
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let rec = rec.clone();
                         let name = name.clone();
@@ -174,8 +194,14 @@ impl Upstream {
             seen,
             healthy,
             connections,
+            open,
             task,
         }
+    }
+
+    /// How many of its connections are open now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// How many TCP connections it accepted.

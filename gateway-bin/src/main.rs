@@ -37,11 +37,16 @@ enum Command {
         #[arg(long)]
         upgrade: bool,
     },
-    /// Parse and validate a config file; prints `ok` and a summary.
+    /// Parse and validate a config file; prints `ok` and a summary. Never contacts DNS
+    /// unless `--resolve` is given.
     Check {
         /// The TOML config file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Also look every backend name up once, as `run` would; a name that does not
+        /// resolve is an error.
+        #[arg(long)]
+        resolve: bool,
     },
 }
 
@@ -58,7 +63,22 @@ fn load(path: &PathBuf) -> Result<Config, ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match load(&config) {
+        Command::Check { config, resolve } => match load(&config) {
+            Ok(c) if resolve => match c.resolve_names() {
+                Ok(lines) => {
+                    println!("ok: {}", c.summary());
+                    for l in lines {
+                        println!("{l}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("{e}");
+                    }
+                    ExitCode::from(1)
+                }
+            },
             Ok(c) => {
                 println!("ok: {}", c.summary());
                 ExitCode::SUCCESS

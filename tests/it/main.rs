@@ -6,6 +6,7 @@ mod admin;
 mod auth;
 mod balancing;
 mod cli;
+mod dns;
 mod examples;
 mod hardening;
 mod jwt;

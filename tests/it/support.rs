@@ -14,6 +14,11 @@ pub fn gateway(body: &str) -> Gateway {
     Gateway::start(bin(), &format!("{}\n{body}", server_table(false)))
 }
 
+/// Like [`gateway_with_admin`], with diagnostics at `level` on stderr.
+pub fn gateway_logging(body: &str, level: &str) -> Gateway {
+    Gateway::start_logging(bin(), &format!("{}\n{body}", server_table(true)), level)
+}
+
 /// Like [`gateway`], with an admin listener too.
 pub fn gateway_with_admin(body: &str) -> Gateway {
     Gateway::start(bin(), &format!("{}\n{body}", server_table(true)))
@@ -63,6 +68,16 @@ pub fn upstream_table(name: &str, backends: &[std::net::SocketAddr]) -> String {
 /// A `GET` request with extra header lines (each ending in `\r\n`) and `Connection: close`.
 pub fn get(path: &str, headers: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: h\r\n{headers}Connection: close\r\n\r\n").into_bytes()
+}
+
+/// POST `/admin/reload`: (status, JSON body).
+pub async fn admin_reload(gw: &Gateway) -> (u16, serde_json::Value) {
+    let r = client()
+        .post(gw.admin_url("/admin/reload"))
+        .send()
+        .await
+        .expect("reload");
+    (r.status().as_u16(), r.json().await.unwrap_or_default())
 }
 
 /// Runs `tollgate check` on `toml` (written as `g.toml` in a temp dir), asserts that it

@@ -108,7 +108,7 @@ fn a_missing_or_bad_key_is_a_config_error() {
 }
 
 /// A CA and a leaf certificate for `name` signed by it: (ca_pem, leaf_pem, leaf_key_pem).
-fn ca_and_leaf(name: &str) -> (String, String, String) {
+pub(crate) fn ca_and_leaf(name: &str) -> (String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();

@@ -61,15 +61,14 @@ impl AccessLogger {
         let _ = self.tx.try_send(String::new());
     }
 
-    pub(crate) fn log(
-        &self,
-        session: &Session,
-        cx: &RequestCtx,
-        status: u16,
-        elapsed: Duration,
-        upstream_elapsed: Option<Duration>,
-        bytes: usize,
-    ) {
+    pub(crate) fn log(&self, session: &Session, cx: &RequestCtx, done: &Done<'_>) {
+        let Done {
+            status,
+            elapsed,
+            upstream_elapsed,
+            bytes,
+            upstream_name,
+        } = *done;
         let req = session.req_header();
         let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let line = serde_json::json!({
@@ -82,6 +81,7 @@ impl AccessLogger {
             "status": status,
             "route": cx.route_name(),
             "upstream": cx.backend().map(|a| a.to_string()),
+            "upstream_name": upstream_name,
             "consumer": cx.consumer.as_ref().map(|c| c.name.as_str()),
             "duration_ms": elapsed.as_secs_f64() * 1000.0,
             "upstream_ms": upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
@@ -95,6 +95,17 @@ impl AccessLogger {
             }
         }
     }
+}
+
+/// How a request ended, for its log line.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Done<'a> {
+    pub status: u16,
+    pub elapsed: Duration,
+    pub upstream_elapsed: Option<Duration>,
+    pub bytes: usize,
+    /// The backend entry the address connected to came from (a DNS name).
+    pub upstream_name: Option<&'a str>,
 }
 
 enum Output {

@@ -10,6 +10,7 @@ use pingora::protocols::http::ServerSession;
 
 use crate::config::LoadError;
 use crate::consumer::secret_eq;
+use crate::discovery::NameReport;
 use crate::gateway::GatewayHandle;
 use crate::reply::error_body;
 
@@ -77,38 +78,40 @@ impl ServeHttp for Admin {
                 );
                 r
             }
-            ("/admin/reload", _) if method == http::Method::POST => match self.handle.reload() {
-                Ok(done) => {
-                    let body = serde_json::json!({
-                        "ok": true,
-                        "config_digest": done.digest,
-                        "needs_restart": done.needs_restart,
-                    });
-                    reply(
-                        StatusCode::OK,
-                        "application/json",
-                        body.to_string().into_bytes(),
-                    )
+            ("/admin/reload", _) if method == http::Method::POST => {
+                match self.handle.reload().await {
+                    Ok(done) => {
+                        let body = serde_json::json!({
+                            "ok": true,
+                            "config_digest": done.digest,
+                            "needs_restart": done.needs_restart,
+                        });
+                        reply(
+                            StatusCode::OK,
+                            "application/json",
+                            body.to_string().into_bytes(),
+                        )
+                    }
+                    Err(e) => {
+                        let errors: Vec<String> = match &e {
+                            LoadError::Invalid(errs) => {
+                                errs.errors().iter().map(|x| x.to_string()).collect()
+                            }
+                            other => vec![other.to_string()],
+                        };
+                        let body = serde_json::json!({
+                            "error": "bad_request",
+                            "message": "the configuration is invalid; nothing changed",
+                            "errors": errors,
+                        });
+                        reply(
+                            StatusCode::BAD_REQUEST,
+                            "application/json",
+                            body.to_string().into_bytes(),
+                        )
+                    }
                 }
-                Err(e) => {
-                    let errors: Vec<String> = match &e {
-                        LoadError::Invalid(errs) => {
-                            errs.errors().iter().map(|x| x.to_string()).collect()
-                        }
-                        other => vec![other.to_string()],
-                    };
-                    let body = serde_json::json!({
-                        "error": "bad_request",
-                        "message": "the configuration is invalid; nothing changed",
-                        "errors": errors,
-                    });
-                    reply(
-                        StatusCode::BAD_REQUEST,
-                        "application/json",
-                        body.to_string().into_bytes(),
-                    )
-                }
-            },
+            }
             ("/admin/config", true) => {
                 let body = self.handle.snapshot().redacted.to_string().into_bytes();
                 reply(StatusCode::OK, "application/json", body)
@@ -122,9 +125,21 @@ impl ServeHttp for Admin {
                         let backends: Vec<_> = u
                             .backend_health()
                             .into_iter()
-                            .map(|(addr, w, healthy)| serde_json::json!({"addr": addr, "weight": w, "healthy": healthy}))
+                            .map(|b| {
+                                serde_json::json!({
+                                    "addr": b.addr.to_string(),
+                                    "weight": b.weight,
+                                    "healthy": b.healthy,
+                                    "name": b.name.as_deref(),
+                                })
+                            })
                             .collect();
-                        (u.name.clone(), serde_json::json!({ "backends": backends }))
+                        let mut v = serde_json::json!({ "backends": backends });
+                        if u.has_names() {
+                            v["names"] =
+                                self.handle.dns().report(u).iter().map(name_json).collect();
+                        }
+                        (u.name.clone(), v)
                     })
                     .collect();
                 let uptime = SystemTime::now()
@@ -153,6 +168,36 @@ impl ServeHttp for Admin {
             _ => json_error(StatusCode::NOT_FOUND, "no_route", "unknown admin endpoint"),
         }
     }
+}
+
+/// One `names` entry of `/admin/status` (fleet.md §13.9).
+fn name_json(r: &NameReport) -> serde_json::Value {
+    let time = |t: Option<SystemTime>| t.map(|t| humantime::format_rfc3339_seconds(t).to_string());
+    let mut v = serde_json::json!({
+        "name": r.name,
+        "type": if r.srv.is_some() { "srv" } else { "host" },
+        "source": if r.from_hosts { "hosts_file" } else { "dns" },
+        "addresses": r.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "result": r.result,
+        "stale": r.stale,
+        "resolved_at": time(r.resolved_at),
+        "expires_at": time(r.expires_at),
+        "error": r.error,
+    });
+    if let Some(records) = &r.srv {
+        v["records"] = records
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "target": s.target,
+                    "port": s.port,
+                    "priority": s.priority,
+                    "weight": s.weight,
+                })
+            })
+            .collect();
+    }
+    v
 }
 
 #[cfg(test)]

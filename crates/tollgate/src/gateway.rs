@@ -17,6 +17,7 @@ use pingora::services::ServiceWithDependents;
 use crate::access_log::AccessLogger;
 use crate::admin::Admin;
 use crate::config::{Config, LoadError, ServerSettings};
+use crate::discovery::{Discovery, Refresher};
 use crate::drain::Drain;
 use crate::guard::Guarded;
 use crate::health::HealthChecker;
@@ -134,8 +135,29 @@ impl GatewayBuilder {
             Some(t) => Some(SpanExporter::start(t, metrics.spans_dropped().clone())?),
             None => None,
         };
+        let state = Arc::new(ArcSwap::new(config.snapshot.clone()));
+        let dns = Arc::new(Discovery::new(&config.server.dns, metrics.clone()));
+        dns.serve(state.clone());
+        if config.snapshot.upstreams.values().any(|u| u.has_names()) {
+            // fleet.md §13.4: every name is looked up before the listeners open, for
+            // at most `startup_wait`; on a runtime of its own, since none runs yet
+            let (dns, snap) = (dns.clone(), config.snapshot.clone());
+            let wait = config.server.dns.startup_wait;
+            std::thread::Builder::new()
+                .name("tollgate-dns-start".into())
+                .spawn(move || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map(|rt| rt.block_on(dns.prepare(&snap, wait)))
+                })?
+                .join()
+                .map_err(|_| std::io::Error::other("the start-up DNS lookups panicked"))??;
+        }
         let handle = GatewayHandle {
-            state: Arc::new(ArcSwap::new(config.snapshot.clone())),
+            dns,
+            reload_lock: Arc::default(),
+            state,
             metrics,
             spans,
             drain: Arc::default(),
@@ -197,6 +219,10 @@ pub struct GatewayHandle {
     started: SystemTime,
     /// Told of every reload (the health checker waits on it).
     reloads: Arc<tokio::sync::watch::Sender<()>>,
+    /// The answers for backends named by DNS, kept across reloads.
+    dns: Arc<Discovery>,
+    /// One reload at a time.
+    reload_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl GatewayHandle {
@@ -243,10 +269,16 @@ impl GatewayHandle {
     /// that need a restart or upgrade (listeners, threads, …) are not applied: they are
     /// logged and listed in the answer ([`ServerSettings::needs_restart`]).
     ///
+    /// Backend names new in the file (every name, when `[server.dns]` changed) are
+    /// looked up before the new config takes effect, for at most
+    /// `server.dns.startup_wait`; DNS being down never fails a reload. One reload runs
+    /// at a time.
+    ///
     /// # Errors
     /// The file is unreadable or invalid; nothing changed. The errors are logged, and
     /// written to stderr too, so that a program without a tracing subscriber sees them.
-    pub fn reload(&self) -> Result<Reloaded, LoadError> {
+    pub async fn reload(&self) -> Result<Reloaded, LoadError> {
+        let _one = self.reload_lock.lock().await;
         let Some(path) = &self.path else {
             return Err(LoadError::Unreadable {
                 path: PathBuf::new(),
@@ -256,9 +288,21 @@ impl GatewayHandle {
         let prior = self.state.load_full();
         match Config::reload_from(path, &self.registry, Some(&prior)) {
             Ok(c) => {
+                // fleet.md §13.5: new names (every name, when [server.dns] changed) are
+                // looked up before the new config takes effect, for at most
+                // `startup_wait`; names that stay keep their answers
+                let pinned = self.dns.pin(c.snapshot.clone());
+                self.dns.configure(&c.server.dns);
+                self.dns
+                    .prepare(&c.snapshot, c.server.dns.startup_wait)
+                    .await;
                 let digest = c.snapshot.digest.clone();
                 let needs_restart = self.server.needs_restart(&c.server);
-                self.state.store(c.snapshot);
+                self.state.store(c.snapshot.clone());
+                drop(pinned);
+                self.dns.prune();
+                // lookups that ended meanwhile updated the snapshot then in force
+                self.dns.resync(&c.snapshot).await;
                 self.reloads.send_replace(());
                 self.metrics.reload(true);
                 self.publish_health();
@@ -353,15 +397,36 @@ impl GatewayHandle {
         )
     }
 
+    /// The background service that looks backends named by DNS up again as their
+    /// answers expire (idle when no upstream names one).
+    pub fn discovery_service(&self) -> impl ServiceWithDependents {
+        pingora::services::background::background_service(
+            "dns discovery",
+            Refresher {
+                dns: self.dns.clone(),
+                state: self.state.clone(),
+                reloads: self.reloads.subscribe(),
+            },
+        )
+    }
+
     /// Sets the health gauge of every backend of the current config, as traffic sees
     /// it (also on every `/metrics` scrape: a passive ejection starts and ends on the
     /// request path, which does not touch the gauges).
     pub(crate) fn publish_health(&self) {
         for u in self.state.load().upstreams.values() {
-            for (addr, _, healthy) in u.backend_health() {
-                self.metrics.backend_health(&u.name, &addr, healthy);
+            let backends = u.backend_health();
+            for b in &backends {
+                self.metrics
+                    .backend_health(&u.name, &b.addr.to_string(), b.healthy);
             }
+            self.metrics.upstream_backends(&u.name, backends.len());
         }
+    }
+
+    /// The DNS answers of backends named by DNS.
+    pub(crate) fn dns(&self) -> &Discovery {
+        &self.dns
     }
 
     /// The `[server]` settings this gateway was built with.
@@ -402,9 +467,9 @@ impl GatewayHandle {
     }
 
     /// Adds every service of the gateway to `server`: the proxy listeners, the health
-    /// checker, the admin listener (if `admin_listen` is set), and the signal handlers
-    /// (SIGHUP reload, SIGUSR1 log reopen, draining on upgrade/shutdown). The server's
-    /// own services are untouched. Use [`GatewayHandle::services`] to pick instead.
+    /// checker, DNS discovery, the admin listener (if `admin_listen` is set), and the
+    /// signal handlers (SIGHUP reload, SIGUSR1 log reopen, draining on upgrade and
+    /// shutdown). The server's own services are untouched. Use [`GatewayHandle::services`] to pick instead.
     pub fn add_to(&self, server: &mut Server) {
         let signals = crate::server::signal_handlers(self.clone(), server);
         for s in self.services(&server.configuration) {
@@ -413,12 +478,14 @@ impl GatewayHandle {
         server.add_service(signals);
     }
 
-    /// Every service of the gateway except the signal handlers, ready for
+    /// Every service of the gateway except the signal handlers (the proxy, health
+    /// checks, DNS discovery, admin), ready for
     /// `Server::add_boxed_service`.
     pub fn services(&self, conf: &Arc<ServerConf>) -> Vec<Box<dyn ServiceWithDependents>> {
         let mut v: Vec<Box<dyn ServiceWithDependents>> = vec![
             Box::new(self.proxy_service(conf)),
             Box::new(self.health_service()),
+            Box::new(self.discovery_service()),
         ];
         if let Some(a) = self.admin_service() {
             v.push(Box::new(a));

@@ -7,16 +7,20 @@
 //! the answer is 503 `no_healthy_upstream` at once. Health is exported as
 //! `tollgate_upstream_backend_healthy{upstream,backend}` and in `/admin/status`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use pingora::lb::health_check::HealthCheck;
+use pingora::lb::Backend;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::endpoint::CheckHosts;
 use crate::metrics::Metrics;
 use crate::runtime::{HealthSchedule, Snapshot, Upstream};
 
@@ -41,8 +45,8 @@ async fn run(upstream: Arc<Upstream>, metrics: Metrics) {
         return;
     };
     upstream.selector.backends().run_health_check(true).await;
-    for (addr, _, healthy) in upstream.backend_health() {
-        metrics.backend_health(&upstream.name, &addr, healthy);
+    for b in upstream.backend_health() {
+        metrics.backend_health(&upstream.name, &b.addr.to_string(), b.healthy);
     }
     schedule.finish();
 }
@@ -84,6 +88,83 @@ impl BackgroundService for HealthChecker {
                 changed = reloads.changed(), if reloadable => reloadable = changed.is_ok(),
                 _ = shutdown.changed() => return,
             }
+        }
+    }
+}
+
+// === Checks of addresses from names ===
+
+/// A Pingora health check.
+pub(crate) type BoxCheck = Box<dyn HealthCheck + Send + Sync>;
+
+/// Makes the check for a (Host, SNI) pair.
+type MakeCheck = Box<dyn Fn(&str, &str) -> Option<BoxCheck> + Send + Sync>;
+
+/// The check of an upstream with DNS names: each address is checked with the Host and
+/// SNI its requests get (fleet.md §13.6), one Pingora check per such pair.
+pub(crate) struct PerHostCheck {
+    /// Makes the check for a (Host, SNI) pair.
+    build: MakeCheck,
+    /// Consecutive results that flip a backend: (to healthy, to unhealthy).
+    thresholds: (usize, usize),
+    hosts: CheckHosts,
+    /// Bounded by the upstream's entries: a pair comes from the config, not from DNS.
+    built: std::sync::Mutex<HashMap<(String, String), Arc<dyn HealthCheck + Send + Sync>>>,
+}
+
+impl PerHostCheck {
+    pub(crate) fn new(
+        build: impl Fn(&str, &str) -> Option<BoxCheck> + Send + Sync + 'static,
+        thresholds: (usize, usize),
+        hosts: CheckHosts,
+    ) -> Self {
+        Self {
+            build: Box::new(build),
+            thresholds,
+            hosts,
+            built: Default::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl HealthCheck for PerHostCheck {
+    async fn check(&self, target: &Backend) -> pingora::Result<()> {
+        let pair = self
+            .hosts
+            .load()
+            .get(
+                &target
+                    .addr
+                    .as_inet()
+                    .copied()
+                    .unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
+            )
+            .cloned()
+            .unwrap_or_else(|| ("localhost".into(), String::new()));
+        let check = {
+            let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+            match built.get(&pair) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = (self.build)(&pair.0, &pair.1).ok_or_else(|| {
+                        pingora::Error::explain(pingora::ErrorType::InternalError, "no check")
+                    })?;
+                    let c: Arc<dyn HealthCheck + Send + Sync> = Arc::from(c);
+                    built.insert(pair, c.clone());
+                    c
+                }
+            }
+        };
+        check.check(target).await
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        let (up, down) = self.thresholds;
+        if success {
+            up
+        } else {
+            down
         }
     }
 }

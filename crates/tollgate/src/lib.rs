@@ -64,7 +64,10 @@ mod admin;
 mod balance;
 mod consumer;
 mod context;
+mod discovery;
+mod dns;
 mod drain;
+mod endpoint;
 mod forwarding;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]

@@ -45,6 +45,9 @@ pub struct Metrics {
     refusals: IntCounterVec,
     reloads: IntCounterVec,
     backend_healthy: IntGaugeVec,
+    backends: IntGaugeVec,
+    dns_resolutions: IntCounterVec,
+    dns_stale: IntGaugeVec,
     log_dropped: IntCounter,
     spans_dropped: IntCounter,
 }
@@ -108,6 +111,27 @@ impl Metrics {
             ),
             &["upstream", "backend"],
         ));
+        let backends = must(IntGaugeVec::new(
+            Opts::new(
+                "tollgate_upstream_backends",
+                "Backends in force, healthy or not (addresses of DNS names included).",
+            ),
+            &["upstream"],
+        ));
+        let dns_resolutions = must(IntCounterVec::new(
+            Opts::new(
+                "tollgate_dns_resolutions_total",
+                "Lookups of the upstream's DNS names, by result.",
+            ),
+            &["upstream", "result"],
+        ));
+        let dns_stale = must(IntGaugeVec::new(
+            Opts::new(
+                "tollgate_dns_stale_names",
+                "The upstream's names serving kept addresses after a failed lookup.",
+            ),
+            &["upstream"],
+        ));
         let build = must(IntGaugeVec::new(
             Opts::new("tollgate_build_info", "Build information; always 1."),
             &["version"],
@@ -128,6 +152,9 @@ impl Metrics {
             Box::new(refusals.clone()),
             Box::new(reloads.clone()),
             Box::new(backend_healthy.clone()),
+            Box::new(backends.clone()),
+            Box::new(dns_resolutions.clone()),
+            Box::new(dns_stale.clone()),
             Box::new(build),
             Box::new(log_dropped.clone()),
             Box::new(spans_dropped.clone()),
@@ -147,6 +174,9 @@ impl Metrics {
             refusals,
             reloads,
             backend_healthy,
+            backends,
+            dns_resolutions,
+            dns_stale,
             log_dropped,
             spans_dropped,
         }
@@ -235,6 +265,34 @@ impl Metrics {
         self.backend_healthy
             .with_label_values(&[upstream, backend])
             .set(i64::from(healthy));
+    }
+
+    /// Removes a backend's series (its address left the upstream).
+    pub(crate) fn forget_backend(&self, upstream: &str, backend: &str) {
+        let _ = self
+            .backend_healthy
+            .remove_label_values(&[upstream, backend]);
+    }
+
+    /// Sets `tollgate_upstream_backends`.
+    pub(crate) fn upstream_backends(&self, upstream: &str, n: usize) {
+        self.backends
+            .with_label_values(&[upstream])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one lookup of one of the upstream's names.
+    pub(crate) fn dns_resolution(&self, upstream: &str, result: &str) {
+        self.dns_resolutions
+            .with_label_values(&[upstream, result])
+            .inc();
+    }
+
+    /// Sets `tollgate_dns_stale_names`.
+    pub(crate) fn dns_stale(&self, upstream: &str, n: usize) {
+        self.dns_stale
+            .with_label_values(&[upstream])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Records a configuration reload.

@@ -2,7 +2,7 @@
 //! policies built, the route trie ready. Nothing at request time looks a name up.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -12,6 +12,10 @@ use regex::Regex;
 
 use crate::balance::{Balance, Selector};
 use crate::consumer::Consumers;
+use crate::dns::IpFamily;
+use crate::endpoint::{
+    BackendEntry, CheckHosts, Desired, EndpointSet, Endpoints, UpstreamShape, Want,
+};
 use crate::policy::Chain;
 use crate::router::Router;
 
@@ -102,7 +106,14 @@ pub(crate) struct Upstream {
     /// The upstream's name (its table key).
     pub name: String,
     pub(crate) selector: Selector,
-    pub(crate) backends: Vec<(String, usize)>,
+    /// The `backends` entries, in config order.
+    pub(crate) entries: Vec<BackendEntry>,
+    /// The addresses in force and what requests to each need.
+    pub(crate) endpoints: EndpointSet,
+    /// For an upstream with DNS names: the backends its load balancer discovers.
+    pub(crate) desired: Option<Arc<Desired>>,
+    /// The address records its names are looked up for.
+    pub(crate) ip_family: IpFamily,
     pub(crate) balance: Balance,
     pub(crate) tls: bool,
     pub(crate) sni: String,
@@ -118,31 +129,99 @@ pub(crate) struct Upstream {
     pub(crate) health: Option<HealthSchedule>,
     /// The active checks' health state and the fingerprint of the check that made it.
     pub(crate) health_registry: Option<(String, std::sync::Arc<pingora::lb::HealthRegistry>)>,
+    /// With DNS names and active checks: the Host and SNI each address is checked with.
+    pub(crate) check_hosts: Option<CheckHosts>,
     pub(crate) passive: crate::balance::Passive,
-    /// Each backend's `Host` header value (the SNI name over TLS when set, else its
-    /// address), made once at load.
-    pub(crate) host_headers: rustc_hash::FxHashMap<std::net::SocketAddr, http::HeaderValue>,
+}
+
+/// One backend as `/admin/status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BackendState {
+    pub addr: SocketAddr,
+    pub weight: usize,
+    pub healthy: bool,
+    pub name: Option<Arc<str>>,
 }
 
 impl Upstream {
-    /// Each backend's address, weight and current health.
-    pub(crate) fn backend_health(&self) -> Vec<(String, usize, bool)> {
-        let set = self.selector.backends().get_backend();
-        self.backends
+    /// Each backend in force: address, weight, current health and its entry.
+    pub(crate) fn backend_health(&self) -> Vec<BackendState> {
+        let eps = self.endpoints.current();
+        eps.list
             .iter()
-            .map(|(addr, w)| {
+            .map(|e| {
                 // as traffic sees it: failing active checks, or passively ejected
-                let ejected = addr
-                    .parse()
-                    .is_ok_and(|a: std::net::SocketAddr| self.passive.is_down(a));
-                let healthy = !ejected
-                    && set
-                        .iter()
-                        .find(|b| b.addr.to_string() == *addr)
-                        .is_some_and(|b| self.selector.backends().ready(b));
-                (addr.clone(), *w, healthy)
+                let healthy =
+                    !self.passive.is_down(&e.stats) && self.selector.backends().ready(&e.backend);
+                BackendState {
+                    addr: e.addr,
+                    weight: e.backend.weight,
+                    healthy,
+                    name: e.name.clone(),
+                }
             })
             .collect()
+    }
+
+    /// True when some backend entry is a DNS name or an SRV name.
+    pub(crate) fn has_names(&self) -> bool {
+        self.desired.is_some()
+    }
+
+    /// What making its endpoints needs.
+    pub(crate) fn shape(&self) -> UpstreamShape<'_> {
+        UpstreamShape {
+            entries: &self.entries,
+            tls: self.tls,
+            sni: &self.sni,
+        }
+    }
+
+    /// Puts `wants` in force (an upstream with names only): returns the addresses
+    /// added and removed, or `None` when nothing changed.
+    pub(crate) async fn install(
+        &self,
+        wants: &[Want],
+    ) -> Option<(Vec<SocketAddr>, Vec<SocketAddr>)> {
+        let (EndpointSet::Dns(swap), Some(desired)) = (&self.endpoints, &self.desired) else {
+            return None;
+        };
+        let old = swap.load_full();
+        let new = Endpoints::build(&self.shape(), wants, Some(&old));
+        if new.same_as(&old) {
+            return None;
+        }
+        let added = new
+            .list
+            .iter()
+            .filter(|e| !old.by_addr.contains_key(&e.addr))
+            .map(|e| e.addr)
+            .collect();
+        let removed = old
+            .list
+            .iter()
+            .filter(|e| !new.by_addr.contains_key(&e.addr))
+            .map(|e| e.addr)
+            .collect();
+        if let Some(hosts) = &self.check_hosts {
+            hosts.store(Arc::new(
+                new.list
+                    .iter()
+                    .map(|e| {
+                        let host = e.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+                        (e.addr, (host.to_string(), e.sni.clone()))
+                    })
+                    .collect(),
+            ));
+        }
+        desired.set(new.backend_set());
+        // the new endpoints first: until the balancer is updated, a removed address it
+        // still offers has no endpoint and is passed over
+        swap.store(Arc::new(new));
+        if let Err(e) = self.selector.update().await {
+            tracing::error!("upstream {}: updating its backends failed: {e}", self.name);
+        }
+        Some((added, removed))
     }
 }
 
@@ -150,7 +229,7 @@ impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
             .field("name", &self.name)
-            .field("backends", &self.backends)
+            .field("entries", &self.entries)
             .field("balance", &self.balance)
             .finish_non_exhaustive()
     }

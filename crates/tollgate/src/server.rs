@@ -73,7 +73,7 @@ impl BackgroundService for Signals {
             tokio::select! {
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP received, reloading");
-                    let _ = self.handle.reload();
+                    let _ = self.handle.reload().await;
                 }
                 _ = usr1.recv() => {
                     tracing::info!("SIGUSR1 received, reopening the access log");

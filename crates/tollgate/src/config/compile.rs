@@ -8,19 +8,27 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 use pingora::lb::discovery::Static;
-use pingora::lb::{Backend, Backends, HealthRegistry, LoadBalancer};
+use pingora::lb::health_check::HealthCheck;
+use pingora::lb::{Backends, HealthRegistry, LoadBalancer};
 use serde::de::{DeserializeOwned, IntoDeserializer};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::diagnostic::{join, Diagnostics};
-use super::file::{ConsumerFile, RouteFile, ServerFile, UpstreamFile};
+use super::file::{BackendFile, ConsumerFile, RouteFile, ServerFile, UpstreamFile};
 use super::{AccessLog, ConfigErrors, ServerSettings};
-use crate::balance::{Balance, LeastConn, Passive, Selector};
+use crate::balance::{Balance, Passive, Selector};
 use crate::consumer::{Consumer, Consumers, PasswordHash};
+use crate::dns::HostPort;
+use crate::endpoint::{
+    BackendEntry, CheckHosts, Desired, Discover, EndpointSet, Endpoints, Target, UpstreamShape,
+    Want,
+};
+use crate::health::PerHostCheck;
 use crate::policy::{BoxPolicy, BuildCtx, Chain, ConsumerPolicies, Failure, Registry};
 use crate::request_key::RequestKey;
 use crate::router::{HostMatch, PathPattern, RouteSpec, Router};
@@ -38,6 +46,8 @@ struct Ctx<'a> {
     redis: Option<Arc<RedisStore>>,
     /// The running configuration, on a reload: health state of unchanged checks carries over.
     prior: Option<&'a Snapshot>,
+    /// `server.dns.ip_family`, for upstreams that do not set their own.
+    dns_family: crate::dns::IpFamily,
 }
 
 pub(super) fn compile(
@@ -60,6 +70,7 @@ pub(super) fn compile(
         config_dir,
         redis: None,
         prior,
+        dns_family: Default::default(),
     };
     cx.diags.set_root(doc_ref);
 
@@ -87,6 +98,9 @@ pub(super) fn compile(
         Some(v) => server_settings(&mut cx, v),
         None => Some((ServerSettings::default(), Vec::new())),
     };
+    if let Some((s, _)) = &server {
+        cx.dns_family = s.dns.ip_family;
+    }
     let (trusted, server) = match server {
         Some((s, t)) => (t, Some(s)),
         None => (Vec::new(), None),
@@ -214,7 +228,8 @@ fn remove_entry_at(v: &mut Value<'_>, at: &Range<usize>) -> Option<String> {
     };
     let mut hit = None;
     for (k, val) in t.iter_mut() {
-        if inside(val.span()) {
+        // a table opened by a `[a.b]` header has the header's span, not its contents'
+        if inside(val.span()) || matches!(val.get_ref(), DeValue::Table(_)) {
             if let Some(deeper) = remove_entry_at(val, at) {
                 return Some(deeper);
             }
@@ -376,6 +391,17 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
             }
         }
     }
+    if let Some(d) = &f.dns {
+        match d.get_ref().resolve(cx.config_dir) {
+            Ok(settings) => s.dns = settings,
+            Err(errors) => {
+                for (key, span, msg) in errors {
+                    cx.diags.at(span, format!("server.dns.{key}"), msg);
+                }
+                ok = false;
+            }
+        }
+    }
     for (i, t) in f.tls.iter().enumerate() {
         let t = t.get_ref();
         let path = format!("server.tls[{i}]");
@@ -450,37 +476,33 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         );
         ok = false;
     }
-    let mut backends = Vec::new();
-    let mut set = std::collections::BTreeSet::new();
+    let mut entries: Vec<BackendEntry> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (i, b) in f.backends.get_ref().iter().enumerate() {
         let bp = format!("{bpath}[{i}]");
-        let be = b.get_ref();
-        if be.addr.parse::<SocketAddr>().is_err() {
-            cx.diags.at(
-                b.span(),
-                &bp,
-                format!("invalid backend address {:?}: expected IP:PORT", be.addr),
-            );
-            ok = false;
-            continue;
-        }
-        if be.weight == 0 {
-            cx.diags.at(b.span(), &bp, "weight must be at least 1");
-            ok = false;
-            continue;
-        }
-        match Backend::new_with_weight(&be.addr, be.weight) {
-            Ok(backend) => {
-                if !set.insert(backend.clone()) {
+        match backend_entry(b.get_ref()) {
+            Ok(entry) => {
+                // the same address, name and port, or SRV name twice (fleet.md §13.3)
+                let key = match &entry.target {
+                    Target::Ip(a) => format!("ip {a}"),
+                    Target::Host(h, p) => format!("host {}:{p}", crate::dns::normal(h)),
+                    Target::Srv(n) => format!("srv {}", crate::dns::normal(n)),
+                };
+                if !seen.insert(key) {
+                    let what = &entry.written;
                     cx.diags
-                        .at(b.span(), &bp, format!("duplicate backend {:?}", be.addr));
+                        .at(b.span(), &bp, format!("duplicate backend {what:?}"));
                     ok = false;
+                    continue;
                 }
-                backends.push((be.addr.clone(), be.weight));
+                entries.push(BackendEntry {
+                    place: cx.diags.place(&b.span()),
+                    path: bp,
+                    ..entry
+                });
             }
-            Err(e) => {
-                cx.diags
-                    .at(b.span(), &bp, format!("invalid backend {:?}: {e}", be.addr));
+            Err(msg) => {
+                cx.diags.at(b.span(), &bp, msg);
                 ok = false;
             }
         }
@@ -543,8 +565,11 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
     let mut fingerprint = String::new();
     if let Some(hc) = &f.health_check {
         let host = f.sni.clone().unwrap_or_else(|| "localhost".into());
-        fingerprint = format!("{:?}|{host}|{}", hc.get_ref(), f.tls);
-        match hc.get_ref().build(&host, f.tls) {
+        // an upstream with names checks each address with its own Host and SNI: a
+        // different check, which reads the map of them (`check_hosts`) it was made with
+        let names = entries.iter().any(BackendEntry::is_name);
+        fingerprint = format!("{:?}|{host}|{}|{names}", hc.get_ref(), f.tls);
+        match hc.get_ref().build(&host, &host, f.tls) {
             Ok(built) => health = Some(built),
             Err((key, msg)) => {
                 cx.diags
@@ -558,25 +583,75 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
     }
     // An unchanged check of an upstream that stays keeps its registry: backends that
     // stay keep their health, new ones start healthy, as at startup.
+    let prior = cx.prior.and_then(|p| p.upstreams.get(name));
     let (check, registry, schedule) = match health {
-        Some((c, s)) => match cx
-            .prior
-            .and_then(|p| p.upstreams.get(name))
+        Some((c, s)) => match prior
             .and_then(|u| u.health_registry.as_ref())
             .filter(|(fp, _)| *fp == fingerprint)
         {
             Some((_, r)) => (None, r.clone(), Some(s)),
-            None => (Some(c), Arc::new(HealthRegistry::new()), Some(s)),
+            None => (Some(c), by_address(), Some(s)),
         },
-        None => (None, Arc::new(HealthRegistry::new()), None),
+        None => (None, by_address(), None),
+    };
+    // a kept registry keeps its check, and so the Host and SNI map that check reads
+    let kept_hosts = match (&check, schedule.is_some()) {
+        (None, true) => prior.and_then(|u| u.check_hosts.clone()),
+        _ => None,
     };
     let health_registry = schedule.is_some().then(|| (fingerprint, registry.clone()));
-    let addrs: Vec<SocketAddr> = set
+    let shape = UpstreamShape {
+        entries: &entries,
+        tls: f.tls,
+        sni: f.sni.as_deref().unwrap_or(""),
+    };
+    let has_names = entries.iter().any(BackendEntry::is_name);
+    // IP entries are in force at once; an upstream with names gets the addresses of
+    // its names from the DNS table once it is looked up (`crate::dns`)
+    let ip_wants: Vec<Want> = entries
         .iter()
-        .filter_map(|b| b.addr.as_inet().copied())
+        .enumerate()
+        .filter_map(|(i, e)| match e.target {
+            Target::Ip(addr) => Some(Want {
+                addr,
+                weight: e.weight,
+                entry: i,
+                host_name: None,
+                tier: None,
+                priority: None,
+            }),
+            _ => None,
+        })
         .collect();
-    let backends_lb =
-        || Backends::new_with_health_registry(Static::new(set.clone()), registry.clone());
+    let endpoints = Endpoints::build(&shape, &ip_wants, None);
+    let set = endpoints.backend_set();
+    let desired = has_names.then(|| {
+        let d = Arc::new(Desired::default());
+        d.set(set.clone());
+        d
+    });
+    let check_hosts: Option<CheckHosts> = match kept_hosts {
+        Some(kept) => Some(kept),
+        None => (has_names && check.is_some()).then(Default::default),
+    };
+    let check = match (check, &check_hosts, &f.health_check) {
+        (Some(_), Some(hosts), Some(hc)) => {
+            let (config, tls) = (hc.get_ref().clone(), f.tls);
+            let thresholds = config.thresholds();
+            let build = move |host: &str, sni: &str| config.build(host, sni, tls).ok().map(|b| b.0);
+            Some(
+                Box::new(PerHostCheck::new(build, thresholds, hosts.clone()))
+                    as Box<dyn HealthCheck + Send + Sync>,
+            )
+        }
+        (c, _, _) => c,
+    };
+    let backends_lb = || match &desired {
+        Some(d) => {
+            Backends::new_with_health_registry(Box::new(Discover(d.clone())), registry.clone())
+        }
+        None => Backends::new_with_health_registry(Static::new(set.clone()), registry.clone()),
+    };
     let selector = match balance {
         Balance::RoundRobin => {
             Selector::RoundRobin(ready(LoadBalancer::from_backends(backends_lb()), check))
@@ -588,32 +663,23 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
             ready(LoadBalancer::from_backends(backends_lb()), check),
             hash_key,
         ),
-        Balance::LeastConn => Selector::LeastConn(
-            ready(LoadBalancer::from_backends(backends_lb()), check),
-            Arc::new(LeastConn::new(addrs.clone())),
-        ),
+        Balance::LeastConn => {
+            Selector::LeastConn(ready(LoadBalancer::from_backends(backends_lb()), check))
+        }
     };
     let sni = f.sni.clone().unwrap_or_default();
-    // the Host a backend is sent: the SNI name over TLS when one is set, else its address
-    let sni_host = (f.tls && !sni.is_empty())
-        .then(|| http::HeaderValue::from_str(&sni).ok())
-        .flatten();
-    let host_headers = addrs
-        .iter()
-        .filter_map(|a| {
-            let host = match &sni_host {
-                Some(h) => h.clone(),
-                None => http::HeaderValue::from_str(&a.to_string()).ok()?,
-            };
-            Some((*a, host))
-        })
-        .collect();
-    let passive = Passive::new(addrs, passive_threshold, passive_cooldown);
+    let endpoints = if has_names {
+        EndpointSet::Dns(ArcSwap::from_pointee(endpoints))
+    } else {
+        EndpointSet::Fixed(endpoints)
+    };
     Some(Upstream {
-        host_headers,
         name: name.to_string(),
         selector,
-        backends,
+        entries,
+        endpoints,
+        desired,
+        ip_family: f.ip_family.unwrap_or(cx.dns_family),
         balance,
         tls: f.tls,
         sni,
@@ -631,14 +697,64 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
             .map_or(Duration::from_secs(5), |d| d.get()),
         read_timeout: f.read_timeout.map_or(Duration::from_secs(30), |d| d.get()),
         retries: f.retries.unwrap_or(1),
-        passive,
+        passive: Passive::new(passive_threshold, passive_cooldown),
         health: schedule,
         health_registry,
+        check_hosts,
     })
 }
 
-/// Installs the health check and loads the static backend list into the balancer
-/// (static discovery never waits).
+/// A health registry that keys health by address alone: an address keeps its health
+/// when its weight changes (fleet.md §13.5).
+fn by_address() -> Arc<HealthRegistry> {
+    Arc::new(HealthRegistry::with_equivalence(|b| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        b.addr.hash(&mut h);
+        h.finish()
+    }))
+}
+
+/// A backend entry's form (fleet.md §13.3, §13.7), without its place in the file.
+fn backend_entry(b: &BackendFile) -> Result<BackendEntry, String> {
+    let entry = |written: &str, target, weight| BackendEntry {
+        written: Arc::from(written),
+        target,
+        weight,
+        path: String::new(),
+        place: String::new(),
+    };
+    match (&b.addr, &b.srv) {
+        (Some(_), Some(_)) => Err("a backend has `addr` or `srv`, not both".into()),
+        (None, None) => Err("a backend table needs `addr` or `srv`".into()),
+        (None, Some(srv)) => {
+            if b.weight.is_some() {
+                return Err("an SRV backend takes no `weight`: its records give weights".into());
+            }
+            if srv.contains(':') {
+                return Err(format!(
+                    "{srv:?}: an SRV name has no port: its records give ports"
+                ));
+            }
+            if !crate::dns::valid_name(srv) {
+                return Err(format!("{srv:?} is not a DNS name"));
+            }
+            Ok(entry(srv, Target::Srv(srv.clone()), 1))
+        }
+        (Some(addr), None) => {
+            let weight = b.weight.unwrap_or(1);
+            if weight == 0 {
+                return Err("weight must be at least 1".into());
+            }
+            let target = match crate::dns::parse_host_port(addr) {
+                Ok(HostPort::Ip(a)) => Target::Ip(a),
+                Ok(HostPort::Name(h, p)) => Target::Host(h, p),
+                Err(why) => return Err(format!("invalid backend address {addr:?}: {why}")),
+            };
+            Ok(entry(addr, target, weight))
+        }
+    }
+}
+
 fn ready<S>(
     mut lb: LoadBalancer<S>,
     check: Option<Box<dyn pingora::lb::health_check::HealthCheck + Send + Sync>>,

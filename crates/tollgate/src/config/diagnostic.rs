@@ -84,6 +84,12 @@ impl<'a> Diagnostics<'a> {
         self.root = Some(root);
     }
 
+    /// `FILE:LINE:COL` of `span`.
+    pub(crate) fn place(&self, span: &Range<usize>) -> String {
+        let (line, column) = line_col(self.src, span.start);
+        format!("{}:{line}:{column}", self.file)
+    }
+
     /// An error at `span`, with an explicit key path.
     pub(crate) fn at(
         &mut self,

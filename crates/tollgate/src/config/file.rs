@@ -37,6 +37,7 @@ pub(crate) struct ServerFile {
     pub tls: Vec<Spanned<TlsFile>>,
     pub redis: Option<Spanned<RedisFile>>,
     pub tracing: Option<Spanned<TracingFile>>,
+    pub dns: Option<Spanned<super::dns::DnsFile>>,
 }
 
 /// `[upstreams.NAME]`.
@@ -56,25 +57,25 @@ pub(crate) struct UpstreamFile {
     pub read_timeout: Option<ConfigDuration>,
     pub retries: Option<usize>,
     pub health_check: Option<Spanned<super::health_check::HealthCheckConfig>>,
+    pub ip_family: Option<crate::dns::IpFamily>,
 }
 
-/// One backend: `"127.0.0.1:9001"` or `{ addr = "127.0.0.1:9002", weight = 3 }`.
-#[derive(Debug, Clone)]
+/// One backend: `"127.0.0.1:9001"`, `"orders.svc:8080"`,
+/// `{ addr = "HOST:PORT", weight = 3 }` or `{ srv = "_http._tcp.orders.svc" }`.
+/// Which combinations are valid is checked when the upstream is compiled.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct BackendFile {
-    pub addr: String,
-    pub weight: usize,
+    pub addr: Option<String>,
+    pub srv: Option<String>,
+    pub weight: Option<usize>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BackendTable {
-    addr: String,
-    #[serde(default = "one")]
-    weight: usize,
-}
-
-fn one() -> usize {
-    1
+    addr: Option<String>,
+    srv: Option<String>,
+    weight: Option<usize>,
 }
 
 impl<'de> Deserialize<'de> for BackendFile {
@@ -84,19 +85,20 @@ impl<'de> Deserialize<'de> for BackendFile {
             type Value = BackendFile;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(
-                    r#"an address "host:port" or a table { addr = "host:port", weight = N }"#,
+                    r#"an address "HOST:PORT", or a table { addr = "HOST:PORT", weight = N } or { srv = "NAME" }"#,
                 )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<BackendFile, E> {
                 Ok(BackendFile {
-                    addr: v.to_string(),
-                    weight: 1,
+                    addr: Some(v.to_string()),
+                    ..BackendFile::default()
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<BackendFile, A::Error> {
                 let t = BackendTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 Ok(BackendFile {
                     addr: t.addr,
+                    srv: t.srv,
                     weight: t.weight,
                 })
             }

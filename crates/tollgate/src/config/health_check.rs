@@ -50,13 +50,23 @@ pub(crate) struct HealthCheckConfig {
 }
 
 impl HealthCheckConfig {
-    /// Builds Pingora's check and the schedule; `host` is the `Host` (and SNI) to use.
+    /// Consecutive results that flip a backend: (to healthy, to unhealthy).
+    pub(crate) fn thresholds(&self) -> (usize, usize) {
+        (
+            self.healthy_after.unwrap_or(1),
+            self.unhealthy_after.unwrap_or(2),
+        )
+    }
+
+    /// Builds Pingora's check and the schedule; `host` is the `Host` to send and `sni`
+    /// the TLS server name.
     ///
     /// # Errors
     /// `(key, message)` for an invalid setting.
     pub(crate) fn build(
         &self,
         host: &str,
+        sni: &str,
         tls: bool,
     ) -> Result<(Box<dyn HealthCheck + Send + Sync>, HealthSchedule), (String, String)> {
         let interval = self.interval.map_or(Duration::from_secs(1), |d| d.get());
@@ -82,7 +92,7 @@ impl HealthCheckConfig {
                     return Err(("path".into(), "path only applies to kind = \"http\"".into()));
                 }
                 let mut hc = if tls {
-                    TcpHealthCheck::new_tls(host)
+                    TcpHealthCheck::new_tls(sni)
                 } else {
                     TcpHealthCheck::new()
                 };
@@ -98,6 +108,7 @@ impl HealthCheckConfig {
                     return Err(("path".into(), format!("invalid check path {path:?}")));
                 }
                 let mut hc = HttpHealthCheck::new(host, tls);
+                hc.peer_template.sni = sni.to_string();
                 let mut req = pingora::http::RequestHeader::build("GET", path.as_bytes(), None)
                     .map_err(|e| ("path".to_string(), e.to_string()))?;
                 req.append_header("host", host)
@@ -138,12 +149,12 @@ mod tests {
     #[test]
     fn builds_http_and_tcp_checks_and_refuses_bad_settings() {
         assert!(config("path = \"/healthz\"\ninterval = \"200ms\"")
-            .build("h", false)
+            .build("h", "h", false)
             .is_ok());
-        assert!(config("kind = \"tcp\"").build("h", false).is_ok());
+        assert!(config("kind = \"tcp\"").build("h", "h", false).is_ok());
         assert_eq!(
             config("kind = \"tcp\"\npath = \"/x\"")
-                .build("h", false)
+                .build("h", "h", false)
                 .err()
                 .unwrap()
                 .0,
@@ -151,7 +162,7 @@ mod tests {
         );
         assert_eq!(
             config("unhealthy_after = 0")
-                .build("h", false)
+                .build("h", "h", false)
                 .err()
                 .unwrap()
                 .0,
@@ -159,7 +170,7 @@ mod tests {
         );
         assert_eq!(
             config("interval = \"1ms\"")
-                .build("h", false)
+                .build("h", "h", false)
                 .err()
                 .unwrap()
                 .0,
@@ -167,7 +178,7 @@ mod tests {
         );
         assert_eq!(
             config("path = \"healthz\"")
-                .build("h", false)
+                .build("h", "h", false)
                 .err()
                 .unwrap()
                 .0,

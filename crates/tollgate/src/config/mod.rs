@@ -9,6 +9,7 @@ pub mod diagnostic;
 pub(crate) mod file;
 
 mod compile;
+pub(crate) mod dns;
 pub(crate) mod health_check;
 pub mod limits;
 mod redact;
@@ -75,6 +76,8 @@ pub struct ServerSettings {
     pub(crate) tracing: Option<crate::otlp::TracingSettings>,
     /// Request-head limits and connection deadlines (`[server.limits]`).
     pub limits: limits::Limits,
+    /// `[server.dns]`: how backend names are looked up.
+    pub(crate) dns: crate::dns::Settings,
 }
 
 impl Default for ServerSettings {
@@ -93,6 +96,7 @@ impl Default for ServerSettings {
             tls: Vec::new(),
             tracing: None,
             limits: limits::Limits::default(),
+            dns: crate::dns::Settings::default(),
         }
     }
 }
@@ -232,6 +236,74 @@ impl Config {
         })
     }
 
+    /// `tollgate check --resolve` (fleet.md §13.7): looks every backend name up once,
+    /// with `[server.dns]` and as `run` would (hosts file, search list, `ip_family`,
+    /// blocked ranges). Blocks until every lookup has ended (each is bounded by
+    /// `timeout` × `attempts` × resolvers per search candidate).
+    ///
+    /// # Errors
+    /// One line per name entry that yields no usable address, at its entry:
+    /// `FILE:LINE:COL: upstreams.X.backends[I]: "NAME:PORT" does not resolve: NXDOMAIN`.
+    pub fn resolve_names(&self) -> Result<Vec<String>, Vec<String>> {
+        let snap = self.snapshot.clone();
+        let dns = Arc::new(crate::discovery::Discovery::new(
+            &self.server.dns,
+            crate::metrics::Metrics::new(),
+        ));
+        let reports = {
+            let dns = dns.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(dns.prepare(&snap, Duration::from_secs(3600)));
+                Some(
+                    snap.upstreams
+                        .values()
+                        .filter(|u| u.has_names())
+                        .flat_map(|u| dns.report(u))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .join()
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+        };
+        let mut ok = Vec::new();
+        let mut errors = Vec::new();
+        for r in reports {
+            if r.addresses.is_empty() {
+                let cause = match (r.result, r.srv.is_some()) {
+                    ("ok", true) => "no target resolves".to_string(),
+                    ("ok", false) => "no usable address".to_string(),
+                    ("pending", _) => "TIMEOUT".to_string(),
+                    (other, _) => other.to_uppercase(),
+                };
+                errors.push(format!(
+                    "{}: {}: {:?} does not resolve: {cause}",
+                    r.place, r.path, r.name
+                ));
+                continue;
+            }
+            let addrs: Vec<String> = r
+                .detail
+                .iter()
+                .map(|(a, priority, weight)| match priority {
+                    Some(p) => format!("{a} (priority {p}, weight {weight})"),
+                    None => a.to_string(),
+                })
+                .collect();
+            ok.push(format!("{}: {} -> {}", r.path, r.name, addrs.join(", ")));
+        }
+        if errors.is_empty() {
+            Ok(ok)
+        } else {
+            Err(errors)
+        }
+    }
+
     /// The compiled routes, upstreams and consumers.
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snapshot
@@ -314,10 +386,8 @@ remove = ["server"]
             ["request_headers", "response_headers"]
         );
         assert_eq!(route.upstream.connect_timeout, Duration::from_millis(250));
-        assert_eq!(
-            route.upstream.backends[1],
-            ("127.0.0.1:9002".to_string(), 3)
-        );
+        let second = &route.upstream.entries[1];
+        assert_eq!((&*second.written, second.weight), ("127.0.0.1:9002", 3));
     }
 
     #[test]
@@ -341,7 +411,7 @@ colour = "red"
         assert_eq!(e.len(), 3, "{e:#?}");
         assert_eq!(
             e[0],
-            r#"gw.toml:5:13: upstreams.users.backends[0]: invalid backend address "nope": expected IP:PORT"#
+            r#"gw.toml:5:13: upstreams.users.backends[0]: invalid backend address "nope": missing port: expected HOST:PORT"#
         );
         assert_eq!(
             e[1],
@@ -553,7 +623,7 @@ colour = "red"
         s.upstreams["u"]
             .backend_health()
             .into_iter()
-            .map(|(a, _, h)| (a, h))
+            .map(|b| (b.addr.to_string(), b.healthy))
             .collect()
     }
 

@@ -55,6 +55,10 @@ impl std::fmt::Debug for Gateway {
 
 /// Parsed names (a `&str` name is parsed on every look-up; cloning these allocates
 /// nothing).
+/// How long an idle pooled connection to an address from DNS is kept (fleet.md §13.5:
+/// one to an address that left is closed within 5 s).
+const NAMED_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 static X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_HOST_NAME: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PROTO_NAME: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -360,18 +364,26 @@ impl ProxyHttp for Gateway {
         }
         // a retry releases its hold on the backend that failed before choosing another
         st.slot = None;
-        let Some((backend, slot)) =
-            up.selector
-                .select(&key, &st.tried, Some(&up.passive), up.health.is_some())
-        else {
+        let chosen = up.selector.select(
+            &key,
+            &st.tried,
+            &up.endpoints.current(),
+            &up.passive,
+            up.health.is_some(),
+        );
+        let Some((endpoint, slot)) = chosen else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "every backend is unhealthy");
         };
         st.slot = slot;
-        if let Some(addr) = backend.addr.as_inet() {
-            st.tried.push(*addr);
-            cx.backend = Some(*addr);
+        st.tried.push(endpoint.addr);
+        cx.backend = Some(endpoint.addr);
+        let mut peer = HttpPeer::new(endpoint.backend.addr.clone(), up.tls, endpoint.sni.clone());
+        if endpoint.name.is_some() {
+            // an address from DNS may leave: its idle pooled connections, never used
+            // again then, close within this (fleet.md §13.5)
+            peer.options.idle_timeout = Some(NAMED_IDLE_TIMEOUT);
         }
-        let mut peer = HttpPeer::new(backend.addr.clone(), up.tls, up.sni.clone());
+        st.endpoint = Some(endpoint);
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout);
         // Pingora's per-read timer also runs between the pieces of the body, so with
@@ -423,11 +435,11 @@ impl ProxyHttp for Gateway {
         x: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let Exchange { cx, st } = &mut **x;
+        let st = &mut x.st;
         // the gateway's own shortage (descriptors, memory, local ports) says nothing
         // about the backend
-        if let (Some(route), Some(addr), false) = (&st.route, cx.backend(), own_shortage(&e)) {
-            route.upstream.passive.failed(addr);
+        if let (Some(route), Some(ep), false) = (&st.route, &st.endpoint, own_shortage(&e)) {
+            route.upstream.passive.failed(&ep.stats);
         }
         let retries = st.route.as_ref().map_or(0, |r| r.upstream.retries);
         if st.tries <= retries {
@@ -550,10 +562,8 @@ impl ProxyHttp for Gateway {
                 .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
         });
         // None: leave Host as the client sent it; Some(None): no Host to send
-        let host = (!route.preserve_host).then(|| {
-            cx.backend()
-                .and_then(|a| route.upstream.host_headers.get(&a).cloned())
-        });
+        let host =
+            (!route.preserve_host).then(|| st.endpoint.as_ref().and_then(|e| e.host.clone()));
         let forwarded_for = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -617,7 +627,7 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         x: &mut Self::CTX,
     ) -> Result<()> {
-        let Exchange { cx, st } = &mut **x;
+        let st = &mut x.st;
         forwarding::strip_response_hop_by_hop(resp);
         if forwarding::is_interim(resp.status) {
             // `100 Continue`, `103 Early Hints`: the request is not answered yet, and
@@ -629,8 +639,8 @@ impl ProxyHttp for Gateway {
         if let Some(start) = st.upstream_start {
             st.upstream_elapsed = Some(start.elapsed());
         }
-        if let (Some(route), Some(addr)) = (&st.route, cx.backend()) {
-            route.upstream.passive.succeeded(addr);
+        if let (Some(route), Some(ep)) = (&st.route, &st.endpoint) {
+            route.upstream.passive.succeeded(&ep.stats);
         }
         Ok(())
     }
@@ -740,14 +750,14 @@ impl ProxyHttp for Gateway {
             r.chain.logging(cx, e);
         }
         if let Some(log) = &self.access_log {
-            log.log(
-                session,
-                cx,
+            let done = crate::access_log::Done {
                 status,
                 elapsed,
-                st.upstream_elapsed,
-                session.body_bytes_sent(),
-            );
+                upstream_elapsed: st.upstream_elapsed,
+                bytes: session.body_bytes_sent(),
+                upstream_name: st.endpoint.as_ref().and_then(|e| e.name.as_deref()),
+            };
+            log.log(session, cx, &done);
         }
         if let (Some(spans), Some(trace)) = (&self.spans, &cx.trace) {
             let req = session.req_header();

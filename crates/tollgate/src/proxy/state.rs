@@ -38,6 +38,8 @@ pub(crate) struct ProxyState {
     /// Inline for the usual one or two tries: no allocation per request.
     pub(crate) tried: smallvec::SmallVec<[std::net::SocketAddr; 2]>,
     pub(crate) slot: Option<BackendSlot>,
+    /// The backend address chosen last, and what requests to it need.
+    pub(crate) endpoint: Option<std::sync::Arc<crate::endpoint::Endpoint>>,
     /// The connection Pingora opens if the current try needs a new one (HTTP/1).
     pub(crate) fresh_conn: Option<Arc<Connection>>,
     /// The HTTP/1 upstream connection of the current try, until its deadline is armed.
@@ -66,6 +68,7 @@ impl ProxyState {
             tries: 0,
             tried: smallvec::SmallVec::new(),
             slot: None,
+            endpoint: None,
             fresh_conn: None,
             upstream_conn: None,
             head_deadline: None,

@@ -1,0 +1,840 @@
+//! Service discovery by DNS (fleet.md §13): the answers for every (name, record type)
+//! the configuration uses, shared by the
+//! upstreams that list the name and kept across reloads (fleet.md §13.4, §13.5), and
+//! the background refresher that looks each up again when its answer expires.
+//!
+//! A finished lookup updates its entry, then every upstream of the current snapshot
+//! is brought in line with the table ([`Discovery::resync`]): an upstream whose addresses
+//! changed gets new endpoints and an updated balancer, atomically for new requests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+
+use crate::dns::lookup::{self, Found, Records, SrvRecord, Status};
+use crate::dns::{blocked, clamp_ttl, normal, service_name, IpFamily, Kind, Resolved, Settings};
+use crate::endpoint::{Target, Want};
+use crate::metrics::Metrics;
+use crate::runtime::{Snapshot, Upstream};
+
+/// At most this many lookups run at once (fleet.md §13.13).
+const MAX_IN_FLIGHT: usize = 64;
+/// The longest `error` text kept for `/admin/status`.
+const MAX_ERROR_TEXT: usize = 256;
+
+/// What is looked up: a name as asked (lower case; a final `.` when absolute) and a
+/// record type.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Key {
+    pub name: String,
+    pub kind: Kind,
+}
+
+impl Key {
+    fn new(name: &str, kind: Kind) -> Self {
+        Self {
+            name: name.to_ascii_lowercase(),
+            kind,
+        }
+    }
+}
+
+/// The state of one (name, record type).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Entry {
+    /// The records in force: the last answer's (empty after a negative one); `None`
+    /// before the first answer.
+    pub records: Option<Records>,
+    /// The newest result; `None` before the first (pending).
+    pub status: Option<Status>,
+    /// The newest failure's text, until an answer comes.
+    pub error: Option<String>,
+    /// Records kept after a failed lookup.
+    pub stale: bool,
+    pub from_hosts: bool,
+    pub resolved_at: Option<SystemTime>,
+    /// When it is looked up next; `None` for a hosts-file answer.
+    pub due: Option<Instant>,
+    pub due_wall: Option<SystemTime>,
+    /// A lookup of it is running.
+    pub running: bool,
+}
+
+/// (upstream, entry as written) → its addresses when last logged.
+type Logged = HashMap<(String, Arc<str>), Vec<SocketAddr>>;
+
+/// The DNS answers of a gateway's upstreams, the settings they are looked up with,
+/// and the work of refreshing them.
+pub(crate) struct Discovery {
+    resolved: ArcSwap<Resolved>,
+    table: Mutex<HashMap<Key, Entry>>,
+    /// Each (upstream, entry)'s addresses when last logged, to log changes once.
+    logged: Mutex<Logged>,
+    /// Serialises bringing upstreams in line with the table.
+    resync: tokio::sync::Mutex<()>,
+    /// Counts finished lookups: wakes the refresher and a waiting `prepare`.
+    done: watch::Sender<u64>,
+    slots: Semaphore,
+    metrics: Metrics,
+    /// The snapshot in force, once the gateway is built.
+    current: std::sync::OnceLock<Arc<ArcSwap<Snapshot>>>,
+    /// Snapshots a reload is preparing: the entries they need are kept.
+    pinned: Mutex<Vec<Arc<Snapshot>>>,
+}
+
+/// Keeps the entries a snapshot needs while a reload prepares it (see [`Discovery::pin`]).
+pub(crate) struct Pinned<'a>(&'a Discovery, Arc<Snapshot>);
+
+impl Drop for Pinned<'_> {
+    fn drop(&mut self) {
+        let mut pinned = self.0.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        pinned.retain(|s| !Arc::ptr_eq(s, &self.1));
+    }
+}
+
+impl std::fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovery").finish_non_exhaustive()
+    }
+}
+
+impl Discovery {
+    pub(crate) fn new(settings: &Settings, metrics: Metrics) -> Self {
+        Self {
+            resolved: ArcSwap::from_pointee(settings.resolve()),
+            table: Mutex::default(),
+            logged: Mutex::default(),
+            resync: tokio::sync::Mutex::new(()),
+            done: watch::channel(0).0,
+            slots: Semaphore::new(MAX_IN_FLIGHT),
+            metrics,
+            current: std::sync::OnceLock::new(),
+            pinned: Mutex::default(),
+        }
+    }
+
+    /// Tells the table which snapshot is in force (lookups that end update it).
+    pub(crate) fn serve(&self, state: Arc<ArcSwap<Snapshot>>) {
+        let _ = self.current.set(state);
+    }
+
+    fn table(&self) -> MutexGuard<'_, HashMap<Key, Entry>> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `[server.dns]` of a reload, reading the system files again. Returns
+    /// true when anything changed: every name is then looked up again.
+    pub(crate) fn configure(&self, settings: &Settings) -> bool {
+        let new = settings.resolve();
+        if **self.resolved.load() == new {
+            return false;
+        }
+        self.resolved.store(Arc::new(new));
+        let now = Instant::now();
+        for e in self.table().values_mut() {
+            e.due = Some(now);
+        }
+        true
+    }
+
+    // === What the configuration needs ===
+
+    /// Every key `snap` needs (SRV targets from the SRV answers in force), with the
+    /// upstreams that need each.
+    fn wanted(&self, snap: &Snapshot) -> BTreeMap<Key, Vec<String>> {
+        let table = self.table();
+        let mut wanted: BTreeMap<Key, Vec<String>> = BTreeMap::new();
+        let mut add = |k: Key, up: &str| {
+            let ups = wanted.entry(k).or_default();
+            if ups.last().is_none_or(|l| l != up) {
+                ups.push(up.to_string());
+            }
+        };
+        for up in snap.upstreams.values().filter(|u| u.has_names()) {
+            for e in &up.entries {
+                match &e.target {
+                    Target::Ip(_) => {}
+                    Target::Host(h, _) => {
+                        for kind in up.ip_family.kinds() {
+                            add(Key::new(h, *kind), &up.name);
+                        }
+                    }
+                    Target::Srv(n) => {
+                        let key = Key::new(n, Kind::Srv);
+                        for r in srv_records(&table, &key) {
+                            for kind in up.ip_family.kinds() {
+                                add(Key::new(&format!("{}.", r.target), *kind), &up.name);
+                            }
+                        }
+                        add(key, &up.name);
+                    }
+                }
+            }
+        }
+        wanted
+    }
+
+    /// Adds a pending entry, due now, for every key `snap` needs that has none.
+    /// Returns the keys that have no answer yet.
+    fn ensure(&self, snap: &Snapshot) -> Vec<Key> {
+        let wanted = self.wanted(snap);
+        let mut table = self.table();
+        let now = Instant::now();
+        let mut pending = Vec::new();
+        for k in wanted.into_keys() {
+            let e = table.entry(k.clone()).or_insert_with(|| Entry {
+                due: Some(now),
+                ..Entry::default()
+            });
+            if e.status.is_none() {
+                pending.push(k);
+            }
+        }
+        pending
+    }
+
+    /// Keeps the entries `snap` needs, until the guard is dropped, while a reload
+    /// prepares it (before it is in force).
+    pub(crate) fn pin(&self, snap: Arc<Snapshot>) -> Pinned<'_> {
+        let mut pinned = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        pinned.push(snap.clone());
+        Pinned(self, snap)
+    }
+
+    /// Forgets the entries that neither the snapshot in force nor one being prepared
+    /// needs (names gone in a reload, SRV targets gone from an answer): the table
+    /// stays bounded by the configuration.
+    pub(crate) fn prune(&self) {
+        let Some(current) = self.current.get() else {
+            return;
+        };
+        let pinned = self
+            .pinned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut keep = self.wanted(&current.load());
+        for p in &pinned {
+            keep.extend(self.wanted(p));
+        }
+        self.table().retain(|k, _| keep.contains_key(k));
+    }
+
+    // === Lookups ===
+
+    /// Starts a lookup of every entry due by now that is not running; returns their
+    /// handles and when the next entry is due.
+    fn start_due(self: &Arc<Self>) -> (Vec<tokio::task::JoinHandle<()>>, Option<Instant>) {
+        let now = Instant::now();
+        let mut started = Vec::new();
+        let mut next: Option<Instant> = None;
+        let mut table = self.table();
+        for (k, e) in table.iter_mut() {
+            match e.due {
+                Some(due) if due <= now && !e.running => {
+                    e.running = true;
+                    started.push(k.clone());
+                }
+                Some(due) if !e.running => next = Some(next.map_or(due, |n| n.min(due))),
+                _ => {}
+            }
+        }
+        drop(table);
+        let handles = started
+            .into_iter()
+            .map(|k| tokio::spawn(self.clone().run_lookup(k)))
+            .collect();
+        (handles, next)
+    }
+
+    /// One lookup: waits for a slot, looks up, records the result, brings the
+    /// upstreams in force in line.
+    async fn run_lookup(self: Arc<Self>, key: Key) {
+        // clears `running` if the task is dropped (a start-up runtime that ends)
+        struct Running<'a>(&'a Discovery, &'a Key);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                if let Some(e) = self.0.table().get_mut(self.1) {
+                    e.running = false;
+                }
+            }
+        }
+        let _running = Running(&self, &key);
+        let Ok(_slot) = self.slots.acquire().await else {
+            return;
+        };
+        let resolved = self.resolved.load_full();
+        let found = lookup::lookup(&resolved, &key.name, key.kind).await;
+        self.apply(&key, found, &resolved.settings);
+        if let Some(state) = self.current.get() {
+            let snap = state.load_full();
+            self.ensure(&snap);
+            self.resync(&snap).await;
+        }
+        self.done.send_modify(|n| *n += 1);
+    }
+
+    /// Records a lookup's result under fleet.md §13.4 "Effect of a result".
+    fn apply(&self, key: &Key, found: Found, s: &Settings) {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let users = self
+            .current
+            .get()
+            .map(|st| self.wanted(&st.load()).remove(key).unwrap_or_default())
+            .unwrap_or_default();
+        if !found.from_hosts {
+            for up in &users {
+                self.metrics.dns_resolution(up, found.status.as_str());
+            }
+        }
+        let mut table = self.table();
+        let Some(e) = table.get_mut(key) else {
+            return;
+        };
+        let had = e.records.as_ref().map_or(0, records_len);
+        let name = key.name.trim_end_matches('.');
+        let (ttl, records) = match found.status {
+            Status::Ok => {
+                let records = found.records.map(|r| drop_blocked(r, name, &users));
+                (clamp_ttl(found.ttl.min(u32::MAX - 1), s), records)
+            }
+            st if st.is_negative() => {
+                if had > 0 {
+                    tracing::warn!(
+                        "dns: upstreams {}: {name} ({:?}) answered {}: its {had} addresses \
+                         are removed",
+                        users.join(", "),
+                        key.kind,
+                        st.as_str().to_uppercase()
+                    );
+                }
+                (s.negative_ttl, Some(empty_like(key.kind)))
+            }
+            st => {
+                if had > 0 {
+                    tracing::warn!(
+                        "dns: upstreams {}: lookup of {name} ({:?}) failed ({}): keeping its \
+                         {had} addresses",
+                        users.join(", "),
+                        key.kind,
+                        st.as_str()
+                    );
+                } else {
+                    tracing::warn!(
+                        "dns: upstreams {}: lookup of {name} ({:?}) failed ({}): {}",
+                        users.join(", "),
+                        key.kind,
+                        st.as_str(),
+                        found.error.as_deref().unwrap_or("")
+                    );
+                }
+                (s.negative_ttl, e.records.take())
+            }
+        };
+        e.stale = found.status.is_failure() && records.as_ref().is_some_and(|r| records_len(r) > 0);
+        e.records = records;
+        e.error = found.error.map(|mut t| {
+            t.truncate(MAX_ERROR_TEXT);
+            t
+        });
+        e.status = Some(found.status);
+        e.from_hosts = found.from_hosts;
+        e.resolved_at = Some(wall);
+        if found.from_hosts {
+            e.due = None;
+            e.due_wall = None;
+        } else {
+            e.due = Some(now + ttl);
+            e.due_wall = Some(wall + ttl);
+        }
+    }
+
+    /// Looks up, before `snap` comes into force, every name it needs that has no
+    /// answer yet (and SRV targets as SRV answers come), for at most `wait`. Lookups
+    /// still running then go on in the background.
+    pub(crate) async fn prepare(self: &Arc<Self>, snap: &Snapshot, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        let mut done = self.done.subscribe();
+        loop {
+            done.borrow_and_update();
+            let pending = self.ensure(snap);
+            let (handles, _) = self.start_due();
+            if pending.is_empty() && handles.is_empty() {
+                break;
+            }
+            if handles.is_empty() {
+                // pending ones are running already (from an earlier round): wait for them
+                if !matches!(
+                    tokio::time::timeout_at(deadline, done.changed()).await,
+                    Ok(Ok(()))
+                ) {
+                    break;
+                }
+                continue;
+            }
+            let all = futures_join(handles);
+            if tokio::time::timeout_at(deadline, all).await.is_err() {
+                break;
+            }
+        }
+        self.resync(snap).await;
+    }
+
+    // === Upstreams ===
+
+    /// Brings every upstream with names of `snap` in line with the table.
+    pub(crate) async fn resync(&self, snap: &Snapshot) {
+        let _one = self.resync.lock().await;
+        for up in snap.upstreams.values().filter(|u| u.has_names()) {
+            let (wants, stale) = self.wants(up);
+            self.log_changes(up, &wants);
+            if let Some((added, removed)) = up.install(&wants).await {
+                for a in &removed {
+                    self.metrics.forget_backend(&up.name, &a.to_string());
+                }
+                if !added.is_empty() || !removed.is_empty() {
+                    tracing::debug!(
+                        "upstream {}: {} addresses added, {} removed",
+                        up.name,
+                        added.len(),
+                        removed.len()
+                    );
+                }
+            }
+            for b in up.backend_health() {
+                self.metrics
+                    .backend_health(&up.name, &b.addr.to_string(), b.healthy);
+            }
+            self.metrics.dns_stale(&up.name, stale);
+            self.metrics
+                .upstream_backends(&up.name, up.endpoints.current().list.len());
+        }
+    }
+
+    /// The addresses `up` should have under the table, and how many of its names are
+    /// stale.
+    pub(crate) fn wants(&self, up: &Upstream) -> (Vec<Want>, usize) {
+        let table = self.table();
+        let max = self.resolved.load().settings.max_addresses;
+        let mut wants = Vec::new();
+        let mut stale = 0;
+        for (i, e) in up.entries.iter().enumerate() {
+            match &e.target {
+                Target::Ip(addr) => wants.push(Want {
+                    addr: *addr,
+                    weight: e.weight,
+                    entry: i,
+                    host_name: None,
+                    tier: None,
+                    priority: None,
+                }),
+                Target::Host(h, port) => {
+                    let (ips, st) = addresses(&table, h, up.ip_family, max);
+                    stale += usize::from(st);
+                    let host = h.trim_end_matches('.').to_string();
+                    wants.extend(ips.into_iter().map(|ip| Want {
+                        addr: SocketAddr::new(ip, *port),
+                        weight: e.weight,
+                        entry: i,
+                        host_name: Some(host.clone()),
+                        tier: None,
+                        priority: None,
+                    }));
+                }
+                Target::Srv(n) => {
+                    let key = Key::new(n, Kind::Srv);
+                    let mut st = table.get(&key).is_some_and(|e| e.stale);
+                    let service = service_name(n).to_string();
+                    let records = srv_records(&table, &key);
+                    let mut ranks: Vec<u16> = records.iter().map(|r| r.priority).collect();
+                    ranks.dedup();
+                    let mut taken = 0;
+                    for r in &records {
+                        let (ips, s) =
+                            addresses(&table, &format!("{}.", r.target), up.ip_family, max);
+                        st |= s;
+                        let rank = ranks.iter().position(|p| *p == r.priority).unwrap_or(0);
+                        for ip in ips {
+                            if taken == max {
+                                break;
+                            }
+                            taken += 1;
+                            wants.push(Want {
+                                addr: SocketAddr::new(ip, r.port),
+                                weight: usize::from(r.weight.max(1)),
+                                entry: i,
+                                host_name: Some(service.clone()),
+                                tier: Some((i as u16, rank as u16)),
+                                priority: Some(r.priority),
+                            });
+                        }
+                    }
+                    stale += usize::from(st);
+                }
+            }
+        }
+        (wants, stale)
+    }
+
+    /// Logs each name entry of `up` whose addresses changed since last logged.
+    fn log_changes(&self, up: &Upstream, wants: &[Want]) {
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, e) in up.entries.iter().enumerate().filter(|(_, e)| e.is_name()) {
+            let mut now: Vec<SocketAddr> = wants
+                .iter()
+                .filter(|w| w.entry == i)
+                .map(|w| w.addr)
+                .collect();
+            now.sort();
+            now.dedup();
+            let key = (up.name.clone(), e.written.clone());
+            let before = logged.get(&key).cloned();
+            if before.as_ref() == Some(&now) {
+                continue;
+            }
+            let before = before.unwrap_or_default();
+            let added: Vec<String> = now
+                .iter()
+                .filter(|a| !before.contains(a))
+                .map(ToString::to_string)
+                .collect();
+            let removed: Vec<String> = before
+                .iter()
+                .filter(|a| !now.contains(a))
+                .map(ToString::to_string)
+                .collect();
+            if !added.is_empty() || !removed.is_empty() {
+                tracing::info!(
+                    "dns: upstream {}: {} addresses changed: added [{}], removed [{}]",
+                    up.name,
+                    e.written,
+                    added.join(", "),
+                    removed.join(", ")
+                );
+            }
+            logged.insert(key, now);
+        }
+    }
+
+    // === Reports ===
+
+    /// `/admin/status`'s `names` of `up` (fleet.md §13.9), in config order.
+    pub(crate) fn report(&self, up: &Upstream) -> Vec<NameReport> {
+        let (wants, _) = self.wants(up);
+        let table = self.table();
+        let mut out = Vec::new();
+        for (i, e) in up.entries.iter().enumerate() {
+            let (keys, srv) = match &e.target {
+                Target::Ip(_) => continue,
+                Target::Host(h, _) => (
+                    up.ip_family
+                        .kinds()
+                        .iter()
+                        .map(|k| Key::new(h, *k))
+                        .collect::<Vec<_>>(),
+                    None,
+                ),
+                Target::Srv(n) => {
+                    let key = Key::new(n, Kind::Srv);
+                    let records = srv_records(&table, &key);
+                    (vec![key], Some(records))
+                }
+            };
+            let mut with_targets = keys.clone();
+            for r in srv.iter().flatten() {
+                for kind in up.ip_family.kinds() {
+                    with_targets.push(Key::new(&format!("{}.", r.target), *kind));
+                }
+            }
+            let entries: Vec<&Entry> = keys.iter().filter_map(|k| table.get(k)).collect();
+            let all: Vec<&Entry> = with_targets.iter().filter_map(|k| table.get(k)).collect();
+            let statuses: Vec<Status> = entries.iter().filter_map(|e| e.status).collect();
+            let result = if statuses.contains(&Status::Ok) {
+                "ok"
+            } else if let Some(f) = newest_failure(&entries) {
+                f.as_str()
+            } else if statuses.is_empty() || statuses.len() < keys.len() {
+                "pending"
+            } else if statuses.iter().all(|s| *s == Status::NxDomain) {
+                "nxdomain"
+            } else {
+                "nodata"
+            };
+            let mut addresses: Vec<SocketAddr> = wants
+                .iter()
+                .filter(|w| w.entry == i)
+                .map(|w| w.addr)
+                .collect();
+            addresses.sort();
+            addresses.dedup();
+            let from_hosts = !entries.is_empty() && entries.iter().all(|e| e.from_hosts);
+            out.push(NameReport {
+                name: e.written.to_string(),
+                srv: srv.clone(),
+                from_hosts,
+                addresses,
+                result,
+                stale: all.iter().any(|e| e.stale),
+                resolved_at: all.iter().filter_map(|e| e.resolved_at).max(),
+                expires_at: all.iter().filter_map(|e| e.due_wall).min(),
+                error: entries
+                    .iter()
+                    .filter(|e| e.status.is_some_and(Status::is_failure))
+                    .max_by_key(|e| e.resolved_at)
+                    .and_then(|e| e.error.clone()),
+                path: e.path.clone(),
+                place: e.place.clone(),
+                detail: wants
+                    .iter()
+                    .filter(|w| w.entry == i)
+                    .map(|w| (w.addr, w.priority, w.weight))
+                    .collect(),
+            });
+        }
+        out
+    }
+}
+
+/// One name entry as `/admin/status` and `check --resolve` show it.
+#[derive(Debug, Clone)]
+pub(crate) struct NameReport {
+    pub name: String,
+    /// For an SRV entry: its records.
+    pub srv: Option<Vec<SrvRecord>>,
+    pub from_hosts: bool,
+    pub addresses: Vec<SocketAddr>,
+    pub result: &'static str,
+    pub stale: bool,
+    pub resolved_at: Option<SystemTime>,
+    pub expires_at: Option<SystemTime>,
+    pub error: Option<String>,
+    /// `upstreams.X.backends[I]`.
+    pub path: String,
+    /// `FILE:LINE:COL` of the entry.
+    pub place: String,
+    /// Each address with its SRV priority and its weight.
+    pub detail: Vec<(SocketAddr, Option<u16>, usize)>,
+}
+
+fn newest_failure(entries: &[&Entry]) -> Option<Status> {
+    entries
+        .iter()
+        .filter(|e| e.status.is_some_and(Status::is_failure))
+        .max_by_key(|e| e.resolved_at)
+        .and_then(|e| e.status)
+}
+
+fn records_len(r: &Records) -> usize {
+    match r {
+        Records::Addrs(a) => a.len(),
+        Records::Srv(s) => s.len(),
+    }
+}
+
+fn empty_like(kind: Kind) -> Records {
+    match kind {
+        Kind::Srv => Records::Srv(Vec::new()),
+        _ => Records::Addrs(Vec::new()),
+    }
+}
+
+/// Takes the blocked addresses out of an answer (fleet.md §13.12), logging them.
+fn drop_blocked(r: Records, name: &str, users: &[String]) -> Records {
+    let Records::Addrs(addrs) = r else {
+        return r;
+    };
+    let (bad, good): (Vec<IpAddr>, Vec<IpAddr>) = addrs.into_iter().partition(|ip| blocked(*ip));
+    if !bad.is_empty() {
+        tracing::warn!(
+            "dns: upstreams {}: {name} answered addresses never taken from DNS, dropped: {}",
+            users.join(", "),
+            bad.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Records::Addrs(good)
+}
+
+/// The SRV records in force for `key`, in the order their addresses are kept: lower
+/// priority values first, then larger weights, then targets by name (§13.13); port 0
+/// and the root target ("no service") left out.
+fn srv_records(table: &HashMap<Key, Entry>, key: &Key) -> Vec<SrvRecord> {
+    let Some(Records::Srv(records)) = table.get(key).and_then(|e| e.records.as_ref()) else {
+        return Vec::new();
+    };
+    let mut r: Vec<SrvRecord> = records
+        .iter()
+        .filter(|r| r.port != 0 && !r.target.is_empty())
+        .cloned()
+        .collect();
+    r.sort_by(|a, b| {
+        (a.priority, std::cmp::Reverse(a.weight), &a.target).cmp(&(
+            b.priority,
+            std::cmp::Reverse(b.weight),
+            &b.target,
+        ))
+    });
+    r
+}
+
+/// A host name's addresses in force: its A and AAAA records allowed by `family`, each
+/// once, ascending (IPv4 first), the first `max`; and whether any are kept after a
+/// failed lookup.
+fn addresses(
+    table: &HashMap<Key, Entry>,
+    name: &str,
+    family: IpFamily,
+    max: usize,
+) -> (Vec<IpAddr>, bool) {
+    let mut ips = Vec::new();
+    let mut stale = false;
+    for kind in family.kinds() {
+        if let Some(e) = table.get(&Key::new(name, *kind)) {
+            stale |= e.stale;
+            if let Some(Records::Addrs(a)) = &e.records {
+                ips.extend(a.iter().copied());
+            }
+        }
+    }
+    ips.sort();
+    ips.dedup();
+    if ips.len() > max {
+        tracing::warn!(
+            "dns: {}: {} addresses, only the first {max} are kept",
+            normal(name),
+            ips.len()
+        );
+        ips.truncate(max);
+    }
+    (ips, stale)
+}
+
+/// Waits for every task.
+async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+// === Service ===
+
+/// Looks each name up again when its answer expires (fleet.md §13.4 "When").
+pub(crate) struct Refresher {
+    pub(crate) dns: Arc<Discovery>,
+    pub(crate) state: Arc<ArcSwap<Snapshot>>,
+    pub(crate) reloads: watch::Receiver<()>,
+}
+
+#[async_trait]
+impl BackgroundService for Refresher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut reloads = self.reloads.clone();
+        let mut reloadable = true;
+        let mut done = self.dns.done.subscribe();
+        loop {
+            reloads.borrow_and_update();
+            done.borrow_and_update();
+            let snap = self.state.load_full();
+            let needed = snap.upstreams.values().any(|u| u.has_names());
+            self.dns.prune();
+            if needed {
+                self.dns.ensure(&snap);
+            }
+            drop(snap);
+            let (_, next) = if needed {
+                self.dns.start_due()
+            } else {
+                (Vec::new(), None)
+            };
+            tokio::select! {
+                _ = async {
+                    match next {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                _ = done.changed() => {}
+                changed = reloads.changed(), if reloadable => reloadable = changed.is_ok(),
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use tollgate_tests::DnsServer;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::policy::Registry;
+
+    fn config(dns: &DnsServer) -> Config {
+        let src = format!(
+            "[server.dns]\nresolvers = [\"{}\"]\nhosts_file = \"\"\nmin_ttl = \"100ms\"\n\
+             ip_family = \"v4\"\n\
+             [upstreams.u]\nbackends = [{{ srv = \"_http._tcp.s.test\" }}]\n\
+             [routes.r]\npaths = [\"/\"]\nupstream = \"u\"\n",
+            dns.addr()
+        );
+        Config::parse(&src, "g.toml", Path::new("."), &Registry::with_builtins()).unwrap()
+    }
+
+    fn names(dns: &Discovery) -> Vec<String> {
+        let mut v: Vec<String> = dns.table().keys().map(|k| k.name.clone()).collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn srv_targets_gone_from_an_answer_are_forgotten() {
+        let server = DnsServer::start();
+        server.set_srv("_http._tcp.s.test", &[(1, 1, 8080, "t1.test")], 0);
+        server.set_a("t1.test", &["127.0.0.2"], 0);
+        server.set_a("t2.test", &["127.0.0.3"], 0);
+        let c = config(&server);
+        let dns = Discovery::new(&c.server.dns, crate::metrics::Metrics::new());
+        let dns = Arc::new(dns);
+        dns.serve(Arc::new(ArcSwap::new(c.snapshot.clone())));
+        dns.prepare(&c.snapshot, Duration::from_secs(5)).await;
+        assert_eq!(names(&dns), ["_http._tcp.s.test", "t1.test."]);
+        let u = &c.snapshot.upstreams["u"];
+        assert_eq!(
+            u.endpoints.current().list[0].addr.to_string(),
+            "127.0.0.2:8080"
+        );
+        // the SRV answer moves to another target
+        server.set_srv("_http._tcp.s.test", &[(1, 1, 8080, "t2.test")], 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !names(&dns).contains(&"t2.test.".to_string())
+            || u.endpoints.current().list.len() != 1
+            || u.endpoints.current().list[0].addr.to_string() != "127.0.0.3:8080"
+        {
+            assert!(Instant::now() < deadline, "{:?}", names(&dns));
+            // looks up what is due (each answer is due again after min_ttl)
+            dns.prepare(&c.snapshot, Duration::from_secs(5)).await;
+            let _ =
+                tokio::time::timeout(Duration::from_millis(150), dns.done.subscribe().changed())
+                    .await;
+        }
+        dns.prune();
+        assert_eq!(
+            names(&dns),
+            ["_http._tcp.s.test", "t2.test."],
+            "t1 is forgotten"
+        );
+    }
+}
