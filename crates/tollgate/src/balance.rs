@@ -4,6 +4,7 @@
 
 use rustc_hash::FxHashMap;
 use std::fmt;
+use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -42,6 +43,13 @@ pub(crate) struct Passive {
 }
 
 impl Passive {
+    /// Like `prior` (its clock, so the counters of addresses that stay keep their
+    /// meaning across a reload), with these settings.
+    pub(crate) fn since(mut self, prior: &Passive) -> Self {
+        self.epoch = prior.epoch;
+        self
+    }
+
     pub(crate) fn new(threshold: u32, cooldown: std::time::Duration) -> Self {
         Self {
             threshold: threshold.max(1),
@@ -257,11 +265,28 @@ where
             .flatten()
             .map(|e| (e.clone(), None));
     }
-    lb.select_with(key, 256, |b, healthy| {
-        healthy && up(b).is_some() && untried(b)
-    })
-    .or_else(|| lb.select_with(key, 256, |b, healthy| healthy && up(b).is_some()))
-    .and_then(|b| up(&b).map(|e| (e.clone(), None)))
+    let walked = lb
+        .select_with(key, 256, |b, healthy| {
+            healthy && up(b).is_some() && untried(b)
+        })
+        .or_else(|| lb.select_with(key, 256, |b, healthy| healthy && up(b).is_some()));
+    if let Some(e) = walked.as_ref().and_then(&up) {
+        return Some((e.clone(), None));
+    }
+    // Pingora's walk is bounded (256 steps, repeats counted): when most backends may
+    // not take the request (SRV backups, ejected ones) it can miss the few that may;
+    // then choose among those directly
+    let ok: Vec<&Backend> = backends
+        .iter()
+        .filter(|b| lb.backends().ready(b) && up(b).is_some())
+        .collect();
+    let fresh: Vec<&Backend> = ok.iter().copied().filter(|b| untried(b)).collect();
+    let from = if fresh.is_empty() { ok } else { fresh };
+    let i = match key {
+        [] => fastrand::usize(..from.len().max(1)),
+        k => (rustc_hash::FxBuildHasher.hash_one(k) as usize) % from.len().max(1),
+    };
+    from.get(i).and_then(|b| up(b)).map(|e| (e.clone(), None))
 }
 
 #[cfg(test)]
@@ -308,7 +333,7 @@ mod tests {
             tls: false,
             sni: "",
         };
-        Endpoints::build(&shape, &wants, None)
+        Endpoints::build(&shape, &wants, &[])
     }
 
     fn plain(addrs: &[&str]) -> Endpoints {
@@ -483,6 +508,33 @@ mod tests {
     }
 
     #[test]
+    fn a_few_eligible_backends_among_many_are_always_found() {
+        // 2 primaries and 300 SRV backups: Pingora's bounded walk alone misses the
+        // primaries now and then
+        let addrs: Vec<String> = (0..302)
+            .map(|i| format!("127.0.{}.{}:1", i / 200, i % 200 + 1))
+            .collect();
+        let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        let tiered: Vec<(&str, Option<(u16, u16)>)> = refs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (*a, Some((0, u16::from(i >= 2)))))
+            .collect();
+        let e = eps(&tiered);
+        let primaries = [sa(refs[0]), sa(refs[1])];
+        for s in [
+            Selector::Random(lb(&refs)),
+            Selector::Consistent(lb(&refs), RequestKey::Path),
+        ] {
+            for i in 0..300 {
+                let key = format!("/k{i}");
+                let (c, _) = s.select(key.as_bytes(), &[], &e, &passive(), true).unwrap();
+                assert!(primaries.contains(&c.addr), "{s:?}: a backup: {}", c.addr);
+            }
+        }
+    }
+
+    #[test]
     fn one_address_from_several_entries_is_one_backend_with_the_summed_weight() {
         let wants: Vec<Want> = [("127.0.0.1:1", 2), ("127.0.0.1:1", 3), ("127.0.0.1:2", 1)]
             .iter()
@@ -501,7 +553,7 @@ mod tests {
             tls: false,
             sni: "",
         };
-        let e = Endpoints::build(&shape, &wants, None);
+        let e = Endpoints::build(&shape, &wants, &[]);
         assert_eq!(e.list.len(), 2);
         assert_eq!(e.by_addr[&sa("127.0.0.1:1")].backend.weight, 5);
         // counters carry over to a rebuilt set
@@ -509,7 +561,7 @@ mod tests {
             .stats
             .inflight
             .fetch_add(1, Ordering::AcqRel);
-        let again = Endpoints::build(&shape, &wants[2..], Some(&e));
+        let again = Endpoints::build(&shape, &wants[2..], &[&e]);
         assert_eq!(inflight(&again.by_addr[&sa("127.0.0.1:2")]), 1);
     }
 }

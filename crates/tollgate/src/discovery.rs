@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -20,7 +21,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
 use crate::dns::lookup::{self, Found, Records, SrvRecord, Status};
-use crate::dns::{blocked, clamp_ttl, normal, service_name, IpFamily, Kind, Resolved, Settings};
+use crate::dns::{blocked, clamp_ttl, service_name, IpFamily, Kind, Resolved, Settings};
 use crate::endpoint::{Target, Want};
 use crate::metrics::Metrics;
 use crate::runtime::{Snapshot, Upstream};
@@ -29,6 +30,21 @@ use crate::runtime::{Snapshot, Upstream};
 const MAX_IN_FLIGHT: usize = 64;
 /// The longest `error` text kept for `/admin/status`.
 const MAX_ERROR_TEXT: usize = 256;
+/// The largest weight an SRV record gives a backend (larger ones are scaled down).
+const MAX_SRV_WEIGHT: usize = 100;
+/// The most backends one upstream has (Pingora's selection holds at most 65,535).
+const MAX_BACKENDS: usize = 10_000;
+
+/// A lookup's hold on its entry's `running` flag, cleared when dropped.
+struct Running(Arc<Discovery>, Key);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(e) = self.0.table().get_mut(&self.1) {
+            e.running = false;
+        }
+    }
+}
 
 /// What is looked up: a name as asked (lower case; a final `.` when absolute) and a
 /// record type.
@@ -66,6 +82,11 @@ pub(crate) struct Entry {
     pub due_wall: Option<SystemTime>,
     /// A lookup of it is running.
     pub running: bool,
+    /// The settings generation its newest lookup used (0: never looked up).
+    pub looked: u64,
+    /// What its newest answer had that was not taken (blocked, beyond
+    /// `max_addresses`), to log a change once.
+    pub dropped: String,
 }
 
 /// (upstream, entry as written) → its addresses when last logged.
@@ -74,7 +95,14 @@ type Logged = HashMap<(String, Arc<str>), Vec<SocketAddr>>;
 /// The DNS answers of a gateway's upstreams, the settings they are looked up with,
 /// and the work of refreshing them.
 pub(crate) struct Discovery {
-    resolved: ArcSwap<Resolved>,
+    /// `[server.dns]` as configured.
+    settings: Mutex<Settings>,
+    /// The settings with the system files read: read when a name is first looked
+    /// up, and again at each reload of a config with names.
+    resolved: arc_swap::ArcSwapOption<Resolved>,
+    /// Advanced whenever `resolved` changes: an answer looked up under an older one
+    /// is looked up again.
+    generation: AtomicU64,
     table: Mutex<HashMap<Key, Entry>>,
     /// Each (upstream, entry)'s addresses when last logged, to log changes once.
     logged: Mutex<Logged>,
@@ -82,7 +110,7 @@ pub(crate) struct Discovery {
     resync: tokio::sync::Mutex<()>,
     /// Counts finished lookups: wakes the refresher and a waiting `prepare`.
     done: watch::Sender<u64>,
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
     metrics: Metrics,
     /// The snapshot in force, once the gateway is built.
     current: std::sync::OnceLock<Arc<ArcSwap<Snapshot>>>,
@@ -109,12 +137,14 @@ impl std::fmt::Debug for Discovery {
 impl Discovery {
     pub(crate) fn new(settings: &Settings, metrics: Metrics) -> Self {
         Self {
-            resolved: ArcSwap::from_pointee(settings.resolve()),
+            settings: Mutex::new(settings.clone()),
+            resolved: arc_swap::ArcSwapOption::empty(),
+            generation: AtomicU64::new(1),
             table: Mutex::default(),
             logged: Mutex::default(),
             resync: tokio::sync::Mutex::new(()),
             done: watch::channel(0).0,
-            slots: Semaphore::new(MAX_IN_FLIGHT),
+            slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             metrics,
             current: std::sync::OnceLock::new(),
             pinned: Mutex::default(),
@@ -130,19 +160,43 @@ impl Discovery {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies `[server.dns]` of a reload, reading the system files again. Returns
-    /// true when anything changed: every name is then looked up again.
-    pub(crate) fn configure(&self, settings: &Settings) -> bool {
-        let new = settings.resolve();
-        if **self.resolved.load() == new {
+    /// The settings lookups use, the system files read on first use.
+    fn resolved(&self) -> Arc<Resolved> {
+        if let Some(r) = self.resolved.load_full() {
+            return r;
+        }
+        let settings = self
+            .settings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let r = Arc::new(settings.resolve());
+        self.resolved.store(Some(r.clone()));
+        r
+    }
+
+    /// Applies `[server.dns]` of a reload; with names in the new config, reads the
+    /// system files again (fleet.md §13.4). Returns true when what lookups use
+    /// changed: every name is then looked up again, and an answer that arrives from a
+    /// lookup under the old settings is asked again.
+    pub(crate) fn configure(&self, settings: &Settings, has_names: bool) -> bool {
+        *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = settings.clone();
+        let old = self.resolved.load_full();
+        if !has_names {
+            self.resolved.store(None);
             return false;
         }
-        self.resolved.store(Arc::new(new));
+        let new = settings.resolve();
+        if old.as_deref() == Some(&new) {
+            return false;
+        }
+        self.resolved.store(Some(Arc::new(new)));
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let now = Instant::now();
         for e in self.table().values_mut() {
             e.due = Some(now);
         }
-        true
+        old.is_some()
     }
 
     // === What the configuration needs ===
@@ -183,22 +237,60 @@ impl Discovery {
     }
 
     /// Adds a pending entry, due now, for every key `snap` needs that has none.
-    /// Returns the keys that have no answer yet.
-    fn ensure(&self, snap: &Snapshot) -> Vec<Key> {
+    /// Returns how many of its keys have not been looked up under the settings in
+    /// force.
+    fn ensure(&self, snap: &Snapshot) -> usize {
         let wanted = self.wanted(snap);
+        let generation = self.generation.load(Ordering::Acquire);
         let mut table = self.table();
         let now = Instant::now();
-        let mut pending = Vec::new();
+        let mut waiting = 0;
         for k in wanted.into_keys() {
-            let e = table.entry(k.clone()).or_insert_with(|| Entry {
+            let e = table.entry(k).or_insert_with(|| Entry {
                 due: Some(now),
                 ..Entry::default()
             });
-            if e.status.is_none() {
-                pending.push(k);
+            waiting += usize::from(e.looked < generation);
+        }
+        waiting
+    }
+
+    /// The upstreams, of the snapshot in force and of those being prepared, that
+    /// list the name of `key` (for an SRV target: whose SRV answer names it).
+    fn users(&self, key: &Key) -> Vec<String> {
+        let mut snaps: Vec<Arc<Snapshot>> = self
+            .pinned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(st) = self.current.get() {
+            snaps.push(st.load_full());
+        }
+        let table = self.table();
+        let mut users: Vec<String> = Vec::new();
+        for snap in &snaps {
+            for up in snap.upstreams.values().filter(|u| u.has_names()) {
+                let kinds = up.ip_family.kinds();
+                let uses = up.entries.iter().any(|e| match &e.target {
+                    Target::Ip(_) => false,
+                    Target::Host(h, _) => {
+                        kinds.contains(&key.kind) && Key::new(h, key.kind) == *key
+                    }
+                    Target::Srv(n) => {
+                        let srv = Key::new(n, Kind::Srv);
+                        srv == *key
+                            || (kinds.contains(&key.kind)
+                                && srv_records(&table, &srv)
+                                    .iter()
+                                    .any(|r| key.name.strip_suffix('.') == Some(&r.target)))
+                    }
+                });
+                if uses && !users.contains(&up.name) {
+                    users.push(up.name.clone());
+                }
             }
         }
-        pending
+        users
     }
 
     /// Keeps the entries `snap` needs, until the guard is dropped, while a reload
@@ -230,9 +322,9 @@ impl Discovery {
 
     // === Lookups ===
 
-    /// Starts a lookup of every entry due by now that is not running; returns their
-    /// handles and when the next entry is due.
-    fn start_due(self: &Arc<Self>) -> (Vec<tokio::task::JoinHandle<()>>, Option<Instant>) {
+    /// Starts a lookup of every entry due by now that is not running; returns when
+    /// the next entry is due.
+    fn start_due(self: &Arc<Self>) -> Option<Instant> {
         let now = Instant::now();
         let mut started = Vec::new();
         let mut next: Option<Instant> = None;
@@ -248,71 +340,82 @@ impl Discovery {
             }
         }
         drop(table);
-        let handles = started
-            .into_iter()
-            .map(|k| tokio::spawn(self.clone().run_lookup(k)))
-            .collect();
-        (handles, next)
+        for k in started {
+            // made before the task: if the task is dropped unpolled (a start-up runtime
+            // that ends), the guard in it still clears `running`
+            let running = Running(self.clone(), k);
+            tokio::spawn(self.clone().run_lookup(running));
+        }
+        next
     }
 
-    /// One lookup: waits for a slot, looks up, records the result, brings the
-    /// upstreams in force in line.
-    async fn run_lookup(self: Arc<Self>, key: Key) {
-        // clears `running` if the task is dropped (a start-up runtime that ends)
-        struct Running<'a>(&'a Discovery, &'a Key);
-        impl Drop for Running<'_> {
-            fn drop(&mut self) {
-                if let Some(e) = self.0.table().get_mut(self.1) {
-                    e.running = false;
-                }
-            }
-        }
-        let _running = Running(&self, &key);
-        let Ok(_slot) = self.slots.acquire().await else {
+    /// One lookup: waits for a slot, looks up, records the result and, when it
+    /// changed anything, brings the upstreams that list the name in line.
+    async fn run_lookup(self: Arc<Self>, running: Running) {
+        let key = &running.1;
+        let Ok(_slot) = self.slots.clone().acquire_owned().await else {
             return;
         };
-        let resolved = self.resolved.load_full();
+        let generation = self.generation.load(Ordering::Acquire);
+        let resolved = self.resolved();
         let found = lookup::lookup(&resolved, &key.name, key.kind).await;
-        self.apply(&key, found, &resolved.settings);
-        if let Some(state) = self.current.get() {
+        let users = self.users(key);
+        let changed = self.apply(key, found, &resolved.settings, generation, &users);
+        if let (true, Some(state)) = (changed, self.current.get()) {
             let snap = state.load_full();
             self.ensure(&snap);
-            self.resync(&snap).await;
+            self.resync_some(&snap, Some(&users)).await;
         }
+        drop(running);
         self.done.send_modify(|n| *n += 1);
     }
 
-    /// Records a lookup's result under fleet.md §13.4 "Effect of a result".
-    fn apply(&self, key: &Key, found: Found, s: &Settings) {
+    /// Records a lookup's result under fleet.md §13.4 "Effect of a result"; true
+    /// when the records in force or their staleness changed.
+    fn apply(
+        &self,
+        key: &Key,
+        found: Found,
+        s: &Settings,
+        generation: u64,
+        users: &[String],
+    ) -> bool {
         let now = Instant::now();
         let wall = SystemTime::now();
-        let users = self
-            .current
-            .get()
-            .map(|st| self.wanted(&st.load()).remove(key).unwrap_or_default())
-            .unwrap_or_default();
         if !found.from_hosts {
-            for up in &users {
+            for up in users {
                 self.metrics.dns_resolution(up, found.status.as_str());
             }
         }
         let mut table = self.table();
         let Some(e) = table.get_mut(key) else {
-            return;
+            return false;
         };
         let had = e.records.as_ref().map_or(0, records_len);
         let name = key.name.trim_end_matches('.');
+        let ups = users.join(", ");
+        let what = if key.kind == Kind::Srv {
+            "SRV records"
+        } else {
+            "addresses"
+        };
         let (ttl, records) = match found.status {
             Status::Ok => {
-                let records = found.records.map(|r| drop_blocked(r, name, &users));
-                (clamp_ttl(found.ttl.min(u32::MAX - 1), s), records)
+                let (records, dropped) = match found.records {
+                    Some(r) => bounded(r, s.max_addresses),
+                    None => (empty_like(key.kind), String::new()),
+                };
+                if dropped != e.dropped && !dropped.is_empty() {
+                    tracing::warn!("dns: upstreams {ups}: {name} ({:?}): {dropped}", key.kind);
+                }
+                e.dropped = dropped;
+                (clamp_ttl(found.ttl.min(u32::MAX - 1), s), Some(records))
             }
             st if st.is_negative() => {
                 if had > 0 {
                     tracing::warn!(
-                        "dns: upstreams {}: {name} ({:?}) answered {}: its {had} addresses \
+                        "dns: upstreams {ups}: {name} ({:?}) answered {}: its {had} {what} \
                          are removed",
-                        users.join(", "),
                         key.kind,
                         st.as_str().to_uppercase()
                     );
@@ -320,35 +423,34 @@ impl Discovery {
                 (s.negative_ttl, Some(empty_like(key.kind)))
             }
             st => {
+                let why = found.error.as_deref().unwrap_or("");
                 if had > 0 {
                     tracing::warn!(
-                        "dns: upstreams {}: lookup of {name} ({:?}) failed ({}): keeping its \
-                         {had} addresses",
-                        users.join(", "),
+                        "dns: upstreams {ups}: lookup of {name} ({:?}) failed ({}): keeping \
+                         its {had} {what}: {why}",
                         key.kind,
                         st.as_str()
                     );
                 } else {
                     tracing::warn!(
-                        "dns: upstreams {}: lookup of {name} ({:?}) failed ({}): {}",
-                        users.join(", "),
+                        "dns: upstreams {ups}: lookup of {name} ({:?}) failed ({}): {why}",
                         key.kind,
-                        st.as_str(),
-                        found.error.as_deref().unwrap_or("")
+                        st.as_str()
                     );
                 }
                 (s.negative_ttl, e.records.take())
             }
         };
-        e.stale = found.status.is_failure() && records.as_ref().is_some_and(|r| records_len(r) > 0);
+        let stale =
+            found.status.is_failure() && records.as_ref().is_some_and(|r| records_len(r) > 0);
+        let changed = e.status.is_none() || e.records != records || e.stale != stale;
+        e.stale = stale;
         e.records = records;
-        e.error = found.error.map(|mut t| {
-            t.truncate(MAX_ERROR_TEXT);
-            t
-        });
+        e.error = found.error.map(|t| clip(&t, MAX_ERROR_TEXT));
         e.status = Some(found.status);
         e.from_hosts = found.from_hosts;
         e.resolved_at = Some(wall);
+        e.looked = generation;
         if found.from_hosts {
             e.due = None;
             e.due_wall = None;
@@ -356,33 +458,31 @@ impl Discovery {
             e.due = Some(now + ttl);
             e.due_wall = Some(wall + ttl);
         }
+        if generation != self.generation.load(Ordering::Acquire) {
+            // looked up under settings a reload has replaced: again, under the new
+            e.due = Some(now);
+        }
+        changed
     }
 
-    /// Looks up, before `snap` comes into force, every name it needs that has no
-    /// answer yet (and SRV targets as SRV answers come), for at most `wait`. Lookups
-    /// still running then go on in the background.
+    /// Looks up, before `snap` comes into force, every name it needs that has not
+    /// been looked up under the settings in force (and SRV targets as SRV answers
+    /// come), for at most `wait`. Names that stay keep their answers and expiry.
+    /// Lookups still running then go on in the background.
     pub(crate) async fn prepare(self: &Arc<Self>, snap: &Snapshot, wait: Duration) {
         let deadline = Instant::now() + wait;
         let mut done = self.done.subscribe();
         loop {
             done.borrow_and_update();
-            let pending = self.ensure(snap);
-            let (handles, _) = self.start_due();
-            if pending.is_empty() && handles.is_empty() {
+            let waiting = self.ensure(snap);
+            self.start_due();
+            if waiting == 0 {
                 break;
             }
-            if handles.is_empty() {
-                // pending ones are running already (from an earlier round): wait for them
-                if !matches!(
-                    tokio::time::timeout_at(deadline, done.changed()).await,
-                    Ok(Ok(()))
-                ) {
-                    break;
-                }
-                continue;
-            }
-            let all = futures_join(handles);
-            if tokio::time::timeout_at(deadline, all).await.is_err() {
+            if !matches!(
+                tokio::time::timeout_at(deadline, done.changed()).await,
+                Ok(Ok(()))
+            ) {
                 break;
             }
         }
@@ -393,8 +493,20 @@ impl Discovery {
 
     /// Brings every upstream with names of `snap` in line with the table.
     pub(crate) async fn resync(&self, snap: &Snapshot) {
+        self.resync_some(snap, None).await;
+    }
+
+    /// Brings the upstreams with names of `snap` (only those named in `only`, when
+    /// given) in line with the table.
+    async fn resync_some(&self, snap: &Snapshot, only: Option<&[String]>) {
         let _one = self.resync.lock().await;
-        for up in snap.upstreams.values().filter(|u| u.has_names()) {
+        let chosen = |u: &&Arc<Upstream>| only.is_none_or(|o| o.contains(&u.name));
+        for up in snap
+            .upstreams
+            .values()
+            .filter(|u| u.has_names())
+            .filter(chosen)
+        {
             let (wants, stale) = self.wants(up);
             self.log_changes(up, &wants);
             if let Some((added, removed)) = up.install(&wants).await {
@@ -423,8 +535,8 @@ impl Discovery {
     /// The addresses `up` should have under the table, and how many of its names are
     /// stale.
     pub(crate) fn wants(&self, up: &Upstream) -> (Vec<Want>, usize) {
+        let max = self.resolved().settings.max_addresses;
         let table = self.table();
-        let max = self.resolved.load().settings.max_addresses;
         let mut wants = Vec::new();
         let mut stale = 0;
         for (i, e) in up.entries.iter().enumerate() {
@@ -457,6 +569,10 @@ impl Discovery {
                     let records = srv_records(&table, &key);
                     let mut ranks: Vec<u16> = records.iter().map(|r| r.priority).collect();
                     ranks.dedup();
+                    // weights come from an unauthenticated answer: scaled so the
+                    // largest is at most MAX_SRV_WEIGHT (a balancer's memory grows
+                    // with the sum of weights), proportions kept
+                    let top = records.iter().map(|r| r.weight).max().unwrap_or(1);
                     let mut taken = 0;
                     for r in &records {
                         let (ips, s) =
@@ -470,7 +586,7 @@ impl Discovery {
                             taken += 1;
                             wants.push(Want {
                                 addr: SocketAddr::new(ip, r.port),
-                                weight: usize::from(r.weight.max(1)),
+                                weight: srv_weight(r.weight, top),
                                 entry: i,
                                 host_name: Some(service.clone()),
                                 tier: Some((i as u16, rank as u16)),
@@ -481,6 +597,14 @@ impl Discovery {
                     stale += usize::from(st);
                 }
             }
+        }
+        if wants.len() > MAX_BACKENDS {
+            tracing::warn!(
+                "upstream {}: {} backends, only the first {MAX_BACKENDS} are used",
+                up.name,
+                wants.len()
+            );
+            wants.truncate(MAX_BACKENDS);
         }
         (wants, stale)
     }
@@ -647,23 +771,73 @@ fn empty_like(kind: Kind) -> Records {
     }
 }
 
-/// Takes the blocked addresses out of an answer (fleet.md §13.12), logging them.
-fn drop_blocked(r: Records, name: &str, users: &[String]) -> Records {
-    let Records::Addrs(addrs) = r else {
-        return r;
-    };
-    let (bad, good): (Vec<IpAddr>, Vec<IpAddr>) = addrs.into_iter().partition(|ip| blocked(*ip));
-    if !bad.is_empty() {
-        tracing::warn!(
-            "dns: upstreams {}: {name} answered addresses never taken from DNS, dropped: {}",
-            users.join(", "),
-            bad.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+/// An answer as kept: blocked addresses taken out (fleet.md §13.12), then at most
+/// `max` addresses, or SRV records in the order their addresses are kept (§13.13);
+/// and what was left out, for the log.
+fn bounded(r: Records, max: usize) -> (Records, String) {
+    match r {
+        Records::Addrs(addrs) => {
+            let (bad, mut good): (Vec<IpAddr>, Vec<IpAddr>) =
+                addrs.into_iter().partition(|ip| blocked(*ip));
+            good.sort();
+            let mut why = Vec::new();
+            if !bad.is_empty() {
+                let list: Vec<String> = bad.iter().map(ToString::to_string).collect();
+                why.push(format!(
+                    "addresses never taken from DNS, dropped: {}",
+                    list.join(", ")
+                ));
+            }
+            if good.len() > max {
+                why.push(format!(
+                    "{} addresses, only the first {max} are kept",
+                    good.len()
+                ));
+                good.truncate(max);
+            }
+            (Records::Addrs(good), why.join("; "))
+        }
+        Records::Srv(mut records) => {
+            records.sort_by(srv_order);
+            let mut why = String::new();
+            if records.len() > max {
+                why = format!(
+                    "{} SRV records, only the first {max} are kept",
+                    records.len()
+                );
+                records.truncate(max);
+            }
+            (Records::Srv(records), why)
+        }
     }
-    Records::Addrs(good)
+}
+
+/// The weight of a backend from an SRV record of weight `w` (0 counts as 1), when the
+/// largest of its entry's records is `top`: scaled so that one is MAX_SRV_WEIGHT.
+fn srv_weight(w: u16, top: u16) -> usize {
+    let w = usize::from(w.max(1));
+    match usize::from(top) {
+        t if t > MAX_SRV_WEIGHT => (w * MAX_SRV_WEIGHT / t).max(1),
+        _ => w,
+    }
+}
+
+/// Lower priority values first, then larger weights, then targets by name.
+fn srv_order(a: &SrvRecord, b: &SrvRecord) -> std::cmp::Ordering {
+    (a.priority, std::cmp::Reverse(a.weight), &a.target).cmp(&(
+        b.priority,
+        std::cmp::Reverse(b.weight),
+        &b.target,
+    ))
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn clip(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 /// The SRV records in force for `key`, in the order their addresses are kept: lower
@@ -678,13 +852,7 @@ fn srv_records(table: &HashMap<Key, Entry>, key: &Key) -> Vec<SrvRecord> {
         .filter(|r| r.port != 0 && !r.target.is_empty())
         .cloned()
         .collect();
-    r.sort_by(|a, b| {
-        (a.priority, std::cmp::Reverse(a.weight), &a.target).cmp(&(
-            b.priority,
-            std::cmp::Reverse(b.weight),
-            &b.target,
-        ))
-    });
+    r.sort_by(srv_order);
     r
 }
 
@@ -709,22 +877,10 @@ fn addresses(
     }
     ips.sort();
     ips.dedup();
-    if ips.len() > max {
-        tracing::warn!(
-            "dns: {}: {} addresses, only the first {max} are kept",
-            normal(name),
-            ips.len()
-        );
-        ips.truncate(max);
-    }
+    // each record type holds at most `max` (see `bounded`, which logs what it drops);
+    // A and AAAA together may hold more: the first `max`, IPv4 first
+    ips.truncate(max);
     (ips, stale)
-}
-
-/// Waits for every task.
-async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
-    for h in handles {
-        let _ = h.await;
-    }
 }
 
 // === Service ===
@@ -752,11 +908,7 @@ impl BackgroundService for Refresher {
                 self.dns.ensure(&snap);
             }
             drop(snap);
-            let (_, next) = if needed {
-                self.dns.start_due()
-            } else {
-                (Vec::new(), None)
-            };
+            let next = if needed { self.dns.start_due() } else { None };
             tokio::select! {
                 _ = async {
                     match next {
@@ -797,6 +949,70 @@ mod tests {
         let mut v: Vec<String> = dns.table().keys().map(|k| k.name.clone()).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn answers_are_bounded_and_what_is_left_out_is_said() {
+        let ips = [
+            "169.254.169.254",
+            "127.0.0.3",
+            "127.0.0.2",
+            "10.0.0.1",
+            "0.1.2.3",
+        ];
+        let (kept, why) = bounded(
+            Records::Addrs(ips.iter().map(|i| i.parse().unwrap()).collect()),
+            2,
+        );
+        let want: Vec<IpAddr> = ["10.0.0.1", "127.0.0.2"]
+            .iter()
+            .map(|i| i.parse().unwrap())
+            .collect();
+        assert_eq!(kept, Records::Addrs(want), "blocked out, then the lowest 2");
+        assert!(
+            why.contains("169.254.169.254, 0.1.2.3") && why.contains("only the first 2"),
+            "{why}"
+        );
+        let srv = |p, w, t: &str| SrvRecord {
+            priority: p,
+            weight: w,
+            port: 80,
+            target: t.into(),
+        };
+        let (kept, why) = bounded(
+            Records::Srv(vec![
+                srv(20, 5, "a"),
+                srv(10, 1, "b"),
+                srv(10, 9, "c"),
+                srv(10, 9, "a"),
+            ]),
+            3,
+        );
+        assert_eq!(
+            kept,
+            Records::Srv(vec![srv(10, 9, "a"), srv(10, 9, "c"), srv(10, 1, "b")]),
+            "lower priorities, then larger weights, then names"
+        );
+        assert!(why.contains("4 SRV records"));
+        assert_eq!(
+            bounded(Records::Addrs(vec!["127.0.0.2".parse().unwrap()]), 2).1,
+            ""
+        );
+    }
+
+    #[test]
+    fn srv_weights_are_scaled_down_in_proportion() {
+        assert_eq!(srv_weight(0, 3), 1, "0 counts as 1");
+        assert_eq!(srv_weight(3, 3), 3);
+        assert_eq!(srv_weight(65535, 65535), MAX_SRV_WEIGHT);
+        assert_eq!(srv_weight(32768, 65535), 50);
+        assert_eq!(srv_weight(1, 65535), 1, "never below 1");
+    }
+
+    #[test]
+    fn error_texts_are_cut_at_a_character_boundary() {
+        assert_eq!(clip("ab€", 3), "ab");
+        assert_eq!(clip("abc", 256), "abc");
     }
 
     #[tokio::test]

@@ -101,8 +101,8 @@ pub(crate) struct Endpoints {
 impl Endpoints {
     /// Merges `wants` (one address from several entries is one backend, weights
     /// summed, named after its first entry) and makes each address's endpoint, keeping
-    /// the counters of addresses in `prior`.
-    pub(crate) fn build(up: &UpstreamShape<'_>, wants: &[Want], prior: Option<&Endpoints>) -> Self {
+    /// the counters of addresses in `priors` (the first that has the address).
+    pub(crate) fn build(up: &UpstreamShape<'_>, wants: &[Want], priors: &[&Endpoints]) -> Self {
         let mut order: Vec<SocketAddr> = Vec::new();
         let mut merged: FxHashMap<SocketAddr, (usize, &Want, bool)> = FxHashMap::default();
         let mut tiers: FxHashMap<u16, Vec<Vec<SocketAddr>>> = FxHashMap::default();
@@ -137,8 +137,9 @@ impl Endpoints {
         let mut list = Vec::with_capacity(order.len());
         for addr in order {
             let (weight, w, _) = merged[&addr];
-            let stats = prior
-                .and_then(|p| p.by_addr.get(&addr))
+            let stats = priors
+                .iter()
+                .find_map(|p| p.by_addr.get(&addr))
                 .map_or_else(Arc::default, |e| e.stats.clone());
             let ep = Arc::new(up.endpoint(addr, weight, w, stats));
             by_addr.insert(addr, ep.clone());
@@ -164,6 +165,33 @@ impl Endpoints {
             })
             && self.backups == other.backups
             && self.tiers == other.tiers
+    }
+
+    /// `self` with the addresses of `old` that leave it, for the moment between the
+    /// new endpoints and the balancer's update: a request that the balancer still
+    /// sends to a leaving address, or already to a new one, finds its endpoint.
+    pub(crate) fn with_leaving(&self, old: &Endpoints) -> Endpoints {
+        let mut by_addr = self.by_addr.clone();
+        for (a, e) in &old.by_addr {
+            by_addr.entry(*a).or_insert_with(|| e.clone());
+        }
+        Endpoints {
+            by_addr,
+            list: self.list.clone(),
+            backups: self.backups.clone(),
+            tiers: self.tiers.clone(),
+        }
+    }
+
+    /// The Host and SNI each address is health-checked with.
+    pub(crate) fn check_pairs(&self) -> FxHashMap<SocketAddr, (String, String)> {
+        self.list
+            .iter()
+            .map(|e| {
+                let host = e.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
+                (e.addr, (host.to_string(), e.sni.clone()))
+            })
+            .collect()
     }
 
     /// The backends for the load balancer.
@@ -303,12 +331,38 @@ mod tests {
             tier: None,
             priority: None,
         };
-        let e = Endpoints::build(&shape, &[want], None);
+        let e = Endpoints::build(&shape, &[want], &[]);
         let ep = &e.list[0];
         (
             ep.host.as_ref().unwrap().to_str().unwrap().to_string(),
             ep.sni.clone(),
         )
+    }
+
+    #[test]
+    fn while_the_balancer_updates_leaving_and_new_addresses_both_have_endpoints() {
+        let shape = UpstreamShape {
+            entries: &[],
+            tls: false,
+            sni: "",
+        };
+        let want = |a: &str| Want {
+            addr: a.parse().unwrap(),
+            weight: 1,
+            entry: 0,
+            host_name: None,
+            tier: None,
+            priority: None,
+        };
+        let old = Endpoints::build(&shape, &[want("10.0.0.1:80")], &[]);
+        let new = Endpoints::build(&shape, &[want("10.0.0.2:80")], &[&old]);
+        let both = new.with_leaving(&old);
+        assert_eq!(both.by_addr.len(), 2);
+        assert_eq!(both.list.len(), 1, "status lists the new ones only");
+        assert!(Arc::ptr_eq(
+            &both.by_addr[&"10.0.0.1:80".parse().unwrap()].stats,
+            &old.by_addr[&"10.0.0.1:80".parse().unwrap()].stats
+        ));
     }
 
     #[test]

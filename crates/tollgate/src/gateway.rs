@@ -292,7 +292,8 @@ impl GatewayHandle {
                 // looked up before the new config takes effect, for at most
                 // `startup_wait`; names that stay keep their answers
                 let pinned = self.dns.pin(c.snapshot.clone());
-                self.dns.configure(&c.server.dns);
+                let has_names = c.snapshot.upstreams.values().any(|u| u.has_names());
+                self.dns.configure(&c.server.dns, has_names);
                 self.dns
                     .prepare(&c.snapshot, c.server.dns.startup_wait)
                     .await;
@@ -301,6 +302,7 @@ impl GatewayHandle {
                 self.state.store(c.snapshot.clone());
                 drop(pinned);
                 self.dns.prune();
+                forget_left(&self.metrics, &prior, &c.snapshot);
                 // lookups that ended meanwhile updated the snapshot then in force
                 self.dns.resync(&c.snapshot).await;
                 self.reloads.send_replace(());
@@ -491,5 +493,22 @@ impl GatewayHandle {
             v.push(Box::new(a));
         }
         v
+    }
+}
+
+/// Removes the metric series of backends and upstreams a reload took away (an address
+/// leaving by a DNS change is removed when it leaves).
+fn forget_left(metrics: &Metrics, prior: &Snapshot, new: &Snapshot) {
+    for (name, old) in &prior.upstreams {
+        let kept = new.upstreams.get(name);
+        for b in old.backend_health() {
+            let stays = kept.is_some_and(|u| u.endpoints.current().by_addr.contains_key(&b.addr));
+            if !stays {
+                metrics.forget_backend(name, &b.addr.to_string());
+            }
+        }
+        if kept.is_none() {
+            metrics.forget_upstream(name);
+        }
     }
 }

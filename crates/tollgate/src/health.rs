@@ -108,7 +108,10 @@ pub(crate) struct PerHostCheck {
     /// Consecutive results that flip a backend: (to healthy, to unhealthy).
     thresholds: (usize, usize),
     hosts: CheckHosts,
-    /// Bounded by the upstream's entries: a pair comes from the config, not from DNS.
+    /// The pair of an address not in `hosts` yet.
+    fallback: (String, String),
+    /// Checks already made, by pair; cleared when it outgrows the addresses (an SRV
+    /// record's port is part of its Host).
     built: std::sync::Mutex<HashMap<(String, String), Arc<dyn HealthCheck + Send + Sync>>>,
 }
 
@@ -117,11 +120,13 @@ impl PerHostCheck {
         build: impl Fn(&str, &str) -> Option<BoxCheck> + Send + Sync + 'static,
         thresholds: (usize, usize),
         hosts: CheckHosts,
+        fallback: (String, String),
     ) -> Self {
         Self {
             build: Box::new(build),
             thresholds,
             hosts,
+            fallback,
             built: Default::default(),
         }
     }
@@ -141,9 +146,13 @@ impl HealthCheck for PerHostCheck {
                     .unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
             )
             .cloned()
-            .unwrap_or_else(|| ("localhost".into(), String::new()));
+            .unwrap_or_else(|| self.fallback.clone());
+        let bound = 2 * self.hosts.load().len() + 16;
         let check = {
             let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+            if built.len() > bound {
+                built.clear();
+            }
             match built.get(&pair) {
                 Some(c) => c.clone(),
                 None => {

@@ -274,6 +274,12 @@ impl Metrics {
             .remove_label_values(&[upstream, backend]);
     }
 
+    /// Removes an upstream's own series (a reload took it away).
+    pub(crate) fn forget_upstream(&self, upstream: &str) {
+        let _ = self.backends.remove_label_values(&[upstream]);
+        let _ = self.dns_stale.remove_label_values(&[upstream]);
+    }
+
     /// Sets `tollgate_upstream_backends`.
     pub(crate) fn upstream_backends(&self, upstream: &str, n: usize) {
         self.backends

@@ -131,6 +131,9 @@ pub(crate) struct Upstream {
     pub(crate) health_registry: Option<(String, std::sync::Arc<pingora::lb::HealthRegistry>)>,
     /// With DNS names and active checks: the Host and SNI each address is checked with.
     pub(crate) check_hosts: Option<CheckHosts>,
+    /// After a reload, the endpoints of the upstream this one replaced, until its
+    /// first install: their counters carry over.
+    pub(crate) seed: std::sync::Mutex<Option<Arc<Endpoints>>>,
     pub(crate) passive: crate::balance::Passive,
 }
 
@@ -187,7 +190,14 @@ impl Upstream {
             return None;
         };
         let old = swap.load_full();
-        let new = Endpoints::build(&self.shape(), wants, Some(&old));
+        // after a reload, the first install also finds the counters of the upstream
+        // this one replaced (CROSSCUTTING.md §7.4)
+        let seed = self.seed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let priors: Vec<&Endpoints> = [Some(&*old), seed.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let new = Endpoints::build(&self.shape(), wants, &priors);
         if new.same_as(&old) {
             return None;
         }
@@ -204,23 +214,16 @@ impl Upstream {
             .map(|e| e.addr)
             .collect();
         if let Some(hosts) = &self.check_hosts {
-            hosts.store(Arc::new(
-                new.list
-                    .iter()
-                    .map(|e| {
-                        let host = e.host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
-                        (e.addr, (host.to_string(), e.sni.clone()))
-                    })
-                    .collect(),
-            ));
+            hosts.store(Arc::new(new.check_pairs()));
         }
         desired.set(new.backend_set());
-        // the new endpoints first: until the balancer is updated, a removed address it
-        // still offers has no endpoint and is passed over
-        swap.store(Arc::new(new));
+        // until the balancer is updated it may offer a leaving address, and after it a
+        // new one: both have endpoints meanwhile; then the leaving ones go
+        swap.store(Arc::new(new.with_leaving(&old)));
         if let Err(e) = self.selector.update().await {
             tracing::error!("upstream {}: updating its backends failed: {e}", self.name);
         }
+        swap.store(Arc::new(new));
         Some((added, removed))
     }
 }

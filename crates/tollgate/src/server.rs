@@ -73,7 +73,12 @@ impl BackgroundService for Signals {
             tokio::select! {
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP received, reloading");
-                    let _ = self.handle.reload().await;
+                    // its own task: a reload may wait for DNS lookups (startup_wait),
+                    // and this loop must go on answering signals and phases meanwhile
+                    let handle = self.handle.clone();
+                    tokio::spawn(async move {
+                        let _ = handle.reload().await;
+                    });
                 }
                 _ = usr1.recv() => {
                     tracing::info!("SIGUSR1 received, reopening the access log");

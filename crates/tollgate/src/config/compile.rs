@@ -623,7 +623,15 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
             _ => None,
         })
         .collect();
-    let endpoints = Endpoints::build(&shape, &ip_wants, None);
+    // CROSSCUTTING.md §7.4: a backend that stays keeps its counters (passive health,
+    // in-flight requests); an upstream with names gets its names' at its first install
+    let prior_endpoints = prior.map(|u| u.endpoints.current());
+    let priors: Vec<&Endpoints> = prior_endpoints.iter().map(|c| &**c).collect();
+    let endpoints = Endpoints::build(&shape, &ip_wants, &priors);
+    let seed = prior.and_then(|u| match &u.endpoints {
+        EndpointSet::Dns(s) => Some(s.load_full()),
+        EndpointSet::Fixed(_) => None,
+    });
     let set = endpoints.backend_set();
     let desired = has_names.then(|| {
         let d = Arc::new(Desired::default());
@@ -634,15 +642,29 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         Some(kept) => Some(kept),
         None => (has_names && check.is_some()).then(Default::default),
     };
+    // the IP entries' pairs at once; names' as they resolve (`Upstream::install`)
+    if let Some(hosts) = &check_hosts {
+        hosts.store(Arc::new(endpoints.check_pairs()));
+    }
     let check = match (check, &check_hosts, &f.health_check) {
         (Some(_), Some(hosts), Some(hc)) => {
             let (config, tls) = (hc.get_ref().clone(), f.tls);
             let thresholds = config.thresholds();
+            // an address not in the map yet: as an IP entry of this upstream is checked
+            let sni = f.sni.clone().unwrap_or_default();
+            let host = if sni.is_empty() {
+                "localhost".to_string()
+            } else {
+                sni.clone()
+            };
+            let fallback = (host, sni);
             let build = move |host: &str, sni: &str| config.build(host, sni, tls).ok().map(|b| b.0);
-            Some(
-                Box::new(PerHostCheck::new(build, thresholds, hosts.clone()))
-                    as Box<dyn HealthCheck + Send + Sync>,
-            )
+            Some(Box::new(PerHostCheck::new(
+                build,
+                thresholds,
+                hosts.clone(),
+                fallback,
+            )) as Box<dyn HealthCheck + Send + Sync>)
         }
         (c, _, _) => c,
     };
@@ -697,7 +719,11 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
             .map_or(Duration::from_secs(5), |d| d.get()),
         read_timeout: f.read_timeout.map_or(Duration::from_secs(30), |d| d.get()),
         retries: f.retries.unwrap_or(1),
-        passive: Passive::new(passive_threshold, passive_cooldown),
+        passive: match prior {
+            Some(p) => Passive::new(passive_threshold, passive_cooldown).since(&p.passive),
+            None => Passive::new(passive_threshold, passive_cooldown),
+        },
+        seed: std::sync::Mutex::new(seed),
         health: schedule,
         health_registry,
         check_hosts,

@@ -627,6 +627,44 @@ colour = "red"
             .collect()
     }
 
+    #[test]
+    fn a_reload_keeps_the_counters_of_backends_that_stay() {
+        // CROSSCUTTING.md §7.4: passive health and in-flight counts follow the address
+        let src = |backends: &str| {
+            format!(
+                "[upstreams.u]\nbackends = [{backends}]\nbalance = \"least_conn\"\n\
+                 [routes.r]\npaths = [\"/\"]\nupstream = \"u\"\n"
+            )
+        };
+        let first = parse(&src("\"10.0.0.1:80\", \"10.0.0.2:80\"")).unwrap();
+        let before = &first.snapshot.upstreams["u"];
+        let stats = |u: &crate::runtime::Upstream, a: &str| {
+            u.endpoints.current().by_addr[&a.parse::<SocketAddr>().unwrap()]
+                .stats
+                .clone()
+        };
+        before.passive.failed(&stats(before, "10.0.0.1:80"));
+        let second = reparse(&src("\"10.0.0.1:80\", \"10.0.0.3:80\""), &first.snapshot);
+        let after = &second.upstreams["u"];
+        assert!(Arc::ptr_eq(
+            &stats(before, "10.0.0.1:80"),
+            &stats(after, "10.0.0.1:80")
+        ));
+        assert_eq!(
+            stats(after, "10.0.0.1:80")
+                .fails
+                .load(std::sync::atomic::Ordering::Acquire),
+            1
+        );
+        assert_eq!(
+            stats(after, "10.0.0.3:80")
+                .fails
+                .load(std::sync::atomic::Ordering::Acquire),
+            0,
+            "a new backend starts afresh"
+        );
+    }
+
     #[tokio::test]
     async fn a_reload_keeps_the_health_of_backends_that_stay_under_an_unchanged_check() {
         // a port nothing listens on: bound, then closed

@@ -151,8 +151,9 @@ pub(crate) async fn lookup(r: &Resolved, name: &str, kind: Kind) -> Found {
     }
     let mut saw_nodata = false;
     for candidate in candidates(name, r) {
+        // a suffixed form too long to be a name cannot exist: as NXDOMAIN
         let Ok(qname) = Name::from_ascii(&candidate) else {
-            return Found::failed(Status::Error, format!("{candidate:?} is not a valid name"));
+            continue;
         };
         let found = chase(r, qname, kind).await;
         match found.status {
@@ -279,9 +280,10 @@ fn follow(
             return if current == normal(&qname.to_ascii()) {
                 Chain::NoData
             } else {
-                let mut name = Name::from_ascii(&current).unwrap_or_else(|_| Name::root());
-                name.set_fqdn(true);
-                Chain::Ask(name)
+                match Name::from_ascii(format!("{current}.")) {
+                    Ok(name) => Chain::Ask(name),
+                    Err(_) => Chain::Bad(format!("CNAME target {current:?} is not a name")),
+                }
             };
         };
         *links += 1;
@@ -337,14 +339,17 @@ async fn query(
     if !m.metadata.truncation {
         return Ok(m);
     }
-    let (connect, handle) = TcpClientStream::new(ns, None, Some(timeout), provider);
-    let stream = match tokio::time::timeout(timeout, connect).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(net_error(&e)),
-        Err(_) => return Err((Status::Timeout, "TCP connect timed out".into())),
+    // again over TCP: connecting and asking within one more `timeout`
+    let over_tcp = async {
+        let (connect, handle) = TcpClientStream::new(ns, None, Some(timeout), provider);
+        let stream = connect.await.map_err(|e| net_error(&e))?;
+        let (client, bg) = Client::<TokioRuntimeProvider>::with_timeout(stream, handle, timeout);
+        exchange(client, bg, qname, rtype, timeout).await
     };
-    let (client, bg) = Client::<TokioRuntimeProvider>::with_timeout(stream, handle, timeout);
-    exchange(client, bg, qname, rtype, timeout).await
+    match tokio::time::timeout(timeout, over_tcp).await {
+        Ok(result) => result,
+        Err(_) => Err((Status::Timeout, "timed out over TCP".into())),
+    }
 }
 
 /// Sends the question over `client`, its background task running beside it.
@@ -374,9 +379,12 @@ fn net_error(e: &NetError) -> (Status, String) {
     match e {
         NetError::Timeout => (Status::Timeout, "timed out".into()),
         other => {
-            let mut text = other.to_string();
-            text.truncate(200);
-            (Status::Error, text)
+            let text = other.to_string();
+            let mut end = text.len().min(200);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            (Status::Error, text[..end].to_string())
         }
     }
 }
