@@ -297,7 +297,7 @@ mod tests {
     use pingora::lb::Backends;
 
     use super::*;
-    use crate::endpoint::{UpstreamShape, Want};
+    use crate::endpoint::{Want, PLAIN};
 
     fn lb<S>(addrs: &[&str]) -> LoadBalancer<S>
     where
@@ -320,20 +320,11 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, (a, tier))| Want {
-                addr: sa(a),
-                weight: 1,
-                entry: i,
-                host_name: None,
                 tier: *tier,
-                priority: None,
+                ..Want::ip(sa(a), 1, i)
             })
             .collect();
-        let shape = UpstreamShape {
-            entries: &[],
-            tls: false,
-            sni: "",
-        };
-        Endpoints::build(&shape, &wants, &[])
+        Endpoints::build(&PLAIN, &wants, &[])
     }
 
     fn plain(addrs: &[&str]) -> Endpoints {
@@ -539,21 +530,9 @@ mod tests {
         let wants: Vec<Want> = [("127.0.0.1:1", 2), ("127.0.0.1:1", 3), ("127.0.0.1:2", 1)]
             .iter()
             .enumerate()
-            .map(|(i, (a, w))| Want {
-                addr: sa(a),
-                weight: *w,
-                entry: i,
-                host_name: None,
-                tier: None,
-                priority: None,
-            })
+            .map(|(i, (a, w))| Want::ip(sa(a), *w, i))
             .collect();
-        let shape = UpstreamShape {
-            entries: &[],
-            tls: false,
-            sni: "",
-        };
-        let e = Endpoints::build(&shape, &wants, &[]);
+        let e = Endpoints::build(&PLAIN, &wants, &[]);
         assert_eq!(e.list.len(), 2);
         assert_eq!(e.by_addr[&sa("127.0.0.1:1")].backend.weight, 5);
         // counters carry over to a rebuilt set
@@ -561,7 +540,7 @@ mod tests {
             .stats
             .inflight
             .fetch_add(1, Ordering::AcqRel);
-        let again = Endpoints::build(&shape, &wants[2..], &[&e]);
+        let again = Endpoints::build(&PLAIN, &wants[2..], &[&e]);
         assert_eq!(inflight(&again.by_addr[&sa("127.0.0.1:2")]), 1);
     }
 }

@@ -541,14 +541,7 @@ impl Discovery {
         let mut stale = 0;
         for (i, e) in up.entries.iter().enumerate() {
             match &e.target {
-                Target::Ip(addr) => wants.push(Want {
-                    addr: *addr,
-                    weight: e.weight,
-                    entry: i,
-                    host_name: None,
-                    tier: None,
-                    priority: None,
-                }),
+                Target::Ip(addr) => wants.push(Want::ip(*addr, e.weight, i)),
                 Target::Host(h, port) => {
                     let (ips, st) = addresses(&table, h, up.ip_family, max);
                     stale += usize::from(st);

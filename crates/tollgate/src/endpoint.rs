@@ -86,6 +86,20 @@ pub(crate) struct Want {
     pub priority: Option<u16>,
 }
 
+impl Want {
+    /// The address of an IP entry (or, in tests, of any entry `entry`).
+    pub(crate) fn ip(addr: SocketAddr, weight: usize, entry: usize) -> Self {
+        Self {
+            addr,
+            weight,
+            entry,
+            host_name: None,
+            tier: None,
+            priority: None,
+        }
+    }
+}
+
 /// The addresses in force.
 #[derive(Debug, Default)]
 pub(crate) struct Endpoints {
@@ -183,6 +197,15 @@ impl Endpoints {
         }
     }
 
+    /// Its addresses that `other` does not have.
+    pub(crate) fn not_in(&self, other: &Endpoints) -> Vec<SocketAddr> {
+        self.list
+            .iter()
+            .filter(|e| !other.by_addr.contains_key(&e.addr))
+            .map(|e| e.addr)
+            .collect()
+    }
+
     /// The Host and SNI each address is health-checked with.
     pub(crate) fn check_pairs(&self) -> FxHashMap<SocketAddr, (String, String)> {
         self.list
@@ -199,6 +222,14 @@ impl Endpoints {
         self.list.iter().map(|e| e.backend.clone()).collect()
     }
 }
+
+/// An upstream of plain HTTP with no entries, for tests.
+#[cfg(test)]
+pub(crate) const PLAIN: UpstreamShape<'static> = UpstreamShape {
+    entries: &[],
+    tls: false,
+    sni: "",
+};
 
 /// What making an upstream's endpoints needs of it.
 #[derive(Debug, Clone, Copy)]
@@ -324,12 +355,8 @@ mod tests {
             sni,
         };
         let want = Want {
-            addr: addr.parse().unwrap(),
-            weight: 1,
-            entry: 0,
             host_name: host_name.map(str::to_string),
-            tier: None,
-            priority: None,
+            ..Want::ip(addr.parse().unwrap(), 1, 0)
         };
         let e = Endpoints::build(&shape, &[want], &[]);
         let ep = &e.list[0];
@@ -341,21 +368,9 @@ mod tests {
 
     #[test]
     fn while_the_balancer_updates_leaving_and_new_addresses_both_have_endpoints() {
-        let shape = UpstreamShape {
-            entries: &[],
-            tls: false,
-            sni: "",
-        };
-        let want = |a: &str| Want {
-            addr: a.parse().unwrap(),
-            weight: 1,
-            entry: 0,
-            host_name: None,
-            tier: None,
-            priority: None,
-        };
-        let old = Endpoints::build(&shape, &[want("10.0.0.1:80")], &[]);
-        let new = Endpoints::build(&shape, &[want("10.0.0.2:80")], &[&old]);
+        let want = |a: &str| Want::ip(a.parse().unwrap(), 1, 0);
+        let old = Endpoints::build(&PLAIN, &[want("10.0.0.1:80")], &[]);
+        let new = Endpoints::build(&PLAIN, &[want("10.0.0.2:80")], &[&old]);
         let both = new.with_leaving(&old);
         assert_eq!(both.by_addr.len(), 2);
         assert_eq!(both.list.len(), 1, "status lists the new ones only");

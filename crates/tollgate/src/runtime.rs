@@ -201,18 +201,7 @@ impl Upstream {
         if new.same_as(&old) {
             return None;
         }
-        let added = new
-            .list
-            .iter()
-            .filter(|e| !old.by_addr.contains_key(&e.addr))
-            .map(|e| e.addr)
-            .collect();
-        let removed = old
-            .list
-            .iter()
-            .filter(|e| !new.by_addr.contains_key(&e.addr))
-            .map(|e| e.addr)
-            .collect();
+        let (added, removed) = (new.not_in(&old), old.not_in(&new));
         if let Some(hosts) = &self.check_hosts {
             hosts.store(Arc::new(new.check_pairs()));
         }

@@ -612,14 +612,7 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         .iter()
         .enumerate()
         .filter_map(|(i, e)| match e.target {
-            Target::Ip(addr) => Some(Want {
-                addr,
-                weight: e.weight,
-                entry: i,
-                host_name: None,
-                tier: None,
-                priority: None,
-            }),
+            Target::Ip(addr) => Some(Want::ip(addr, e.weight, i)),
             _ => None,
         })
         .collect();
