@@ -71,6 +71,7 @@ pub struct Upstream {
     healthy: Arc<std::sync::atomic::AtomicBool>,
     connections: Arc<std::sync::atomic::AtomicUsize>,
     open: Arc<std::sync::atomic::AtomicUsize>,
+    checks: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -136,6 +137,8 @@ impl Upstream {
         let accepted = connections.clone();
         let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let opened = open.clone();
+        let checks: Arc<Mutex<Vec<String>>> = Arc::default();
+        let checked = checks.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -148,12 +151,14 @@ impl Upstream {
                 let name = name.clone();
                 let health = health.clone();
                 let tls = tls.clone();
+                let checked = checked.clone();
                 tokio::spawn(async move {
                     let _closed = closed;
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let rec = rec.clone();
                         let name = name.clone();
                         let up = health.load(std::sync::atomic::Ordering::Acquire);
+                        let checked = checked.clone();
                         async move {
                             let websocket = req
                                 .headers()
@@ -163,6 +168,10 @@ impl Upstream {
                                 return Ok::<_, Infallible>(upgrade_echo(req));
                             }
                             if req.uri().path() == "/healthz" {
+                                let host = req.headers().get("host").and_then(|h| h.to_str().ok());
+                                if let (Ok(mut c), Some(h)) = (checked.lock(), host) {
+                                    c.push(h.to_string());
+                                }
                                 let status = if up { 200 } else { 503 };
                                 let resp = Response::builder()
                                     .status(status)
@@ -195,8 +204,14 @@ impl Upstream {
             healthy,
             connections,
             open,
+            checks,
             task,
         }
+    }
+
+    /// The `Host` of each health check (`GET /healthz`) it received, in order.
+    pub fn check_hosts(&self) -> Vec<String> {
+        self.checks.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
     /// How many of its connections are open now.

@@ -322,6 +322,18 @@ async fn srv_entries_take_ports_weights_and_priorities_from_dns() {
         .map(|b| b["weight"].as_u64().unwrap())
         .collect();
     assert_eq!(weights, [3, 1], "the record's weight; 0 counts as 1: {u}");
+    // health checks send the Host requests get (fleet.md §13.6)
+    assert!(
+        eventually(SOON, async || primary.check_hosts().contains(&host)).await,
+        "{:?}",
+        primary.check_hosts()
+    );
+    let backup_host = format!("search.test:{p3}");
+    assert!(
+        eventually(SOON, async || backup.check_hosts().contains(&backup_host)).await,
+        "backups are checked too: {:?}",
+        backup.check_hosts()
+    );
     // every lower-priority address down: the backup takes the requests, until one
     // is back
     primary.set_healthy(false);
@@ -366,10 +378,18 @@ async fn a_reload_looks_up_new_names_first_and_never_fails_for_dns() {
         asked_a,
         "a name that stays is not asked again"
     );
+    // an upstream's ip_family widened: the new record type is asked before the new
+    // config takes effect
+    assert_eq!(dns.query_count("b.test", "AAAA"), 0);
+    let wider = with_v.replace("[upstreams.v]\n", "[upstreams.v]\nip_family = \"any\"\n");
+    std::fs::write(&gw.config, format!("{}\n{wider}", server_of(&gw))).unwrap();
+    assert_eq!(admin_reload(&gw).await.0, 200);
+    assert_eq!(dns.query_count("b.test", "AAAA"), 1);
+    assert_eq!(dns.query_count("b.test", "A"), 1, "the A answer stays");
     // DNS down, and a changed [server.dns]: every name is asked again, the reload
     // succeeds, and no name loses its addresses
     dns.set_rule("*", Rule::Drop);
-    let changed = with_v.replace("attempts = 1", "attempts = 2");
+    let changed = wider.replace("attempts = 1", "attempts = 2");
     std::fs::write(&gw.config, format!("{}\n{changed}", server_of(&gw))).unwrap();
     let (code, body_json) = admin_reload(&gw).await;
     assert_eq!(code, 200, "{body_json}");
@@ -524,7 +544,17 @@ fn check_stays_offline_and_check_resolve_looks_names_up() {
         ),
         "{text}"
     );
-    let bad = good.replace("\"svc.test:8080\"", "\"svc.test:8080\", \"nosuch.test:80\"");
+    // every cause: NXDOMAIN, NODATA, TIMEOUT, no usable address, no target resolves
+    dns.set_aaaa("v6only.test", &["::1"], 30);
+    dns.set_a("blocked.test", &["169.254.169.254"], 30);
+    dns.set_a("silent.test", &["127.0.0.2"], 30);
+    dns.set_rule("silent.test", Rule::Drop);
+    dns.set_srv("_http._tcp.gone.test", &[(10, 1, 8081, "nowhere.test")], 30);
+    let bad = good.replace(
+        "\"svc.test:8080\"",
+        "\"svc.test:8080\", \"nosuch.test:80\", \"v6only.test:80\", \"silent.test:80\", \
+         \"blocked.test:80\", { srv = \"_http._tcp.gone.test\" }",
+    );
     std::fs::write(&p, &bad).unwrap();
     let out = run(&["--resolve"]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -537,6 +567,21 @@ fn check_stays_offline_and_check_resolve_looks_names_up() {
         )),
         "{err}"
     );
+    for (i, cause) in [
+        (2, "\"v6only.test:80\" does not resolve: NODATA"),
+        (3, "\"silent.test:80\" does not resolve: TIMEOUT"),
+        (4, "\"blocked.test:80\" does not resolve: no usable address"),
+        (
+            5,
+            "\"_http._tcp.gone.test\" does not resolve: no target resolves",
+        ),
+    ] {
+        assert!(
+            err.contains(&format!("upstreams.u.backends[{i}]: {cause}")),
+            "{cause}: {err}"
+        );
+    }
+    assert_eq!(err.lines().count(), 5, "{err}");
 }
 
 #[test]
