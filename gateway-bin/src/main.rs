@@ -63,22 +63,31 @@ fn load(path: &PathBuf) -> Result<Config, ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config, resolve } => match load(&config) {
-            Ok(c) if resolve => match c.resolve_names() {
-                Ok(lines) => {
-                    println!("ok: {}", c.summary());
-                    for l in lines {
+        Command::Check {
+            config,
+            resolve: true,
+        } => match Config::load_resolving(&config, &tollgate::policy::Registry::with_builtins()) {
+            Ok(r) => match r.summary {
+                Some(summary) => {
+                    println!("ok: {summary}");
+                    for l in r.resolved {
                         println!("{l}");
                     }
                     ExitCode::SUCCESS
                 }
-                Err(errors) => {
-                    for e in errors {
+                None => {
+                    for e in r.errors {
                         eprintln!("{e}");
                     }
                     ExitCode::from(1)
                 }
             },
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Check { config, .. } => match load(&config) {
             Ok(c) => {
                 println!("ok: {}", c.summary());
                 ExitCode::SUCCESS

@@ -582,6 +582,18 @@ fn check_stays_offline_and_check_resolve_looks_names_up() {
         );
     }
     assert_eq!(err.lines().count(), 5, "{err}");
+    // with every other error of the file, in the same pass
+    let worse = bad.replace("upstream = \"u\"", "upstream = \"nosuch\"");
+    std::fs::write(&p, &worse).unwrap();
+    let out = run(&["--resolve"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("routes.r.upstream: unknown upstream"), "{err}");
+    assert!(
+        err.contains("\"nosuch.test:80\" does not resolve: NXDOMAIN"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 6, "{err}");
 }
 
 #[test]

@@ -57,6 +57,35 @@ pub(super) fn compile(
     registry: &Registry,
     prior: Option<&Snapshot>,
 ) -> Result<(ServerSettings, Snapshot), ConfigErrors> {
+    compile_keeping(
+        src,
+        file,
+        config_dir,
+        registry,
+        prior,
+        &mut Partial::default(),
+    )
+}
+
+/// What a check got to before the errors of its file: the upstreams that are valid
+/// and `[server.dns]`, for `check --resolve` (fleet.md §13.7: a name that does not
+/// resolve is reported with every other error of the file).
+#[derive(Debug, Default)]
+pub(super) struct Partial {
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// `None` when `[server]` itself is invalid.
+    pub dns: Option<crate::dns::Settings>,
+}
+
+/// [`compile`], filling `partial` whether or not the file is valid.
+pub(super) fn compile_keeping(
+    src: &str,
+    file: &str,
+    config_dir: &Path,
+    registry: &Registry,
+    prior: Option<&Snapshot>,
+    partial: &mut Partial,
+) -> Result<(ServerSettings, Snapshot), ConfigErrors> {
     let (doc, syntax) = DeTable::parse_recoverable(src);
     if !syntax.is_empty() {
         let mut d = Diagnostics::new(file, src);
@@ -152,6 +181,8 @@ pub(super) fn compile(
     let mut h = std::collections::hash_map::DefaultHasher::new();
     src.hash(&mut h);
     let digest = format!("{:016x}", h.finish());
+    partial.upstreams = upstreams.clone();
+    partial.dns = server.as_ref().map(|s| s.dns.clone());
     cx.diags.finish()?;
     let server = server.unwrap_or_default();
     let snapshot = Snapshot {

@@ -144,6 +144,94 @@ pub struct Config {
     pub(crate) snapshot: Arc<Snapshot>,
 }
 
+/// What [`Config::load_resolving`] found.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Resolution {
+    /// `N routes, N upstreams, N consumers` when the file is valid and every name
+    /// resolves.
+    pub summary: Option<String>,
+    /// Every error of the file, then every name that does not resolve:
+    /// `FILE:LINE:COL: upstreams.X.backends[I]: "NAME:PORT" does not resolve: CAUSE`.
+    pub errors: Vec<String>,
+    /// One line per name entry that resolved:
+    /// `upstreams.X.backends[I]: NAME:PORT -> ADDR, …` (SRV addresses with
+    /// `(priority P, weight W)`).
+    pub resolved: Vec<String>,
+}
+
+/// Looks every name of `upstreams` up once: (resolved lines, unresolved errors).
+fn resolve_upstreams(
+    upstreams: std::collections::BTreeMap<String, Arc<crate::runtime::Upstream>>,
+    dns: &crate::dns::Settings,
+) -> (Vec<String>, Vec<String>) {
+    if !upstreams.values().any(|u| u.has_names()) {
+        return (Vec::new(), Vec::new());
+    }
+    let snap = Arc::new(Snapshot {
+        router: crate::router::Router::new(Vec::new()),
+        routes: Vec::new(),
+        upstreams,
+        consumers: Arc::default(),
+        trusted_proxies: Vec::new(),
+        digest: String::new(),
+        redacted: serde_json::Value::Null,
+        loaded_at: std::time::SystemTime::now(),
+    });
+    let discovery = Arc::new(crate::discovery::Discovery::new(
+        dns,
+        crate::metrics::Metrics::new(),
+    ));
+    // on a runtime of its own: the caller may have none, or be inside one
+    let reports = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(discovery.prepare(&snap, Duration::from_secs(3600)));
+        let reports: Vec<_> = snap
+            .upstreams
+            .values()
+            .filter(|u| u.has_names())
+            .flat_map(|u| discovery.report(u))
+            .collect();
+        Some(reports)
+    })
+    .join()
+    .ok()
+    .flatten();
+    let Some(reports) = reports else {
+        return (Vec::new(), vec!["the lookups could not run".to_string()]);
+    };
+    let mut ok = Vec::new();
+    let mut errors = Vec::new();
+    for r in reports {
+        if r.addresses.is_empty() {
+            let cause = match (r.result, r.srv.is_some()) {
+                ("ok", true) => "no target resolves".to_string(),
+                ("ok", false) => "no usable address".to_string(),
+                ("pending", _) => "TIMEOUT".to_string(),
+                (other, _) => other.to_uppercase(),
+            };
+            errors.push(format!(
+                "{}: {}: {:?} does not resolve: {cause}",
+                r.place, r.path, r.name
+            ));
+            continue;
+        }
+        let addrs: Vec<String> = r
+            .detail
+            .iter()
+            .map(|(a, priority, weight)| match priority {
+                Some(p) => format!("{a} (priority {p}, weight {weight})"),
+                None => a.to_string(),
+            })
+            .collect();
+        ok.push(format!("{}: {} -> {}", r.path, r.name, addrs.join(", ")));
+    }
+    (ok, errors)
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -176,6 +264,51 @@ impl Config {
     /// [`LoadError::Unreadable`] or [`LoadError::Invalid`] with every error found.
     pub fn load_with(path: impl AsRef<Path>, registry: &Registry) -> Result<Self, LoadError> {
         Self::reload_from(path.as_ref(), registry, None)
+    }
+
+    /// `tollgate check --config FILE --resolve` (fleet.md §13.7): checks the file as
+    /// [`Config::load_with`] does and looks every backend name up once, with
+    /// `[server.dns]` and as `run` would (hosts file, search list, `ip_family`, blocked
+    /// ranges). A name that yields no usable address is an error at its entry, beside
+    /// every other error of the file. Blocks until every lookup has ended (each is
+    /// bounded by `timeout` × `attempts` × resolvers per search candidate).
+    ///
+    /// # Errors
+    /// [`LoadError::Unreadable`]; every other error is in the [`Resolution`].
+    pub fn load_resolving(
+        path: impl AsRef<Path>,
+        registry: &Registry,
+    ) -> Result<Resolution, LoadError> {
+        let path = path.as_ref();
+        let src = std::fs::read_to_string(path).map_err(|source| LoadError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut partial = compile::Partial::default();
+        let file = path.display().to_string();
+        let compiled = compile::compile_keeping(&src, &file, dir, registry, None, &mut partial);
+        let mut out = Resolution::default();
+        match compiled {
+            Ok((server, snapshot)) => {
+                let config = Self {
+                    server,
+                    path: Some(path.to_path_buf()),
+                    snapshot: Arc::new(snapshot),
+                };
+                out.summary = Some(config.summary());
+            }
+            Err(errors) => out.errors = errors.errors().iter().map(|e| e.to_string()).collect(),
+        }
+        if let Some(dns) = &partial.dns {
+            let (resolved, unresolved) = resolve_upstreams(partial.upstreams, dns);
+            out.resolved = resolved;
+            out.errors.extend(unresolved);
+        }
+        if !out.errors.is_empty() {
+            out.summary = None;
+        }
+        Ok(out)
     }
 
     /// Like [`Config::load_with`], for a reload of `prior`: active health state of
@@ -234,74 +367,6 @@ impl Config {
             path: None,
             snapshot: Arc::new(snapshot),
         })
-    }
-
-    /// `tollgate check --resolve` (fleet.md §13.7): looks every backend name up once,
-    /// with `[server.dns]` and as `run` would (hosts file, search list, `ip_family`,
-    /// blocked ranges). Blocks until every lookup has ended (each is bounded by
-    /// `timeout` × `attempts` × resolvers per search candidate).
-    ///
-    /// # Errors
-    /// One line per name entry that yields no usable address, at its entry:
-    /// `FILE:LINE:COL: upstreams.X.backends[I]: "NAME:PORT" does not resolve: NXDOMAIN`.
-    pub fn resolve_names(&self) -> Result<Vec<String>, Vec<String>> {
-        let snap = self.snapshot.clone();
-        let dns = Arc::new(crate::discovery::Discovery::new(
-            &self.server.dns,
-            crate::metrics::Metrics::new(),
-        ));
-        let reports = {
-            let dns = dns.clone();
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .ok()?;
-                rt.block_on(dns.prepare(&snap, Duration::from_secs(3600)));
-                Some(
-                    snap.upstreams
-                        .values()
-                        .filter(|u| u.has_names())
-                        .flat_map(|u| dns.report(u))
-                        .collect::<Vec<_>>(),
-                )
-            })
-            .join()
-            .ok()
-            .flatten()
-            .unwrap_or_default()
-        };
-        let mut ok = Vec::new();
-        let mut errors = Vec::new();
-        for r in reports {
-            if r.addresses.is_empty() {
-                let cause = match (r.result, r.srv.is_some()) {
-                    ("ok", true) => "no target resolves".to_string(),
-                    ("ok", false) => "no usable address".to_string(),
-                    ("pending", _) => "TIMEOUT".to_string(),
-                    (other, _) => other.to_uppercase(),
-                };
-                errors.push(format!(
-                    "{}: {}: {:?} does not resolve: {cause}",
-                    r.place, r.path, r.name
-                ));
-                continue;
-            }
-            let addrs: Vec<String> = r
-                .detail
-                .iter()
-                .map(|(a, priority, weight)| match priority {
-                    Some(p) => format!("{a} (priority {p}, weight {weight})"),
-                    None => a.to_string(),
-                })
-                .collect();
-            ok.push(format!("{}: {} -> {}", r.path, r.name, addrs.join(", ")));
-        }
-        if errors.is_empty() {
-            Ok(ok)
-        } else {
-            Err(errors)
-        }
     }
 
     /// The compiled routes, upstreams and consumers.
