@@ -747,3 +747,30 @@ async fn a_leaving_address_finishes_its_requests_and_its_idle_connections_close(
         left.elapsed()
     );
 }
+
+#[tokio::test]
+async fn with_startup_wait_0s_the_gateway_serves_at_once_and_a_name_is_pending() {
+    let dns = DnsServer::start();
+    let (_b2, _b3, port) = pair().await;
+    dns.set_a("slow.test", &["127.0.0.2"], 30);
+    dns.set_rule("slow.test", Rule::Drop);
+    let toml = config(
+        &dns,
+        "ip_family = \"v4\"\nstartup_wait = \"0s\"",
+        &format!("backends = [\"slow.test:{port}\"]"),
+    )
+    .replace("timeout = \"300ms\"", "timeout = \"5s\"");
+    let started = std::time::Instant::now();
+    let gw = gateway_with_admin(&toml);
+    let name = &status(&gw).await["upstreams"]["u"]["names"][0];
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "it waited for DNS"
+    );
+    assert_eq!(name["result"], "pending", "{name}");
+    assert!(name["resolved_at"].is_null() && name["expires_at"].is_null());
+    assert_eq!(who(&gw).await, "503 no_healthy_upstream");
+    // the answer comes in the background
+    dns.set_rule("slow.test", Rule::Answer);
+    assert!(eventually(SOON, async || who(&gw).await == "b2").await);
+}
