@@ -921,7 +921,7 @@ impl BackgroundService for Refresher {
 mod tests {
     use std::path::Path;
 
-    use tollgate_tests::DnsServer;
+    use tollgate_tests::{DnsServer, Rule};
 
     use super::*;
     use crate::config::Config;
@@ -1006,6 +1006,88 @@ mod tests {
     fn error_texts_are_cut_at_a_character_boundary() {
         assert_eq!(clip("ab€", 3), "ab");
         assert_eq!(clip("abc", 256), "abc");
+    }
+
+    fn parse(src: &str) -> Config {
+        Config::parse(src, "g.toml", Path::new("."), &Registry::with_builtins()).unwrap()
+    }
+
+    fn addrs_of(dns: &Discovery, c: &Config, up: &str) -> Vec<String> {
+        let (wants, _) = dns.wants(&c.snapshot.upstreams[up]);
+        wants.iter().map(|w| w.addr.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn ip_family_picks_the_record_types_and_ipv4_comes_first() {
+        let server = DnsServer::start();
+        server.set_a("both.test", &["127.0.0.2"], 30);
+        server.set_aaaa("both.test", &["::1"], 30);
+        let c = parse(&format!(
+            "[server.dns]\nresolvers = [\"{}\"]\nhosts_file = \"\"\n\
+             [upstreams.any]\nbackends = [\"both.test:80\"]\n\
+             [upstreams.four]\nbackends = [\"both.test:80\"]\nip_family = \"v4\"\n\
+             [upstreams.six]\nbackends = [\"both.test:80\"]\nip_family = \"v6\"\n\
+             [routes.r]\npaths = [\"/\"]\nupstream = \"any\"\n",
+            server.addr()
+        ));
+        let dns = Arc::new(Discovery::new(
+            &c.server.dns,
+            crate::metrics::Metrics::new(),
+        ));
+        dns.serve(Arc::new(ArcSwap::new(c.snapshot.clone())));
+        dns.prepare(&c.snapshot, Duration::from_secs(5)).await;
+        assert_eq!(addrs_of(&dns, &c, "any"), ["127.0.0.2:80", "[::1]:80"]);
+        assert_eq!(addrs_of(&dns, &c, "four"), ["127.0.0.2:80"]);
+        assert_eq!(addrs_of(&dns, &c, "six"), ["[::1]:80"]);
+        // one lookup per name and record type, shared by the three upstreams
+        assert_eq!(server.query_count("both.test", "A"), 1);
+        assert_eq!(server.query_count("both.test", "AAAA"), 1);
+    }
+
+    #[tokio::test]
+    async fn failed_lookups_keep_the_srv_records_and_the_targets_addresses() {
+        let server = DnsServer::start();
+        server.set_srv("_http._tcp.s.test", &[(1, 1, 8080, "t1.test")], 30);
+        server.set_a("t1.test", &["127.0.0.2"], 30);
+        let src = |attempts: u8| {
+            format!(
+                "[server.dns]\nresolvers = [\"{}\"]\nhosts_file = \"\"\nip_family = \"v4\"\n\
+                 search = [\"x.test\"]\nndots = 5\ntimeout = \"200ms\"\nattempts = {attempts}\n\
+                 [upstreams.u]\nbackends = [{{ srv = \"_http._tcp.s.test.\" }}]\n\
+                 [routes.r]\npaths = [\"/\"]\nupstream = \"u\"\n",
+                server.addr()
+            )
+        };
+        let c = parse(&src(1));
+        let dns = Arc::new(Discovery::new(
+            &c.server.dns,
+            crate::metrics::Metrics::new(),
+        ));
+        dns.serve(Arc::new(ArcSwap::new(c.snapshot.clone())));
+        dns.prepare(&c.snapshot, Duration::from_secs(5)).await;
+        assert_eq!(addrs_of(&dns, &c, "u"), ["127.0.0.2:8080"]);
+        // SRV targets are absolute: the search list is not tried for them
+        let asked: Vec<String> = server.queries().into_iter().map(|q| q.name).collect();
+        assert_eq!(asked, ["_http._tcp.s.test", "t1.test"]);
+        // both fail; changed settings have every name asked again, at once
+        server.set_rule("*", Rule::ServFail);
+        let c2 = parse(&src(2));
+        assert!(dns.configure(&c2.server.dns, true));
+        dns.prepare(&c2.snapshot, Duration::from_secs(5)).await;
+        let status = |name: &str, kind| {
+            dns.table()
+                .get(&Key::new(name, kind))
+                .and_then(|e| e.status)
+        };
+        assert_eq!(
+            status("_http._tcp.s.test.", Kind::Srv),
+            Some(Status::ServFail)
+        );
+        assert_eq!(status("t1.test.", Kind::A), Some(Status::ServFail));
+        assert_eq!(addrs_of(&dns, &c2, "u"), ["127.0.0.2:8080"], "kept");
+        let report = &dns.report(&c2.snapshot.upstreams["u"])[0];
+        assert!(report.stale);
+        assert_eq!(report.result, "servfail");
     }
 
     #[tokio::test]

@@ -591,6 +591,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failure_stops_the_search_list() {
+        let dns = DnsServer::start();
+        dns.set_a("orders.one.test", &["127.0.0.2"], 30);
+        dns.set_rule("orders.one.test", Rule::ServFail);
+        dns.set_a("orders.two.test", &["127.0.0.3"], 30);
+        let r = resolved(&[dns.addr()], &["one.test", "two.test"], 1);
+        let found = lookup(&r, "orders", Kind::A).await;
+        assert_eq!(found.status, Status::ServFail, "{found:?}");
+        assert_eq!(
+            dns.query_count("orders.two.test", "A"),
+            0,
+            "the search went on"
+        );
+    }
+
+    #[tokio::test]
     async fn srv_records_are_read_with_their_targets() {
         let dns = DnsServer::start();
         dns.set_srv(
