@@ -774,3 +774,36 @@ async fn with_startup_wait_0s_the_gateway_serves_at_once_and_a_name_is_pending()
     dns.set_rule("slow.test", Rule::Answer);
     assert!(eventually(SOON, async || who(&gw).await == "b2").await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_looks_names_up_before_it_takes_the_sockets_over() {
+    let dns = DnsServer::start();
+    let (_b2, _b3, port) = pair().await;
+    dns.set_a("old.test", &["127.0.0.2"], 3600);
+    dns.set_a("new.test", &["127.0.0.3"], 3600);
+    let n = format!("{}{}", std::process::id(), fastid());
+    let toml = |name: &str| {
+        format!(
+            "[server]\nlisten = [\"{}\"]\nthreads = 1\naccess_log = \"off\"\n\
+             pid_file = \"/tmp/tollgate-dns-{n}.pid\"\nupgrade_sock = \"/tmp/tollgate-dns-{n}.sock\"\n\
+             grace_period = \"0s\"\ngraceful_shutdown_timeout = \"1s\"\n{}",
+            closed_port(),
+            config(&dns, "ip_family = \"v4\"", &format!("backends = [\"{name}:{port}\"]"))
+        )
+    };
+    let old = Gateway::start(bin(), &toml("old.test"));
+    assert_eq!(who(&old).await, "b2");
+    let new_toml = toml("new.test");
+    let new = tokio::task::spawn_blocking(move || Gateway::start_upgrade(bin(), &new_toml));
+    old.signal("QUIT");
+    let new = new.await.expect("the new instance started");
+    assert_eq!(dns.query_count("new.test", "A"), 1);
+    // the old process hands over and leaves; the first request the new one serves
+    // finds the name resolved
+    let mut old = old;
+    tokio::task::spawn_blocking(move || old.wait_exit(Duration::from_secs(20)))
+        .await
+        .unwrap()
+        .expect("the old process exited");
+    assert_eq!(who(&new).await, "b3");
+}
