@@ -1091,6 +1091,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn at_most_64_lookups_run_at_once() {
+        let server = DnsServer::start();
+        server.set_rule("*", Rule::Drop);
+        let backends: Vec<String> = (0..100).map(|i| format!("\"n{i}.test:80\"")).collect();
+        let c = parse(&format!(
+            "[server.dns]\nresolvers = [\"{}\"]\nhosts_file = \"\"\nip_family = \"v4\"\n\
+             timeout = \"3s\"\nattempts = 1\n\
+             [upstreams.u]\nbackends = [{}]\n[routes.r]\npaths = [\"/\"]\nupstream = \"u\"\n",
+            server.addr(),
+            backends.join(", ")
+        ));
+        let dns = Arc::new(Discovery::new(
+            &c.server.dns,
+            crate::metrics::Metrics::new(),
+        ));
+        dns.prepare(&c.snapshot, Duration::ZERO).await;
+        let asked = || {
+            let mut names: Vec<String> = server.queries().into_iter().map(|q| q.name).collect();
+            names.sort();
+            names.dedup();
+            names.len()
+        };
+        // every lookup is started; the first 64 ask, the rest wait for a slot (no
+        // answer comes: the first slot frees at the 3 s timeout)
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while asked() < 64 {
+            assert!(Instant::now() < deadline, "only {} asked", asked());
+            let _ =
+                tokio::time::timeout(Duration::from_millis(20), std::future::pending::<()>()).await;
+        }
+        assert_eq!(asked(), 64);
+        assert_eq!(dns.slots.available_permits(), 0);
+    }
+
+    #[tokio::test]
     async fn srv_targets_gone_from_an_answer_are_forgotten() {
         let server = DnsServer::start();
         server.set_srv("_http._tcp.s.test", &[(1, 1, 8080, "t1.test")], 0);
