@@ -214,22 +214,9 @@ impl Discovery {
         };
         for up in snap.upstreams.values().filter(|u| u.has_names()) {
             for e in &up.entries {
-                match &e.target {
-                    Target::Ip(_) => {}
-                    Target::Host(h, _) => {
-                        for kind in up.ip_family.kinds() {
-                            add(Key::new(h, *kind), &up.name);
-                        }
-                    }
-                    Target::Srv(n) => {
-                        let key = Key::new(n, Kind::Srv);
-                        for r in srv_records(&table, &key) {
-                            for kind in up.ip_family.kinds() {
-                                add(Key::new(&format!("{}.", r.target), *kind), &up.name);
-                            }
-                        }
-                        add(key, &up.name);
-                    }
+                let (own, targets) = entry_keys(&e.target, up.ip_family, &table);
+                for k in own.into_iter().chain(targets) {
+                    add(k, &up.name);
                 }
             }
         }
@@ -270,20 +257,9 @@ impl Discovery {
         let mut users: Vec<String> = Vec::new();
         for snap in &snaps {
             for up in snap.upstreams.values().filter(|u| u.has_names()) {
-                let kinds = up.ip_family.kinds();
-                let uses = up.entries.iter().any(|e| match &e.target {
-                    Target::Ip(_) => false,
-                    Target::Host(h, _) => {
-                        kinds.contains(&key.kind) && Key::new(h, key.kind) == *key
-                    }
-                    Target::Srv(n) => {
-                        let srv = Key::new(n, Kind::Srv);
-                        srv == *key
-                            || (kinds.contains(&key.kind)
-                                && srv_records(&table, &srv)
-                                    .iter()
-                                    .any(|r| key.name.strip_suffix('.') == Some(&r.target)))
-                    }
+                let uses = up.entries.iter().any(|e| {
+                    let (own, targets) = entry_keys(&e.target, up.ip_family, &table);
+                    own.contains(key) || targets.contains(key)
                 });
                 if uses && !users.contains(&up.name) {
                     users.push(up.name.clone());
@@ -489,6 +465,28 @@ impl Discovery {
         self.resync(snap).await;
     }
 
+    /// [`Discovery::prepare`] for code that has no runtime running, or is inside
+    /// one it must not block: on a thread and a runtime of its own. Lookups still
+    /// running after `wait` end with that runtime and are started again by the
+    /// refresher.
+    pub(crate) fn prepare_blocking(
+        self: &Arc<Self>,
+        snap: Arc<Snapshot>,
+        wait: Duration,
+    ) -> std::io::Result<()> {
+        let this = self.clone();
+        std::thread::Builder::new()
+            .name("tollgate-dns".into())
+            .spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map(|rt| rt.block_on(this.prepare(&snap, wait)))
+            })?
+            .join()
+            .map_err(|_| std::io::Error::other("the DNS lookups panicked"))?
+    }
+
     // === Upstreams ===
 
     /// Brings every upstream with names of `snap` in line with the table.
@@ -509,26 +507,12 @@ impl Discovery {
         {
             let (wants, stale) = self.wants(up);
             self.log_changes(up, &wants);
-            if let Some((added, removed)) = up.install(&wants).await {
-                for a in &removed {
-                    self.metrics.forget_backend(&up.name, &a.to_string());
-                }
-                if !added.is_empty() || !removed.is_empty() {
-                    tracing::debug!(
-                        "upstream {}: {} addresses added, {} removed",
-                        up.name,
-                        added.len(),
-                        removed.len()
-                    );
-                }
+            // (the changes were logged per name just above)
+            for gone in up.install(&wants).await {
+                self.metrics.forget_backend(&up.name, &gone.to_string());
             }
-            for b in up.backend_health() {
-                self.metrics
-                    .backend_health(&up.name, &b.addr.to_string(), b.healthy);
-            }
+            up.publish_health(&self.metrics);
             self.metrics.dns_stale(&up.name, stale);
-            self.metrics
-                .upstream_backends(&up.name, up.endpoints.current().list.len());
         }
     }
 
@@ -650,30 +634,18 @@ impl Discovery {
         let table = self.table();
         let mut out = Vec::new();
         for (i, e) in up.entries.iter().enumerate() {
-            let (keys, srv) = match &e.target {
+            let srv = match &e.target {
                 Target::Ip(_) => continue,
-                Target::Host(h, _) => (
-                    up.ip_family
-                        .kinds()
-                        .iter()
-                        .map(|k| Key::new(h, *k))
-                        .collect::<Vec<_>>(),
-                    None,
-                ),
-                Target::Srv(n) => {
-                    let key = Key::new(n, Kind::Srv);
-                    let records = srv_records(&table, &key);
-                    (vec![key], Some(records))
-                }
+                Target::Host(..) => None,
+                Target::Srv(n) => Some(srv_records(&table, &Key::new(n, Kind::Srv))),
             };
-            let mut with_targets = keys.clone();
-            for r in srv.iter().flatten() {
-                for kind in up.ip_family.kinds() {
-                    with_targets.push(Key::new(&format!("{}.", r.target), *kind));
-                }
-            }
+            let (keys, targets) = entry_keys(&e.target, up.ip_family, &table);
             let entries: Vec<&Entry> = keys.iter().filter_map(|k| table.get(k)).collect();
-            let all: Vec<&Entry> = with_targets.iter().filter_map(|k| table.get(k)).collect();
+            let all: Vec<&Entry> = keys
+                .iter()
+                .chain(&targets)
+                .filter_map(|k| table.get(k))
+                .collect();
             let statuses: Vec<Status> = entries.iter().filter_map(|e| e.status).collect();
             let result = if statuses.contains(&Status::Ok) {
                 "ok"
@@ -718,6 +690,34 @@ impl Discovery {
             });
         }
         out
+    }
+}
+
+/// What a backend entry looks up: its own keys (A/AAAA of a host name by `family`, or
+/// the SRV name), and for an SRV entry its targets' A/AAAA (absolute names) under the
+/// SRV answer in force.
+fn entry_keys(
+    target: &Target,
+    family: IpFamily,
+    table: &HashMap<Key, Entry>,
+) -> (Vec<Key>, Vec<Key>) {
+    match target {
+        Target::Ip(_) => (Vec::new(), Vec::new()),
+        Target::Host(h, _) => (
+            family.kinds().iter().map(|k| Key::new(h, *k)).collect(),
+            Vec::new(),
+        ),
+        Target::Srv(n) => {
+            let key = Key::new(n, Kind::Srv);
+            let targets = srv_records(table, &key)
+                .iter()
+                .flat_map(|r| {
+                    let name = format!("{}.", r.target);
+                    family.kinds().iter().map(move |k| Key::new(&name, *k))
+                })
+                .collect();
+            (vec![key], targets)
+        }
     }
 }
 

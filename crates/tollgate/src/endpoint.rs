@@ -278,11 +278,12 @@ impl UpstreamShape<'_> {
 }
 
 /// An upstream's endpoints: fixed when every backend is an IP entry, else replaced as
-/// its names' answers change.
+/// its names' answers change (its balancer discovers its backends from them, see
+/// [`Discover`]).
 #[derive(Debug)]
 pub(crate) enum EndpointSet {
     Fixed(Endpoints),
-    Dns(ArcSwap<Endpoints>),
+    Dns(Arc<ArcSwap<Endpoints>>),
 }
 
 /// The endpoints a request reads: borrowed, or a guard on the current set.
@@ -311,26 +312,16 @@ impl EndpointSet {
     }
 }
 
-/// The backends an upstream with DNS names should have: its load balancer's
-/// discovery, replaced as answers change (then the balancer is updated).
-#[derive(Debug, Default)]
-pub(crate) struct Desired(ArcSwap<BTreeSet<Backend>>);
-
-impl Desired {
-    pub(crate) fn set(&self, backends: BTreeSet<Backend>) {
-        self.0.store(Arc::new(backends));
-    }
-}
-
-/// A [`Desired`] as a Pingora service discovery.
-pub(crate) struct Discover(pub(crate) Arc<Desired>);
+/// The endpoints of an upstream with DNS names as its balancer's service discovery:
+/// the backends in force (the balancer is updated after each change).
+pub(crate) struct Discover(pub(crate) Arc<ArcSwap<Endpoints>>);
 
 #[async_trait::async_trait]
 impl ServiceDiscovery for Discover {
     async fn discover(
         &self,
     ) -> pingora::Result<(BTreeSet<Backend>, std::collections::HashMap<u64, bool>)> {
-        Ok(((**self.0 .0.load()).clone(), Default::default()))
+        Ok((self.0.load().backend_set(), Default::default()))
     }
 }
 

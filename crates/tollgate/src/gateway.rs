@@ -140,19 +140,8 @@ impl GatewayBuilder {
         dns.serve(state.clone());
         if config.snapshot.upstreams.values().any(|u| u.has_names()) {
             // fleet.md §13.4: every name is looked up before the listeners open, for
-            // at most `startup_wait`; on a runtime of its own, since none runs yet
-            let (dns, snap) = (dns.clone(), config.snapshot.clone());
-            let wait = config.server.dns.startup_wait;
-            std::thread::Builder::new()
-                .name("tollgate-dns-start".into())
-                .spawn(move || {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map(|rt| rt.block_on(dns.prepare(&snap, wait)))
-                })?
-                .join()
-                .map_err(|_| std::io::Error::other("the start-up DNS lookups panicked"))??;
+            // at most `startup_wait`
+            dns.prepare_blocking(config.snapshot.clone(), config.server.dns.startup_wait)?;
         }
         let handle = GatewayHandle {
             dns,
@@ -417,12 +406,7 @@ impl GatewayHandle {
     /// request path, which does not touch the gauges).
     pub(crate) fn publish_health(&self) {
         for u in self.state.load().upstreams.values() {
-            let backends = u.backend_health();
-            for b in &backends {
-                self.metrics
-                    .backend_health(&u.name, &b.addr.to_string(), b.healthy);
-            }
-            self.metrics.upstream_backends(&u.name, backends.len());
+            u.publish_health(&self.metrics);
         }
     }
 
@@ -501,10 +485,10 @@ impl GatewayHandle {
 fn forget_left(metrics: &Metrics, prior: &Snapshot, new: &Snapshot) {
     for (name, old) in &prior.upstreams {
         let kept = new.upstreams.get(name);
-        for b in old.backend_health() {
-            let stays = kept.is_some_and(|u| u.endpoints.current().by_addr.contains_key(&b.addr));
+        for e in &old.endpoints.current().list {
+            let stays = kept.is_some_and(|u| u.endpoints.current().by_addr.contains_key(&e.addr));
             if !stays {
-                metrics.forget_backend(name, &b.addr.to_string());
+                metrics.forget_backend(name, &e.addr.to_string());
             }
         }
         if kept.is_none() {

@@ -45,9 +45,7 @@ async fn run(upstream: Arc<Upstream>, metrics: Metrics) {
         return;
     };
     upstream.selector.backends().run_health_check(true).await;
-    for b in upstream.backend_health() {
-        metrics.backend_health(&upstream.name, &b.addr.to_string(), b.healthy);
-    }
+    upstream.publish_health(&metrics);
     schedule.finish();
 }
 

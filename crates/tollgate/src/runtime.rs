@@ -13,9 +13,7 @@ use regex::Regex;
 use crate::balance::{Balance, Selector};
 use crate::consumer::Consumers;
 use crate::dns::IpFamily;
-use crate::endpoint::{
-    BackendEntry, CheckHosts, Desired, EndpointSet, Endpoints, UpstreamShape, Want,
-};
+use crate::endpoint::{BackendEntry, CheckHosts, EndpointSet, Endpoints, UpstreamShape, Want};
 use crate::policy::Chain;
 use crate::router::Router;
 
@@ -110,8 +108,6 @@ pub(crate) struct Upstream {
     pub(crate) entries: Vec<BackendEntry>,
     /// The addresses in force and what requests to each need.
     pub(crate) endpoints: EndpointSet,
-    /// For an upstream with DNS names: the backends its load balancer discovers.
-    pub(crate) desired: Option<Arc<Desired>>,
     /// The address records its names are looked up for.
     pub(crate) ip_family: IpFamily,
     pub(crate) balance: Balance,
@@ -166,9 +162,19 @@ impl Upstream {
             .collect()
     }
 
+    /// Sets its metric series: each backend's health gauge, as traffic sees it, and
+    /// how many backends are in force.
+    pub(crate) fn publish_health(&self, metrics: &crate::metrics::Metrics) {
+        let backends = self.backend_health();
+        for b in &backends {
+            metrics.backend_health(&self.name, &b.addr.to_string(), b.healthy);
+        }
+        metrics.upstream_backends(&self.name, backends.len());
+    }
+
     /// True when some backend entry is a DNS name or an SRV name.
     pub(crate) fn has_names(&self) -> bool {
-        self.desired.is_some()
+        matches!(self.endpoints, EndpointSet::Dns(_))
     }
 
     /// What making its endpoints needs.
@@ -180,14 +186,11 @@ impl Upstream {
         }
     }
 
-    /// Puts `wants` in force (an upstream with names only): returns the addresses
-    /// added and removed, or `None` when nothing changed.
-    pub(crate) async fn install(
-        &self,
-        wants: &[Want],
-    ) -> Option<(Vec<SocketAddr>, Vec<SocketAddr>)> {
-        let (EndpointSet::Dns(swap), Some(desired)) = (&self.endpoints, &self.desired) else {
-            return None;
+    /// Puts `wants` in force (an upstream with names only); returns the addresses
+    /// that left.
+    pub(crate) async fn install(&self, wants: &[Want]) -> Vec<SocketAddr> {
+        let EndpointSet::Dns(swap) = &self.endpoints else {
+            return Vec::new();
         };
         let old = swap.load_full();
         // after a reload, the first install also finds the counters of the upstream
@@ -199,21 +202,21 @@ impl Upstream {
             .collect();
         let new = Endpoints::build(&self.shape(), wants, &priors);
         if new.same_as(&old) {
-            return None;
+            return Vec::new();
         }
-        let (added, removed) = (new.not_in(&old), old.not_in(&new));
+        let removed = old.not_in(&new);
         if let Some(hosts) = &self.check_hosts {
             hosts.store(Arc::new(new.check_pairs()));
         }
-        desired.set(new.backend_set());
-        // until the balancer is updated it may offer a leaving address, and after it a
-        // new one: both have endpoints meanwhile; then the leaving ones go
+        // the balancer discovers the new set (`with_leaving` lists the new ones only);
+        // until it is updated it may offer a leaving address, and after it a new one:
+        // both have endpoints meanwhile; then the leaving ones go
         swap.store(Arc::new(new.with_leaving(&old)));
         if let Err(e) = self.selector.update().await {
             tracing::error!("upstream {}: updating its backends failed: {e}", self.name);
         }
         swap.store(Arc::new(new));
-        Some((added, removed))
+        removed
     }
 }
 

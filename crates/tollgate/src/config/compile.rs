@@ -25,8 +25,7 @@ use crate::balance::{Balance, Passive, Selector};
 use crate::consumer::{Consumer, Consumers, PasswordHash};
 use crate::dns::HostPort;
 use crate::endpoint::{
-    BackendEntry, CheckHosts, Desired, Discover, EndpointSet, Endpoints, Target, UpstreamShape,
-    Want,
+    BackendEntry, CheckHosts, Discover, EndpointSet, Endpoints, Target, UpstreamShape, Want,
 };
 use crate::health::PerHostCheck;
 use crate::policy::{BoxPolicy, BuildCtx, Chain, ConsumerPolicies, Failure, Registry};
@@ -656,12 +655,6 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         EndpointSet::Dns(s) => Some(s.load_full()),
         EndpointSet::Fixed(_) => None,
     });
-    let set = endpoints.backend_set();
-    let desired = has_names.then(|| {
-        let d = Arc::new(Desired::default());
-        d.set(set.clone());
-        d
-    });
     let check_hosts: Option<CheckHosts> = match kept_hosts {
         Some(kept) => Some(kept),
         None => (has_names && check.is_some()).then(Default::default),
@@ -692,11 +685,18 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         }
         (c, _, _) => c,
     };
-    let backends_lb = || match &desired {
-        Some(d) => {
-            Backends::new_with_health_registry(Box::new(Discover(d.clone())), registry.clone())
+    let endpoints = if has_names {
+        EndpointSet::Dns(Arc::new(ArcSwap::from_pointee(endpoints)))
+    } else {
+        EndpointSet::Fixed(endpoints)
+    };
+    let backends_lb = || match &endpoints {
+        EndpointSet::Dns(swap) => {
+            Backends::new_with_health_registry(Box::new(Discover(swap.clone())), registry.clone())
         }
-        None => Backends::new_with_health_registry(Static::new(set.clone()), registry.clone()),
+        EndpointSet::Fixed(e) => {
+            Backends::new_with_health_registry(Static::new(e.backend_set()), registry.clone())
+        }
     };
     let selector = match balance {
         Balance::RoundRobin => {
@@ -714,17 +714,11 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         }
     };
     let sni = f.sni.clone().unwrap_or_default();
-    let endpoints = if has_names {
-        EndpointSet::Dns(ArcSwap::from_pointee(endpoints))
-    } else {
-        EndpointSet::Fixed(endpoints)
-    };
     Some(Upstream {
         name: name.to_string(),
         selector,
         entries,
         endpoints,
-        desired,
         ip_family: f.ip_family.unwrap_or(cx.dns_family),
         balance,
         tls: f.tls,

@@ -182,27 +182,16 @@ fn resolve_upstreams(
         dns,
         crate::metrics::Metrics::new(),
     ));
-    // on a runtime of its own: the caller may have none, or be inside one
-    let reports = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .ok()?;
-        rt.block_on(discovery.prepare(&snap, Duration::from_secs(3600)));
-        let reports: Vec<_> = snap
-            .upstreams
-            .values()
-            .filter(|u| u.has_names())
-            .flat_map(|u| discovery.report(u))
-            .collect();
-        Some(reports)
-    })
-    .join()
-    .ok()
-    .flatten();
-    let Some(reports) = reports else {
-        return (Vec::new(), vec!["the lookups could not run".to_string()]);
-    };
+    // every lookup ends within its own bound; the hour only bounds the wait
+    if let Err(e) = discovery.prepare_blocking(snap.clone(), Duration::from_secs(3600)) {
+        return (Vec::new(), vec![format!("the lookups could not run: {e}")]);
+    }
+    let reports: Vec<_> = snap
+        .upstreams
+        .values()
+        .filter(|u| u.has_names())
+        .flat_map(|u| discovery.report(u))
+        .collect();
     let mut ok = Vec::new();
     let mut errors = Vec::new();
     for r in reports {
