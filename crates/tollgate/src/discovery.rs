@@ -1027,6 +1027,7 @@ mod tests {
              [upstreams.any]\nbackends = [\"both.test:80\"]\n\
              [upstreams.four]\nbackends = [\"both.test:80\"]\nip_family = \"v4\"\n\
              [upstreams.six]\nbackends = [\"both.test:80\"]\nip_family = \"v6\"\n\
+             [upstreams.heavy]\nbackends = [{{ addr = \"both.test:80\", weight = 2 }}]\n\
              [routes.r]\npaths = [\"/\"]\nupstream = \"any\"\n",
             server.addr()
         ));
@@ -1039,7 +1040,10 @@ mod tests {
         assert_eq!(addrs_of(&dns, &c, "any"), ["127.0.0.2:80", "[::1]:80"]);
         assert_eq!(addrs_of(&dns, &c, "four"), ["127.0.0.2:80"]);
         assert_eq!(addrs_of(&dns, &c, "six"), ["[::1]:80"]);
-        // one lookup per name and record type, shared by the three upstreams
+        // the entry's weight is each address's, not divided among them (§13.5)
+        let (heavy, _) = dns.wants(&c.snapshot.upstreams["heavy"]);
+        assert_eq!(heavy.iter().map(|w| w.weight).collect::<Vec<_>>(), [2, 2]);
+        // one lookup per name and record type, shared by the four upstreams
         assert_eq!(server.query_count("both.test", "A"), 1);
         assert_eq!(server.query_count("both.test", "AAAA"), 1);
     }
