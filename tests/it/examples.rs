@@ -2,6 +2,7 @@
 //! using only the public API of the `tollgate` crate.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::*;
@@ -213,4 +214,333 @@ async fn a_listener_that_cannot_bind_does_not_take_the_embedding_program_down() 
         out.unwrap_or_default().contains("proxy: cannot listen on"),
         "the bind failure was not reported"
     );
+}
+
+/// `[server]` with an admin listener, for the programs whose metrics a test reads.
+fn server_table_admin(extra: &str) -> String {
+    server_table(&format!("admin_listen = \"127.0.0.1:0\"\n{extra}"))
+}
+
+/// Waits until the program counted `n` successful reloads.
+async fn reloaded(gw: &Gateway, n: usize) -> bool {
+    let want = format!("tollgate_config_reloads_total{{result=\"ok\"}} {n}");
+    eventually(Duration::from_secs(10), async || {
+        metrics_text(gw).await.contains(&want)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_policy_sends_requests_to_another_upstream_or_one_backend_and_a_down_choice_is_503() {
+    let stable = Upstream::start("stable").await;
+    let canary = Upstream::start("canary").await;
+    let canary2 = Upstream::start("canary2").await;
+    let program = example("canary");
+    let toml = |policy: &str| {
+        server_table_admin(&format!(
+            "{}{}\n[upstreams.canary.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\n\
+             unhealthy_after = 1\nhealthy_after = 1\n\
+             [routes.shop]\npaths = [\"/shop\"]\nupstream = \"stable\"\n\
+             [routes.shop.policies.canary]\n{policy}",
+            upstream_table("stable", &[stable.addr]),
+            upstream_table("canary", &[canary.addr, canary2.addr]),
+        ))
+    };
+    let gw = Gateway::start_program(
+        &program,
+        &toml(&format!(
+            "upstream = \"canary\"\npin_header = \"x-tenant\"\npins = {{ acme = \"{}\" }}\n",
+            canary2.addr
+        )),
+        &[],
+    );
+    let upstream_of = async |headers: &str| {
+        let r = raw(gw.addr, &get("/shop/cart", headers)).await;
+        (r.status, r.json()["upstream"].as_str().map(str::to_string))
+    };
+    assert_eq!(upstream_of("").await, (200, Some("stable".into())));
+    // the chosen upstream's balancing: both canary backends get requests
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        seen.insert(upstream_of("x-canary: 1\r\n").await.1.unwrap());
+    }
+    assert_eq!(seen, ["canary", "canary2"].map(String::from).into());
+    // one backend, by address
+    for _ in 0..3 {
+        assert_eq!(
+            upstream_of("x-tenant: acme\r\n").await,
+            (200, Some("canary2".into()))
+        );
+    }
+    // the access log and metrics follow the choice
+    let text = metrics_text(&gw).await;
+    assert!(
+        text.contains("tollgate_upstream_duration_seconds_count{upstream=\"canary\"}"),
+        "{text}"
+    );
+
+    // the pinned backend goes down (active health): 503, not another backend
+    canary2.set_healthy(false);
+    let url = gw.url("/shop/cart");
+    let gone = eventually(Duration::from_secs(5), async || {
+        let r = client()
+            .get(&url)
+            .header("x-tenant", "acme")
+            .send()
+            .await
+            .unwrap();
+        r.status() == 503
+    })
+    .await;
+    assert!(gone, "an unhealthy pinned backend still got requests");
+    let r = raw(gw.addr, &get("/shop/cart", "x-tenant: acme\r\n")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "no_healthy_upstream");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let before = canary2.count();
+    // the whole chosen upstream down: 503 too; the route's own upstream is not used
+    canary.set_healthy(false);
+    let all_down = eventually(Duration::from_secs(5), async || {
+        raw(gw.addr, &get("/shop/cart", "x-canary: 1\r\n"))
+            .await
+            .status
+            == 503
+    })
+    .await;
+    assert!(all_down, "a down canary upstream still answered");
+    assert_eq!(
+        canary2.count(),
+        before,
+        "an unhealthy backend got a request"
+    );
+    assert_eq!(upstream_of("").await, (200, Some("stable".into())));
+
+    // check reports an upstream the policy names that does not exist, at its key
+    let toml = toml("upstream = \"canry\"\n");
+    let err = refused(&program, &toml);
+    let line = 1 + toml
+        .lines()
+        .position(|l| l.starts_with("upstream = \"canry\""))
+        .unwrap();
+    assert!(
+        err.contains(&format!(
+            ":{line}:1: routes.shop.policies.canary.upstream: unknown upstream \"canry\""
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_policy_rewrites_a_streamed_response_body_and_passes_a_larger_one_unchanged() {
+    let up = Upstream::start("a").await;
+    let program = example("redact");
+    let routes = format!(
+        "{}[routes.small]\npaths = [\"/small\"]\nupstream = \"a\"\n\
+         [routes.small.policies.redact]\nfields = [\"headers\", \"method\"]\nmax_body = 20\n\
+         [routes.users]\npaths = [\"/users\"]\nupstream = \"a\"\n\
+         [routes.users.policies.redact]\nfields = [\"headers\", \"method\"]\n",
+        upstream_table("a", &[up.addr])
+    );
+    let gw = Gateway::start_program(&program, &server_table(&routes), &[]);
+    let (status, _, body) = get_json(&gw.url("/users/1")).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.get("headers").is_none() && body.get("method").is_none(),
+        "{body}"
+    );
+    assert_eq!(body["target"], "/users/1");
+    assert_eq!(body["upstream"], "a");
+    // its length changed: sent chunked, not with the upstream's Content-Length
+    let r = raw(gw.addr, &get("/users/1", "")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), None);
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+
+    // over the policy's cap: passed through whole, never cut
+    let r = raw(gw.addr, &get("/small/1", "")).await;
+    assert_eq!(r.status, 200);
+    let body = r.json();
+    assert_eq!(body["method"], "GET", "{body}");
+    assert!(body["headers"].is_object());
+
+    // kept-alive: a second request on the same connection gets its own edited body
+    let http = client();
+    for _ in 0..2 {
+        let v: serde_json::Value = http
+            .get(gw.url("/users/2"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(v.get("headers").is_none(), "{v}");
+    }
+}
+
+/// A real authorization service on loopback: `Bearer good` is allowed (as user `ann`),
+/// `Bearer slow` is answered after 2 s, anything else is 403. Counts what it was asked.
+async fn authorization_service() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = asked.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // the whole request: head, then the JSON body
+                loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf);
+                    if text.trim_end().ends_with('}') {
+                        break;
+                    }
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                let answer = if text.contains("\"authorization\":\"Bearer good\"") {
+                    "HTTP/1.1 200 OK\r\nx-user: ann\r\ncontent-length: 0\r\n\r\n"
+                } else if text.contains("Bearer slow") {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+                } else {
+                    "HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n"
+                };
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (addr, asked)
+}
+
+#[tokio::test]
+async fn a_policy_calls_an_http_service_to_authorize_and_a_call_that_times_out_is_refused() {
+    use std::sync::atomic::Ordering;
+    let up = Upstream::start("a").await;
+    let (authz, asked) = authorization_service().await;
+    let program = example("authorize");
+    let gw = Gateway::start_program(
+        &program,
+        &server_table_admin(&format!(
+            "[server.outbound]\ntimeout = \"5s\"\n{}\
+             [routes.orders]\npaths = [\"/orders\"]\nupstream = \"a\"\n\
+             [routes.orders.policies.authorize]\nurl = \"http://{authz}/check\"\ntimeout = \"300ms\"\n\
+             [routes.down]\npaths = [\"/down\"]\nupstream = \"a\"\n\
+             [routes.down.policies.authorize]\nurl = \"http://{}/check\"\n",
+            upstream_table("a", &[up.addr]),
+            closed_port()
+        )),
+        &[],
+    );
+    let r = raw(
+        gw.addr,
+        &get(
+            "/orders/1",
+            "authorization: Bearer good\r\nx-user: mallory\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().unwrap().header("x-user"), Some("ann"));
+
+    let r = raw(gw.addr, &get("/orders/1", "authorization: Bearer bad\r\n")).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"], "forbidden");
+
+    // the call's own timeout (300ms), not the service's 2 s
+    let start = std::time::Instant::now();
+    let r = raw(gw.addr, &get("/orders/1", "authorization: Bearer slow\r\n")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "authorizer_unavailable");
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+    // an unreachable service: refused too, never let through
+    let r = raw(gw.addr, &get("/down/1", "authorization: Bearer good\r\n")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        up.count(),
+        1,
+        "only the allowed request reached the upstream"
+    );
+    assert_eq!(asked.load(Ordering::SeqCst), 3);
+
+    let text = metrics_text(&gw).await;
+    for series in [
+        "tollgate_outbound_requests_total{policy=\"authorize\",status=\"200\"} 1",
+        "tollgate_outbound_requests_total{policy=\"authorize\",status=\"403\"} 1",
+        "tollgate_outbound_requests_total{policy=\"authorize\",status=\"timeout\"} 1",
+        "tollgate_outbound_requests_total{policy=\"authorize\",status=\"error\"} 1",
+        "tollgate_outbound_request_duration_seconds_count{policy=\"authorize\"} 4",
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_policys_state_survives_a_sighup_and_is_dropped_when_its_table_changes() {
+    let up = Upstream::start("a").await;
+    let program = example("counter");
+    let toml = |tick: &str| {
+        server_table_admin(&format!(
+            "{}[routes.api]\npaths = [\"/api\"]\nupstream = \"a\"\n\
+             [routes.api.policies.counter]\npath = \"/api/_count\"\ntick = \"{tick}\"\n",
+            upstream_table("a", &[up.addr])
+        ))
+    };
+    let gw = Gateway::start_program(&program, &toml("20ms"), &[]);
+    let count = async || {
+        let r = raw(gw.addr, &get("/api/x", "")).await;
+        assert_eq!(r.status, 200);
+        r.header("x-request-count").map(str::to_string)
+    };
+    for n in 1..=3 {
+        assert_eq!(count().await.as_deref(), Some(n.to_string().as_str()));
+    }
+    // the policy answers its own path with a body; the upstream never sees it
+    let seen = up.count();
+    let (status, headers, body) = get_json(&gw.url("/api/_count")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["requests"], 3);
+    assert!(headers.get("x-request-id").is_some());
+    assert_eq!(up.count(), seen);
+    // its background task ticks
+    let ticking = eventually(Duration::from_secs(5), async || {
+        get_json(&gw.url("/api/_count")).await.2["ticks"]
+            .as_u64()
+            .is_some_and(|t| t >= 2)
+    })
+    .await;
+    assert!(ticking, "the background task never ran");
+
+    // SIGHUP with the table unchanged (another route added): the count goes on
+    let same = toml("20ms") + "[routes.other]\npaths = [\"/other\"]\nupstream = \"a\"\n";
+    std::fs::write(&gw.config, same).unwrap();
+    gw.signal("HUP");
+    assert!(reloaded(&gw, 1).await, "no reload");
+    assert_eq!(count().await.as_deref(), Some("4"));
+
+    // the table changes: new state, from zero
+    std::fs::write(&gw.config, toml("1h")).unwrap();
+    gw.signal("HUP");
+    assert!(reloaded(&gw, 2).await, "no second reload");
+    assert_eq!(count().await.as_deref(), Some("1"));
+    // (the old state had ticked many times; the new task ticks once an hour)
+    let ticks = get_json(&gw.url("/api/_count")).await.2["ticks"].as_u64();
+    assert!(ticks.is_some_and(|t| t <= 1), "{ticks:?}");
 }

@@ -198,6 +198,27 @@ impl Selector {
         }
     }
 
+    /// The backend at `addr`, when it is one of `eps` and healthy (not taken out by
+    /// passive health, and up by its active checks when `checked`): a policy's pick of
+    /// one backend ([`crate::policy::Target::Backend`]).
+    pub(crate) fn pick_addr(
+        &self,
+        addr: SocketAddr,
+        eps: &Endpoints,
+        passive: &Passive,
+        checked: bool,
+    ) -> Option<Chosen> {
+        let e = eps.by_addr.get(&addr)?;
+        if passive.is_down(&e.stats) || (checked && !self.backends().ready(&e.backend)) {
+            return None;
+        }
+        let slot = matches!(self, Self::LeastConn(_)).then(|| {
+            e.stats.inflight.fetch_add(1, Ordering::AcqRel);
+            BackendSlot(e.stats.clone())
+        });
+        Some((e.clone(), slot))
+    }
+
     /// For each SRV entry with backups, the rank that gets requests: the lowest with a
     /// healthy address (the last when none has one).
     fn active_ranks(&self, eps: &Endpoints, passive: &Passive) -> FxHashMap<u16, u16> {

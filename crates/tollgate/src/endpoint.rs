@@ -70,6 +70,28 @@ pub(crate) struct Endpoint {
     pub stats: Arc<AddrStats>,
 }
 
+impl Endpoint {
+    /// The endpoint of an ad-hoc peer a policy chose ([`crate::policy::Peer`]): its
+    /// counters are its own and go with the request.
+    pub(crate) fn peer(p: &crate::policy::Peer) -> Self {
+        let host = if p.tls && !p.sni.is_empty() {
+            p.sni.clone()
+        } else {
+            p.addr.to_string()
+        };
+        let backend = Backend::new(&p.addr.to_string())
+            .unwrap_or_else(|_| Backend::new("0.0.0.0:1").expect("a valid address"));
+        Self {
+            addr: p.addr,
+            backend,
+            host: http::HeaderValue::from_str(&host).ok(),
+            sni: p.sni.clone(),
+            name: None,
+            stats: Arc::default(),
+        }
+    }
+}
+
 /// An address an upstream should have, before merging: one per (entry, address).
 #[derive(Debug, Clone)]
 pub(crate) struct Want {

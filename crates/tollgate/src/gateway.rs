@@ -135,6 +135,7 @@ impl GatewayBuilder {
             Some(t) => Some(SpanExporter::start(t, metrics.spans_dropped().clone())?),
             None => None,
         };
+        config.snapshot.outbound.attach(&metrics);
         let state = Arc::new(ArcSwap::new(config.snapshot.clone()));
         let dns = Arc::new(Discovery::new(&config.server.dns, metrics.clone()));
         dns.serve(state.clone());
@@ -277,6 +278,7 @@ impl GatewayHandle {
         let prior = self.state.load_full();
         match Config::reload_from(path, &self.registry, Some(&prior)) {
             Ok(c) => {
+                c.snapshot.outbound.attach(&self.metrics);
                 // fleet.md §13.5: new names (every name, when [server.dns] changed) are
                 // looked up before the new config takes effect, for at most
                 // `startup_wait`; names that stay keep their answers
@@ -401,6 +403,19 @@ impl GatewayHandle {
         )
     }
 
+    /// The background service that runs the policies' background tasks
+    /// ([`BuildCtx::background`](crate::policy::BuildCtx::background)): those of the
+    /// loaded config when it starts, and those of each reload's.
+    pub fn policy_tasks_service(&self) -> impl ServiceWithDependents {
+        pingora::services::background::background_service(
+            "policy tasks",
+            PolicyTasks {
+                state: self.state.clone(),
+                reloads: self.reloads.subscribe(),
+            },
+        )
+    }
+
     /// Sets the health gauge of every backend of the current config, as traffic sees
     /// it (also on every `/metrics` scrape: a passive ejection starts and ends on the
     /// request path, which does not touch the gauges).
@@ -472,6 +487,7 @@ impl GatewayHandle {
             Box::new(self.proxy_service(conf)),
             Box::new(self.health_service()),
             Box::new(self.discovery_service()),
+            Box::new(self.policy_tasks_service()),
         ];
         if let Some(a) = self.admin_service() {
             v.push(Box::new(a));
@@ -493,6 +509,30 @@ fn forget_left(metrics: &Metrics, prior: &Snapshot, new: &Snapshot) {
         }
         if kept.is_none() {
             metrics.forget_upstream(name);
+        }
+    }
+}
+
+/// Starts the policies' background tasks of each configuration that comes into force;
+/// they run on this service's runtime, and stop with their state.
+struct PolicyTasks {
+    state: Arc<ArcSwap<Snapshot>>,
+    reloads: tokio::sync::watch::Receiver<()>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for PolicyTasks {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut reloads = self.reloads.clone();
+        let mut reloadable = true;
+        loop {
+            // seen before the snapshot is read: a reload after this wakes the wait below
+            reloads.borrow_and_update();
+            self.state.load().states.start_pending();
+            tokio::select! {
+                changed = reloads.changed(), if reloadable => reloadable = changed.is_ok(),
+                _ = shutdown.changed() => return,
+            }
         }
     }
 }

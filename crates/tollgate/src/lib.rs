@@ -84,6 +84,8 @@ mod runtime;
 mod server;
 mod service;
 mod store;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 mod tls;
 mod trace;
 

@@ -50,6 +50,8 @@ pub struct Metrics {
     dns_stale: IntGaugeVec,
     log_dropped: IntCounter,
     spans_dropped: IntCounter,
+    outbound_requests: IntCounterVec,
+    outbound_duration: HistogramVec,
 }
 
 impl Default for Metrics {
@@ -132,6 +134,22 @@ impl Metrics {
             ),
             &["upstream"],
         ));
+        let outbound_requests = must(IntCounterVec::new(
+            Opts::new(
+                "tollgate_outbound_requests_total",
+                "Calls policies made to other services, by policy and status \
+                 (the HTTP status, or timeout or error).",
+            ),
+            &["policy", "status"],
+        ));
+        let outbound_duration = must(HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_outbound_request_duration_seconds",
+                "Time of a policy's call to another service, to its response's last byte.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["policy"],
+        ));
         let build = must(IntGaugeVec::new(
             Opts::new("tollgate_build_info", "Build information; always 1."),
             &["version"],
@@ -158,6 +176,8 @@ impl Metrics {
             Box::new(build),
             Box::new(log_dropped.clone()),
             Box::new(spans_dropped.clone()),
+            Box::new(outbound_requests.clone()),
+            Box::new(outbound_duration.clone()),
         ] {
             must(registry.register(c));
         }
@@ -179,7 +199,19 @@ impl Metrics {
             dns_stale,
             log_dropped,
             spans_dropped,
+            outbound_requests,
+            outbound_duration,
         }
+    }
+
+    /// Records one outbound call of `policy`.
+    pub(crate) fn outbound(&self, policy: &str, status: &str, seconds: f64) {
+        self.outbound_requests
+            .with_label_values(&[policy, status])
+            .inc();
+        self.outbound_duration
+            .with_label_values(&[policy])
+            .observe(seconds);
     }
 
     /// `tollgate_access_log_dropped_total`.
@@ -343,7 +375,7 @@ fn method_index(m: &Method) -> usize {
     }
 }
 
-fn status_label(status: u16, buf: &mut [u8; 3]) -> &str {
+pub(crate) fn status_label(status: u16, buf: &mut [u8; 3]) -> &str {
     let s = status.min(999);
     buf[0] = b'0' + (s / 100) as u8;
     buf[1] = b'0' + (s / 10 % 10) as u8;

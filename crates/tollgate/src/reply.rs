@@ -183,6 +183,9 @@ pub struct Reply {
     pub message: String,
     /// Extra response headers (`WWW-Authenticate`, `Retry-After`, `Allow`, …).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The body of a reply that is not a refusal ([`Reply::with_body`]); a refusal's
+    /// body is the JSON of its code.
+    pub content: Bytes,
 }
 
 impl Reply {
@@ -209,6 +212,7 @@ impl Reply {
             code: Some(code),
             message: message.into(),
             headers: Vec::new(),
+            content: Bytes::new(),
         }
     }
 
@@ -219,7 +223,36 @@ impl Reply {
             code: None,
             message: String::new(),
             headers: Vec::new(),
+            content: Bytes::new(),
         }
+    }
+
+    /// A reply with any status, headers and body: a policy's own answer (a cached
+    /// response, an aggregate of other calls, a redirect with a page). It gets
+    /// `Content-Length` and `X-Request-Id` like every answer of the gateway, and the
+    /// route's `response_filter` hooks run on it.
+    ///
+    /// ```
+    /// use tollgate::Reply;
+    /// use http::{HeaderValue, StatusCode};
+    ///
+    /// let r = Reply::with_body(
+    ///     StatusCode::OK,
+    ///     HeaderValue::from_static("application/json"),
+    ///     r#"{"cached":true}"#,
+    /// );
+    /// assert_eq!(&r.body("req-1")[..], br#"{"cached":true}"#);
+    /// ```
+    pub fn with_body(
+        status: StatusCode,
+        content_type: HeaderValue,
+        body: impl Into<Bytes>,
+    ) -> Self {
+        Self {
+            content: body.into(),
+            ..Self::empty(status)
+        }
+        .header(http::header::CONTENT_TYPE, content_type)
     }
 
     /// Adds a response header.
@@ -229,11 +262,12 @@ impl Reply {
         self
     }
 
-    /// The JSON body for `request_id`, or an empty body for non-error replies.
+    /// The JSON body for `request_id` of a refusal, or the reply's own
+    /// [`content`](Reply::content).
     pub fn body(&self, request_id: &str) -> Bytes {
         match self.code {
             Some(code) => error_body(code.as_str(), &self.message, request_id),
-            None => Bytes::new(),
+            None => self.content.clone(),
         }
     }
 }

@@ -32,6 +32,10 @@ pub struct Snapshot {
     pub redacted: serde_json::Value,
     /// When this configuration was loaded.
     pub loaded_at: SystemTime,
+    /// Its policies' state (kept across reloads, [`crate::policy::BuildCtx::state`]).
+    pub(crate) states: crate::policy::state::States,
+    /// The policies' HTTP client (`[server.outbound]`).
+    pub(crate) outbound: Arc<crate::policy::outbound::Outbound>,
 }
 
 impl Snapshot {
@@ -95,6 +99,9 @@ pub(crate) struct Route {
     pub(crate) rewrite: Option<(Regex, String)>,
     pub(crate) preserve_host: bool,
     pub(crate) chain: Chain,
+    /// Every upstream of the configuration, by name: where a policy may send a request
+    /// instead ([`crate::policy::Target`]).
+    pub(crate) upstreams: Arc<std::collections::BTreeMap<String, Arc<Upstream>>>,
     /// Its metric series, resolved on first use.
     pub(crate) metrics: crate::metrics::RouteMetrics,
 }

@@ -15,6 +15,7 @@ use pingora::lb::discovery::Static;
 use pingora::lb::health_check::HealthCheck;
 use pingora::lb::{Backends, HealthRegistry, LoadBalancer};
 use serde::de::{DeserializeOwned, IntoDeserializer};
+use serde::Deserialize;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
@@ -28,6 +29,8 @@ use crate::endpoint::{
     BackendEntry, CheckHosts, Discover, EndpointSet, Endpoints, Target, UpstreamShape, Want,
 };
 use crate::health::PerHostCheck;
+use crate::policy::outbound::Outbound;
+use crate::policy::state::{StateCx, StatesBuilder};
 use crate::policy::{BoxPolicy, BuildCtx, Chain, ConsumerPolicies, Failure, Registry};
 use crate::request_key::RequestKey;
 use crate::router::{HostMatch, PathPattern, RouteSpec, Router};
@@ -47,6 +50,12 @@ struct Ctx<'a> {
     prior: Option<&'a Snapshot>,
     /// `server.dns.ip_family`, for upstreams that do not set their own.
     dns_family: crate::dns::IpFamily,
+    /// The names of every `[upstreams.*]` table, for policies that choose one.
+    upstream_names: BTreeSet<String>,
+    /// The policies' state, handed over from `prior`'s.
+    states: StatesBuilder<'a>,
+    /// The policies' HTTP client, kept across reloads while `[server.outbound]` is.
+    outbound: Option<Arc<Outbound>>,
 }
 
 pub(super) fn compile(
@@ -99,6 +108,9 @@ pub(super) fn compile_keeping(
         redis: None,
         prior,
         dns_family: Default::default(),
+        upstream_names: BTreeSet::new(),
+        states: StatesBuilder::new(prior.map(|p| &p.states)),
+        outbound: None,
     };
     cx.diags.set_root(doc_ref);
 
@@ -129,6 +141,14 @@ pub(super) fn compile_keeping(
     if let Some((s, _)) = &server {
         cx.dns_family = s.dns.ip_family;
     }
+    let outbound_settings = server
+        .as_ref()
+        .map(|(s, _)| s.outbound.clone())
+        .unwrap_or_default();
+    let outbound = cx.states.shared(&outbound_settings, || {
+        Outbound::new(outbound_settings.clone())
+    });
+    cx.outbound = Some(outbound.clone());
     let (trusted, server) = match server {
         Some((s, t)) => (t, Some(s)),
         None => (Vec::new(), None),
@@ -139,6 +159,9 @@ pub(super) fn compile_keeping(
         .filter_map(|(name, v, _)| upstream(&mut cx, &name, v).map(|u| (name, Arc::new(u))))
         .collect::<BTreeMap<_, _>>();
     let upstream_names: BTreeSet<String> = named_tables_names(sections.get("upstreams").copied());
+    cx.upstream_names = upstream_names.clone();
+    // what policies may send a request to (`Policy::upstream_peer`)
+    let all_upstreams = Arc::new(upstreams.clone());
 
     let (consumers, consumer_policies) = consumers(&mut cx, sections.get("consumers").copied());
     let consumer_policies = Arc::new(consumer_policies);
@@ -152,7 +175,7 @@ pub(super) fn compile_keeping(
             &mut cx,
             &name,
             v,
-            &upstreams,
+            &all_upstreams,
             &upstream_names,
             &defaults,
             &consumer_policies,
@@ -193,6 +216,8 @@ pub(super) fn compile_keeping(
         digest,
         redacted: super::redact::redacted_config(src),
         loaded_at: SystemTime::now(),
+        states: cx.states.finish(),
+        outbound,
     };
     Ok((server, snapshot))
 }
@@ -416,6 +441,17 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
             Err(errors) => {
                 for (key, span, msg) in errors {
                     cx.diags.at(span, format!("server.limits.{key}"), msg);
+                }
+                ok = false;
+            }
+        }
+    }
+    if let Some(o) = &f.outbound {
+        match o.get_ref().resolve(cx.config_dir) {
+            Ok(settings) => s.outbound = settings,
+            Err(errors) => {
+                for (key, span, msg) in errors {
+                    cx.diags.at(span, format!("server.outbound.{key}"), msg);
                 }
                 ok = false;
             }
@@ -906,6 +942,17 @@ fn consumer_policies(
     out
 }
 
+/// A hash of a policy's table as written (its values, not where they are): the key of
+/// its state ([`BuildCtx::state`]).
+fn table_hash(v: &Value<'_>) -> u64 {
+    let text = toml::Value::deserialize(v.clone().into_deserializer())
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    let mut h = std::hash::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
 /// Builds every policy of a `policies` table.
 fn policies(cx: &mut Ctx<'_>, v: Option<&Value<'_>>, path: &str) -> Vec<(Arc<str>, BoxPolicy)> {
     let Some(v) = v else { return Vec::new() };
@@ -925,6 +972,12 @@ fn policies(cx: &mut Ctx<'_>, v: Option<&Value<'_>>, path: &str) -> Vec<(Arc<str
             config_dir: cx.config_dir,
             path: &ppath,
             redis: cx.redis.as_ref(),
+            upstreams: Some(&cx.upstream_names),
+            state: Some(StateCx {
+                builder: &cx.states,
+                table: table_hash(val),
+            }),
+            outbound: cx.outbound.as_ref(),
         };
         let registry = cx.registry;
         let built = strictly(
@@ -971,7 +1024,7 @@ fn route(
     cx: &mut Ctx<'_>,
     name: &str,
     v: &Value<'_>,
-    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    upstreams: &Arc<BTreeMap<String, Arc<Upstream>>>,
     upstream_names: &BTreeSet<String>,
     defaults: &[(Arc<str>, BoxPolicy)],
     consumer_policies: &Arc<ConsumerPolicies>,
@@ -1121,6 +1174,7 @@ fn route(
         rewrite,
         preserve_host: f.preserve_host,
         chain: Chain::new(chain).with_consumer_policies(consumer_policies),
+        upstreams: upstreams.clone(),
         metrics: Default::default(),
     };
     Some((spec, route))

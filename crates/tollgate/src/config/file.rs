@@ -38,6 +38,7 @@ pub(crate) struct ServerFile {
     pub redis: Option<Spanned<RedisFile>>,
     pub tracing: Option<Spanned<TracingFile>>,
     pub dns: Option<Spanned<super::dns::DnsFile>>,
+    pub outbound: Option<Spanned<super::outbound::OutboundFile>>,
 }
 
 /// `[upstreams.NAME]`.

@@ -12,6 +12,7 @@ mod compile;
 pub(crate) mod dns;
 pub(crate) mod health_check;
 pub mod limits;
+pub(crate) mod outbound;
 mod redact;
 
 use std::net::SocketAddr;
@@ -78,6 +79,8 @@ pub struct ServerSettings {
     pub limits: limits::Limits,
     /// `[server.dns]`: how backend names are looked up.
     pub(crate) dns: crate::dns::Settings,
+    /// `[server.outbound]`: the policies' HTTP client.
+    pub(crate) outbound: crate::policy::outbound::Settings,
 }
 
 impl Default for ServerSettings {
@@ -97,6 +100,7 @@ impl Default for ServerSettings {
             tracing: None,
             limits: limits::Limits::default(),
             dns: crate::dns::Settings::default(),
+            outbound: Default::default(),
         }
     }
 }
@@ -177,6 +181,8 @@ fn resolve_upstreams(
         digest: String::new(),
         redacted: serde_json::Value::Null,
         loaded_at: std::time::SystemTime::now(),
+        states: Default::default(),
+        outbound: Default::default(),
     });
     let discovery = Arc::new(crate::discovery::Discovery::new(
         dns,

@@ -30,11 +30,10 @@
 //! not answer within `[server.redis] timeout`, `on_store_error` decides: `allow` lets the
 //! request through, `deny` answers 503 `overloaded` with `Retry-After`.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -121,7 +120,13 @@ impl PolicyConfig for RateLimitConfig {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         cx.path.hash(&mut h);
         let counter = match self.store {
-            Store::Local => Counter::Local(FixedWindows::shared(window), h.finish()),
+            // one sketch per window length, shared by every local limiter of that
+            // length (their keys are told apart by the policy's path) and kept across
+            // reloads (CROSSCUTTING.md rule 7.5)
+            Store::Local => Counter::Local(
+                cx.shared_state(&window, || FixedWindows::new(window, Instant::now())),
+                h.finish(),
+            ),
             Store::Redis => match cx.redis {
                 Some(store) => Counter::Redis {
                     store: store.clone(),
@@ -198,20 +203,6 @@ impl FixedWindows {
             counters: (0..ROWS * SLOTS).map(|_| AtomicU64::new(0)).collect(),
             hasher: ahash::RandomState::new(),
         }
-    }
-
-    /// The process-wide windows of this length (created on first use, at config load).
-    pub fn shared(window: Duration) -> Arc<Self> {
-        static ALL: OnceLock<Mutex<HashMap<Duration, Arc<FixedWindows>>>> = OnceLock::new();
-        static EPOCH: OnceLock<Instant> = OnceLock::new();
-        let epoch = *EPOCH.get_or_init(Instant::now);
-        let mut all = ALL
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        all.entry(window)
-            .or_insert_with(|| Arc::new(Self::new(window, epoch)))
-            .clone()
     }
 
     /// Counts one request for `key` at `now` against `limit`.
@@ -403,6 +394,7 @@ fn int_value(n: u64) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
     fn integer_header_values_match_their_formatting() {

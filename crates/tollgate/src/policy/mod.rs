@@ -38,8 +38,9 @@
 //! registry.register::<RequireTenantConfig>("require_tenant");
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -51,6 +52,12 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 use crate::context::ChainProgress;
+
+pub(crate) mod outbound;
+pub(crate) mod state;
+mod upstream;
+pub use outbound::{Call, HttpClient, OutboundError};
+pub use upstream::{Peer, Target, UpstreamName};
 
 pub use crate::consumer::{Consumer, Consumers, PasswordHash};
 pub use crate::context::RequestCtx;
@@ -126,6 +133,23 @@ pub trait Policy: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Runs in Pingora's `upstream_peer` phase, once per request, before the first
+    /// try: return a [`Target`] to send the request elsewhere than its route's
+    /// upstream (a canary, a tenant's own backend, a model provider). The first policy
+    /// of the chain that returns one decides; later ones are not asked. Retries stay
+    /// within the choice. By default leaves the choice to the route.
+    ///
+    /// Upstreams are named by an [`UpstreamName`] from
+    /// [`BuildCtx::upstream`], so `tollgate check` reports a name that does not exist.
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        cx: &mut RequestCtx,
+    ) -> Result<Option<Target>> {
+        let _ = (session, cx);
+        Ok(None)
+    }
+
     /// Runs in `upstream_request_filter`: edit the request sent upstream. By default
     /// does nothing.
     fn upstream_request_filter(&self, cx: &mut RequestCtx, req: &mut RequestHeader) -> Result<()> {
@@ -137,6 +161,24 @@ pub trait Policy: Send + Sync + 'static {
     /// gateway's own refusals on this route. By default does nothing.
     fn response_filter(&self, cx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()> {
         let _ = (cx, resp);
+        Ok(())
+    }
+
+    /// Runs in `response_body_filter` for each piece of the response body as it streams
+    /// to the client: change it, replace it, drop it (`*body = None`), or add to the end
+    /// (set `*body` when `end_of_stream` is true). Pieces are never buffered whole.
+    ///
+    /// A policy that changes the body's length removes `Content-Length` in
+    /// [`Policy::response_filter`]; the gateway then sends the body chunked (HTTP/1.1)
+    /// or framed (HTTP/2). Trailers pass through untouched. An `Err` aborts the
+    /// response. Not called for the gateway's own answers. By default does nothing.
+    fn response_body_filter(
+        &self,
+        cx: &mut RequestCtx,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+    ) -> Result<()> {
+        let _ = (cx, body, end_of_stream);
         Ok(())
     }
 
@@ -174,17 +216,137 @@ pub struct BuildCtx<'a> {
     pub path: &'a str,
     /// The shared store of `[server.redis]`, when configured.
     pub redis: Option<&'a Arc<crate::store::RedisStore>>,
+    /// The names of the configuration's `[upstreams.*]` tables.
+    pub(crate) upstreams: Option<&'a BTreeSet<String>>,
+    /// The state of the configuration being built, and this policy's table.
+    pub(crate) state: Option<state::StateCx<'a>>,
+    /// The gateway's HTTP client (`[server.outbound]`).
+    pub(crate) outbound: Option<&'a Arc<outbound::Outbound>>,
 }
 
 impl<'a> BuildCtx<'a> {
-    /// A context for a policy at `path`, with files relative to `config_dir` and no store.
+    /// A context for a policy at `path`, with files relative to `config_dir`, no store
+    /// and no upstreams.
     pub fn new(config_dir: &'a Path, path: &'a str) -> Self {
         Self {
             config_dir,
             path,
             redis: None,
+            upstreams: None,
+            state: None,
+            outbound: None,
         }
     }
+
+    /// This context, with `names` as the configured upstreams (for testing a policy
+    /// that chooses upstreams).
+    #[must_use]
+    pub fn with_upstreams(mut self, names: &'a BTreeSet<String>) -> Self {
+        self.upstreams = Some(names);
+        self
+    }
+
+    /// State of this policy instance that outlives reloads while the policy's table is
+    /// unchanged: a cache, a key set, counters. The running configuration's value is
+    /// handed over when this instance (its key path, [`BuildCtx::path`]) asked for a
+    /// `T` before and its table is the same; else `init` makes one. A reload that
+    /// changes the table or removes the policy drops it (with its
+    /// [`background`](BuildCtx::background) tasks) once no request uses the old
+    /// configuration.
+    ///
+    /// Outside a gateway (`BuildCtx::new`), every call makes a new value.
+    pub fn state<T: Send + Sync + 'static>(&self, init: impl FnOnce() -> T) -> Arc<T> {
+        match &self.state {
+            Some(s) => s.get(Some(self.path), None, init),
+            None => Arc::new(init()),
+        }
+    }
+
+    /// [`BuildCtx::state`], kept while `key` (the part of the table the state depends
+    /// on) is unchanged, whatever else of the table changes.
+    pub fn state_keyed<T: Send + Sync + 'static>(
+        &self,
+        key: &impl Hash,
+        init: impl FnOnce() -> T,
+    ) -> Arc<T> {
+        match &self.state {
+            Some(s) => s.get(Some(self.path), Some(hash_of(key)), init),
+            None => Arc::new(init()),
+        }
+    }
+
+    /// State shared by every instance of the policy (by its type `T` and `key`), on
+    /// every route: kept across reloads while some instance asks for it.
+    pub fn shared_state<T: Send + Sync + 'static>(
+        &self,
+        key: &impl Hash,
+        init: impl FnOnce() -> T,
+    ) -> Arc<T> {
+        match &self.state {
+            Some(s) => s.get(None, Some(hash_of(key)), init),
+            None => Arc::new(init()),
+        }
+    }
+
+    /// Runs `task` in the background for as long as `state` (from this context's
+    /// [`state`](BuildCtx::state) methods) is kept: a periodic refresh of a key set, an
+    /// expiry sweep. It starts once, when the state is made (a reload that hands the
+    /// state over keeps the task running, and starts no second one), gets the state
+    /// weakly, and is stopped when the state is dropped. Tasks start once the gateway
+    /// runs; `tollgate check` and `BuildCtx::new` start none.
+    pub fn background<T, F, Fut>(&self, state: &Arc<T>, task: F)
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce(std::sync::Weak<T>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if let Some(s) = &self.state {
+            s.background(state, task);
+        }
+    }
+
+    /// The gateway's HTTP client, for calls to other services; its metrics carry this
+    /// policy's name. Outside a gateway (`BuildCtx::new`), a client with the default
+    /// `[server.outbound]` settings and no metrics.
+    pub fn http_client(&self) -> HttpClient {
+        let name = self.path.rsplit('.').next().unwrap_or(self.path);
+        match self.outbound {
+            Some(o) => HttpClient::new(o.clone(), name),
+            None => HttpClient::new(
+                Arc::new(outbound::Outbound::new(outbound::Settings::default())),
+                name,
+            ),
+        }
+    }
+
+    /// The upstream called `name`, for a [`Target`] of [`Policy::upstream_peer`]:
+    /// an error, reported at the policy's key `field`, when the configuration has
+    /// no such upstream.
+    ///
+    /// # Errors
+    /// No `[upstreams.NAME]` table exists.
+    pub fn upstream(
+        &self,
+        field: &str,
+        name: &str,
+    ) -> std::result::Result<UpstreamName, BuildError> {
+        let known = self.upstreams.is_some_and(|u| u.contains(name));
+        if known {
+            Ok(UpstreamName(Arc::from(name)))
+        } else {
+            Err(BuildError::field(
+                field,
+                format!("unknown upstream {name:?}"),
+            ))
+        }
+    }
+}
+
+/// A stable hash of a state key (within the process).
+fn hash_of(key: &impl Hash) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
 }
 
 /// A policy config that is well-formed TOML but cannot be built.
@@ -435,6 +597,34 @@ impl Chain {
         self.policies
             .iter()
             .try_for_each(|l| l.effective(o).request_body_filter(cx, body, end))
+    }
+
+    /// Asks each policy's `upstream_peer` in order; the first choice made wins.
+    pub async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        cx: &mut RequestCtx,
+    ) -> Result<Option<Target>> {
+        let o = self.overrides(cx);
+        for l in &self.policies {
+            if let Some(t) = l.effective(o).upstream_peer(session, cx).await? {
+                return Ok(Some(t));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Runs every policy's `response_body_filter`.
+    pub fn response_body_filter(
+        &self,
+        cx: &mut RequestCtx,
+        body: &mut Option<Bytes>,
+        end: bool,
+    ) -> Result<()> {
+        let o = self.overrides(cx);
+        self.policies
+            .iter()
+            .try_for_each(|l| l.effective(o).response_body_filter(cx, body, end))
     }
 
     /// Runs every policy's `upstream_request_filter`.

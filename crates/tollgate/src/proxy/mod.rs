@@ -28,7 +28,7 @@ use crate::trace::TraceContext;
 mod state;
 
 pub use state::Exchange;
-use state::ProxyState;
+use state::{Choice, ProxyState};
 
 /// The gateway: routes requests and runs their policies. Implements Pingora's
 /// [`ProxyHttp`]; see [`crate::ListenerService`] to turn it into a Pingora service.
@@ -258,6 +258,26 @@ impl Gateway {
     }
 }
 
+/// Where a policy's [`Target`](crate::policy::Target) sends the request, among the
+/// route's configuration.
+fn resolve(route: &Route, target: crate::policy::Target) -> Result<Choice> {
+    use crate::policy::Target;
+    let upstream = |name: &crate::policy::UpstreamName| {
+        route
+            .upstreams
+            .get(name.as_str())
+            .cloned()
+            .or_err_with(ErrorType::InternalError, || {
+                format!("a policy chose upstream {name}, which this configuration lacks")
+            })
+    };
+    Ok(match target {
+        Target::Upstream(name) => Choice::Upstream(upstream(&name)?),
+        Target::Backend(name, addr) => Choice::Backend(upstream(&name)?, addr),
+        Target::Peer(p) => Choice::Peer(p),
+    })
+}
+
 /// Room left in a header map for what a route's policies add after the gateway's own
 /// edit (`request_headers`, `cors`, …), so that their edits do not rebuild the
 /// map a second time. A route without policies gets none: a map with room to spare is
@@ -357,27 +377,52 @@ impl ProxyHttp for Gateway {
                 "no route chosen before upstream_peer",
             );
         };
-        let up = &route.upstream;
-        let mut key = crate::request_key::KeyBuf::new();
-        if let Some(k) = up.selector.hash_key() {
-            k.write(cx, &session.req_header().headers, &mut key);
+        // a policy may send the request elsewhere: asked once, before the first try
+        if st.tries == 0 && !route.chain.is_empty() {
+            if let Some(target) = route.chain.upstream_peer(session, cx).await? {
+                st.choice = Some(resolve(&route, target)?);
+            }
         }
+        let chosen_up = match &st.choice {
+            Some(Choice::Upstream(u) | Choice::Backend(u, _)) => Some(u.clone()),
+            _ => None,
+        };
+        let up = chosen_up.as_deref().unwrap_or(&route.upstream);
         // a retry releases its hold on the backend that failed before choosing another
         st.slot = None;
-        let chosen = up.selector.select(
-            &key,
-            &st.tried,
-            &up.endpoints.current(),
-            &up.passive,
-            up.health.is_some(),
-        );
+        let chosen = match &st.choice {
+            None | Some(Choice::Upstream(_)) => {
+                let mut key = crate::request_key::KeyBuf::new();
+                if let Some(k) = up.selector.hash_key() {
+                    k.write(cx, &session.req_header().headers, &mut key);
+                }
+                up.selector.select(
+                    &key,
+                    &st.tried,
+                    &up.endpoints.current(),
+                    &up.passive,
+                    up.health.is_some(),
+                )
+            }
+            Some(Choice::Backend(_, addr)) => up.selector.pick_addr(
+                *addr,
+                &up.endpoints.current(),
+                &up.passive,
+                up.health.is_some(),
+            ),
+            Some(Choice::Peer(p)) => Some((Arc::new(crate::endpoint::Endpoint::peer(p)), None)),
+        };
         let Some((endpoint, slot)) = chosen else {
             return Error::e_explain(ErrorType::HTTPStatus(503), "every backend is unhealthy");
         };
         st.slot = slot;
         st.tried.push(endpoint.addr);
         cx.backend = Some(endpoint.addr);
-        let mut peer = HttpPeer::new(endpoint.backend.addr.clone(), up.tls, endpoint.sni.clone());
+        let tls = match &st.choice {
+            Some(Choice::Peer(p)) => p.tls,
+            _ => up.tls,
+        };
+        let mut peer = HttpPeer::new(endpoint.backend.addr.clone(), tls, endpoint.sni.clone());
         if endpoint.name.is_some() {
             // an address from DNS may leave: its idle pooled connections, never used
             // again then, close within this (fleet.md §13.5)
@@ -417,7 +462,7 @@ impl ProxyHttp for Gateway {
             peer.options.tracer = Some(PeerTracer::tracer(&conn));
             st.fresh_conn = Some(conn);
         }
-        if up.ca.is_some() {
+        if up.ca.is_some() && !matches!(st.choice, Some(Choice::Peer(_))) {
             peer.options.ca = up.ca.clone();
             peer.group_key = up.trust_key;
         }
@@ -438,10 +483,10 @@ impl ProxyHttp for Gateway {
         let st = &mut x.st;
         // the gateway's own shortage (descriptors, memory, local ports) says nothing
         // about the backend
-        if let (Some(route), Some(ep), false) = (&st.route, &st.endpoint, own_shortage(&e)) {
-            route.upstream.passive.failed(&ep.stats);
+        if let (Some(up), Some(ep), false) = (st.upstream(), &st.endpoint, own_shortage(&e)) {
+            up.passive.failed(&ep.stats);
         }
-        let retries = st.route.as_ref().map_or(0, |r| r.upstream.retries);
+        let retries = st.upstream().map_or(0, |u| u.retries);
         if st.tries <= retries {
             e.set_retry(true);
         }
@@ -460,7 +505,7 @@ impl ProxyHttp for Gateway {
         let Exchange { st, .. } = &mut **x;
         // a new try: the previous connection's deadline no longer applies
         st.head_deadline = None;
-        if st.route.as_ref().is_some_and(|r| !r.upstream.http2) {
+        if st.upstream().is_some_and(|u| !u.http2) {
             st.upstream_conn = Connection::on(fd, reused, st.fresh_conn.take());
             if session.is_body_done() {
                 st.arm_head_deadline();
@@ -639,8 +684,8 @@ impl ProxyHttp for Gateway {
         if let Some(start) = st.upstream_start {
             st.upstream_elapsed = Some(start.elapsed());
         }
-        if let (Some(route), Some(ep)) = (&st.route, &st.endpoint) {
-            route.upstream.passive.succeeded(&ep.stats);
+        if let (Some(up), Some(ep)) = (st.upstream(), &st.endpoint) {
+            up.passive.succeeded(&ep.stats);
         }
         Ok(())
     }
@@ -676,9 +721,37 @@ impl ProxyHttp for Gateway {
             }
         })?;
         if let Some(route) = st.route.clone() {
-            route.chain.response_filter(cx, resp)?;
+            if !route.chain.is_empty() {
+                let had_length = resp.headers.contains_key(header::CONTENT_LENGTH);
+                route.chain.response_filter(cx, resp)?;
+                // a policy that changes the body's length took `Content-Length` out:
+                // HTTP/1.1 then frames the body by chunks (not by closing the connection)
+                if had_length
+                    && !resp.headers.contains_key(header::CONTENT_LENGTH)
+                    && !resp.headers.contains_key(header::TRANSFER_ENCODING)
+                    && session.req_header().version == http::Version::HTTP_11
+                {
+                    resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+                }
+            }
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        x: &mut Self::CTX,
+    ) -> Result<Option<std::time::Duration>> {
+        let Exchange { cx, st } = &mut **x;
+        if let Some(route) = &st.route {
+            if !route.chain.is_empty() {
+                route.chain.response_body_filter(cx, body, end_of_stream)?;
+            }
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(
@@ -699,7 +772,11 @@ impl ProxyHttp for Gateway {
                 if cx.request_id.is_empty() {
                     cx.request_id = request_id::generate();
                 }
-                let reply = Reply::refuse(code);
+                let mut reply = Reply::refuse(code);
+                if code == ErrorCode::NoHealthyUpstream {
+                    // CROSSCUTTING.md rule 3.2
+                    reply = reply.header(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                }
                 let status = reply.status.as_u16();
                 if let Err(we) = self.respond(session, cx, st, reply).await {
                     tracing::debug!("could not write error response: {we}");
@@ -731,14 +808,22 @@ impl ProxyHttp for Gateway {
         let route = Self::route_label(cx, st);
         let elapsed = st.start.elapsed();
         let method = &session.req_header().method;
+        let upstream_secs = st.upstream_elapsed.map(|t| t.as_secs_f64());
         match st.route.as_ref().filter(|r| r.name == route) {
-            Some(r) => self.metrics.observe_routed(
-                (&r.name, &r.upstream.name, &r.metrics),
-                method,
-                status,
-                elapsed.as_secs_f64(),
-                st.upstream_elapsed.map(|t| t.as_secs_f64()),
-            ),
+            Some(r) => {
+                // a policy's choice is timed under its own upstream's label
+                let chosen = st.chosen_label();
+                self.metrics.observe_routed(
+                    (&r.name, &r.upstream.name, &r.metrics),
+                    method,
+                    status,
+                    elapsed.as_secs_f64(),
+                    upstream_secs.filter(|_| chosen.is_none()),
+                );
+                if let (Some(label), Some(secs)) = (chosen, upstream_secs) {
+                    self.metrics.observe_upstream(label, secs);
+                }
+            }
             None => self
                 .metrics
                 .observe_request(route, method, status, elapsed.as_secs_f64()),
@@ -771,7 +856,9 @@ impl ProxyHttp for Gateway {
                 },
                 status,
                 route: st.route.as_ref().map(|r| r.name.as_str()),
-                upstream: st.route.as_ref().map(|r| r.upstream.name.as_str()),
+                upstream: st
+                    .chosen_label()
+                    .or_else(|| st.route.as_ref().map(|r| r.upstream.name.as_str())),
                 backend: cx.backend().map(|a| a.to_string()),
                 consumer: cx.consumer.as_ref().map(|c| c.name.as_str()),
                 client_ip: cx.client_ip.map(|ip| ip.to_string()),

@@ -8,7 +8,15 @@ use crate::balance::BackendSlot;
 use crate::context::RequestCtx;
 use crate::drain::InFlight;
 use crate::guard::head_deadline::{Connection, HeadDeadline};
-use crate::runtime::Route;
+use crate::runtime::{Route, Upstream};
+
+/// Where a policy sent the request instead of its route's upstream, resolved.
+#[derive(Debug)]
+pub(crate) enum Choice {
+    Upstream(Arc<Upstream>),
+    Backend(Arc<Upstream>, std::net::SocketAddr),
+    Peer(crate::policy::Peer),
+}
 
 /// Pingora's per-request context for the gateway: what the policies see, and the
 /// proxy's bookkeeping.
@@ -29,6 +37,8 @@ pub(crate) struct ProxyState {
     pub(crate) client_host: Option<http::HeaderValue>,
     pub(crate) client_sent_xff: bool,
     pub(crate) route: Option<Arc<Route>>,
+    /// A policy's choice of where the request goes (`Policy::upstream_peer`).
+    pub(crate) choice: Option<Choice>,
     pub(crate) prefix_segments: usize,
     pub(crate) start: Instant,
     pub(crate) upstream_start: Option<Instant>,
@@ -61,6 +71,7 @@ impl ProxyState {
             client_host: None,
             client_sent_xff: false,
             route: None,
+            choice: None,
             prefix_segments: 0,
             start: Instant::now(),
             upstream_start: None,
@@ -74,6 +85,25 @@ impl ProxyState {
             head_deadline: None,
             with_body: false,
             _in_flight: in_flight,
+        }
+    }
+
+    /// The upstream whose settings the request follows: a policy's choice, else the
+    /// route's (also for an ad-hoc peer, which has none of its own).
+    pub(crate) fn upstream(&self) -> Option<&Upstream> {
+        match &self.choice {
+            Some(Choice::Upstream(u) | Choice::Backend(u, _)) => Some(u),
+            _ => self.route.as_deref().map(|r| &*r.upstream),
+        }
+    }
+
+    /// The `upstream` label of the request's upstream time, when a policy chose
+    /// where it went (`_peer` for an ad-hoc peer).
+    pub(crate) fn chosen_label(&self) -> Option<&str> {
+        match &self.choice {
+            Some(Choice::Upstream(u) | Choice::Backend(u, _)) => Some(&u.name),
+            Some(Choice::Peer(_)) => Some("_peer"),
+            None => None,
         }
     }
 
@@ -93,10 +123,12 @@ impl ProxyState {
     /// Starts the response-head deadline of the current try, once both the upstream
     /// connection is known and the request has been sent.
     pub(crate) fn arm_head_deadline(&mut self) {
-        let (Some(conn), Some(route)) = (self.upstream_conn.take(), &self.route) else {
+        let Some(after) = self.upstream().map(|u| u.read_timeout) else {
             return;
         };
-        let after = route.upstream.read_timeout;
+        let Some(conn) = self.upstream_conn.take() else {
+            return;
+        };
         self.head_deadline = Some(if self.with_body {
             // its end may still be in the socket's buffers, on its way to a slow
             // upstream; the head's time starts once the upstream has all of it
@@ -110,11 +142,11 @@ impl ProxyState {
     /// that moves: an upstream that stops taking the body is cut after `read_timeout`,
     /// a client that pauses is not blamed on it.
     pub(crate) fn arm_upload_deadline(&mut self) {
-        let (Some(conn), true, Some(route)) = (&self.upstream_conn, self.with_body, &self.route)
+        let (Some(conn), true, Some(up)) = (&self.upstream_conn, self.with_body, self.upstream())
         else {
             return;
         };
-        let after = route.upstream.read_timeout;
+        let after = up.read_timeout;
         self.head_deadline = Some(HeadDeadline::arm_upload(conn.clone(), after));
     }
 }

@@ -1,0 +1,308 @@
+//! Policy state that outlives a reload, and the background tasks that live as long as it.
+//!
+//! Policies are built again at every reload; what they keep in state is not. A policy
+//! asks its [`BuildCtx`](crate::policy::BuildCtx) for state under a key (by default its
+//! whole table): the running configuration's value is handed over when the instance
+//! (its key path) and the key are unchanged, else `init` makes a new one. State no
+//! policy of the new configuration asked for is dropped with the old configuration,
+//! and its background tasks stop.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Where a piece of state belongs: one policy instance (its key path), or every
+/// instance of the policy type.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Scope {
+    Instance(String),
+    Shared,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    scope: Scope,
+    ty: TypeId,
+    key: u64,
+}
+
+/// One piece of state, and what stops its tasks when the last configuration holding
+/// it is dropped.
+#[derive(Clone)]
+struct Held {
+    value: Arc<dyn Any + Send + Sync>,
+    stop: Arc<Stop>,
+}
+
+/// Dropping it ends the tasks of its state (each waits on one of these senders).
+#[derive(Default)]
+struct Stop(Mutex<Vec<tokio::sync::oneshot::Sender<()>>>);
+
+/// The state of one configuration's policies.
+#[derive(Default)]
+pub(crate) struct States {
+    held: HashMap<Key, Held>,
+    /// Tasks of state made for this configuration, until the gateway starts them.
+    pending: Mutex<Vec<Task>>,
+}
+
+impl std::fmt::Debug for States {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("States")
+            .field("held", &self.held.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl States {
+    /// Starts the tasks of state this configuration made, on the current runtime.
+    /// Idempotent: each task starts once.
+    pub(crate) fn start_pending(&self) {
+        let tasks =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        for t in tasks {
+            tokio::spawn(t);
+        }
+    }
+}
+
+/// Collects the state of a configuration being built, handing over the running one's.
+#[derive(Default)]
+pub(crate) struct StatesBuilder<'a> {
+    prior: Option<&'a States>,
+    made: Mutex<(HashMap<Key, Held>, Vec<Task>)>,
+    /// The values made (not handed over) in this build, whose tasks may start.
+    fresh: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
+}
+
+impl<'a> StatesBuilder<'a> {
+    /// A builder handing over `prior`'s state.
+    pub(crate) fn new(prior: Option<&'a States>) -> Self {
+        Self {
+            prior,
+            ..Self::default()
+        }
+    }
+
+    /// The configuration's state; its tasks are started by [`States::start_pending`].
+    pub(crate) fn finish(self) -> States {
+        let (held, pending) = self
+            .made
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        States {
+            held,
+            pending: Mutex::new(pending),
+        }
+    }
+
+    /// State shared by the whole configuration, by type and `key`.
+    pub(crate) fn shared<T: Send + Sync + 'static>(
+        &self,
+        key: &impl std::hash::Hash,
+        init: impl FnOnce() -> T,
+    ) -> Arc<T> {
+        let mut h = std::hash::DefaultHasher::new();
+        key.hash(&mut h);
+        self.get(None, std::hash::Hasher::finish(&h), init)
+    }
+
+    fn get<T: Send + Sync + 'static>(
+        &self,
+        scope: Option<&str>,
+        key: u64,
+        init: impl FnOnce() -> T,
+    ) -> Arc<T> {
+        let key = Key {
+            scope: scope.map_or(Scope::Shared, |s| Scope::Instance(s.to_string())),
+            ty: TypeId::of::<T>(),
+            key,
+        };
+        let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
+        let found = made
+            .0
+            .get(&key)
+            .or_else(|| self.prior.and_then(|p| p.held.get(&key)))
+            .cloned();
+        if let Some(h) = found {
+            if let Ok(v) = h.value.clone().downcast::<T>() {
+                made.0.insert(key, h);
+                return v;
+            }
+        }
+        let v = Arc::new(init());
+        let held = Held {
+            value: v.clone(),
+            stop: Arc::default(),
+        };
+        made.0.insert(key, held);
+        self.fresh
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(v.clone());
+        v
+    }
+
+    fn background<T, F, Fut>(&self, state: &Arc<T>, task: F)
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce(Weak<T>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let as_any: Arc<dyn Any + Send + Sync> = state.clone();
+        let fresh = self
+            .fresh
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|v| Arc::ptr_eq(v, &as_any));
+        if !fresh {
+            // handed over: its task runs already
+            return;
+        }
+        let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(held) = made.0.values().find(|h| Arc::ptr_eq(&h.value, &as_any)) else {
+            return;
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        held.stop
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(tx);
+        let work = task(Arc::downgrade(state));
+        made.1.push(Box::pin(async move {
+            tokio::select! {
+                () = work => {}
+                _ = rx => {}
+            }
+        }));
+    }
+}
+
+/// What [`BuildCtx`](crate::policy::BuildCtx) needs of a build's state: the builder
+/// and the policy's instance.
+#[derive(Clone, Copy)]
+pub(crate) struct StateCx<'a> {
+    pub(crate) builder: &'a StatesBuilder<'a>,
+    /// A hash of the policy's table (its default key).
+    pub(crate) table: u64,
+}
+
+impl std::fmt::Debug for StateCx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateCx")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateCx<'_> {
+    pub(crate) fn get<T: Send + Sync + 'static>(
+        &self,
+        scope: Option<&str>,
+        key: Option<u64>,
+        init: impl FnOnce() -> T,
+    ) -> Arc<T> {
+        self.builder.get(scope, key.unwrap_or(self.table), init)
+    }
+
+    pub(crate) fn background<T, F, Fut>(&self, state: &Arc<T>, task: F)
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce(Weak<T>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.builder.background(state, task);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn cx<'a>(b: &'a StatesBuilder<'a>, table: u64) -> StateCx<'a> {
+        StateCx { builder: b, table }
+    }
+
+    #[test]
+    fn state_is_handed_over_while_instance_and_key_are_unchanged() {
+        let first = StatesBuilder::new(None);
+        let a = cx(&first, 1).get(Some("routes.r.policies.p"), None, || AtomicUsize::new(0));
+        a.fetch_add(5, Ordering::Relaxed);
+        let shared = cx(&first, 1).get(None, Some(7), || AtomicUsize::new(0));
+        shared.fetch_add(1, Ordering::Relaxed);
+        let first = first.finish();
+        assert_eq!(first.held.len(), 2);
+
+        // same table: the same value
+        let second = StatesBuilder::new(Some(&first));
+        let b = cx(&second, 1).get(Some("routes.r.policies.p"), None, || AtomicUsize::new(0));
+        assert!(Arc::ptr_eq(&a, &b));
+        // another table, another instance: new values
+        let changed = cx(&second, 2).get(Some("routes.r.policies.p"), None, || AtomicUsize::new(0));
+        assert_eq!(changed.load(Ordering::Relaxed), 0);
+        let other = cx(&second, 1).get(Some("routes.s.policies.p"), None, || AtomicUsize::new(0));
+        assert!(!Arc::ptr_eq(&a, &other));
+        // shared state: by type and key, whatever the instance
+        let shared2 = cx(&second, 9).get(None, Some(7), || AtomicUsize::new(0));
+        assert!(Arc::ptr_eq(&shared, &shared2));
+    }
+
+    #[tokio::test]
+    async fn a_task_runs_once_per_state_and_stops_when_the_state_is_dropped() {
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let started = Arc::new(AtomicUsize::new(0));
+        let build = |prior: Option<&States>, table: u64| {
+            let b = StatesBuilder::new(prior);
+            let s = cx(&b, table).get(Some("p"), None, || ());
+            let (ticks, started) = (ticks.clone(), started.clone());
+            cx(&b, table).background(&s, move |_| async move {
+                started.fetch_add(1, Ordering::Relaxed);
+                loop {
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            });
+            b.finish()
+        };
+        let first = build(None, 1);
+        first.start_pending();
+        let ticking = async |ticks: &AtomicUsize| {
+            let n = ticks.load(Ordering::Relaxed);
+            for _ in 0..1000 {
+                tokio::task::yield_now().await;
+                if ticks.load(Ordering::Relaxed) > n {
+                    return true;
+                }
+            }
+            false
+        };
+        assert!(ticking(&ticks).await, "the task runs");
+        // a reload with the same table: the task goes on, no second one starts
+        let second = build(Some(&first), 1);
+        second.start_pending();
+        drop(first);
+        assert!(ticking(&ticks).await, "still runs after the handover");
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(started.load(Ordering::Relaxed), 1);
+        // a reload that changes the table: the old state and its task go
+        let third = build(Some(&second), 2);
+        drop(second);
+        third.start_pending();
+        assert_eq!(started.load(Ordering::Relaxed), 1, "not yet polled");
+        drop(third);
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        let n = ticks.load(Ordering::Relaxed);
+        assert!(!ticking(&ticks).await, "every task stopped at {n} ticks");
+    }
+}
