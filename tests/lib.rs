@@ -44,6 +44,8 @@ pub struct Seen {
     pub headers: Vec<(String, String)>,
     /// Body length.
     pub body_len: usize,
+    /// The body.
+    pub body: Vec<u8>,
 }
 
 impl Seen {
@@ -311,6 +313,7 @@ async fn echo(req: Request<Incoming>, name: &str, rec: &Mutex<Vec<Seen>>) -> Res
             target: target.clone(),
             headers: headers.clone(),
             body_len: body.len(),
+            body: body.to_vec(),
         });
     }
     if let Some(d) = delay {

@@ -544,3 +544,201 @@ async fn a_policys_state_survives_a_sighup_and_is_dropped_when_its_table_changes
     let ticks = get_json(&gw.url("/api/_count")).await.2["ticks"].as_u64();
     assert!(ticks.is_some_and(|t| t <= 1), "{ticks:?}");
 }
+
+/// A request with a body, `Content-Length` framed, and `Connection: close`.
+fn post(path: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "POST {path} HTTP/1.1\r\nHost: h\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// The same body sent chunked, in pieces of at most 16 KiB.
+fn post_chunked(path: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "POST {path} HTTP/1.1\r\nHost: h\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for piece in body.chunks(16 << 10) {
+        r.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        r.extend_from_slice(piece);
+        r.extend_from_slice(b"\r\n");
+    }
+    r.extend_from_slice(b"0\r\n\r\n");
+    r
+}
+
+/// A JSON object of about `size` bytes with a `debug` member.
+fn json_of(size: usize) -> Vec<u8> {
+    let pad = "x".repeat(size.saturating_sub(40));
+    format!(r#"{{"id":7,"debug":true,"pad":"{pad}"}}"#).into_bytes()
+}
+
+#[tokio::test]
+async fn a_policy_reads_the_whole_request_body_and_replaces_it_before_the_upstream_is_asked() {
+    let up = Upstream::start("a").await;
+    let program = example("json_body");
+    let gw = Gateway::start_program(
+        &program,
+        &server_table_admin(&format!(
+            "[server.limits]\nbody_buffer_total = \"1MiB\"\n{}\
+             [routes.orders]\npaths = [\"/orders\"]\nupstream = \"a\"\n\
+             [routes.orders.policies.json_body]\nremove = [\"debug\"]\nmax_body = 400000\nstamp = true\n\
+             [routes.big]\npaths = [\"/big\"]\nupstream = \"a\"\n\
+             [routes.big.policies.json_body]\nmax_body = 900000\n\
+             [routes.plain]\npaths = [\"/plain\"]\nupstream = \"a\"\n",
+            upstream_table("a", &[up.addr])
+        )),
+        &[],
+    );
+    let sent = |r: &RawResponse| {
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let seen = up.last().unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+        (seen, body)
+    };
+    // small, and well over Pingora's 64 KiB replay buffer; Content-Length and chunked
+    for (size, chunked) in [(100, false), (200_000, false), (30_000, true)] {
+        let body = json_of(size);
+        let req = if chunked {
+            post_chunked("/orders/new", &body)
+        } else {
+            post("/orders/new", &body)
+        };
+        let (seen, got) = sent(&raw(gw.addr, &req).await);
+        assert_eq!(got["id"], 7);
+        assert!(
+            got.get("debug").is_none(),
+            "the upstream saw debug ({size} bytes)"
+        );
+        assert_eq!(got["pad"].as_str().unwrap().len(), size.saturating_sub(40));
+        // the length of what the policy left, not of what the client sent
+        assert_eq!(
+            seen.header("content-length"),
+            Some(seen.body.len().to_string().as_str()),
+            "{size} bytes, chunked: {chunked}"
+        );
+        assert_eq!(seen.header("transfer-encoding"), None);
+        assert!(seen.body.len() < body.len());
+    }
+    let count = up.count();
+
+    // over max_body: 413 before the upstream is asked, by Content-Length or as it arrives
+    let r = raw(gw.addr, &post("/orders/new", &json_of(400_100))).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"], "payload_too_large");
+    let r = raw(gw.addr, &post_chunked("/orders/new", &json_of(400_100))).await;
+    assert_eq!(r.status, 413);
+    // a refusal of the policy's own
+    let r = raw(gw.addr, &post("/orders/new", b"{not json")).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["message"].as_str().unwrap().contains("not JSON"));
+    // chunked and over 64 KiB: Pingora cannot replay it (docs/writing-policies.md §7.6)
+    let r = raw(gw.addr, &post_chunked("/orders/new", &json_of(100_000))).await;
+    assert_eq!(r.status, 411);
+    assert_eq!(r.json()["error"], "length_required");
+    assert_eq!(up.count(), count, "a refused request reached the upstream");
+
+    // body_buffer_total (1 MiB) is shared: a body that does not fit beside the others
+    // is 503 with Retry-After, and fits again once they are gone
+    let r = raw(gw.addr, &post("/big/1", &json_of(800_000))).await;
+    assert_eq!(r.status, 200);
+    let hold = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut hold = hold;
+    use tokio::io::AsyncWriteExt;
+    let big = post("/big/1", &json_of(800_000));
+    // all but the last byte: the gateway holds (reserved by Content-Length) its room
+    hold.write_all(&big[..big.len() - 1]).await.unwrap();
+    let url = gw.url("/big/2");
+    let refused = eventually(Duration::from_secs(5), async || {
+        let r = client()
+            .post(&url)
+            .body(json_of(300_000))
+            .send()
+            .await
+            .unwrap();
+        r.status() == 503 && r.headers().get("retry-after").is_some_and(|v| v == "1")
+    })
+    .await;
+    assert!(refused, "a body past body_buffer_total was held");
+    hold.write_all(&big[big.len() - 1..]).await.unwrap();
+    let r = parse_response(&read_until_closed(&mut hold, Duration::from_secs(10)).await);
+    assert_eq!(r.status, 200);
+    let r = raw(gw.addr, &post("/big/3", &json_of(300_000))).await;
+    assert_eq!(r.status, 200, "the room came back");
+
+    // the whole response: stamped with the request id, without the upstream's length
+    let r = client()
+        .post(gw.url("/orders/x"))
+        .body(&b"{}"[..])
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["request_id"], id.as_str());
+    assert_eq!(v["upstream"], "a");
+    // a route without the policy streams as before: the client's body, its length
+    let (seen, got) = sent(&raw(gw.addr, &post("/plain/1", &json_of(100))).await);
+    assert_eq!(got["debug"], true);
+    assert_eq!(
+        seen.header("content-length"),
+        Some(seen.body.len().to_string().as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_response_over_the_policys_limit_passes_unchanged_and_is_counted() {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start_program(
+        &example("json_body"),
+        &server_table_admin(&format!(
+            "{}[routes.r]\npaths = [\"/r\"]\nupstream = \"a\"\n\
+             [routes.r.policies.json_body]\nmax_body = 64\nstamp = true\n",
+            upstream_table("a", &[up.addr])
+        )),
+        &[],
+    );
+    // the echo's answer names every request header: longer than 64 bytes
+    let (status, _, body) = get_json(&gw.url("/r/x")).await;
+    assert_eq!(status, 200);
+    assert!(body.get("request_id").is_none(), "{body}");
+    assert_eq!(body["upstream"], "a");
+    let text = metrics_text(&gw).await;
+    assert!(
+        text.contains("tollgate_response_bodies_passed_total{reason=\"too_large\",route=\"r\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_held_request_body_is_sent_whole_again_when_the_first_backend_refuses() {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start_program(
+        &example("json_body"),
+        &server_table(&format!(
+            "[upstreams.a]\nbackends = [\"{}\", \"{}\"]\nretries = 1\n\
+             [routes.r]\npaths = [\"/r\"]\nupstream = \"a\"\n\
+             [routes.r.policies.json_body]\nremove = [\"debug\"]\n",
+            closed_port(),
+            up.addr
+        )),
+        &[],
+    );
+    // round robin: every other first try goes to the closed port and is retried
+    for _ in 0..4 {
+        let body = json_of(100_000);
+        let r = raw(gw.addr, &post("/r/1", &body)).await;
+        assert_eq!(r.status, 200);
+        let seen = up.last().unwrap();
+        let got: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+        assert!(got.get("debug").is_none());
+        assert_eq!(seen.body.len(), body.len() - r#""debug":true,"#.len());
+    }
+    assert_eq!(up.count(), 4);
+}

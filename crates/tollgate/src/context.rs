@@ -50,6 +50,8 @@ pub struct RequestCtx {
     /// How far the route's policy chain got in `request_filter` (its `logging` runs
     /// only for the policies whose `request_filter` ran).
     pub(crate) chain: ChainProgress,
+    /// The whole request body, when a policy of the route needs it.
+    pub(crate) body: Option<crate::policy::body::HeldBody>,
 }
 
 /// Which policies of a route's chain ran `request_filter`: the first `reached` ones,
@@ -84,6 +86,7 @@ impl RequestCtx {
             backend: None,
             refusal: None,
             chain: ChainProgress::default(),
+            body: None,
         }
     }
 
@@ -142,6 +145,13 @@ impl RequestCtx {
     /// The backend address the request was sent to, once one was chosen.
     pub fn backend(&self) -> Option<std::net::SocketAddr> {
         self.backend
+    }
+
+    /// The whole request body as the policies that needed it left it (the body sent
+    /// upstream), once read: only on routes with a policy that asks for it
+    /// ([`Policy::request_body_limit`](crate::policy::Policy::request_body_limit)).
+    pub fn request_body(&self) -> Option<&bytes::Bytes> {
+        self.body.as_ref().map(|b| &b.bytes)
     }
 
     /// The refusal code of the gateway's own answer, if it made one.

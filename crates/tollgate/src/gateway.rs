@@ -146,6 +146,9 @@ impl GatewayBuilder {
         }
         let handle = GatewayHandle {
             dns,
+            bodies: Arc::new(crate::policy::body::Budget::new(
+                config.server.limits.body_buffer_total,
+            )),
             reload_lock: Arc::default(),
             state,
             metrics,
@@ -213,6 +216,8 @@ pub struct GatewayHandle {
     dns: Arc<Discovery>,
     /// One reload at a time.
     reload_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The memory every whole body the policies hold may take (`body_buffer_total`).
+    bodies: Arc<crate::policy::body::Budget>,
 }
 
 impl GatewayHandle {
@@ -225,6 +230,7 @@ impl GatewayHandle {
             spans: self.spans.clone(),
             drain: self.drain.clone(),
             limits: self.server.limits,
+            bodies: self.bodies.clone(),
         }
     }
 
@@ -279,6 +285,7 @@ impl GatewayHandle {
         match Config::reload_from(path, &self.registry, Some(&prior)) {
             Ok(c) => {
                 c.snapshot.outbound.attach(&self.metrics);
+                self.bodies.set_limit(c.server.limits.body_buffer_total);
                 // fleet.md §13.5: new names (every name, when [server.dns] changed) are
                 // looked up before the new config takes effect, for at most
                 // `startup_wait`; names that stay keep their answers

@@ -52,6 +52,7 @@ pub struct Metrics {
     spans_dropped: IntCounter,
     outbound_requests: IntCounterVec,
     outbound_duration: HistogramVec,
+    bodies_passed: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -150,6 +151,15 @@ impl Metrics {
             .buckets(BUCKETS.to_vec()),
             &["policy"],
         ));
+        let bodies_passed = must(IntCounterVec::new(
+            Opts::new(
+                "tollgate_response_bodies_passed_total",
+                "Responses a policy wanted whole that were passed on as they came: \
+                 too_large (over the largest limit of the route's policies) or no_room \
+                 (body_buffer_total was full).",
+            ),
+            &["route", "reason"],
+        ));
         let build = must(IntGaugeVec::new(
             Opts::new("tollgate_build_info", "Build information; always 1."),
             &["version"],
@@ -178,6 +188,7 @@ impl Metrics {
             Box::new(spans_dropped.clone()),
             Box::new(outbound_requests.clone()),
             Box::new(outbound_duration.clone()),
+            Box::new(bodies_passed.clone()),
         ] {
             must(registry.register(c));
         }
@@ -201,7 +212,13 @@ impl Metrics {
             spans_dropped,
             outbound_requests,
             outbound_duration,
+            bodies_passed,
         }
+    }
+
+    /// Counts a response passed on as it came although a policy wanted it whole.
+    pub(crate) fn response_body_passed(&self, route: &str, reason: &str) {
+        self.bodies_passed.with_label_values(&[route, reason]).inc();
     }
 
     /// Records one outbound call of `policy`.

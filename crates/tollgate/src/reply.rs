@@ -30,6 +30,9 @@ pub enum ErrorCode {
     Forbidden,
     /// 413: body too large.
     PayloadTooLarge,
+    /// 411: a body the route must read whole came without a length the gateway can
+    /// work with (chunked, over 64 KiB).
+    LengthRequired,
     /// 429: rate limited.
     RateLimited,
     /// 503: concurrency limit or an unavailable shared store.
@@ -115,6 +118,7 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::LengthRequired => "length_required",
             Self::RateLimited => "rate_limited",
             Self::Overloaded => "overloaded",
             Self::BadGateway => "bad_gateway",
@@ -137,6 +141,7 @@ impl ErrorCode {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::LengthRequired => StatusCode::LENGTH_REQUIRED,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded | Self::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
@@ -158,6 +163,7 @@ impl ErrorCode {
             Self::Unauthorized => "missing or invalid credentials",
             Self::Forbidden => "access denied",
             Self::PayloadTooLarge => "request body too large",
+            Self::LengthRequired => "this request body needs a Content-Length",
             Self::RateLimited => "rate limit exceeded",
             Self::Overloaded => "too many requests in flight",
             Self::BadGateway => "the upstream could not be reached",

@@ -299,9 +299,21 @@ impl PolicyTest {
         }
         outcome.target = chain.upstream_peer(&mut session, cx).await?;
         let mut up = session.req_header().clone();
+        if let Some(held) = &cx.body {
+            up.remove_header(&http::header::TRANSFER_ENCODING);
+            up.insert_header(http::header::CONTENT_LENGTH, held.bytes.len())?;
+        }
         chain.upstream_request_filter(cx, &mut up)?;
         outcome.upstream_request = Some(up);
         let mut sent = BytesMut::new();
+        if let Some(held) = cx.body.as_ref().map(|h| h.bytes.clone()) {
+            // read whole for a policy's `request_body`: sent as the policies left it
+            let mut piece = Some(held);
+            chain.request_body_filter(cx, &mut piece, true)?;
+            outcome.upstream_body = piece.unwrap_or_default();
+            drop(client);
+            return Ok(outcome);
+        }
         loop {
             let mut piece = session.read_request_body().await?;
             let end = piece.is_none() || session.is_body_done();
@@ -334,16 +346,33 @@ impl Outcome {
         for (n, v) in std::mem::take(&mut self.cx.response_headers) {
             head.insert_header(n, v)?;
         }
+        // a policy that needs the body whole gets it when it is within the largest
+        // limit of the policies; the head then goes without its length
+        let whole: Vec<u8> = pieces.concat();
+        let held = self
+            .chain
+            .response_body_cap()
+            .is_some_and(|cap| whole.len() <= cap);
+        if held {
+            head.remove_header(&http::header::CONTENT_LENGTH);
+        }
         self.chain.response_filter(&mut self.cx, &mut head)?;
         let mut out = BytesMut::new();
-        let last = pieces.len().saturating_sub(1);
-        if pieces.is_empty() {
+        if held {
+            let mut piece = Bytes::from(whole);
+            self.chain.response_body(&mut self.cx, &mut piece)?;
+            let mut piece = Some(piece);
+            self.chain
+                .response_body_filter(&mut self.cx, &mut piece, true)?;
+            out.extend_from_slice(piece.as_deref().unwrap_or_default());
+        } else if pieces.is_empty() {
             let mut none = None;
             self.chain
                 .response_body_filter(&mut self.cx, &mut none, true)?;
             out.extend_from_slice(none.as_deref().unwrap_or_default());
         }
-        for (i, p) in pieces.iter().enumerate() {
+        let last = pieces.len().saturating_sub(1);
+        for (i, p) in pieces.iter().enumerate().filter(|_| !held) {
             let mut piece = Some(Bytes::copy_from_slice(p));
             self.chain
                 .response_body_filter(&mut self.cx, &mut piece, i == last)?;
@@ -519,5 +548,69 @@ mod tests {
         let r = o.respond(head, &[b"abc", b"def"]).unwrap();
         assert_eq!(&r.body[..], b"ABCDEF!");
         assert_eq!(r.head.headers["x-seen"], "1");
+    }
+
+    /// Needs both bodies whole: upper-cases the request body (refusing `bad`), and
+    /// reverses the response body.
+    struct Whole;
+
+    #[async_trait::async_trait]
+    impl Policy for Whole {
+        fn request_body_limit(&self) -> Option<usize> {
+            Some(16)
+        }
+        async fn request_body(
+            &self,
+            _: &mut Session,
+            _: &mut RequestCtx,
+            body: &mut Bytes,
+        ) -> pingora::Result<Flow> {
+            if &body[..] == b"bad" {
+                return Ok(Flow::Respond(Reply::refuse(ErrorCode::BadRequest)));
+            }
+            *body = Bytes::from(body.to_ascii_uppercase());
+            Ok(Flow::Continue)
+        }
+        fn response_body_limit(&self) -> Option<usize> {
+            Some(8)
+        }
+        fn response_body(&self, _: &mut RequestCtx, body: &mut Bytes) -> pingora::Result<()> {
+            *body = body.iter().rev().copied().collect::<Vec<u8>>().into();
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_whole_request_body_is_read_once_replaced_and_bounded() {
+        let t = PolicyTest::new("whole", Whole);
+        let mut o = t.run(TestRequest::post("/u", "abc")).await.unwrap();
+        assert!(o.answer.is_none());
+        assert_eq!(&o.upstream_body[..], b"ABC");
+        assert_eq!(o.cx.request_body().map(|b| &b[..]), Some(&b"ABC"[..]));
+        assert_eq!(
+            o.upstream_request.as_ref().unwrap().headers["content-length"],
+            "3"
+        );
+        // the response, whole: reversed; over the limit: as it came
+        let mut head = ResponseHeader::build(200, None).unwrap();
+        head.insert_header("content-length", "6").unwrap();
+        let r = o.respond(head, &[b"abc", b"def"]).unwrap();
+        assert_eq!(&r.body[..], b"fedcba");
+        assert!(r.head.headers.get("content-length").is_none());
+        let mut o = t.run(TestRequest::post("/u", "abc")).await.unwrap();
+        let r = o
+            .respond(ResponseHeader::build(200, None).unwrap(), &[b"0123456789"])
+            .unwrap();
+        assert_eq!(&r.body[..], b"0123456789");
+
+        let o = t.run(TestRequest::post("/u", "bad")).await.unwrap();
+        assert_eq!(o.answer.unwrap().status, 400);
+        let o = t
+            .run(TestRequest::post("/u", "x".repeat(17)))
+            .await
+            .unwrap();
+        let a = o.answer.unwrap();
+        assert_eq!(a.status, 413);
+        assert_eq!(a.json()["error"], "payload_too_large");
     }
 }

@@ -10,6 +10,7 @@
 //! idle_timeout = "60s"         # between requests on a keep-alive connection → closed
 //! body_timeout = "60s"         # the longest pause while a request body is sent → 408
 //! send_timeout = "60s"         # the longest pause while the client takes no response → closed
+//! body_buffer_total = "256MiB" # every whole body policies hold at once → 503 (CROSSCUTTING.md 4.1)
 //! ```
 
 use std::ops::Range;
@@ -36,6 +37,7 @@ pub(crate) struct LimitsFile {
     pub idle_timeout: Option<Spanned<ConfigDuration>>,
     pub body_timeout: Option<Spanned<ConfigDuration>>,
     pub send_timeout: Option<Spanned<ConfigDuration>>,
+    pub body_buffer_total: Option<Spanned<ConfigSize>>,
 }
 
 /// Server-wide request limits.
@@ -59,6 +61,10 @@ pub struct Limits {
     /// stops reading its response; a slow reader of any steady pace is fine): the
     /// connection is closed. Default 60 s.
     pub send_timeout: Duration,
+    /// The bytes of every body that policies hold whole, together (a request that
+    /// cannot take its bytes is refused 503; a response is passed on as it comes).
+    /// Default 256 MiB, at least 64 KiB.
+    pub body_buffer_total: usize,
 }
 
 /// The default `max_uri_bytes`, when `max_header_bytes` leaves room for it.
@@ -74,6 +80,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
+            body_buffer_total: 256 << 20,
         }
     }
 }
@@ -103,6 +110,7 @@ impl LimitsFile {
             idle_timeout: time(&self.idle_timeout, d.idle_timeout),
             body_timeout: time(&self.body_timeout, d.body_timeout),
             send_timeout: time(&self.send_timeout, d.send_timeout),
+            body_buffer_total: size(&self.body_buffer_total).unwrap_or(d.body_buffer_total),
         };
         let mut errors = Vec::new();
         if let Some(s) = &self.max_header_bytes {
@@ -143,6 +151,15 @@ impl LimitsFile {
                         "must be at most max_header_bytes ({} bytes{of}): the request line is part of the head",
                         l.max_header_bytes
                     ),
+                ));
+            }
+        }
+        if let Some(s) = &self.body_buffer_total {
+            if l.body_buffer_total < 64 << 10 {
+                errors.push((
+                    "body_buffer_total",
+                    s.span(),
+                    "must be at least 64KiB".into(),
                 ));
             }
         }

@@ -130,7 +130,14 @@ impl ServerSettings {
             ("server.access_log", self.access_log != new.access_log),
             ("server.tls", tls(self) != tls(new)),
             ("server.tracing", self.tracing != new.tracing),
-            ("server.limits", self.limits != new.limits),
+            // body_buffer_total applies to new requests on reload (CROSSCUTTING.md 4.2)
+            (
+                "server.limits",
+                limits::Limits {
+                    body_buffer_total: new.limits.body_buffer_total,
+                    ..self.limits
+                } != new.limits,
+            ),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))

@@ -53,6 +53,7 @@ use toml::Spanned;
 
 use crate::context::ChainProgress;
 
+pub(crate) mod body;
 pub(crate) mod outbound;
 pub(crate) mod state;
 mod upstream;
@@ -130,6 +131,51 @@ pub trait Policy: Send + Sync + 'static {
         end_of_stream: bool,
     ) -> Result<()> {
         let _ = (cx, body, end_of_stream);
+        Ok(())
+    }
+
+    /// The largest request body this policy needs whole before the request goes
+    /// upstream; `None` (the default): it never does. Asked once, when the chain is
+    /// built. See [`Policy::request_body`].
+    fn request_body_limit(&self) -> Option<usize> {
+        None
+    }
+
+    /// Runs right after this policy's `request_filter` continued, with the whole
+    /// request body, when [`Policy::request_body_limit`] says so. The gateway reads the
+    /// body once for every policy of the route that needs it (up to the largest
+    /// limit; a larger body is 413 `payload_too_large`, as is one over this policy's
+    /// own limit), within `[server.limits] body_buffer_total` (past it, 503
+    /// `overloaded`), and sends upstream what the last policy left in `body`, with its
+    /// `Content-Length`. Replace `*body` to change it; refuse with `Flow::Respond`.
+    /// Later hooks read it with [`RequestCtx::request_body`]. A route without such a
+    /// policy streams its bodies and holds none.
+    async fn request_body(
+        &self,
+        session: &mut Session,
+        cx: &mut RequestCtx,
+        body: &mut Bytes,
+    ) -> Result<Flow> {
+        let _ = (session, cx, body);
+        Ok(Flow::Continue)
+    }
+
+    /// The largest response body this policy needs whole; `None` (the default): it
+    /// never does. See [`Policy::response_body`].
+    fn response_body_limit(&self) -> Option<usize> {
+        None
+    }
+
+    /// Runs once the whole response body has arrived, before any of it is sent, when
+    /// [`Policy::response_body_limit`] says so: replace `*body` to change what the
+    /// client gets (`Content-Length` is dropped, the body goes chunked). A response
+    /// larger than the largest limit of the route's policies, or one that cannot be
+    /// held within `[server.limits] body_buffer_total`, is passed on as it comes,
+    /// never cut, and counted in `tollgate_response_bodies_passed_total`; this hook is
+    /// then not called. The response head has been sent already: edit headers in
+    /// [`Policy::response_filter`]. Not called for the gateway's own answers.
+    fn response_body(&self, cx: &mut RequestCtx, body: &mut Bytes) -> Result<()> {
+        let _ = (cx, body);
         Ok(())
     }
 
@@ -455,6 +501,10 @@ impl Registry {
 #[derive(Clone, Default)]
 pub struct Chain {
     policies: Vec<Link>,
+    /// The largest request and response bodies a policy of the chain (or a consumer's
+    /// own entry of one) needs whole.
+    request_cap: Option<usize>,
+    response_cap: Option<usize>,
     /// The consumers' own entries of policies (`[consumers.NAME.policies.*]`); `None`
     /// when no consumer has one.
     overrides: Option<Arc<ConsumerPolicies>>,
@@ -510,7 +560,12 @@ impl Chain {
             })
             .collect();
         policies.sort_by(|a, b| (a.stage, &a.name).cmp(&(b.stage, &b.name)));
+        let caps = |f: fn(&dyn Policy) -> Option<usize>| {
+            policies.iter().filter_map(|l| f(&*l.policy)).max()
+        };
         Self {
+            request_cap: caps(|p| p.request_body_limit()),
+            response_cap: caps(|p| p.response_body_limit()),
             policies,
             overrides: None,
         }
@@ -519,7 +574,28 @@ impl Chain {
     /// The chain with the consumers' own policies in it (kept only when there are some).
     pub(crate) fn with_consumer_policies(mut self, overrides: &Arc<ConsumerPolicies>) -> Self {
         self.overrides = (!overrides.is_empty()).then(|| overrides.clone());
+        // a consumer's own entry of a policy of this chain may need more
+        let own = overrides
+            .by_consumer
+            .values()
+            .flatten()
+            .filter(|(name, _)| self.policies.iter().any(|l| l.name == *name))
+            .map(|(_, p)| p);
+        for p in own {
+            self.request_cap = self.request_cap.max(p.request_body_limit());
+            self.response_cap = self.response_cap.max(p.response_body_limit());
+        }
         self
+    }
+
+    /// The largest request body a policy of the chain needs whole, if one does.
+    pub fn request_body_cap(&self) -> Option<usize> {
+        self.request_cap
+    }
+
+    /// The largest response body a policy of the chain needs whole, if one does.
+    pub fn response_body_cap(&self) -> Option<usize> {
+        self.response_cap
     }
 
     /// The request's consumer's own policies, if it has some: looked up in the chain,
@@ -549,6 +625,17 @@ impl Chain {
     /// none does, the first one's answer is sent. After authentication, a consumer's
     /// own entry of a policy (`[consumers.NAME.policies.*]`) replaces the route's.
     pub async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<Flow> {
+        self.request_filter_in(session, cx, None).await
+    }
+
+    /// [`Chain::request_filter`], with whole request bodies held within `budget` (the
+    /// process's `body_buffer_total`; `None`: unbounded).
+    pub(crate) async fn request_filter_in(
+        &self,
+        session: &mut Session,
+        cx: &mut RequestCtx,
+        budget: Option<&Arc<body::Budget>>,
+    ) -> Result<Flow> {
         let mut auth_refusal: Option<Reply> = None;
         let mut authenticated = false;
         cx.chain = ChainProgress::default();
@@ -562,6 +649,9 @@ impl Chain {
                     Flow::Continue => {
                         authenticated = true;
                         cx.chain.authenticated_by = Some(i);
+                        if let Some(r) = self.body_hook(&link.policy, session, cx, budget).await? {
+                            return Ok(Flow::Respond(r));
+                        }
                     }
                     Flow::Respond(r) => {
                         auth_refusal.get_or_insert(r);
@@ -577,6 +667,9 @@ impl Chain {
             cx.chain.reached = i + 1;
             let p = link.effective(self.overrides(cx));
             if let Flow::Respond(r) = p.request_filter(session, cx).await? {
+                return Ok(Flow::Respond(r));
+            }
+            if let Some(r) = self.body_hook(p, session, cx, budget).await? {
                 return Ok(Flow::Respond(r));
             }
         }
@@ -597,6 +690,64 @@ impl Chain {
         self.policies
             .iter()
             .try_for_each(|l| l.effective(o).request_body_filter(cx, body, end))
+    }
+
+    /// Runs `p`'s `request_body` if it needs the body, reading the body first if no
+    /// earlier policy did; `Some` is the answer to send instead.
+    async fn body_hook(
+        &self,
+        p: &BoxPolicy,
+        session: &mut Session,
+        cx: &mut RequestCtx,
+        budget: Option<&Arc<body::Budget>>,
+    ) -> Result<Option<Reply>> {
+        let (Some(limit), Some(cap)) = (p.request_body_limit(), self.request_cap) else {
+            return Ok(None);
+        };
+        if cx.body.is_none() {
+            let unbounded;
+            let budget = match budget {
+                Some(b) => b,
+                None => {
+                    unbounded = Arc::new(body::Budget::new(usize::MAX));
+                    &unbounded
+                }
+            };
+            match body::read_request(session, cap, budget).await? {
+                Ok(held) => cx.body = Some(held),
+                Err(reply) => return Ok(Some(reply)),
+            }
+        }
+        let Some(held) = cx.body.as_mut() else {
+            return Ok(None);
+        };
+        if held.bytes.len() > limit {
+            return Ok(Some(Reply::refuse_with(
+                ErrorCode::PayloadTooLarge,
+                format!("the request body is larger than {limit} bytes"),
+            )));
+        }
+        let mut bytes = std::mem::take(&mut held.bytes);
+        let flow = p.request_body(session, cx, &mut bytes).await;
+        if let Some(held) = cx.body.as_mut() {
+            held.bytes = bytes;
+        }
+        Ok(match flow? {
+            Flow::Continue => None,
+            Flow::Respond(r) => Some(r),
+        })
+    }
+
+    /// Runs every policy's `response_body` on the whole response body.
+    pub(crate) fn response_body(&self, cx: &mut RequestCtx, body: &mut Bytes) -> Result<()> {
+        let o = self.overrides(cx);
+        for l in &self.policies {
+            let p = l.effective(o);
+            if p.response_body_limit().is_some() {
+                p.response_body(cx, body)?;
+            }
+        }
+        Ok(())
     }
 
     /// Asks each policy's `upstream_peer` in order; the first choice made wins.

@@ -43,6 +43,8 @@ pub struct Gateway {
     /// this one still serves, instead of finding a kept-alive connection closed under them.
     pub(crate) drain: Arc<crate::drain::Drain>,
     pub(crate) limits: crate::config::limits::Limits,
+    /// The memory every whole body the policies hold may take (`body_buffer_total`).
+    pub(crate) bodies: Arc<crate::policy::body::Budget>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -250,6 +252,37 @@ impl Gateway {
         Ok(true)
     }
 
+    /// Starts holding the response body for the route's policies that need it whole
+    /// (its head goes without `Content-Length`), unless the response has no body, is
+    /// larger than `cap`, or finds no room in `body_buffer_total` (counted; it then
+    /// streams as it comes).
+    fn hold_response(
+        &self,
+        session: &Session,
+        resp: &mut ResponseHeader,
+        cap: usize,
+        route: &Route,
+        st: &mut ProxyState,
+    ) {
+        let bodiless = resp.status.is_informational()
+            || matches!(resp.status.as_u16(), 204 | 304)
+            || session.req_header().method == http::Method::HEAD;
+        if bodiless {
+            return;
+        }
+        let declared = resp
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        match crate::policy::body::HeldResponse::start(declared, cap, &self.bodies) {
+            Ok(held) => {
+                resp.remove_header(&header::CONTENT_LENGTH);
+                st.held_response = Some(held);
+            }
+            Err(why) => self.metrics.response_body_passed(&route.name, why.as_str()),
+        }
+    }
+
     fn route_label<'a>(cx: &RequestCtx, st: &'a ProxyState) -> &'a str {
         match (&st.route, cx.refusal) {
             (_, Some(ErrorCode::MethodNotAllowed)) | (None, _) => NO_ROUTE,
@@ -356,7 +389,11 @@ impl ProxyHttp for Gateway {
         // one place that answers: each `respond(..).await` is a copy of its state
         // machine in this hook's future and code
         let reply = match self.admit(session, cx, st) {
-            Ok(route) => match route.chain.request_filter(session, cx).await? {
+            Ok(route) => match route
+                .chain
+                .request_filter_in(session, cx, Some(&self.bodies))
+                .await?
+            {
                 Flow::Continue => return Ok(false),
                 Flow::Respond(reply) => reply,
             },
@@ -551,6 +588,12 @@ impl ProxyHttp for Gateway {
             // a piece of the body moved: the upload deadline starts again
             st.arm_upload_deadline();
         }
+        if let Some(held) = &cx.body {
+            // the body was read whole for the route's policies: the proxy replays the
+            // last piece the client sent (Pingora's retry buffer); what goes upstream
+            // is the whole body as the policies left it
+            *body = (end_of_stream && !held.bytes.is_empty()).then(|| held.bytes.clone());
+        }
         match st.route.clone() {
             Some(route) => route.chain.request_body_filter(cx, body, end_of_stream),
             None => Ok(()),
@@ -663,6 +706,15 @@ impl ProxyHttp for Gateway {
                 h.insert(X_CONSUMER_NAME.clone(), v);
             }
         })?;
+        if let Some(held) = cx
+            .body
+            .as_ref()
+            .filter(|h| !h.bytes.is_empty() || !session.is_body_empty())
+        {
+            // the policies' body, whatever its length now
+            up.remove_header(&header::TRANSFER_ENCODING);
+            up.insert_header(header::CONTENT_LENGTH, held.bytes.len())?;
+        }
         route.chain.upstream_request_filter(cx, up)
     }
 
@@ -723,6 +775,9 @@ impl ProxyHttp for Gateway {
         if let Some(route) = st.route.clone() {
             if !route.chain.is_empty() {
                 let had_length = resp.headers.contains_key(header::CONTENT_LENGTH);
+                if let Some(cap) = route.chain.response_body_cap() {
+                    self.hold_response(session, resp, cap, &route, st);
+                }
                 route.chain.response_filter(cx, resp)?;
                 // a policy that changes the body's length took `Content-Length` out:
                 // HTTP/1.1 then frames the body by chunks (not by closing the connection)
@@ -748,6 +803,23 @@ impl ProxyHttp for Gateway {
         let Exchange { cx, st } = &mut **x;
         if let Some(route) = &st.route {
             if !route.chain.is_empty() {
+                if let Some(held) = st.held_response.as_mut() {
+                    use crate::policy::body::Hold;
+                    match body.take().map(|piece| held.push(&piece)) {
+                        Some(Hold::Release(bytes, why)) => {
+                            st.held_response = None;
+                            self.metrics.response_body_passed(&route.name, why.as_str());
+                            *body = Some(bytes);
+                        }
+                        Some(Hold::Held) | None if end_of_stream => {
+                            let mut whole = held.finish();
+                            st.held_response = None;
+                            route.chain.response_body(cx, &mut whole)?;
+                            *body = Some(whole);
+                        }
+                        Some(Hold::Held) | None => {}
+                    }
+                }
                 route.chain.response_body_filter(cx, body, end_of_stream)?;
             }
         }

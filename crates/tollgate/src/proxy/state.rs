@@ -60,6 +60,8 @@ pub(crate) struct ProxyState {
     /// (Pingora's per-read timeout would also run while the upstream waits for a slow
     /// client).
     pub(crate) with_body: bool,
+    /// The response body, while it is held for the route's policies that need it whole.
+    pub(crate) held_response: Option<crate::policy::body::HeldResponse>,
     /// Counts the request as in flight for a graceful shutdown, until dropped.
     _in_flight: InFlight,
 }
@@ -84,6 +86,7 @@ impl ProxyState {
             upstream_conn: None,
             head_deadline: None,
             with_body: false,
+            held_response: None,
             _in_flight: in_flight,
         }
     }

@@ -1,0 +1,292 @@
+//! Whole bodies for the policies that need them (`Policy::request_body_limit`,
+//! `Policy::response_body_limit`): read once, bounded per request by the largest limit
+//! and per process by `[server.limits] body_buffer_total`.
+//!
+//! Pingora 0.9 has no way to hand a request body that was read before the upstream was
+//! chosen back to the proxy, except its retry buffer (64 KiB). A body of known length
+//! is read with that buffer switched on for its last 64 KiB only: the proxy then sends
+//! that tail, and the gateway puts the whole held body in its place. A body of unknown
+//! length (chunked, or HTTP/2 without `Content-Length`) over 64 KiB cannot be handed
+//! back and is refused with 411 `length_required`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
+use pingora::proxy::Session;
+
+use crate::reply::{ErrorCode, Reply};
+
+/// How much of a request body Pingora's retry buffer holds (its `BODY_BUF_LIMIT`).
+pub(crate) const REPLAY: usize = 64 << 10;
+
+/// The bytes every held body of the process may take together
+/// (`[server.limits] body_buffer_total`).
+#[derive(Debug)]
+pub(crate) struct Budget {
+    limit: AtomicUsize,
+    used: AtomicUsize,
+}
+
+impl Budget {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            limit: AtomicUsize::new(limit),
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// A new limit, for reservations made after this.
+    pub(crate) fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Bytes held now.
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Takes `n` bytes, if they fit.
+    pub(crate) fn reserve(self: &Arc<Self>, n: usize) -> Option<Reservation> {
+        let mut r = Reservation {
+            budget: self.clone(),
+            bytes: 0,
+        };
+        r.grow(n).then_some(r)
+    }
+}
+
+/// Bytes of the [`Budget`] a held body takes; given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Reservation {
+    /// Takes `n` more bytes, if they fit.
+    pub(crate) fn grow(&mut self, n: usize) -> bool {
+        let limit = self.budget.limit.load(Ordering::Relaxed);
+        let took = self
+            .budget
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&u| u <= limit)
+            })
+            .is_ok();
+        if took {
+            self.bytes += n;
+        }
+        took
+    }
+
+    /// Takes up to `total` bytes in all (what a body that turned out to be `total`
+    /// bytes long needs beyond what was reserved).
+    pub(crate) fn grow_to(&mut self, total: usize) -> bool {
+        total <= self.bytes || self.grow(total - self.bytes)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// A whole request body, held for the policies and then sent upstream in place of the
+/// one the client sent.
+#[derive(Debug)]
+pub(crate) struct HeldBody {
+    pub(crate) bytes: Bytes,
+    _room: Reservation,
+}
+
+/// Reads the whole request body, up to `cap` bytes, into memory taken from `budget`.
+/// `Ok(Err(reply))` is the refusal: 413 past `cap`, 503 when the budget is full, 411
+/// for a body of unknown length that cannot be handed back to the proxy.
+pub(crate) async fn read_request(
+    session: &mut Session,
+    cap: usize,
+    budget: &Arc<Budget>,
+) -> pingora::Result<Result<HeldBody, Reply>> {
+    let too_large = || {
+        Reply::refuse_with(
+            ErrorCode::PayloadTooLarge,
+            format!("the request body is larger than {cap} bytes"),
+        )
+    };
+    let no_room = || {
+        Reply::refuse_with(ErrorCode::Overloaded, "the gateway's body buffers are full")
+            .header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
+    };
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > cap) {
+        return Ok(Err(too_large()));
+    }
+    let Some(mut room) = budget.reserve(declared.unwrap_or(0)) else {
+        return Ok(Err(no_room()));
+    };
+    let mut held = BytesMut::with_capacity(declared.unwrap_or(0));
+    let mut replaying = false;
+    loop {
+        // the proxy sends the retry buffer's bytes upstream (the gateway swaps in
+        // the whole body): only the last 64 KiB go in it, or a body whose length is
+        // not known from the start
+        let tail = declared.is_none_or(|n| n.saturating_sub(held.len()) <= REPLAY);
+        if tail && !replaying {
+            session.as_mut().enable_retry_buffering();
+            replaying = true;
+        }
+        let Some(piece) = session.read_request_body().await? else {
+            break;
+        };
+        if held.len() + piece.len() > cap {
+            return Ok(Err(too_large()));
+        }
+        if !room.grow_to(held.len() + piece.len()) {
+            return Ok(Err(no_room()));
+        }
+        held.extend_from_slice(&piece);
+    }
+    if declared.is_none() && session.as_ref().retry_buffer_truncated() {
+        return Ok(Err(Reply::refuse_with(
+            ErrorCode::LengthRequired,
+            format!("a request body over {REPLAY} bytes on this route needs a Content-Length"),
+        )));
+    }
+    Ok(Ok(HeldBody {
+        bytes: held.freeze(),
+        _room: room,
+    }))
+}
+
+/// A response body held for the policies that need it whole.
+#[derive(Debug)]
+pub(crate) struct HeldResponse {
+    buf: BytesMut,
+    room: Reservation,
+    cap: usize,
+}
+
+/// What holding a response's next piece came to.
+#[derive(Debug)]
+pub(crate) enum Hold {
+    /// Held; nothing to send yet.
+    Held,
+    /// Too large, or no room: send these bytes (what was held, and the piece) and the
+    /// rest as it comes.
+    Release(Bytes, NotHeld),
+}
+
+/// Why a response was passed on as it came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotHeld {
+    TooLarge,
+    NoRoom,
+}
+
+impl NotHeld {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::NoRoom => "no_room",
+        }
+    }
+}
+
+impl HeldResponse {
+    /// Starts holding a response of `declared` length (if known) up to `cap`.
+    pub(crate) fn start(
+        declared: Option<usize>,
+        cap: usize,
+        budget: &Arc<Budget>,
+    ) -> Result<Self, NotHeld> {
+        if declared.is_some_and(|n| n > cap) {
+            return Err(NotHeld::TooLarge);
+        }
+        let room = budget
+            .reserve(declared.unwrap_or(0))
+            .ok_or(NotHeld::NoRoom)?;
+        Ok(Self {
+            buf: BytesMut::with_capacity(declared.unwrap_or(0)),
+            room,
+            cap,
+        })
+    }
+
+    /// Holds `piece`.
+    pub(crate) fn push(&mut self, piece: &[u8]) -> Hold {
+        let total = self.buf.len() + piece.len();
+        let not = if total > self.cap {
+            Some(NotHeld::TooLarge)
+        } else if !self.room.grow_to(total) {
+            Some(NotHeld::NoRoom)
+        } else {
+            None
+        };
+        match not {
+            Some(why) => {
+                let mut out = std::mem::take(&mut self.buf);
+                out.extend_from_slice(piece);
+                Hold::Release(out.freeze(), why)
+            }
+            None => {
+                self.buf.extend_from_slice(piece);
+                Hold::Held
+            }
+        }
+    }
+
+    /// The whole body.
+    pub(crate) fn finish(&mut self) -> Bytes {
+        std::mem::take(&mut self.buf).freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_is_shared_and_given_back() {
+        let b = Arc::new(Budget::new(100));
+        let mut one = b.reserve(60).unwrap();
+        assert!(b.reserve(50).is_none(), "60 + 50 > 100");
+        let two = b.reserve(40).unwrap();
+        assert!(!one.grow(1));
+        assert_eq!(b.used(), 100);
+        drop(two);
+        assert!(one.grow_to(90));
+        assert!(one.grow_to(80), "already has it");
+        assert_eq!(b.used(), 90);
+        drop(one);
+        assert_eq!(b.used(), 0);
+        b.set_limit(10);
+        assert!(b.reserve(11).is_none());
+    }
+
+    #[test]
+    fn a_response_over_the_cap_is_released_whole_never_cut() {
+        let b = Arc::new(Budget::new(1 << 20));
+        let mut h = HeldResponse::start(None, 10, &b).unwrap();
+        assert!(matches!(h.push(b"12345"), Hold::Held));
+        match h.push(b"678901") {
+            Hold::Release(out, NotHeld::TooLarge) => assert_eq!(&out[..], b"12345678901"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            HeldResponse::start(Some(11), 10, &b),
+            Err(NotHeld::TooLarge)
+        ));
+        let tight = Arc::new(Budget::new(4));
+        let mut h = HeldResponse::start(None, 10, &tight).unwrap();
+        assert!(matches!(h.push(b"1234"), Hold::Held));
+        assert!(matches!(h.push(b"5"), Hold::Release(_, NotHeld::NoRoom)));
+    }
+}
