@@ -20,7 +20,9 @@
 #
 # Prints one line per target and the ratios. Knobs: REQUESTS (2000), CACHE_SIM (0),
 # OUT (target/bench-instructions), PGO_BIN (the shipped build to measure; unset: built
-# now by scripts/build-pgo.sh, ~25 minutes)
+# now by scripts/build-pgo.sh, ~25 minutes), BEFORE_BIN (a release build of an earlier
+# commit: its plain and policies routes are measured too, in the same run, against this
+# tree's release build)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REQUESTS=${REQUESTS:-2000}
@@ -123,9 +125,17 @@ measure tg-policies "$TOLLGATE" run --config "$OUT/tg-policies.toml"
 HEADERS=()
 REQ_PATH=/svc5001/items/42/detail # a parameter route among 10,000 (benches/routes.py)
 measure tg-10k "$TOLLGATE" run --config "$OUT/tg-10k.toml"
-python3 - "$OUT" <<'PY'
+if [ -n "${BEFORE_BIN:-}" ]; then
+  measure before-plain "$BEFORE_BIN" run --config "$OUT/tg.toml"
+  HEADERS=("apikey: $KEY")
+  measure release-policies target/release/tollgate run --config "$OUT/tg-policies.toml"
+  measure before-policies "$BEFORE_BIN" run --config "$OUT/tg-policies.toml"
+  HEADERS=()
+fi
+python3 - "$OUT" "${BEFORE_BIN:-}" <<'PY'
 import sys
 out = sys.argv[1]
+before = sys.argv[2]
 names = {
     "raw-default": "raw Pingora (default build)",
     "raw-same": "raw Pingora (Tollgate's profile)",
@@ -148,5 +158,12 @@ print(f"  one plain route / raw same:     {ratios('tg-plain', 'raw-same')}")
 print(f"  without PGO / raw default:      {ratios('tg-release', 'raw-default')}")
 print(f"  policies route / raw default:   {ratios('tg-policies', 'raw-default')}")
 print(f"  10,000 routes / one route:      {ratios('tg-10k', 'tg-plain')}")
+if before:
+    b = {n: [int(x) for x in open(f"{out}/{n}.ir").read().split()]
+         for n in ["before-plain", "before-policies", "release-policies"]}
+    r.update(b)
+    print(f"release builds, this tree against {before}:")
+    print(f"  plain route:    {r['tg-release'][0]:,} / {b['before-plain'][0]:,} = {ratios('tg-release', 'before-plain')}")
+    print(f"  policies route: {b['release-policies'][0]:,} / {b['before-policies'][0]:,} = {ratios('release-policies', 'before-policies')}")
 PY
 echo "per-function counts: callgrind_annotate $OUT/<name>.cg.<pid>.1" >&2

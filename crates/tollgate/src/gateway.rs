@@ -80,7 +80,9 @@ impl GatewayBuilder {
 
     /// Makes the policy configured by `C` available as `[routes.X.policies.NAME]` (and
     /// `[policies.NAME]`), exactly like a built-in one. A later registration of the same
-    /// name replaces the earlier one.
+    /// name replaces the earlier one. The built-in names
+    /// ([`RESERVED_NAMES`](crate::policy::RESERVED_NAMES)) cannot be taken: loading and
+    /// building then fail with an error naming the name.
     #[must_use]
     pub fn policy<C: PolicyConfig>(mut self, name: &str) -> Self {
         self.registry.register::<C>(name);
@@ -126,6 +128,10 @@ impl GatewayBuilder {
     /// # Errors
     /// The access log file cannot be opened, or a writer thread cannot start.
     pub fn build(self, config: &Config) -> std::io::Result<GatewayHandle> {
+        if let [_, ..] = self.registry.reserved_taken() {
+            let e = LoadError::ReservedName(self.registry.reserved_taken().to_vec());
+            return Err(std::io::Error::other(e.to_string()));
+        }
         let metrics = self.metrics.unwrap_or_default();
         let access_log = AccessLogger::start(
             &config.server.access_log,

@@ -249,6 +249,18 @@ pub enum LoadError {
     /// The file was read but is invalid.
     #[error("{0}")]
     Invalid(#[source] ConfigErrors),
+    /// A library policy was registered under a built-in policy's name (any file is
+    /// refused with such a registry).
+    #[error("policy name {} is reserved for a built-in policy; register the policy under another name", .0.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))]
+    ReservedName(Vec<String>),
+}
+
+/// Refuses a registry that was asked to register a reserved name.
+fn check_registry(registry: &Registry) -> Result<(), LoadError> {
+    match registry.reserved_taken() {
+        [] => Ok(()),
+        taken => Err(LoadError::ReservedName(taken.to_vec())),
+    }
 }
 
 impl Config {
@@ -281,6 +293,7 @@ impl Config {
         path: impl AsRef<Path>,
         registry: &Registry,
     ) -> Result<Resolution, LoadError> {
+        check_registry(registry)?;
         let path = path.as_ref();
         let src = std::fs::read_to_string(path).map_err(|source| LoadError::Unreadable {
             path: path.to_path_buf(),
@@ -320,6 +333,7 @@ impl Config {
         registry: &Registry,
         prior: Option<&Snapshot>,
     ) -> Result<Self, LoadError> {
+        check_registry(registry)?;
         let src = std::fs::read_to_string(path).map_err(|source| LoadError::Unreadable {
             path: path.to_path_buf(),
             source,
@@ -392,6 +406,45 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_registry_that_took_a_built_in_name_loads_no_file() {
+        #[derive(serde::Deserialize)]
+        struct Mine {}
+        struct P;
+        impl crate::policy::Policy for P {}
+        impl crate::policy::PolicyConfig for Mine {
+            type Policy = P;
+            fn build(
+                self,
+                _: &crate::policy::BuildCtx<'_>,
+            ) -> Result<P, crate::policy::BuildError> {
+                Ok(P)
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(
+            &path,
+            "[upstreams.u]\nbackends = [\"127.0.0.1:1\"]\n[routes.r]\npaths = [\"/\"]\nupstream = \"u\"\n\
+             [routes.r.policies.rate_limit]\nrequests = 1\n",
+        )
+        .unwrap();
+        let mut r = Registry::with_builtins();
+        r.register::<Mine>("mine")
+            .register::<Mine>("rate_limit")
+            .register::<Mine>("cache");
+        let e = Config::load_with(&path, &r).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "policy name `rate_limit`, `cache` is reserved for a built-in policy; \
+             register the policy under another name"
+        );
+        // the built-in stays what the name means
+        assert!(r.names().any(|n| n == "mine"));
+        let r = Registry::with_builtins();
+        assert!(Config::load_with(&path, &r).is_ok());
+    }
 
     fn parse(src: &str) -> Result<Config, ConfigErrors> {
         Config::parse(src, "gw.toml", Path::new("."), &Registry::with_builtins())

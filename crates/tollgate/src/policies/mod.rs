@@ -19,17 +19,17 @@ impl Registry {
     /// A registry with every built-in policy.
     pub fn with_builtins() -> Self {
         let mut r = Self::empty();
-        r.register::<ip_restriction::IpRestrictionConfig>("ip_restriction");
-        r.register::<cors::CorsConfig>("cors");
-        r.register::<key_auth::KeyAuthConfig>("key_auth");
-        r.register::<basic_auth::BasicAuthConfig>("basic_auth");
-        r.register::<jwt_auth::JwtAuthConfig>("jwt_auth");
-        r.register::<acl::AclConfig>("acl");
-        r.register::<rate_limit::RateLimitConfig>("rate_limit");
-        r.register::<concurrency_limit::ConcurrencyLimitConfig>("concurrency_limit");
-        r.register::<body_limit::BodyLimitConfig>("body_limit");
-        r.register::<headers::RequestHeadersConfig>("request_headers");
-        r.register::<headers::ResponseHeadersConfig>("response_headers");
+        r.register_builtin::<ip_restriction::IpRestrictionConfig>("ip_restriction");
+        r.register_builtin::<cors::CorsConfig>("cors");
+        r.register_builtin::<key_auth::KeyAuthConfig>("key_auth");
+        r.register_builtin::<basic_auth::BasicAuthConfig>("basic_auth");
+        r.register_builtin::<jwt_auth::JwtAuthConfig>("jwt_auth");
+        r.register_builtin::<acl::AclConfig>("acl");
+        r.register_builtin::<rate_limit::RateLimitConfig>("rate_limit");
+        r.register_builtin::<concurrency_limit::ConcurrencyLimitConfig>("concurrency_limit");
+        r.register_builtin::<body_limit::BodyLimitConfig>("body_limit");
+        r.register_builtin::<headers::RequestHeadersConfig>("request_headers");
+        r.register_builtin::<headers::ResponseHeadersConfig>("response_headers");
         r
     }
 }

@@ -447,10 +447,43 @@ type Builder = Arc<
         + Sync,
 >;
 
+/// The policy names of the contract (GATEWAY.md and every area of wave 2): a library
+/// policy cannot take them (CROSSCUTTING.md rule 8.4).
+pub const RESERVED_NAMES: &[&str] = &[
+    "acl",
+    "adaptive_concurrency",
+    "aggregate",
+    "ai_prompt_guard",
+    "ai_proxy",
+    "ai_token_limit",
+    "basic_auth",
+    "body_limit",
+    "cache",
+    "compress",
+    "concurrency_limit",
+    "cors",
+    "ext_authz",
+    "grpc_transcode",
+    "ip_restriction",
+    "jwt_auth",
+    "key_auth",
+    "mtls_auth",
+    "oauth2_introspection",
+    "rate_limit",
+    "request_body",
+    "request_headers",
+    "response_body",
+    "response_headers",
+    "validate",
+    "xml_json",
+];
+
 /// Maps the TOML name of a policy (`key_auth`, `my_policy`) to its config type.
 #[derive(Clone)]
 pub struct Registry {
     builders: BTreeMap<String, Builder>,
+    /// Reserved names a caller tried to register (loading any config then fails).
+    taken: Vec<String>,
 }
 
 impl fmt::Debug for Registry {
@@ -466,12 +499,29 @@ impl Registry {
     pub fn empty() -> Self {
         Self {
             builders: BTreeMap::new(),
+            taken: Vec::new(),
         }
     }
 
     /// Registers config type `C` under `name`, so `[routes.X.policies.NAME]` builds it.
-    /// A later registration of the same name replaces the earlier one.
+    /// A later registration of the same name replaces the earlier one. A name of
+    /// [`RESERVED_NAMES`] is not registered, and loading any configuration with this
+    /// registry then fails with an error naming it.
     pub fn register<C: PolicyConfig>(&mut self, name: &str) -> &mut Self {
+        if RESERVED_NAMES.contains(&name) {
+            self.taken.push(name.to_string());
+            return self;
+        }
+        self.register_builtin::<C>(name)
+    }
+
+    /// The reserved names this registry was asked to register, in order.
+    pub fn reserved_taken(&self) -> &[String] {
+        &self.taken
+    }
+
+    /// [`Registry::register`] without the reserved names' check: the built-ins.
+    pub(crate) fn register_builtin<C: PolicyConfig>(&mut self, name: &str) -> &mut Self {
         let builder: Builder = Arc::new(|value, cx| {
             let config = C::deserialize(serde::de::IntoDeserializer::into_deserializer(value))
                 .map_err(Failure::Toml)?;
