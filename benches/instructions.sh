@@ -21,8 +21,8 @@
 # Prints one line per target and the ratios. Knobs: REQUESTS (2000), CACHE_SIM (0),
 # OUT (target/bench-instructions), PGO_BIN (the shipped build to measure; unset: built
 # now by scripts/build-pgo.sh, ~25 minutes), BEFORE_BIN (a release build of an earlier
-# commit: its plain and policies routes are measured too, in the same run, against this
-# tree's release build)
+# commit: then only its plain and policies routes are measured against this tree's
+# release build, in A B B A order)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REQUESTS=${REQUESTS:-2000}
@@ -46,7 +46,7 @@ cargo build --profile fast-release -p tollgate-bin --example raw_pingora \
   --features system-allocator >&2
 cp target/fast-release/examples/raw_pingora "$OUT/raw_pingora_default"
 # Tollgate's shipped build: the release profile plus PGO (scripts/build-pgo.sh)
-if [ -z "${PGO_BIN:-}" ]; then
+if [ -z "${PGO_BIN:-}" ] && [ -z "${BEFORE_BIN:-}" ]; then
   "$ROOT/scripts/build-pgo.sh" >&2
   PGO_BIN=$ROOT/target/pgo/tollgate
 fi
@@ -116,6 +116,31 @@ measure() { # NAME CMD...: writes instructions and L1 misses per request to $OUT
 }
 
 # run here, not in a command substitution: the exit trap must see the valgrind pids
+if [ -n "${BEFORE_BIN:-}" ]; then
+  # before and after only: the plain and policies routes of an earlier release build and
+  # of this tree's, in A B B A order (a later run of the same build counts up to ~2 %
+  # more: the order evens it out)
+  for route in plain policies; do
+    cfg=tg.toml HEADERS=()
+    [ $route = policies ] && cfg=tg-policies.toml HEADERS=("apikey: $KEY")
+    measure "$route-before-1" "$BEFORE_BIN" run --config "$OUT/$cfg"
+    measure "$route-after-1" target/release/tollgate run --config "$OUT/$cfg"
+    measure "$route-after-2" target/release/tollgate run --config "$OUT/$cfg"
+    measure "$route-before-2" "$BEFORE_BIN" run --config "$OUT/$cfg"
+  done
+  python3 - "$OUT" "$BEFORE_BIN" <<'PY'
+import sys
+out, before = sys.argv[1], sys.argv[2]
+ir = lambda n: int(open(f"{out}/{n}.ir").read().split()[0])
+print(f"instructions per request, this tree's release build against {before} (A B B A):")
+for route in ["plain", "policies"]:
+    b = [ir(f"{route}-before-{i}") for i in (1, 2)]
+    a = [ir(f"{route}-after-{i}") for i in (1, 2)]
+    print(f"  {route:9} before {b[0]:,} {b[1]:,}  after {a[0]:,} {a[1]:,}  "
+          f"after / before = {sum(a) / sum(b):.4f}")
+PY
+  exit 0
+fi
 measure raw-default "$OUT/raw_pingora_default" 127.0.0.1:$PORT 127.0.0.1:$UPSTREAM_PORT
 measure raw-same target/release/examples/raw_pingora 127.0.0.1:$PORT 127.0.0.1:$UPSTREAM_PORT
 measure tg-plain "$TOLLGATE" run --config "$OUT/tg.toml"
@@ -125,17 +150,9 @@ measure tg-policies "$TOLLGATE" run --config "$OUT/tg-policies.toml"
 HEADERS=()
 REQ_PATH=/svc5001/items/42/detail # a parameter route among 10,000 (benches/routes.py)
 measure tg-10k "$TOLLGATE" run --config "$OUT/tg-10k.toml"
-if [ -n "${BEFORE_BIN:-}" ]; then
-  measure before-plain "$BEFORE_BIN" run --config "$OUT/tg.toml"
-  HEADERS=("apikey: $KEY")
-  measure release-policies target/release/tollgate run --config "$OUT/tg-policies.toml"
-  measure before-policies "$BEFORE_BIN" run --config "$OUT/tg-policies.toml"
-  HEADERS=()
-fi
-python3 - "$OUT" "${BEFORE_BIN:-}" <<'PY'
+python3 - "$OUT" <<'PY'
 import sys
 out = sys.argv[1]
-before = sys.argv[2]
 names = {
     "raw-default": "raw Pingora (default build)",
     "raw-same": "raw Pingora (Tollgate's profile)",
@@ -158,12 +175,5 @@ print(f"  one plain route / raw same:     {ratios('tg-plain', 'raw-same')}")
 print(f"  without PGO / raw default:      {ratios('tg-release', 'raw-default')}")
 print(f"  policies route / raw default:   {ratios('tg-policies', 'raw-default')}")
 print(f"  10,000 routes / one route:      {ratios('tg-10k', 'tg-plain')}")
-if before:
-    b = {n: [int(x) for x in open(f"{out}/{n}.ir").read().split()]
-         for n in ["before-plain", "before-policies", "release-policies"]}
-    r.update(b)
-    print(f"release builds, this tree against {before}:")
-    print(f"  plain route:    {r['tg-release'][0]:,} / {b['before-plain'][0]:,} = {ratios('tg-release', 'before-plain')}")
-    print(f"  policies route: {b['release-policies'][0]:,} / {b['before-policies'][0]:,} = {ratios('release-policies', 'before-policies')}")
 PY
 echo "per-function counts: callgrind_annotate $OUT/<name>.cg.<pid>.1" >&2

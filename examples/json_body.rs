@@ -4,6 +4,7 @@
 //!
 //! ```toml
 //! [routes.orders.policies.json_body]
+//! request = true                   # default; false: leave request bodies alone
 //! remove = ["debug", "internal"]   # top-level request members the upstream never sees
 //! max_body = 1048576               # default 1 MiB: larger request bodies get 413
 //! stamp = true                     # default false: add "request_id" to JSON object responses
@@ -29,6 +30,8 @@ use tollgate::{async_trait, ErrorCode, GatewayBuilder, Reply, RequestCtx, Sessio
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JsonBodyConfig {
+    #[serde(default = "yes")]
+    request: bool,
     #[serde(default)]
     remove: Vec<String>,
     #[serde(default = "default_max")]
@@ -41,7 +44,12 @@ fn default_max() -> usize {
     1 << 20
 }
 
+fn yes() -> bool {
+    true
+}
+
 struct JsonBody {
+    request: bool,
     remove: Vec<String>,
     max_body: usize,
     stamp: bool,
@@ -58,6 +66,7 @@ impl PolicyConfig for JsonBodyConfig {
             ));
         }
         Ok(JsonBody {
+            request: self.request,
             remove: self.remove,
             max_body: self.max_body,
             stamp: self.stamp,
@@ -68,7 +77,7 @@ impl PolicyConfig for JsonBodyConfig {
 #[async_trait]
 impl Policy for JsonBody {
     fn request_body_limit(&self) -> Option<usize> {
-        Some(self.max_body)
+        self.request.then_some(self.max_body)
     }
 
     async fn request_body(

@@ -379,19 +379,33 @@ async fn a_policy_rewrites_a_streamed_response_body_and_passes_a_larger_one_unch
 }
 
 /// A real authorization service on loopback: `Bearer good` is allowed (as user `ann`),
-/// `Bearer slow` is answered after 2 s, anything else is 403. Counts what it was asked.
+/// `Bearer slow` is answered after 2 s, `Bearer wait` is allowed after 300 ms, anything
+/// else is 403. Counts what it was asked.
 async fn authorization_service() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let (addr, asked, _) = authorization_service_counting().await;
+    (addr, asked)
+}
+
+/// [`authorization_service`], with the most calls it had open at once.
+async fn authorization_service_counting() -> (
+    std::net::SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = asked.clone();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
+    let (count, peak) = (asked.clone(), most.clone());
     tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = listener.accept().await else {
                 return;
             };
-            let count = count.clone();
+            let (count, peak, open) = (count.clone(), peak.clone(), open.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -409,21 +423,30 @@ async fn authorization_service() -> (std::net::SocketAddr, Arc<std::sync::atomic
                         break;
                     }
                 }
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                count.fetch_add(1, Ordering::SeqCst);
+                let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
                 let text = String::from_utf8_lossy(&buf).into_owned();
                 let answer = if text.contains("\"authorization\":\"Bearer good\"") {
                     "HTTP/1.1 200 OK\r\nx-user: ann\r\ncontent-length: 0\r\n\r\n"
+                } else if text.contains("Bearer wait") {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "HTTP/1.1 200 OK
+content-length: 0
+
+"
                 } else if text.contains("Bearer slow") {
                     tokio::time::sleep(Duration::from_secs(2)).await;
                     "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
                 } else {
                     "HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n"
                 };
+                open.fetch_sub(1, Ordering::SeqCst);
                 let _ = s.write_all(answer.as_bytes()).await;
             });
         }
     });
-    (addr, asked)
+    (addr, asked, most)
 }
 
 #[tokio::test]
@@ -741,4 +764,124 @@ async fn a_held_request_body_is_sent_whole_again_when_the_first_backend_refuses(
         assert_eq!(seen.body.len(), body.len() - r#""debug":true,"#.len());
     }
     assert_eq!(up.count(), 4);
+}
+
+#[tokio::test]
+async fn grpc_trailers_pass_routes_whose_policies_filter_or_hold_response_bodies() {
+    let grpc = GrpcUpstream::start().await;
+    for (program, policy) in [
+        (
+            "redact",
+            "[routes.greeter.policies.redact]\nfields = [\"x\"]\n",
+        ),
+        (
+            "json_body",
+            "[routes.greeter.policies.json_body]\nrequest = false\nstamp = true\n",
+        ),
+    ] {
+        let gw = Gateway::start_program(
+            &example(program),
+            &server_table(&format!(
+                "[upstreams.grpc]\nbackends = [\"{}\"]\nhttp2 = true\n\
+                 [routes.greeter]\npaths = [\"/helloworld.Greeter\"]\nupstream = \"grpc\"\n{policy}",
+                grpc.addr
+            )),
+            &[],
+        );
+        for name in ["world", "tollgate"] {
+            let (status, ct, msg, trailers) =
+                grpc_call(gw.addr, "/helloworld.Greeter/SayHello", name.as_bytes()).await;
+            assert_eq!(
+                (status, ct.as_str()),
+                (200, "application/grpc"),
+                "{program}"
+            );
+            assert_eq!(&msg[..], name.as_bytes(), "{program}");
+            assert_eq!(
+                trailers.get("grpc-status").map(|v| v.as_bytes()),
+                Some(&b"0"[..]),
+                "{program}: {trailers:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_outbound_client_trusts_its_ca_file_and_bounds_calls_in_flight() {
+    use std::sync::atomic::Ordering;
+    let up = Upstream::start("a").await;
+    let (ca, leaf, key) = crate::tls::ca_and_leaf("localhost");
+    let authz_tls = Upstream::start_tls("authz", &leaf, &key).await;
+    let (authz, _, most) = authorization_service_counting().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let routes = |outbound: &str| {
+        server_table(&format!(
+            "[server.outbound]\n{outbound}\n{}\
+             [routes.tls]\npaths = [\"/tls\"]\nupstream = \"a\"\n\
+             [routes.tls.policies.authorize]\nurl = \"https://localhost:{}/check\"\n\
+             [routes.wait]\npaths = [\"/wait\"]\nupstream = \"a\"\n\
+             [routes.wait.policies.authorize]\nurl = \"http://{authz}/check\"\ntimeout = \"10s\"\n",
+            upstream_table("a", &[up.addr]),
+            authz_tls.addr.port()
+        ))
+    };
+    let waits = |gw: &Gateway| {
+        let addr = gw.addr;
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                tokio::spawn(async move {
+                    raw(addr, &get("/wait/1", "authorization: Bearer wait\r\n")).await
+                })
+            })
+            .collect();
+        async move {
+            let mut out = Vec::new();
+            for c in calls {
+                out.push(c.await.unwrap().status);
+            }
+            out
+        }
+    };
+    // with the test CA as the only roots: verified, allowed (the TLS service answers 200)
+    let gw = Gateway::start_program(
+        &example("authorize"),
+        &routes(&format!(
+            "ca_file = \"{}\"\nmax_in_flight = 1\ntimeout = \"10s\"",
+            ca_file.display()
+        )),
+        &[],
+    );
+    assert_eq!(raw(gw.addr, &get("/tls/1", "")).await.status, 200);
+    assert_eq!(authz_tls.count(), 1);
+    // three calls at once, one slot: the service never has two open
+    let start = std::time::Instant::now();
+    assert_eq!(waits(&gw).await, [200, 200, 200]);
+    assert_eq!(most.load(Ordering::SeqCst), 1);
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(gw);
+
+    // the system's roots do not know the test CA: the call fails, the request is refused
+    let gw = Gateway::start_program(&example("authorize"), &routes("timeout = \"10s\""), &[]);
+    let r = raw(gw.addr, &get("/tls/1", "")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(authz_tls.count(), 1, "an unverified service was asked");
+    // the default bound lets the three run together
+    most.store(0, Ordering::SeqCst);
+    assert_eq!(waits(&gw).await, [200, 200, 200]);
+    assert_eq!(most.load(Ordering::SeqCst), 3);
+
+    // a CA file that is no certificate is refused at its key
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "not a certificate").unwrap();
+    let err = refused(
+        &example("authorize"),
+        &routes(&format!("ca_file = \"{}\"", bad.display())),
+    );
+    assert!(err.contains("server.outbound.ca_file:"), "{err}");
 }

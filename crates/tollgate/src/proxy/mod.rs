@@ -267,7 +267,14 @@ impl Gateway {
         let bodiless = resp.status.is_informational()
             || matches!(resp.status.as_u16(), 204 | 304)
             || session.req_header().method == http::Method::HEAD;
-        if bodiless {
+        // a response with trailers (gRPC, or announced by `Trailer`) streams: its body
+        // has no end to hold it to before the trailers
+        let trailers = resp.headers.contains_key(header::TRAILER)
+            || resp
+                .headers
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+        if bodiless || trailers {
             return;
         }
         let declared = resp
@@ -824,6 +831,29 @@ impl ProxyHttp for Gateway {
             }
         }
         Ok(None)
+    }
+
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        _trailers: &mut http::HeaderMap,
+        x: &mut Self::CTX,
+    ) -> Result<Option<bytes::Bytes>> {
+        let Exchange { cx, st } = &mut **x;
+        // trailers that nothing announced, after a body held whole: the body must not
+        // be lost, so it goes as the end of the response (Pingora then drops the
+        // trailers)
+        let (Some(held), Some(route)) = (st.held_response.as_mut(), st.route.clone()) else {
+            return Ok(None);
+        };
+        let mut whole = held.finish();
+        st.held_response = None;
+        route.chain.response_body(cx, &mut whole)?;
+        tracing::warn!(
+            route = %route.name,
+            "unannounced response trailers after a body held whole were dropped"
+        );
+        Ok(Some(whole))
     }
 
     async fn fail_to_proxy(
