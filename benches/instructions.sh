@@ -50,7 +50,7 @@ if [ -z "${PGO_BIN:-}" ] && [ -z "${BEFORE_BIN:-}" ]; then
   "$ROOT/scripts/build-pgo.sh" >&2
   PGO_BIN=$ROOT/target/pgo/tollgate
 fi
-TOLLGATE=$PGO_BIN
+TOLLGATE=${PGO_BIN:-}
 
 PIDS=()
 trap cleanup EXIT

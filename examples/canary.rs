@@ -94,9 +94,9 @@ impl PolicyConfig for CanaryConfig {
 
 #[async_trait]
 impl Policy for Canary {
-    async fn upstream_peer(
+    fn upstream_peer(
         &self,
-        session: &mut Session,
+        session: &Session,
         _cx: &mut RequestCtx,
     ) -> tollgate::pingora::Result<Option<Target>> {
         let headers = &session.req_header().headers;

@@ -297,7 +297,7 @@ impl PolicyTest {
             });
             return Ok(outcome);
         }
-        outcome.target = chain.upstream_peer(&mut session, cx).await?;
+        outcome.target = chain.upstream_peer(&session, cx)?;
         let mut up = session.req_header().clone();
         if let Some(held) = &cx.body {
             up.remove_header(&http::header::TRANSFER_ENCODING);
@@ -423,9 +423,9 @@ mod tests {
             }
             Ok(Flow::Continue)
         }
-        async fn upstream_peer(
+        fn upstream_peer(
             &self,
-            session: &mut Session,
+            session: &Session,
             cx: &mut RequestCtx,
         ) -> pingora::Result<Option<Target>> {
             if session.req_header().headers.contains_key("x-adhoc") {

@@ -446,26 +446,24 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
             }
         }
     }
+    // a sub-table's settings, or every error in it at `server.TABLE.KEY`
+    let dir = cx.config_dir;
+    let mut sub = |table: &str, errors: Vec<(&str, Range<usize>, String)>| {
+        for (key, span, msg) in errors {
+            cx.diags.at(span, format!("server.{table}.{key}"), msg);
+        }
+        ok = false;
+    };
     if let Some(o) = &f.outbound {
-        match o.get_ref().resolve(cx.config_dir) {
+        match o.get_ref().resolve(dir) {
             Ok(settings) => s.outbound = settings,
-            Err(errors) => {
-                for (key, span, msg) in errors {
-                    cx.diags.at(span, format!("server.outbound.{key}"), msg);
-                }
-                ok = false;
-            }
+            Err(errors) => sub("outbound", errors),
         }
     }
     if let Some(d) = &f.dns {
-        match d.get_ref().resolve(cx.config_dir) {
+        match d.get_ref().resolve(dir) {
             Ok(settings) => s.dns = settings,
-            Err(errors) => {
-                for (key, span, msg) in errors {
-                    cx.diags.at(span, format!("server.dns.{key}"), msg);
-                }
-                ok = false;
-            }
+            Err(errors) => sub("dns", errors),
         }
     }
     for (i, t) in f.tls.iter().enumerate() {

@@ -187,11 +187,10 @@ pub trait Policy: Send + Sync + 'static {
     ///
     /// Upstreams are named by an [`UpstreamName`] from
     /// [`BuildCtx::upstream`], so `tollgate check` reports a name that does not exist.
-    async fn upstream_peer(
-        &self,
-        session: &mut Session,
-        cx: &mut RequestCtx,
-    ) -> Result<Option<Target>> {
+    /// Not async, so that routes pay no future for it: a choice that needs I/O (a
+    /// store, another service) is made in `request_filter` and left in
+    /// [`RequestCtx::extensions`] for this hook to return.
+    fn upstream_peer(&self, session: &Session, cx: &mut RequestCtx) -> Result<Option<Target>> {
         let _ = (session, cx);
         Ok(None)
     }
@@ -302,10 +301,7 @@ impl<'a> BuildCtx<'a> {
     ///
     /// Outside a gateway (`BuildCtx::new`), every call makes a new value.
     pub fn state<T: Send + Sync + 'static>(&self, init: impl FnOnce() -> T) -> Arc<T> {
-        match &self.state {
-            Some(s) => s.get(Some(self.path), None, init),
-            None => Arc::new(init()),
-        }
+        self.state_in(Some(self.path), None, init)
     }
 
     /// [`BuildCtx::state`], kept while `key` (the part of the table the state depends
@@ -315,10 +311,7 @@ impl<'a> BuildCtx<'a> {
         key: &impl Hash,
         init: impl FnOnce() -> T,
     ) -> Arc<T> {
-        match &self.state {
-            Some(s) => s.get(Some(self.path), Some(hash_of(key)), init),
-            None => Arc::new(init()),
-        }
+        self.state_in(Some(self.path), Some(hash_of(key)), init)
     }
 
     /// State shared by every instance of the policy (by its type `T` and `key`), on
@@ -328,8 +321,19 @@ impl<'a> BuildCtx<'a> {
         key: &impl Hash,
         init: impl FnOnce() -> T,
     ) -> Arc<T> {
+        self.state_in(None, Some(hash_of(key)), init)
+    }
+
+    /// The state of `scope` (an instance's path; `None`: every instance) under `key`
+    /// (`None`: the policy's table).
+    fn state_in<T: Send + Sync + 'static>(
+        &self,
+        scope: Option<&str>,
+        key: Option<u64>,
+        init: impl FnOnce() -> T,
+    ) -> Arc<T> {
         match &self.state {
-            Some(s) => s.get(None, Some(hash_of(key)), init),
+            Some(s) => s.get(scope, key, init),
             None => Arc::new(init()),
         }
     }
@@ -699,8 +703,12 @@ impl Chain {
                     Flow::Continue => {
                         authenticated = true;
                         cx.chain.authenticated_by = Some(i);
-                        if let Some(r) = self.body_hook(&link.policy, session, cx, budget).await? {
-                            return Ok(Flow::Respond(r));
+                        if self.request_cap.is_some() {
+                            if let Some(r) =
+                                self.body_hook(&link.policy, session, cx, budget).await?
+                            {
+                                return Ok(Flow::Respond(r));
+                            }
                         }
                     }
                     Flow::Respond(r) => {
@@ -719,8 +727,10 @@ impl Chain {
             if let Flow::Respond(r) = p.request_filter(session, cx).await? {
                 return Ok(Flow::Respond(r));
             }
-            if let Some(r) = self.body_hook(p, session, cx, budget).await? {
-                return Ok(Flow::Respond(r));
+            if self.request_cap.is_some() {
+                if let Some(r) = self.body_hook(p, session, cx, budget).await? {
+                    return Ok(Flow::Respond(r));
+                }
             }
         }
         match auth_refusal {
@@ -801,14 +811,10 @@ impl Chain {
     }
 
     /// Asks each policy's `upstream_peer` in order; the first choice made wins.
-    pub async fn upstream_peer(
-        &self,
-        session: &mut Session,
-        cx: &mut RequestCtx,
-    ) -> Result<Option<Target>> {
+    pub fn upstream_peer(&self, session: &Session, cx: &mut RequestCtx) -> Result<Option<Target>> {
         let o = self.overrides(cx);
         for l in &self.policies {
-            if let Some(t) = l.effective(o).upstream_peer(session, cx).await? {
+            if let Some(t) = l.effective(o).upstream_peer(session, cx)? {
                 return Ok(Some(t));
             }
         }

@@ -423,7 +423,7 @@ impl ProxyHttp for Gateway {
         };
         // a policy may send the request elsewhere: asked once, before the first try
         if st.tries == 0 && !route.chain.is_empty() {
-            if let Some(target) = route.chain.upstream_peer(session, cx).await? {
+            if let Some(target) = route.chain.upstream_peer(session, cx)? {
                 st.choice = Some(resolve(&route, target)?);
             }
         }
