@@ -93,8 +93,8 @@ impl Policy for Redact {
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
         if json && !encoded && length.is_none_or(|n| n <= self.max_body) {
             cx.extensions.insert(Holding::Json(BytesMut::new()));
-            // the edited body has another length
-            resp.remove_header(&http::header::CONTENT_LENGTH);
+            // the edited body has another length: no Content-Length, chunked
+            tollgate::policy::body_length_changes(resp)?;
         }
         Ok(())
     }

@@ -354,7 +354,7 @@ impl Outcome {
             .response_body_cap()
             .is_some_and(|cap| whole.len() <= cap);
         if held {
-            head.remove_header(&http::header::CONTENT_LENGTH);
+            crate::policy::body_length_changes(&mut head)?;
         }
         self.chain.response_filter(&mut self.cx, &mut head)?;
         let mut out = BytesMut::new();

@@ -213,9 +213,10 @@ pub trait Policy: Send + Sync + 'static {
     /// to the client: change it, replace it, drop it (`*body = None`), or add to the end
     /// (set `*body` when `end_of_stream` is true). Pieces are never buffered whole.
     ///
-    /// A policy that changes the body's length removes `Content-Length` in
-    /// [`Policy::response_filter`]; the gateway then sends the body chunked (HTTP/1.1)
-    /// or framed (HTTP/2). Trailers pass through untouched. An `Err` aborts the
+    /// A policy that changes the body's length calls [`body_length_changes`] in
+    /// [`Policy::response_filter`] (no `Content-Length`, the body chunked). Trailers
+    /// pass through untouched; a response with trailers (gRPC) ends without
+    /// `end_of_stream` before them. An `Err` aborts the
     /// response. Not called for the gateway's own answers. By default does nothing.
     fn response_body_filter(
         &self,
@@ -231,6 +232,18 @@ pub trait Policy: Send + Sync + 'static {
     fn logging(&self, cx: &RequestCtx, error: Option<&pingora::Error>) {
         let _ = (cx, error);
     }
+}
+
+/// For a policy whose `response_body_filter` changes the length of the body: call it
+/// in [`Policy::response_filter`]. It removes `Content-Length` and frames the body by
+/// chunks (HTTP/1.1; HTTP/2 frames every body anyway) instead of by closing the
+/// connection. Not for a response without a body (`204`, `304`, an answer to `HEAD`).
+///
+/// # Errors
+/// Never in practice (the header is a valid static value).
+pub fn body_length_changes(resp: &mut ResponseHeader) -> Result<()> {
+    resp.remove_header(&http::header::CONTENT_LENGTH);
+    resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")
 }
 
 /// A shared, type-erased policy.
@@ -705,7 +718,7 @@ impl Chain {
                         cx.chain.authenticated_by = Some(i);
                         if self.request_cap.is_some() {
                             if let Some(r) =
-                                self.body_hook(&link.policy, session, cx, budget).await?
+                                Box::pin(self.body_hook(&link.policy, session, cx, budget)).await?
                             {
                                 return Ok(Flow::Respond(r));
                             }
@@ -728,7 +741,8 @@ impl Chain {
                 return Ok(Flow::Respond(r));
             }
             if self.request_cap.is_some() {
-                if let Some(r) = self.body_hook(p, session, cx, budget).await? {
+                // boxed: the chain's own future stays small on routes without bodies
+                if let Some(r) = Box::pin(self.body_hook(p, session, cx, budget)).await? {
                     return Ok(Flow::Respond(r));
                 }
             }

@@ -263,7 +263,7 @@ impl Gateway {
         cap: usize,
         route: &Route,
         st: &mut ProxyState,
-    ) {
+    ) -> Result<()> {
         let bodiless = resp.status.is_informational()
             || matches!(resp.status.as_u16(), 204 | 304)
             || session.req_header().method == http::Method::HEAD;
@@ -275,7 +275,7 @@ impl Gateway {
                 .get(header::CONTENT_TYPE)
                 .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
         if bodiless || trailers {
-            return;
+            return Ok(());
         }
         let declared = resp
             .headers
@@ -283,11 +283,12 @@ impl Gateway {
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
         match crate::policy::body::HeldResponse::start(declared, cap, &self.bodies) {
             Ok(held) => {
-                resp.remove_header(&header::CONTENT_LENGTH);
+                crate::policy::body_length_changes(resp)?;
                 st.held_response = Some(held);
             }
             Err(why) => self.metrics.response_body_passed(&route.name, why.as_str()),
         }
+        Ok(())
     }
 
     fn route_label<'a>(cx: &RequestCtx, st: &'a ProxyState) -> &'a str {
@@ -781,20 +782,10 @@ impl ProxyHttp for Gateway {
         })?;
         if let Some(route) = st.route.clone() {
             if !route.chain.is_empty() {
-                let had_length = resp.headers.contains_key(header::CONTENT_LENGTH);
                 if let Some(cap) = route.chain.response_body_cap() {
-                    self.hold_response(session, resp, cap, &route, st);
+                    self.hold_response(session, resp, cap, &route, st)?;
                 }
                 route.chain.response_filter(cx, resp)?;
-                // a policy that changes the body's length took `Content-Length` out:
-                // HTTP/1.1 then frames the body by chunks (not by closing the connection)
-                if had_length
-                    && !resp.headers.contains_key(header::CONTENT_LENGTH)
-                    && !resp.headers.contains_key(header::TRANSFER_ENCODING)
-                    && session.req_header().version == http::Version::HTTP_11
-                {
-                    resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
-                }
             }
         }
         Ok(())
