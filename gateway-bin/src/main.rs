@@ -120,6 +120,8 @@ fn main() -> ExitCode {
                 env!("CARGO_PKG_VERSION"),
                 c.summary()
             );
+            // the gateway holds the snapshot it serves; a reload must be able to free it
+            drop(c);
             release_free_memory();
             handle.run(server);
             ExitCode::SUCCESS

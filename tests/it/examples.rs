@@ -614,6 +614,8 @@ async fn a_policy_reads_the_whole_request_body_and_replaces_it_before_the_upstre
              [routes.orders.policies.json_body]\nremove = [\"debug\"]\nmax_body = 400000\nstamp = true\n\
              [routes.big]\npaths = [\"/big\"]\nupstream = \"a\"\n\
              [routes.big.policies.json_body]\nmax_body = 900000\n\
+             [routes.small]\npaths = [\"/small\"]\nupstream = \"a\"\n\
+             [routes.small.policies.json_body]\nmax_body = 1000\n\
              [routes.plain]\npaths = [\"/plain\"]\nupstream = \"a\"\n",
             upstream_table("a", &[up.addr])
         )),
@@ -655,14 +657,18 @@ async fn a_policy_reads_the_whole_request_body_and_replaces_it_before_the_upstre
     let r = raw(gw.addr, &post("/orders/new", &json_of(400_100))).await;
     assert_eq!(r.status, 413);
     assert_eq!(r.json()["error"], "payload_too_large");
-    let r = raw(gw.addr, &post_chunked("/orders/new", &json_of(400_100))).await;
+    let r = raw(gw.addr, &post_chunked("/small/new", &json_of(2_000))).await;
     assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"], "payload_too_large");
     // a refusal of the policy's own
     let r = raw(gw.addr, &post("/orders/new", b"{not json")).await;
     assert_eq!(r.status, 400);
     assert!(r.json()["message"].as_str().unwrap().contains("not JSON"));
-    // chunked and over 64 KiB: Pingora cannot replay it (docs/writing-policies.md §7.6)
+    // chunked and over 64 KiB: Pingora cannot replay it (docs/writing-policies.md §7.6),
+    // refused as soon as it is over, not read to the route's limit
     let r = raw(gw.addr, &post_chunked("/orders/new", &json_of(100_000))).await;
+    assert_eq!(r.status, 411);
+    let r = raw(gw.addr, &post_chunked("/orders/new", &json_of(400_100))).await;
     assert_eq!(r.status, 411);
     assert_eq!(r.json()["error"], "length_required");
     assert_eq!(up.count(), count, "a refused request reached the upstream");
@@ -884,4 +890,60 @@ async fn the_outbound_client_trusts_its_ca_file_and_bounds_calls_in_flight() {
         &routes(&format!("ca_file = \"{}\"", bad.display())),
     );
     assert!(err.contains("server.outbound.ca_file:"), "{err}");
+}
+
+#[tokio::test]
+async fn a_held_body_answers_expect_continue_and_a_paused_one_gives_its_room_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start_program(
+        &example("json_body"),
+        &server_table(&format!(
+            "[server.limits]\nbody_buffer_total = \"1MiB\"\nbody_timeout = \"300ms\"\n{}\
+             [routes.r]\npaths = [\"/r\"]\nupstream = \"a\"\n\
+             [routes.r.policies.json_body]\nremove = [\"debug\"]\n",
+            upstream_table("a", &[up.addr])
+        )),
+        &[],
+    );
+    // the client waits for `100 Continue` before its body: the gateway, which reads the
+    // body before asking the upstream, sends it
+    let body = json_of(1000);
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /r/1 HTTP/1.1\r\nHost: h\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut interim))
+        .await
+        .expect("no 100 Continue")
+        .unwrap();
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&interim)
+    );
+    s.write_all(&body).await.unwrap();
+    let r = parse_response(&read_until_closed(&mut s, Duration::from_secs(10)).await);
+    assert_eq!(r.status, 200);
+    let seen = up.last().unwrap();
+    assert_eq!(
+        seen.header("expect"),
+        None,
+        "the upstream was asked to continue again"
+    );
+    assert!(!String::from_utf8_lossy(&seen.body).contains("debug"));
+
+    // a body that stops: 408 after body_timeout, and its room (reserved by its length)
+    // is free again
+    let mut stalled = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let big = post("/r/2", &json_of(800_000));
+    stalled.write_all(&big[..1000]).await.unwrap();
+    let r = parse_response(&read_until_closed(&mut stalled, Duration::from_secs(5)).await);
+    assert_eq!(r.status, 408);
+    let r = raw(gw.addr, &post("/r/3", &json_of(800_000))).await;
+    assert_eq!(r.status, 200, "the stalled body kept its room");
 }

@@ -154,6 +154,7 @@ impl GatewayBuilder {
             dns,
             bodies: Arc::new(crate::policy::body::Budget::new(
                 config.server.limits.body_buffer_total,
+                config.server.limits.body_timeout,
             )),
             reload_lock: Arc::default(),
             state,
@@ -291,7 +292,11 @@ impl GatewayHandle {
         match Config::reload_from(path, &self.registry, Some(&prior)) {
             Ok(c) => {
                 c.snapshot.outbound.attach(&self.metrics);
-                self.bodies.set_limit(c.server.limits.body_buffer_total);
+                // body_buffer_total applies on reload; body_timeout needs a restart
+                self.bodies.configure(
+                    c.server.limits.body_buffer_total,
+                    self.server.limits.body_timeout,
+                );
                 // fleet.md §13.5: new names (every name, when [server.dns] changed) are
                 // looked up before the new config takes effect, for at most
                 // `startup_wait`; names that stay keep their answers
@@ -304,6 +309,9 @@ impl GatewayHandle {
                 let digest = c.snapshot.digest.clone();
                 let needs_restart = self.server.needs_restart(&c.server);
                 self.state.store(c.snapshot.clone());
+                // the old configuration's state that the new one did not take over goes
+                // now (its tasks stop), whoever still holds that configuration
+                prior.states.retire();
                 drop(pinned);
                 self.dns.prune();
                 forget_left(&self.metrics, &prior, &c.snapshot);

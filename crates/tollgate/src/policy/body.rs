@@ -7,10 +7,11 @@
 //! is read with that buffer switched on for its last 64 KiB only: the proxy then sends
 //! that tail, and the gateway puts the whole held body in its place. A body of unknown
 //! length (chunked, or HTTP/2 without `Content-Length`) over 64 KiB cannot be handed
-//! back and is refused with 411 `length_required`.
+//! back and is refused with 411 `length_required` as soon as it is over.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
@@ -27,19 +28,29 @@ pub(crate) const REPLAY: usize = 64 << 10;
 pub(crate) struct Budget {
     limit: AtomicUsize,
     used: AtomicUsize,
+    /// The longest pause while a held request body arrives (`body_timeout`), in ms.
+    pause_ms: AtomicU64,
 }
 
 impl Budget {
-    pub(crate) fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize, pause: Duration) -> Self {
         Self {
             limit: AtomicUsize::new(limit),
             used: AtomicUsize::new(0),
+            pause_ms: AtomicU64::new(pause.as_millis() as u64),
         }
     }
 
-    /// A new limit, for reservations made after this.
-    pub(crate) fn set_limit(&self, limit: usize) {
+    /// New limits, for reservations and reads that start after this.
+    pub(crate) fn configure(&self, limit: usize, pause: Duration) {
         self.limit.store(limit, Ordering::Relaxed);
+        self.pause_ms
+            .store(pause.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The longest pause while a held request body arrives.
+    pub(crate) fn pause(&self) -> Duration {
+        Duration::from_millis(self.pause_ms.load(Ordering::Relaxed))
     }
 
     /// Bytes held now.
@@ -48,7 +59,7 @@ impl Budget {
         self.used.load(Ordering::Relaxed)
     }
 
-    /// Takes `n` bytes, if they fit.
+    /// Takes `n` bytes, if they fit (nothing always fits).
     pub(crate) fn reserve(self: &Arc<Self>, n: usize) -> Option<Reservation> {
         let mut r = Reservation {
             budget: self.clone(),
@@ -68,6 +79,9 @@ pub(crate) struct Reservation {
 impl Reservation {
     /// Takes `n` more bytes, if they fit.
     pub(crate) fn grow(&mut self, n: usize) -> bool {
+        if n == 0 {
+            return true;
+        }
         let limit = self.budget.limit.load(Ordering::Relaxed);
         let took = self
             .budget
@@ -100,16 +114,31 @@ impl Drop for Reservation {
 #[derive(Debug)]
 pub(crate) struct HeldBody {
     pub(crate) bytes: Bytes,
-    _room: Reservation,
+    room: Reservation,
 }
 
-/// Reads the whole request body, up to `cap` bytes, into memory taken from `budget`.
-/// `Ok(Err(reply))` is the refusal: 413 past `cap`, 503 when the budget is full, 411
-/// for a body of unknown length that cannot be handed back to the proxy.
+impl HeldBody {
+    /// Takes room for what `bytes` holds now (a policy may have made it longer).
+    pub(crate) fn fits(&mut self) -> bool {
+        self.room.grow_to(self.bytes.len())
+    }
+}
+
+/// The refusal of a request whose body finds no room.
+pub(crate) fn no_room() -> Reply {
+    Reply::refuse_with(ErrorCode::Overloaded, "the gateway's body buffers are full")
+        .header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
+}
+
+/// Reads the whole request body, up to `cap` bytes, into memory taken from `budget`,
+/// each piece within `pause` of the last. `Ok(Err(reply))` is the refusal: 413 past
+/// `cap`, 503 when the budget is full, 408 for a pause, 411 for a body of unknown length
+/// that cannot be handed back to the proxy.
 pub(crate) async fn read_request(
     session: &mut Session,
     cap: usize,
     budget: &Arc<Budget>,
+    pause: Duration,
 ) -> pingora::Result<Result<HeldBody, Reply>> {
     let too_large = || {
         Reply::refuse_with(
@@ -117,21 +146,23 @@ pub(crate) async fn read_request(
             format!("the request body is larger than {cap} bytes"),
         )
     };
-    let no_room = || {
-        Reply::refuse_with(ErrorCode::Overloaded, "the gateway's body buffers are full")
-            .header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
-    };
-    let declared = session
-        .req_header()
-        .headers
+    let headers = &session.req_header().headers;
+    let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let expects = headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if declared.is_some_and(|n| n > cap) {
         return Ok(Err(too_large()));
     }
     let Some(mut room) = budget.reserve(declared.unwrap_or(0)) else {
         return Ok(Err(no_room()));
     };
+    if expects && !session.as_mut().is_body_empty() {
+        // the body is read before any upstream is asked: the gateway says go on
+        session.as_mut().write_continue_response().await?;
+    }
     let mut held = BytesMut::with_capacity(declared.unwrap_or(0));
     let mut replaying = false;
     loop {
@@ -143,26 +174,35 @@ pub(crate) async fn read_request(
             session.as_mut().enable_retry_buffering();
             replaying = true;
         }
-        let Some(piece) = session.read_request_body().await? else {
+        let piece = match tokio::time::timeout(pause, session.read_request_body()).await {
+            Ok(piece) => piece?,
+            Err(_) => {
+                return Ok(Err(Reply::refuse_with(
+                    ErrorCode::RequestTimeout,
+                    "the request body paused for too long",
+                )))
+            }
+        };
+        let Some(piece) = piece else {
             break;
         };
         if held.len() + piece.len() > cap {
             return Ok(Err(too_large()));
+        }
+        if declared.is_none() && held.len() + piece.len() > REPLAY {
+            return Ok(Err(Reply::refuse_with(
+                ErrorCode::LengthRequired,
+                format!("a request body over {REPLAY} bytes on this route needs a Content-Length"),
+            )));
         }
         if !room.grow_to(held.len() + piece.len()) {
             return Ok(Err(no_room()));
         }
         held.extend_from_slice(&piece);
     }
-    if declared.is_none() && session.as_ref().retry_buffer_truncated() {
-        return Ok(Err(Reply::refuse_with(
-            ErrorCode::LengthRequired,
-            format!("a request body over {REPLAY} bytes on this route needs a Content-Length"),
-        )));
-    }
     Ok(Ok(HeldBody {
         bytes: held.freeze(),
-        _room: room,
+        room,
     }))
 }
 
@@ -255,7 +295,7 @@ mod tests {
 
     #[test]
     fn the_budget_is_shared_and_given_back() {
-        let b = Arc::new(Budget::new(100));
+        let b = Arc::new(Budget::new(100, Duration::from_secs(1)));
         let mut one = b.reserve(60).unwrap();
         assert!(b.reserve(50).is_none(), "60 + 50 > 100");
         let two = b.reserve(40).unwrap();
@@ -267,13 +307,13 @@ mod tests {
         assert_eq!(b.used(), 90);
         drop(one);
         assert_eq!(b.used(), 0);
-        b.set_limit(10);
+        b.configure(10, Duration::from_secs(1));
         assert!(b.reserve(11).is_none());
     }
 
     #[test]
     fn a_response_over_the_cap_is_released_whole_never_cut() {
-        let b = Arc::new(Budget::new(1 << 20));
+        let b = Arc::new(Budget::new(1 << 20, Duration::from_secs(1)));
         let mut h = HeldResponse::start(None, 10, &b).unwrap();
         assert!(matches!(h.push(b"12345"), Hold::Held));
         match h.push(b"678901") {
@@ -284,7 +324,7 @@ mod tests {
             HeldResponse::start(Some(11), 10, &b),
             Err(NotHeld::TooLarge)
         ));
-        let tight = Arc::new(Budget::new(4));
+        let tight = Arc::new(Budget::new(4, Duration::from_secs(1)));
         let mut h = HeldResponse::start(None, 10, &tight).unwrap();
         assert!(matches!(h.push(b"1234"), Hold::Held));
         assert!(matches!(h.push(b"5"), Hold::Release(_, NotHeld::NoRoom)));

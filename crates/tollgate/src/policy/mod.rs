@@ -353,10 +353,12 @@ impl<'a> BuildCtx<'a> {
 
     /// Runs `task` in the background for as long as `state` (from this context's
     /// [`state`](BuildCtx::state) methods) is kept: a periodic refresh of a key set, an
-    /// expiry sweep. It starts once, when the state is made (a reload that hands the
-    /// state over keeps the task running, and starts no second one), gets the state
-    /// weakly, and is stopped when the state is dropped. Tasks start once the gateway
-    /// runs; `tollgate check` and `BuildCtx::new` start none.
+    /// expiry sweep. One task per state value: the first call for a value made in this
+    /// build registers it; later calls for the same value (another instance of shared
+    /// state) and calls for a value handed over by a reload (its task runs already)
+    /// start none. It gets the state weakly, and stops when the state is dropped: at
+    /// the reload that no longer asks for it. Tasks start once the gateway runs;
+    /// `tollgate check` and `BuildCtx::new` start none.
     pub fn background<T, F, Fut>(&self, state: &Arc<T>, task: F)
     where
         T: Send + Sync + 'static,
@@ -775,7 +777,7 @@ impl Chain {
         cx: &mut RequestCtx,
         budget: Option<&Arc<body::Budget>>,
     ) -> Result<Option<Reply>> {
-        let (Some(limit), Some(cap)) = (p.request_body_limit(), self.request_cap) else {
+        let Some(limit) = p.request_body_limit() else {
             return Ok(None);
         };
         if cx.body.is_none() {
@@ -783,11 +785,20 @@ impl Chain {
             let budget = match budget {
                 Some(b) => b,
                 None => {
-                    unbounded = Arc::new(body::Budget::new(usize::MAX));
+                    let pause = std::time::Duration::from_secs(60);
+                    unbounded = Arc::new(body::Budget::new(usize::MAX, pause));
                     &unbounded
                 }
             };
-            match body::read_request(session, cap, budget).await? {
+            // the largest limit among the policies this request runs (a consumer's
+            // own entries included), not among every consumer's
+            let o = self.overrides(cx);
+            let cap = self
+                .policies
+                .iter()
+                .filter_map(|l| l.effective(o).request_body_limit());
+            let cap = cap.max().unwrap_or(limit);
+            match body::read_request(session, cap, budget, budget.pause()).await? {
                 Ok(held) => cx.body = Some(held),
                 Err(reply) => return Ok(Some(reply)),
             }
@@ -803,13 +814,27 @@ impl Chain {
         }
         let mut bytes = std::mem::take(&mut held.bytes);
         let flow = p.request_body(session, cx, &mut bytes).await;
-        if let Some(held) = cx.body.as_mut() {
-            held.bytes = bytes;
-        }
+        let Some(held) = cx.body.as_mut() else {
+            return Ok(None);
+        };
+        held.bytes = bytes;
         Ok(match flow? {
+            // a longer body takes more room
+            Flow::Continue if !held.fits() => Some(body::no_room()),
             Flow::Continue => None,
             Flow::Respond(r) => Some(r),
         })
+    }
+
+    /// The largest response body this request's policies need whole (a consumer's own
+    /// entries included), if one does.
+    pub(crate) fn response_cap_for(&self, cx: &RequestCtx) -> Option<usize> {
+        self.response_cap?;
+        let o = self.overrides(cx);
+        self.policies
+            .iter()
+            .filter_map(|l| l.effective(o).response_body_limit())
+            .max()
     }
 
     /// Runs every policy's `response_body` on the whole response body.
@@ -817,7 +842,9 @@ impl Chain {
         let o = self.overrides(cx);
         for l in &self.policies {
             let p = l.effective(o);
-            if p.response_body_limit().is_some() {
+            if p.response_body_limit()
+                .is_some_and(|limit| body.len() <= limit)
+            {
                 p.response_body(cx, body)?;
             }
         }

@@ -30,12 +30,13 @@ struct Key {
     key: u64,
 }
 
-/// One piece of state, and what stops its tasks when the last configuration holding
-/// it is dropped.
+/// One piece of state, what stops its tasks when the last configuration holding it is
+/// dropped, and its tasks until one of those configurations starts them.
 #[derive(Clone)]
 struct Held {
     value: Arc<dyn Any + Send + Sync>,
     stop: Arc<Stop>,
+    unstarted: Arc<Mutex<Vec<Task>>>,
 }
 
 /// Dropping it ends the tasks of its state (each waits on one of these senders).
@@ -45,28 +46,37 @@ struct Stop(Mutex<Vec<tokio::sync::oneshot::Sender<()>>>);
 /// The state of one configuration's policies.
 #[derive(Default)]
 pub(crate) struct States {
-    held: HashMap<Key, Held>,
-    /// Tasks of state made for this configuration, until the gateway starts them.
-    pending: Mutex<Vec<Task>>,
+    held: Mutex<HashMap<Key, Held>>,
 }
 
 impl std::fmt::Debug for States {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("States")
-            .field("held", &self.held.len())
-            .finish_non_exhaustive()
+        f.debug_struct("States").finish_non_exhaustive()
     }
 }
 
 impl States {
-    /// Starts the tasks of state this configuration made, on the current runtime.
-    /// Idempotent: each task starts once.
+    /// Starts the tasks of this configuration's state that have not started yet (made
+    /// for it, or for one it replaced before they started), on the current runtime.
     pub(crate) fn start_pending(&self) {
-        let tasks =
-            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        for t in tasks {
-            tokio::spawn(t);
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        for h in held.values() {
+            let tasks =
+                std::mem::take(&mut *h.unstarted.lock().unwrap_or_else(PoisonError::into_inner));
+            for t in tasks {
+                tokio::spawn(t);
+            }
         }
+    }
+
+    /// Ends this configuration's hold on its state, once another is in force: what the
+    /// new one did not take over is dropped (its tasks stop), even while something
+    /// still holds this configuration.
+    pub(crate) fn retire(&self) {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 }
 
@@ -74,8 +84,8 @@ impl States {
 #[derive(Default)]
 pub(crate) struct StatesBuilder<'a> {
     prior: Option<&'a States>,
-    made: Mutex<(HashMap<Key, Held>, Vec<Task>)>,
-    /// The values made (not handed over) in this build, whose tasks may start.
+    made: Mutex<HashMap<Key, Held>>,
+    /// The values made (not handed over) in this build whose task is not chosen yet.
     fresh: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
 }
 
@@ -90,13 +100,12 @@ impl<'a> StatesBuilder<'a> {
 
     /// The configuration's state; its tasks are started by [`States::start_pending`].
     pub(crate) fn finish(self) -> States {
-        let (held, pending) = self
-            .made
-            .into_inner()
-            .unwrap_or_else(PoisonError::into_inner);
         States {
-            held,
-            pending: Mutex::new(pending),
+            held: Mutex::new(
+                self.made
+                    .into_inner()
+                    .unwrap_or_else(PoisonError::into_inner),
+            ),
         }
     }
 
@@ -123,14 +132,17 @@ impl<'a> StatesBuilder<'a> {
             key,
         };
         let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
-        let found = made
-            .0
-            .get(&key)
-            .or_else(|| self.prior.and_then(|p| p.held.get(&key)))
-            .cloned();
+        let found = made.get(&key).cloned().or_else(|| {
+            let prior = self
+                .prior?
+                .held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            prior.get(&key).cloned()
+        });
         if let Some(h) = found {
             if let Ok(v) = h.value.clone().downcast::<T>() {
-                made.0.insert(key, h);
+                made.insert(key, h);
                 return v;
             }
         }
@@ -138,8 +150,9 @@ impl<'a> StatesBuilder<'a> {
         let held = Held {
             value: v.clone(),
             stop: Arc::default(),
+            unstarted: Arc::default(),
         };
-        made.0.insert(key, held);
+        made.insert(key, held);
         self.fresh
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -154,18 +167,17 @@ impl<'a> StatesBuilder<'a> {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let as_any: Arc<dyn Any + Send + Sync> = state.clone();
-        let fresh = self
-            .fresh
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .any(|v| Arc::ptr_eq(v, &as_any));
-        if !fresh {
-            // handed over: its task runs already
-            return;
+        {
+            // the first call for a value made in this build: later calls (another
+            // instance of shared state, a handed-over value) start nothing
+            let mut fresh = self.fresh.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(i) = fresh.iter().position(|v| Arc::ptr_eq(v, &as_any)) else {
+                return;
+            };
+            fresh.swap_remove(i);
         }
-        let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(held) = made.0.values().find(|h| Arc::ptr_eq(&h.value, &as_any)) else {
+        let made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(held) = made.values().find(|h| Arc::ptr_eq(&h.value, &as_any)) else {
             return;
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -175,12 +187,15 @@ impl<'a> StatesBuilder<'a> {
             .unwrap_or_else(PoisonError::into_inner)
             .push(tx);
         let work = task(Arc::downgrade(state));
-        made.1.push(Box::pin(async move {
-            tokio::select! {
-                () = work => {}
-                _ = rx => {}
-            }
-        }));
+        held.unstarted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Box::pin(async move {
+                tokio::select! {
+                    () = work => {}
+                    _ = rx => {}
+                }
+            }));
     }
 }
 
@@ -238,7 +253,7 @@ mod tests {
         let shared = cx(&first, 1).get(None, Some(7), || AtomicUsize::new(0));
         shared.fetch_add(1, Ordering::Relaxed);
         let first = first.finish();
-        assert_eq!(first.held.len(), 2);
+        assert_eq!(first.held.lock().unwrap().len(), 2);
 
         // same table: the same value
         let second = StatesBuilder::new(Some(&first));
@@ -284,25 +299,53 @@ mod tests {
             false
         };
         assert!(ticking(&ticks).await, "the task runs");
-        // a reload with the same table: the task goes on, no second one starts
+        // a reload with the same table: handed over, the task goes on, no second one;
+        // the first configuration is retired while something still holds it
         let second = build(Some(&first), 1);
+        first.retire();
         second.start_pending();
-        drop(first);
         assert!(ticking(&ticks).await, "still runs after the handover");
+        assert_eq!(started.load(Ordering::Relaxed), 1);
+        // a reload that changes the table: the old state and its task go, although the
+        // old configuration is still held
+        let third = build(Some(&second), 2);
+        second.retire();
         for _ in 0..100 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(started.load(Ordering::Relaxed), 1);
-        // a reload that changes the table: the old state and its task go
-        let third = build(Some(&second), 2);
-        drop(second);
-        third.start_pending();
-        assert_eq!(started.load(Ordering::Relaxed), 1, "not yet polled");
-        drop(third);
+        let n = ticks.load(Ordering::Relaxed);
+        assert!(!ticking(&ticks).await, "the old task stopped at {n} ticks");
+        // another reload before the third's task was started: the fourth starts it
+        let fourth = build(Some(&third), 2);
+        third.retire();
+        fourth.start_pending();
+        assert!(ticking(&ticks).await, "the handed-over task never started");
+        assert_eq!(started.load(Ordering::Relaxed), 2);
+        drop((first, second, third));
+        fourth.retire();
         for _ in 0..100 {
             tokio::task::yield_now().await;
         }
         let n = ticks.load(Ordering::Relaxed);
         assert!(!ticking(&ticks).await, "every task stopped at {n} ticks");
+    }
+
+    #[tokio::test]
+    async fn shared_state_gets_one_task_however_many_instances_ask() {
+        let started = Arc::new(AtomicUsize::new(0));
+        let b = StatesBuilder::new(None);
+        for _ in 0..3 {
+            let s = cx(&b, 0).get(None, Some(7), || ());
+            let started = started.clone();
+            cx(&b, 0).background(&s, move |_| async move {
+                started.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        let states = b.finish();
+        states.start_pending();
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(started.load(Ordering::Relaxed), 1);
     }
 }

@@ -499,7 +499,7 @@ impl ProxyHttp for Gateway {
         peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::standard();
         if up.http2 {
             // TLS: offer h2 and http/1.1 by ALPN; plain: HTTP/2 with prior knowledge (h2c)
-            let min = if up.tls { 1 } else { 2 };
+            let min = if tls { 1 } else { 2 };
             peer.options.set_http_version(2, min);
         } else {
             // a connection opened for this try carries this, for its head deadline
@@ -600,7 +600,11 @@ impl ProxyHttp for Gateway {
             // the body was read whole for the route's policies: the proxy replays the
             // last piece the client sent (Pingora's retry buffer); what goes upstream
             // is the whole body as the policies left it
-            *body = (end_of_stream && !held.bytes.is_empty()).then(|| held.bytes.clone());
+            // (an empty piece, not `None`, before the end: `None` ends the body)
+            *body = match end_of_stream {
+                true => (!held.bytes.is_empty()).then(|| held.bytes.clone()),
+                false => Some(bytes::Bytes::new()),
+            };
         }
         match st.route.clone() {
             Some(route) => route.chain.request_body_filter(cx, body, end_of_stream),
@@ -714,14 +718,22 @@ impl ProxyHttp for Gateway {
                 h.insert(X_CONSUMER_NAME.clone(), v);
             }
         })?;
-        if let Some(held) = cx
-            .body
-            .as_ref()
-            .filter(|h| !h.bytes.is_empty() || !session.is_body_empty())
-        {
-            // the policies' body, whatever its length now
-            up.remove_header(&header::TRANSFER_ENCODING);
-            up.insert_header(header::CONTENT_LENGTH, held.bytes.len())?;
+        if let Some(held) = &cx.body {
+            // the body was read, and `100 Continue` answered, by the gateway
+            up.remove_header(&header::EXPECT);
+            let bodiless = session.is_body_empty();
+            if !held.bytes.is_empty() && bodiless && st.upstream().is_some_and(|u| u.http2) {
+                // Pingora ends an HTTP/2 stream at its head when the client sent no body
+                return Error::e_explain(
+                    ErrorType::InternalError,
+                    "a policy gave a request without a body one: HTTP/2 upstreams cannot take it",
+                );
+            }
+            if !held.bytes.is_empty() || !bodiless {
+                // the policies' body, whatever its length now
+                up.remove_header(&header::TRANSFER_ENCODING);
+                up.insert_header(header::CONTENT_LENGTH, held.bytes.len())?;
+            }
         }
         route.chain.upstream_request_filter(cx, up)
     }
@@ -782,7 +794,7 @@ impl ProxyHttp for Gateway {
         })?;
         if let Some(route) = st.route.clone() {
             if !route.chain.is_empty() {
-                if let Some(cap) = route.chain.response_body_cap() {
+                if let Some(cap) = route.chain.response_cap_for(cx) {
                     self.hold_response(session, resp, cap, &route, st)?;
                 }
                 route.chain.response_filter(cx, resp)?;
@@ -837,14 +849,28 @@ impl ProxyHttp for Gateway {
         let (Some(held), Some(route)) = (st.held_response.as_mut(), st.route.clone()) else {
             return Ok(None);
         };
-        let mut whole = held.finish();
+        let original = held.finish();
         st.held_response = None;
-        route.chain.response_body(cx, &mut whole)?;
         tracing::warn!(
             route = %route.name,
             "unannounced response trailers after a body held whole were dropped"
         );
-        Ok(Some(whole))
+        // as at the body's end; a failing hook cannot end the response here (the head
+        // is gone and Pingora would send the trailers without the body): the body goes
+        // as the upstream sent it
+        let mut whole = original.clone();
+        let mut out = None;
+        if route.chain.response_body(cx, &mut whole).is_ok() {
+            let mut piece = Some(whole);
+            if route
+                .chain
+                .response_body_filter(cx, &mut piece, true)
+                .is_ok()
+            {
+                out = piece;
+            }
+        }
+        Ok(Some(out.unwrap_or(original)))
     }
 
     async fn fail_to_proxy(
