@@ -14,6 +14,12 @@ mod operations;
 mod policies;
 mod protocols;
 mod proxying;
+/// `examples/redact.rs` as a module, for its unit tests (written with
+/// `tollgate::testing`); as an example target it is built as a program, whose tests
+/// cargo would not run.
+#[path = "../../examples/redact.rs"]
+#[allow(dead_code)]
+mod redact_example;
 mod routing;
 mod shutdown;
 mod tls;
