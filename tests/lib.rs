@@ -1115,3 +1115,43 @@ impl Drop for RawUpstream {
         self.task.abort();
     }
 }
+
+/// A request body in pieces with no length known in advance (no `Content-Length`, as a
+/// streaming HTTP/2 client sends it).
+struct Pieces(std::collections::VecDeque<Bytes>);
+
+impl hyper::body::Body for Pieces {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// POSTs `body` over HTTP/2 (prior knowledge) in 16 KiB pieces without a
+/// `Content-Length`: (status, response body).
+pub async fn h2_post_streamed(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, Bytes) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let pieces = body.chunks(16 << 10).map(Bytes::copy_from_slice).collect();
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(Pieces(pieces))
+        .expect("request");
+    let resp = send.send_request(req).await.expect("response");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, body)
+}

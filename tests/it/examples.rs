@@ -947,3 +947,54 @@ async fn a_held_body_answers_expect_continue_and_a_paused_one_gives_its_room_bac
     let r = raw(gw.addr, &post("/r/3", &json_of(800_000))).await;
     assert_eq!(r.status, 200, "the stalled body kept its room");
 }
+
+#[tokio::test]
+async fn whole_request_bodies_over_http2_downstream() {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start_program(
+        &example("json_body"),
+        &server_table(&format!(
+            "{}[routes.r]\npaths = [\"/r\"]\nupstream = \"a\"\n\
+             [routes.r.policies.json_body]\nremove = [\"debug\"]\nstamp = true\n",
+            upstream_table("a", &[up.addr])
+        )),
+        &[],
+    );
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    // with a length, past the 64 KiB replay buffer: the whole edited body goes up
+    let body = json_of(200_000);
+    let r = h2
+        .post(gw.url("/r/1"))
+        .header("content-length", body.len())
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        v["request_id"].is_string(),
+        "the response was held and stamped: {v}"
+    );
+    let seen = up.last().unwrap();
+    assert_eq!(seen.body.len(), body.len() - r#""debug":true,"#.len());
+    assert_eq!(
+        seen.header("content-length"),
+        Some(seen.body.len().to_string().as_str())
+    );
+    // without a length (a streamed body): small ones work, larger are 411
+    let (status, _) = h2_post_streamed(gw.addr, "/r/2", &json_of(1_000)).await;
+    assert_eq!(status, 200);
+    let seen = up.last().unwrap();
+    assert!(!String::from_utf8_lossy(&seen.body).contains("debug"));
+    assert_eq!(
+        seen.header("content-length"),
+        Some(seen.body.len().to_string().as_str())
+    );
+    let (status, body) = h2_post_streamed(gw.addr, "/r/3", &json_of(100_000)).await;
+    assert_eq!(status, 411, "{}", String::from_utf8_lossy(&body));
+}
