@@ -7,7 +7,8 @@
 //!
 //! [routes.orders.policies.authorize]
 //! url = "http://authz.internal/check"  # required: answers 2xx to allow
-//! timeout = "300ms"                    # default 1s (at most [server.outbound] timeout)
+//! timeout = "300ms"                    # default 1s
+//! ca_file = "certs/authz-ca.pem"       # optional: the only roots trusted for this service
 //! ```
 //!
 //! The service gets `POST url` with `{"method", "path", "authorization"}` as JSON. A 2xx
@@ -36,6 +37,7 @@ use tollgate::{async_trait, ErrorCode, GatewayBuilder, Reply, RequestCtx, Sessio
 struct AuthorizeConfig {
     url: String,
     timeout: Option<ConfigDuration>,
+    ca_file: Option<String>,
 }
 
 struct Authorize {
@@ -68,7 +70,10 @@ impl PolicyConfig for AuthorizeConfig {
         Ok(Authorize {
             url,
             timeout: self.timeout.map_or(Duration::from_secs(1), |t| t.get()),
-            client: cx.http_client(),
+            client: match &self.ca_file {
+                Some(path) => cx.http_client_with_ca("ca_file", path)?,
+                None => cx.http_client(),
+            },
             unavailable: ErrorCode::custom(503, "authorizer_unavailable")
                 .map_err(|e| BuildError::new(e.to_string()))?,
         })

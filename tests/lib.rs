@@ -389,6 +389,12 @@ impl Gateway {
         Self::spawn(program, &[], toml, args, "warn")
     }
 
+    /// [`Gateway::start_program`], with `env` set for the program (`NAME=value`).
+    pub fn start_program_with_env(program: &Path, toml: &str, env: &[&str]) -> Self {
+        let script = format!("exec env {} '{}' \"$0\"", env.join(" "), program.display());
+        Self::spawn(Path::new("/bin/sh"), &["-c", &script], toml, &[], "warn")
+    }
+
     /// Like [`Gateway::start`], with the process's open-file limit set to `limit`
     /// (`ulimit -n`), to see the gateway run out of descriptors.
     pub fn start_with_fd_limit(bin: &Path, toml: &str, limit: u32) -> Self {

@@ -998,3 +998,40 @@ async fn whole_request_bodies_over_http2_downstream() {
     let (status, body) = h2_post_streamed(gw.addr, "/r/3", &json_of(100_000)).await;
     assert_eq!(status, 411, "{}", String::from_utf8_lossy(&body));
 }
+
+#[tokio::test]
+async fn a_policy_call_ignores_proxy_variables_takes_its_own_timeout_and_ca() {
+    let up = Upstream::start("a").await;
+    let (ca, leaf, key) = crate::tls::ca_and_leaf("localhost");
+    let authz_tls = Upstream::start_tls("authz", &leaf, &key).await;
+    let (authz, asked) = authorization_service().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("authz-ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let proxy = format!("http://{}", closed_port());
+    let gw = Gateway::start_program_with_env(
+        &example("authorize"),
+        &server_table(&format!(
+            "[server.outbound]\ntimeout = \"100ms\"\n{}\
+             [routes.tls]\npaths = [\"/tls\"]\nupstream = \"a\"\n\
+             [routes.tls.policies.authorize]\nurl = \"https://localhost:{}/check\"\nca_file = \"{}\"\n\
+             [routes.wait]\npaths = [\"/wait\"]\nupstream = \"a\"\n\
+             [routes.wait.policies.authorize]\nurl = \"http://{authz}/check\"\ntimeout = \"2s\"\n",
+            upstream_table("a", &[up.addr]),
+            authz_tls.addr.port(),
+            ca_file.display()
+        )),
+        &[
+            &format!("HTTP_PROXY={proxy}"),
+            &format!("HTTPS_PROXY={proxy}"),
+            &format!("ALL_PROXY={proxy}"),
+        ],
+    );
+    // the policy's CA, not the gateway's (system) roots; no proxy from the environment
+    assert_eq!(raw(gw.addr, &get("/tls/1", "")).await.status, 200);
+    assert_eq!(authz_tls.count(), 1);
+    // the call's 2 s, not the gateway's 100 ms default: the 300 ms answer arrives
+    let r = raw(gw.addr, &get("/wait/1", "authorization: Bearer wait\r\n")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

@@ -384,6 +384,36 @@ impl<'a> BuildCtx<'a> {
         }
     }
 
+    /// The gateway's HTTP client trusting only the certificates in the PEM file at
+    /// `path` (relative to the config file), for a policy with a CA of its own (an
+    /// identity provider on a private CA); its calls share the gateway's bound on calls
+    /// in flight and its metrics. Clients with the same file's contents share one pool,
+    /// kept across reloads.
+    ///
+    /// # Errors
+    /// The file cannot be read or holds no certificate: reported at `field`.
+    pub fn http_client_with_ca(
+        &self,
+        field: &str,
+        path: &str,
+    ) -> std::result::Result<HttpClient, BuildError> {
+        let file = self.config_dir.join(path);
+        let pem = std::fs::read(&file).map_err(|e| {
+            BuildError::field(field, format!("cannot read {}: {e}", file.display()))
+        })?;
+        outbound::Outbound::check_ca(&pem)
+            .map_err(|e| BuildError::field(field, format!("{}: {e}", file.display())))?;
+        let name = self.path.rsplit('.').next().unwrap_or(self.path);
+        let base = match self.outbound {
+            Some(o) => o.clone(),
+            None => Arc::new(outbound::Outbound::default()),
+        };
+        let client = self.shared_state(&("outbound-ca", &pem, base.key()), || {
+            base.with_ca(pem.clone())
+        });
+        Ok(HttpClient::new(client, name))
+    }
+
     /// The upstream called `name`, for a [`Target`] of [`Policy::upstream_peer`]:
     /// an error, reported at the policy's key `field`, when the configuration has
     /// no such upstream.

@@ -5,7 +5,7 @@
 //!
 //! ```toml
 //! [server.outbound]
-//! timeout = "10s"          # default; the longest a call may take, unless it says less
+//! timeout = "10s"          # default; the longest a call may take, unless it says otherwise
 //! max_in_flight = 256      # default; calls past it wait (within their timeout)
 //! ca_file = "certs/ca.pem" # default: the system's roots
 //! ```
@@ -44,8 +44,10 @@ pub(crate) struct Outbound {
     /// Made on the first call (reading the system's roots is not free, and `check`
     /// makes no calls).
     client: OnceLock<Result<reqwest::Client, String>>,
-    permits: Semaphore,
-    metrics: OnceLock<Metrics>,
+    /// Shared with the clients of other roots made from this one ([`Outbound::with_ca`]):
+    /// one bound, one set of metrics.
+    permits: Arc<Semaphore>,
+    metrics: Arc<OnceLock<Metrics>>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -66,11 +68,35 @@ impl Default for Outbound {
 impl Outbound {
     pub(crate) fn new(settings: Settings) -> Self {
         Self {
-            permits: Semaphore::new(settings.max_in_flight),
+            permits: Arc::new(Semaphore::new(settings.max_in_flight)),
             settings,
             client: OnceLock::new(),
-            metrics: OnceLock::new(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// This client's settings and bound, trusting only the roots in `pem` (checked):
+    /// for a policy with a CA file of its own.
+    pub(crate) fn with_ca(&self, pem: Vec<u8>) -> Self {
+        Self {
+            settings: Settings {
+                ca_pem: Some(pem),
+                ..self.settings.clone()
+            },
+            client: OnceLock::new(),
+            permits: self.permits.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// What tells this client from another gateway configuration's (a reload with
+    /// another `[server.outbound]` makes new clients of other roots too).
+    pub(crate) fn key(&self) -> (Duration, usize, Option<&[u8]>) {
+        (
+            self.settings.timeout,
+            self.settings.max_in_flight,
+            self.settings.ca_pem.as_deref(),
+        )
     }
 
     /// Where calls are counted (the gateway's metrics; set once it is built).
@@ -93,6 +119,8 @@ impl Outbound {
                 .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
                 .redirect(reqwest::redirect::Policy::none())
                 .pool_idle_timeout(Duration::from_secs(30))
+                // never through a proxy named by the environment (HTTP_PROXY, …)
+                .no_proxy()
                 .connect_timeout(self.settings.timeout);
             if let Some(pem) = &self.settings.ca_pem {
                 b = b.tls_built_in_root_certs(false);
@@ -124,12 +152,13 @@ pub enum OutboundError {
     Failed(String),
 }
 
-/// What one call may take: its timeout (at most `[server.outbound] timeout`) and the
-/// longest response body it accepts.
+/// What one call may take: its timeout (by default `[server.outbound] timeout`) and
+/// the longest response body it accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Call {
-    /// The longest the call may take, from waiting for a slot to the body's last byte;
+    /// The longest the call may take, from waiting for a slot to the body's last byte
+    /// (a policy's own setting, which may be longer or shorter than the gateway's);
     /// `None`: the gateway's `[server.outbound] timeout`.
     pub timeout: Option<Duration>,
     /// The longest response body accepted (default 16 MiB).
@@ -146,7 +175,7 @@ impl Default for Call {
 }
 
 impl Call {
-    /// This call with `timeout` (capped at the gateway's).
+    /// This call with `timeout` instead of the gateway's default.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
@@ -164,7 +193,9 @@ impl Call {
 /// The gateway's HTTP client, as one policy uses it
 /// ([`BuildCtx::http_client`](crate::policy::BuildCtx::http_client)): pooled
 /// connections over HTTP/1.1 or HTTP/2 (by ALPN), TLS verified against the system's
-/// roots or `[server.outbound] ca_file`, no redirects followed. Every call has a
+/// roots or `[server.outbound] ca_file` (or the policy's own, from
+/// [`BuildCtx::http_client_with_ca`](crate::policy::BuildCtx::http_client_with_ca)),
+/// no redirects followed, no proxy from the environment. Every call has a
 /// timeout and counts in `tollgate_outbound_requests_total{policy,status}` and
 /// `tollgate_outbound_request_duration_seconds{policy}`. Cheap to clone.
 #[derive(Clone)]
@@ -209,8 +240,7 @@ impl HttpClient {
         req: http::Request<Bytes>,
         call: Call,
     ) -> Result<http::Response<Bytes>, OutboundError> {
-        let limit = self.outbound.settings.timeout;
-        let timeout = call.timeout.map_or(limit, |t| t.min(limit));
+        let timeout = call.timeout.unwrap_or(self.outbound.settings.timeout);
         let start = Instant::now();
         let result = match tokio::time::timeout(timeout, self.exchange(req, call.max_body)).await {
             Ok(r) => r,
