@@ -428,18 +428,15 @@ async fn authorization_service_counting() -> (
                 peak.fetch_max(now, Ordering::SeqCst);
                 let text = String::from_utf8_lossy(&buf).into_owned();
                 let answer = if text.contains("\"authorization\":\"Bearer good\"") {
-                    "HTTP/1.1 200 OK\r\nx-user: ann\r\ncontent-length: 0\r\n\r\n"
+                    "HTTP/1.1 200 OK\r\nx-user: ann\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                 } else if text.contains("Bearer wait") {
                     tokio::time::sleep(Duration::from_millis(300)).await;
-                    "HTTP/1.1 200 OK
-content-length: 0
-
-"
+                    "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                 } else if text.contains("Bearer slow") {
                     tokio::time::sleep(Duration::from_secs(2)).await;
-                    "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+                    "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                 } else {
-                    "HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n"
+                    "HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                 };
                 open.fetch_sub(1, Ordering::SeqCst);
                 let _ = s.write_all(answer.as_bytes()).await;
