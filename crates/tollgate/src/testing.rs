@@ -300,8 +300,7 @@ impl PolicyTest {
         outcome.target = chain.upstream_peer(&session, cx)?;
         let mut up = session.req_header().clone();
         if let Some(held) = &cx.body {
-            up.remove_header(&http::header::TRANSFER_ENCODING);
-            up.insert_header(http::header::CONTENT_LENGTH, held.bytes.len())?;
+            held.frame(&mut up, !session.is_body_empty())?;
         }
         chain.upstream_request_filter(cx, &mut up)?;
         outcome.upstream_request = Some(up);
@@ -351,7 +350,7 @@ impl Outcome {
         let whole: Vec<u8> = pieces.concat();
         let held = self
             .chain
-            .response_body_cap()
+            .response_cap_for(&self.cx)
             .is_some_and(|cap| whole.len() <= cap);
         if held {
             crate::policy::body_length_changes(&mut head)?;

@@ -966,6 +966,7 @@ fn policies(cx: &mut Ctx<'_>, v: Option<&Value<'_>>, path: &str) -> Vec<(Arc<str
     for (k, val) in t.iter() {
         let name = k.get_ref().as_ref();
         let ppath = join(path, name);
+        let table = || table_hash(val);
         let bcx = BuildCtx {
             config_dir: cx.config_dir,
             path: &ppath,
@@ -973,7 +974,7 @@ fn policies(cx: &mut Ctx<'_>, v: Option<&Value<'_>>, path: &str) -> Vec<(Arc<str
             upstreams: Some(&cx.upstream_names),
             state: Some(StateCx {
                 builder: &cx.states,
-                table: table_hash(val),
+                table: &table,
             }),
             outbound: cx.outbound.as_ref(),
         };

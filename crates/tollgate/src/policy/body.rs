@@ -118,6 +118,22 @@ pub(crate) struct HeldBody {
 }
 
 impl HeldBody {
+    /// Frames the upstream request for this body, which the gateway read (and answered
+    /// `100 Continue` for): no `Expect`, and the body's own `Content-Length` when there
+    /// is a body to send (`client_sent_body`, or one a policy gave it).
+    pub(crate) fn frame(
+        &self,
+        req: &mut pingora::http::RequestHeader,
+        client_sent_body: bool,
+    ) -> pingora::Result<()> {
+        req.remove_header(&http::header::EXPECT);
+        if !self.bytes.is_empty() || client_sent_body {
+            req.remove_header(&http::header::TRANSFER_ENCODING);
+            req.insert_header(http::header::CONTENT_LENGTH, self.bytes.len())?;
+        }
+        Ok(())
+    }
+
     /// Takes room for what `bytes` holds now (a policy may have made it longer).
     pub(crate) fn fits(&mut self) -> bool {
         self.room.grow_to(self.bytes.len())

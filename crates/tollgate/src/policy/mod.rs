@@ -375,13 +375,8 @@ impl<'a> BuildCtx<'a> {
     /// `[server.outbound]` settings and no metrics.
     pub fn http_client(&self) -> HttpClient {
         let name = self.path.rsplit('.').next().unwrap_or(self.path);
-        match self.outbound {
-            Some(o) => HttpClient::new(o.clone(), name),
-            None => HttpClient::new(
-                Arc::new(outbound::Outbound::new(outbound::Settings::default())),
-                name,
-            ),
-        }
+        let outbound = self.outbound.cloned().unwrap_or_default();
+        HttpClient::new(outbound, name)
     }
 
     /// The gateway's HTTP client trusting only the certificates in the PEM file at
@@ -404,11 +399,8 @@ impl<'a> BuildCtx<'a> {
         outbound::Outbound::check_ca(&pem)
             .map_err(|e| BuildError::field(field, format!("{}: {e}", file.display())))?;
         let name = self.path.rsplit('.').next().unwrap_or(self.path);
-        let base = match self.outbound {
-            Some(o) => o.clone(),
-            None => Arc::new(outbound::Outbound::default()),
-        };
-        let client = self.shared_state(&("outbound-ca", &pem, base.key()), || {
+        let base = self.outbound.cloned().unwrap_or_default();
+        let client = self.shared_state(&("outbound-ca", &pem, base.settings()), || {
             base.with_ca(pem.clone())
         });
         Ok(HttpClient::new(client, name))
@@ -685,16 +677,6 @@ impl Chain {
             self.response_cap = self.response_cap.max(p.response_body_limit());
         }
         self
-    }
-
-    /// The largest request body a policy of the chain needs whole, if one does.
-    pub fn request_body_cap(&self) -> Option<usize> {
-        self.request_cap
-    }
-
-    /// The largest response body a policy of the chain needs whole, if one does.
-    pub fn response_body_cap(&self) -> Option<usize> {
-        self.response_cap
     }
 
     /// The request's consumer's own policies, if it has some: looked up in the chain,

@@ -89,14 +89,9 @@ impl Outbound {
         }
     }
 
-    /// What tells this client from another gateway configuration's (a reload with
-    /// another `[server.outbound]` makes new clients of other roots too).
-    pub(crate) fn key(&self) -> (Duration, usize, Option<&[u8]>) {
-        (
-            self.settings.timeout,
-            self.settings.max_in_flight,
-            self.settings.ca_pem.as_deref(),
-        )
+    /// Its settings (what tells it from the client of another `[server.outbound]`).
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// Where calls are counted (the gateway's metrics; set once it is built).

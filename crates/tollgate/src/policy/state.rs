@@ -204,15 +204,14 @@ impl<'a> StatesBuilder<'a> {
 #[derive(Clone, Copy)]
 pub(crate) struct StateCx<'a> {
     pub(crate) builder: &'a StatesBuilder<'a>,
-    /// A hash of the policy's table (its default key).
-    pub(crate) table: u64,
+    /// Hashes the policy's table (its default key): only for a policy that asks for
+    /// state by it, not for every policy of a large configuration.
+    pub(crate) table: &'a (dyn Fn() -> u64 + 'a),
 }
 
 impl std::fmt::Debug for StateCx<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateCx")
-            .field("table", &self.table)
-            .finish_non_exhaustive()
+        f.debug_struct("StateCx").finish_non_exhaustive()
     }
 }
 
@@ -223,7 +222,8 @@ impl StateCx<'_> {
         key: Option<u64>,
         init: impl FnOnce() -> T,
     ) -> Arc<T> {
-        self.builder.get(scope, key.unwrap_or(self.table), init)
+        self.builder
+            .get(scope, key.unwrap_or_else(self.table), init)
     }
 
     pub(crate) fn background<T, F, Fut>(&self, state: &Arc<T>, task: F)
@@ -242,7 +242,11 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn cx<'a>(b: &'a StatesBuilder<'a>, table: u64) -> StateCx<'a> {
-        StateCx { builder: b, table }
+        // a table that hashes to `table` (leaked: a test's few bytes)
+        StateCx {
+            builder: b,
+            table: Box::leak(Box::new(move || table)),
+        }
     }
 
     #[test]

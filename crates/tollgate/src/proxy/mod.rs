@@ -719,8 +719,6 @@ impl ProxyHttp for Gateway {
             }
         })?;
         if let Some(held) = &cx.body {
-            // the body was read, and `100 Continue` answered, by the gateway
-            up.remove_header(&header::EXPECT);
             let bodiless = session.is_body_empty();
             if !held.bytes.is_empty() && bodiless && st.upstream().is_some_and(|u| u.http2) {
                 // Pingora ends an HTTP/2 stream at its head when the client sent no body
@@ -729,11 +727,7 @@ impl ProxyHttp for Gateway {
                     "a policy gave a request without a body one: HTTP/2 upstreams cannot take it",
                 );
             }
-            if !held.bytes.is_empty() || !bodiless {
-                // the policies' body, whatever its length now
-                up.remove_header(&header::TRANSFER_ENCODING);
-                up.insert_header(header::CONTENT_LENGTH, held.bytes.len())?;
-            }
+            held.frame(up, !bodiless)?;
         }
         route.chain.upstream_request_filter(cx, up)
     }
