@@ -1032,3 +1032,28 @@ async fn a_policy_call_ignores_proxy_variables_takes_its_own_timeout_and_ca() {
     assert_eq!(r.status, 200);
     assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn body_buffer_total_applies_on_reload() {
+    let up = Upstream::start("a").await;
+    let gw = Gateway::start_program(
+        &example("json_body"),
+        &server_table_admin(&format!(
+            "[server.limits]\nbody_buffer_total = \"64KiB\"\n{}\
+             [routes.r]\npaths = [\"/r\"]\nupstream = \"a\"\n\
+             [routes.r.policies.json_body]\nremove = [\"debug\"]\n",
+            upstream_table("a", &[up.addr])
+        )),
+        &[],
+    );
+    let r = raw(gw.addr, &post("/r/1", &json_of(100_000))).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "overloaded");
+    let full = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(&gw.config, full.replace("\"64KiB\"", "\"1MiB\"")).unwrap();
+    gw.signal("HUP");
+    assert!(reloaded(&gw, 1).await, "no reload");
+    // CROSSCUTTING.md rule 4.2: a new request gets the new total
+    let r = raw(gw.addr, &post("/r/2", &json_of(100_000))).await;
+    assert_eq!(r.status, 200);
+}

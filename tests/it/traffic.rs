@@ -362,3 +362,34 @@ async fn an_unreachable_redis_allows_or_denies_as_configured() {
         );
     }
 }
+
+#[tokio::test]
+async fn rate_limit_counts_survive_a_reload_that_changes_its_table() {
+    let up = Upstream::start("a").await;
+    let routes = |requests: u64| {
+        format!(
+            "{}[routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n\
+             [routes.r.policies.rate_limit]\nrequests = {requests}\nwindow = \"1h\"\nby = \"route\"\n",
+            upstream_table("a", &[up.addr])
+        )
+    };
+    let gw = gateway_with_admin(&routes(3));
+    for _ in 0..3 {
+        assert_eq!(raw(gw.addr, &get("/", "")).await.status, 200);
+    }
+    assert_eq!(raw(gw.addr, &get("/", "")).await.status, 429);
+    // CROSSCUTTING.md rule 7.5: the counts are kept (the 4 requests already counted),
+    // whatever else of the table changes; only the new budget applies
+    let full = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(&gw.config, full.replace("requests = 3", "requests = 6")).unwrap();
+    assert_eq!(admin_reload(&gw).await.0, 200);
+    let r = raw(gw.addr, &get("/", "")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("ratelimit-remaining"),
+        Some("1"),
+        "counted from zero again"
+    );
+    assert_eq!(raw(gw.addr, &get("/", "")).await.status, 200);
+    assert_eq!(raw(gw.addr, &get("/", "")).await.status, 429);
+}
