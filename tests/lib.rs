@@ -8,11 +8,15 @@
 //!   the binary reports the address it bound.
 //! - [`raw`]: sends exact bytes and reads the whole answer, for requests a normal
 //!   client would "fix" before sending (dot segments, odd framing).
+//! - [`IdentityProvider`]: a real OpenID Connect discovery, JWKS and RFC 7662
+//!   introspection server whose answers the test sets.
 //! - [`DnsServer`]: a real authoritative DNS server (UDP and TCP on one loopback port)
 //!   with a zone the test edits, per-name failure [`Rule`]s and a log of the queries.
 
 pub mod dns;
+pub mod idp;
 pub use dns::{DnsServer, Rule};
+pub use idp::{Answer, IdentityProvider};
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

@@ -241,7 +241,9 @@ async fn basic_auth_verifies_argon2_and_bcrypt_and_hides_credentials() {
         "{}[consumers.alice]\nbasic = {{ username = \"alice\", password_hash = \"{}\" }}\n\
          [consumers.bob]\nbasic = {{ username = \"bob\", password_hash = \"{}\" }}\napi_keys = [\"k-bob\"]\n\
          [routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n\
-         [routes.r.policies.basic_auth]\nrealm = \"orders\"\n[routes.r.policies.key_auth]\n",
+         [routes.r.policies.basic_auth]\nrealm = \"orders\"\n[routes.r.policies.key_auth]\n\
+         [routes.b]\npaths = [\"/basic\"]\nupstream = \"a\"\n\
+         [routes.b.policies.basic_auth]\nrealm = \"orders\"\n",
         upstream_table("a", &[up.addr]),
         argon2_hash("alice-pw"),
         bcrypt::hash("bob-pw", 4).unwrap(),
@@ -276,10 +278,21 @@ async fn basic_auth_verifies_argon2_and_bcrypt_and_hides_credentials() {
         ),
         (String::new(), "missing Basic credentials"),
     ] {
-        let r = raw(gw.addr, &get("/", &headers)).await;
+        let r = raw(gw.addr, &get("/basic", &headers)).await;
         assert_eq!(r.status, 401, "{headers:?}");
         assert_eq!(r.header("www-authenticate"), Some("Basic realm=\"orders\""));
         assert_eq!(r.json()["message"], message);
+        // with key_auth too: one 401 with both challenges, key_auth's first (it runs
+        // first, CROSSCUTTING.md rule 2.1)
+        let r = raw(gw.addr, &get("/", &headers)).await;
+        assert_eq!(r.status, 401, "{headers:?}");
+        let challenges: Vec<&str> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "www-authenticate")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(challenges, ["Key", "Basic realm=\"orders\""]);
     }
     assert_eq!(up.count(), 3);
 }

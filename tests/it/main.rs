@@ -9,6 +9,7 @@ mod cli;
 mod dns;
 mod examples;
 mod hardening;
+mod identity;
 mod jwt;
 mod operations;
 mod policies;

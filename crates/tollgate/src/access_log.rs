@@ -83,6 +83,7 @@ impl AccessLogger {
             "upstream": cx.backend().map(|a| a.to_string()),
             "upstream_name": upstream_name,
             "consumer": cx.consumer.as_ref().map(|c| c.name.as_str()),
+            "auth": cx.authenticated_by(),
             "duration_ms": elapsed.as_secs_f64() * 1000.0,
             "upstream_ms": upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
             "bytes_sent": bytes,

@@ -52,6 +52,13 @@ pub struct RequestCtx {
     pub(crate) chain: ChainProgress,
     /// The whole request body, when a policy of the route needs it.
     pub(crate) body: Option<crate::policy::body::HeldBody>,
+    /// Headers the authenticating policy set for the upstream ([`RequestCtx::set_identity_header`]).
+    pub(crate) identity_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The consumer an authentication policy offered for a credential that was valid
+    /// but named no consumer ([`RequestCtx::offer_anonymous`]).
+    pub(crate) anonymous: Option<Arc<Consumer>>,
+    /// The name of the policy that authenticated the request.
+    pub(crate) auth: Option<Arc<str>>,
 }
 
 /// Which policies of a route's chain ran `request_filter`: the first `reached` ones,
@@ -87,7 +94,45 @@ impl RequestCtx {
             refusal: None,
             chain: ChainProgress::default(),
             body: None,
+            identity_headers: Vec::new(),
+            anonymous: None,
+            auth: None,
         }
+    }
+
+    /// Sets an identity header for the upstream: what an authentication policy learnt
+    /// about the caller (a claim, a certificate's subject), sent with the proxied request
+    /// in place of any value of that name. Its name should be one the policy declares in
+    /// [`Policy::identity_headers`](crate::policy::Policy::identity_headers), so that
+    /// client copies are removed on arrival and an upstream only ever sees the
+    /// gateway's value. Set one again to replace it.
+    pub fn set_identity_header(&mut self, name: http::HeaderName, value: http::HeaderValue) {
+        match self.identity_headers.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.identity_headers.push((name, value)),
+        }
+    }
+
+    /// The identity headers set for this request, in the order first set.
+    pub fn identity_headers(
+        &self,
+    ) -> impl Iterator<Item = (&http::HeaderName, &http::HeaderValue)> {
+        self.identity_headers.iter().map(|(n, v)| (n, v))
+    }
+
+    /// For an authentication policy that refuses a credential it found valid but that
+    /// names no consumer: `consumer` (its `anonymous` option) authenticates the request
+    /// when no other authentication policy of the route does, none could not check its
+    /// credential, and none found a valid credential lacking a scope. The first offer
+    /// of the route's authentication order counts. Return the refusal as usual.
+    pub fn offer_anonymous(&mut self, consumer: Arc<Consumer>) {
+        self.anonymous.get_or_insert(consumer);
+    }
+
+    /// The name of the authentication policy that authenticated the request (its
+    /// `anonymous` consumer included), once one did.
+    pub fn authenticated_by(&self) -> Option<&str> {
+        self.auth.as_deref()
     }
 
     /// Sets `name: value` on the response the client gets for this request, whichever

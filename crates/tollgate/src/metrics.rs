@@ -1,8 +1,9 @@
 //! Prometheus metrics. Label values come from config names and fixed sets only, never
 //! from raw client input, so a flood of random paths or methods cannot grow the output.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use http::Method;
 use prometheus::{
@@ -53,6 +54,16 @@ pub struct Metrics {
     outbound_requests: IntCounterVec,
     outbound_duration: HistogramVec,
     bodies_passed: IntCounterVec,
+    /// The policies' own families ([`crate::policy::PolicyMetrics`]), by name.
+    policy_families: Arc<Mutex<HashMap<&'static str, PolicyFamily>>>,
+}
+
+/// A family a policy registered.
+#[derive(Debug, Clone)]
+enum PolicyFamily {
+    Counter(IntCounterVec),
+    Gauge(IntGaugeVec),
+    Histogram(HistogramVec),
 }
 
 impl Default for Metrics {
@@ -213,6 +224,7 @@ impl Metrics {
             outbound_requests,
             outbound_duration,
             bodies_passed,
+            policy_families: Arc::default(),
         }
     }
 
@@ -355,6 +367,98 @@ impl Metrics {
         self.reloads
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
+    }
+
+    /// The policy family `name`, registered on first use; `None` when the name is
+    /// taken by a family of another kind or cannot be registered (logged).
+    fn policy_family(
+        &self,
+        name: &'static str,
+        pick: impl Fn(&PolicyFamily) -> bool,
+        make: impl FnOnce() -> prometheus::Result<PolicyFamily>,
+    ) -> Option<PolicyFamily> {
+        let mut families = self
+            .policy_families
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(f) = families.get(name) {
+            return pick(f).then(|| f.clone());
+        }
+        let made = make().and_then(|f| {
+            let c: Box<dyn prometheus::core::Collector> = match &f {
+                PolicyFamily::Counter(c) => Box::new(c.clone()),
+                PolicyFamily::Gauge(g) => Box::new(g.clone()),
+                PolicyFamily::Histogram(h) => Box::new(h.clone()),
+            };
+            self.registry.register(c).map(|()| f)
+        });
+        match made {
+            Ok(f) => {
+                families.insert(name, f.clone());
+                Some(f)
+            }
+            Err(e) => {
+                tracing::error!("metric family {name} cannot be registered: {e}");
+                None
+            }
+        }
+    }
+
+    /// A policy's counter family (see [`crate::policy::PolicyMetrics`]).
+    pub(crate) fn policy_counter(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[&str],
+    ) -> Option<IntCounterVec> {
+        let f = self.policy_family(
+            name,
+            |f| matches!(f, PolicyFamily::Counter(_)),
+            || IntCounterVec::new(Opts::new(name, help), labels).map(PolicyFamily::Counter),
+        );
+        match f {
+            Some(PolicyFamily::Counter(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// A policy's gauge family.
+    pub(crate) fn policy_gauge(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[&str],
+    ) -> Option<IntGaugeVec> {
+        let f = self.policy_family(
+            name,
+            |f| matches!(f, PolicyFamily::Gauge(_)),
+            || IntGaugeVec::new(Opts::new(name, help), labels).map(PolicyFamily::Gauge),
+        );
+        match f {
+            Some(PolicyFamily::Gauge(g)) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// A policy's histogram family, with the gateway's latency buckets.
+    pub(crate) fn policy_histogram(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[&str],
+    ) -> Option<HistogramVec> {
+        let f = self.policy_family(
+            name,
+            |f| matches!(f, PolicyFamily::Histogram(_)),
+            || {
+                let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
+                HistogramVec::new(opts, labels).map(PolicyFamily::Histogram)
+            },
+        );
+        match f {
+            Some(PolicyFamily::Histogram(h)) => Some(h),
+            _ => None,
+        }
     }
 
     /// The Prometheus registry, to add families of your own.

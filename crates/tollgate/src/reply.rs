@@ -41,6 +41,10 @@ pub enum ErrorCode {
     BadGateway,
     /// 503: every backend of the upstream is unhealthy.
     NoHealthyUpstream,
+    /// 503: an identity provider or authorization service needed to check the
+    /// credential is unavailable (no key set yet, an introspection or `ext_authz` call
+    /// failed, too many calls in flight).
+    IdentityUnavailable,
     /// 504: the upstream did not answer in time.
     GatewayTimeout,
     /// 500: the gateway itself failed.
@@ -123,6 +127,7 @@ impl ErrorCode {
             Self::Overloaded => "overloaded",
             Self::BadGateway => "bad_gateway",
             Self::NoHealthyUpstream => "no_healthy_upstream",
+            Self::IdentityUnavailable => "identity_unavailable",
             Self::GatewayTimeout => "gateway_timeout",
             Self::InternalError => "internal_error",
             Self::Custom(c) => c.code,
@@ -143,7 +148,9 @@ impl ErrorCode {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::LengthRequired => StatusCode::LENGTH_REQUIRED,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Self::Overloaded | Self::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded | Self::NoHealthyUpstream | Self::IdentityUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
@@ -168,6 +175,7 @@ impl ErrorCode {
             Self::Overloaded => "too many requests in flight",
             Self::BadGateway => "the upstream could not be reached",
             Self::NoHealthyUpstream => "no healthy backend for this upstream",
+            Self::IdentityUnavailable => "the identity provider is unavailable",
             Self::GatewayTimeout => "the upstream did not answer in time",
             Self::InternalError => "internal gateway error",
             Self::Custom(_) => "request refused",

@@ -36,6 +36,10 @@ pub struct Snapshot {
     pub(crate) states: crate::policy::state::States,
     /// The policies' HTTP client (`[server.outbound]`).
     pub(crate) outbound: Arc<crate::policy::outbound::Outbound>,
+    /// The identity header names of every policy of the configuration
+    /// ([`crate::policy::Policy::identity_headers`]): client copies are removed on
+    /// arrival, on every route.
+    pub(crate) identity_headers: Box<[http::HeaderName]>,
 }
 
 impl Snapshot {

@@ -166,7 +166,15 @@ pub(super) fn compile_keeping(
     let (consumers, consumer_policies) = consumers(&mut cx, sections.get("consumers").copied());
     let consumer_policies = Arc::new(consumer_policies);
 
-    let defaults = policies(&mut cx, sections.get("policies").copied(), "policies");
+    let defaults = policies(
+        &mut cx,
+        sections.get("policies").copied(),
+        "policies",
+        Scope {
+            route: None,
+            consumers: Some(&consumers),
+        },
+    );
 
     let mut specs = Vec::new();
     let mut routes = Vec::new();
@@ -179,6 +187,7 @@ pub(super) fn compile_keeping(
             &upstream_names,
             &defaults,
             &consumer_policies,
+            &consumers,
         ) {
             specs.push(spec);
             routes.push(Arc::new(route));
@@ -207,7 +216,14 @@ pub(super) fn compile_keeping(
     partial.dns = server.as_ref().map(|s| s.dns.clone());
     cx.diags.finish()?;
     let server = server.unwrap_or_default();
+    let mut identity_headers: Vec<http::HeaderName> = routes
+        .iter()
+        .flat_map(|r| r.chain.identity_headers())
+        .collect();
+    identity_headers.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+    identity_headers.dedup();
     let snapshot = Snapshot {
+        identity_headers: identity_headers.into(),
         router: Router::new(specs),
         routes,
         upstreams,
@@ -920,7 +936,7 @@ fn consumer_policies(
     v: Option<&Value<'_>>,
     path: &str,
 ) -> Vec<(Arc<str>, BoxPolicy)> {
-    let built = policies(cx, v, path);
+    let built = policies(cx, v, path, Scope::default());
     let mut out = Vec::new();
     for (name, p) in built {
         if p.stage() <= crate::policy::Stage::Authentication {
@@ -951,8 +967,21 @@ fn table_hash(v: &Value<'_>) -> u64 {
     h.finish()
 }
 
+/// What a `policies` table belongs to: a route (`None`: the top level, or a consumer's
+/// own policies) and the consumers its policies may name.
+#[derive(Clone, Copy, Default)]
+struct Scope<'a> {
+    route: Option<&'a str>,
+    consumers: Option<&'a Consumers>,
+}
+
 /// Builds every policy of a `policies` table.
-fn policies(cx: &mut Ctx<'_>, v: Option<&Value<'_>>, path: &str) -> Vec<(Arc<str>, BoxPolicy)> {
+fn policies(
+    cx: &mut Ctx<'_>,
+    v: Option<&Value<'_>>,
+    path: &str,
+    scope: Scope<'_>,
+) -> Vec<(Arc<str>, BoxPolicy)> {
     let Some(v) = v else { return Vec::new() };
     let Some(t) = v.get_ref().as_table() else {
         cx.diags.at(
@@ -977,6 +1006,8 @@ fn policies(cx: &mut Ctx<'_>, v: Option<&Value<'_>>, path: &str) -> Vec<(Arc<str
                 table: &table,
             }),
             outbound: cx.outbound.as_ref(),
+            consumers: scope.consumers,
+            route: scope.route,
         };
         let registry = cx.registry;
         let built = strictly(
@@ -1002,13 +1033,18 @@ fn policies(cx: &mut Ctx<'_>, v: Option<&Value<'_>>, path: &str) -> Vec<(Arc<str
             Some(Ok(p)) => out.push((Arc::from(name), p)),
             Some(Err(Failure::Toml(_))) => {} // reported by `strictly`
             Some(Err(Failure::Build(e))) => {
+                // a dotted field (`claims_to_headers.sub`) is found by its first key
                 let (span, at) = match e.field.as_deref().and_then(|f| {
+                    let first = f.split('.').next().unwrap_or(f);
                     val.get_ref()
                         .as_table()
-                        .and_then(|t| t.get_key_value(f))
+                        .and_then(|t| t.get_key_value(first))
                         .map(|(k, _)| (k.span(), f))
                 }) {
-                    Some((span, f)) => (span, join(&ppath, f)),
+                    Some((span, f)) => match f.split_once('.') {
+                        Some((first, rest)) => (span, join(&join(&ppath, first), rest)),
+                        None => (span, join(&ppath, f)),
+                    },
                     None => (val.span(), ppath.clone()),
                 };
                 cx.diags.at(span, at, e.message);
@@ -1027,10 +1063,20 @@ fn route(
     upstream_names: &BTreeSet<String>,
     defaults: &[(Arc<str>, BoxPolicy)],
     consumer_policies: &Arc<ConsumerPolicies>,
+    consumers: &Consumers,
 ) -> Option<(RouteSpec, Route)> {
     let path = join("routes", name);
     let (rest, own_policies) = split_policies(v);
-    let own = policies(cx, own_policies.as_ref(), &format!("{path}.policies"));
+    let scope = Scope {
+        route: Some(name),
+        consumers: Some(consumers),
+    };
+    let own = policies(
+        cx,
+        own_policies.as_ref(),
+        &format!("{path}.policies"),
+        scope,
+    );
     let (f, removed): (RouteFile, _) = deser_noting(cx, &rest, &path)?;
     let mut ok = true;
     let mut spec = RouteSpec::default();

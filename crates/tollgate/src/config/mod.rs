@@ -180,6 +180,7 @@ fn resolve_upstreams(
         return (Vec::new(), Vec::new());
     }
     let snap = Arc::new(Snapshot {
+        identity_headers: Box::default(),
         router: crate::router::Router::new(Vec::new()),
         routes: Vec::new(),
         upstreams,

@@ -54,9 +54,12 @@ use toml::Spanned;
 use crate::context::ChainProgress;
 
 pub(crate) mod body;
+pub mod identity;
+pub mod metrics;
 pub(crate) mod outbound;
 pub(crate) mod state;
 mod upstream;
+pub use metrics::{CounterVec, GaugeVec, HistogramVec, PolicyMetrics};
 pub use outbound::{Call, HttpClient, OutboundError};
 pub use upstream::{Peer, Target, UpstreamName};
 
@@ -88,8 +91,12 @@ pub enum Stage {
     Access,
     /// `cors` (preflight answers).
     Cors,
-    /// `key_auth`, `jwt_auth`, `basic_auth`: when several are configured, the first one
-    /// that continues authenticates and the others of the stage are skipped.
+    /// `mtls_auth`, `key_auth`, `basic_auth`, `jwt_auth`, `oauth2_introspection` (in
+    /// that order, then other authentication policies by name): the first one that
+    /// continues authenticates and the later ones are skipped. When none does, the
+    /// answer is a 503 `identity_unavailable` of one of them, else a 403, else the
+    /// `anonymous` consumer one offered ([`RequestCtx::offer_anonymous`]), else one 401
+    /// with each scheme's challenge.
     Authentication,
     /// `acl`.
     Authorization,
@@ -232,6 +239,15 @@ pub trait Policy: Send + Sync + 'static {
     fn logging(&self, cx: &RequestCtx, error: Option<&pingora::Error>) {
         let _ = (cx, error);
     }
+
+    /// The identity headers this policy may set ([`RequestCtx::set_identity_header`]):
+    /// asked once, when the configuration is built. Client copies of every such name of
+    /// the configuration are removed on arrival, on every route, so that an upstream
+    /// only ever sees the gateway's value (as for `X-Consumer-*`). Check names with
+    /// [`identity::header_name`]. By default none.
+    fn identity_headers(&self) -> Vec<http::HeaderName> {
+        Vec::new()
+    }
 }
 
 /// For a policy whose `response_body_filter` changes the length of the body: call it
@@ -280,6 +296,10 @@ pub struct BuildCtx<'a> {
     pub(crate) state: Option<state::StateCx<'a>>,
     /// The gateway's HTTP client (`[server.outbound]`).
     pub(crate) outbound: Option<&'a Arc<outbound::Outbound>>,
+    /// The configuration's consumers (for a policy's `anonymous` consumer).
+    pub(crate) consumers: Option<&'a Consumers>,
+    /// The route whose policy this is; `None` for a top-level policy.
+    pub(crate) route: Option<&'a str>,
 }
 
 impl<'a> BuildCtx<'a> {
@@ -293,7 +313,48 @@ impl<'a> BuildCtx<'a> {
             upstreams: None,
             state: None,
             outbound: None,
+            consumers: None,
+            route: None,
         }
+    }
+
+    /// This context, with `consumers` as the configured consumers (for testing a policy
+    /// that names one, such as an `anonymous` consumer).
+    #[must_use]
+    pub fn with_consumers(mut self, consumers: &'a Consumers) -> Self {
+        self.consumers = Some(consumers);
+        self
+    }
+
+    /// The route this policy instance belongs to, or `_global` for a top-level
+    /// `[policies.*]` instance shared by routes: the `route` label of the instance's
+    /// own metrics (its state, its background work).
+    pub fn instance_route(&self) -> &str {
+        self.route.unwrap_or("_global")
+    }
+
+    /// The consumer called `name`, checked to exist when the policy is built (an
+    /// `anonymous` option): reported at the policy's key `field` when the
+    /// configuration has no such consumer. Look it up per request with
+    /// [`Consumers::get`] on [`RequestCtx::consumers`] (a reload brings new consumers).
+    ///
+    /// # Errors
+    /// No `[consumers.NAME]` table exists.
+    pub fn consumer(&self, field: &str, name: &str) -> std::result::Result<Arc<str>, BuildError> {
+        if self.consumers.is_some_and(|c| c.get(name).is_some()) {
+            Ok(Arc::from(name))
+        } else {
+            Err(BuildError::field(
+                field,
+                format!("unknown consumer {name:?}"),
+            ))
+        }
+    }
+
+    /// Where this policy's own metric families go: the gateway's registry, next to its
+    /// own families. Outside a gateway they count nowhere.
+    pub fn metrics(&self) -> PolicyMetrics {
+        PolicyMetrics::new(self.outbound.map(|o| o.metrics_slot()))
     }
 
     /// This context, with `names` as the configured upstreams (for testing a policy
@@ -623,6 +684,27 @@ impl ConsumerPolicies {
     }
 }
 
+/// The built-in authentication policies in the order they run (identity.md §3.7);
+/// other authentication policies run after them, by name.
+const AUTH_ORDER: [&str; 5] = [
+    "mtls_auth",
+    "key_auth",
+    "basic_auth",
+    "jwt_auth",
+    "oauth2_introspection",
+];
+
+/// Where a policy runs among the authentication policies (0 outside that stage).
+fn auth_rank(l: &Link) -> usize {
+    if l.stage != Stage::Authentication {
+        return 0;
+    }
+    AUTH_ORDER
+        .iter()
+        .position(|n| *n == &*l.name)
+        .unwrap_or(AUTH_ORDER.len())
+}
+
 /// One policy of a chain, with its stage asked once, at load.
 #[derive(Clone)]
 struct Link {
@@ -650,7 +732,10 @@ impl Chain {
                 policy,
             })
             .collect();
-        policies.sort_by(|a, b| (a.stage, &a.name).cmp(&(b.stage, &b.name)));
+        policies.sort_by(|a, b| {
+            let key = |l: &Link| (l.stage, auth_rank(l), l.name.clone());
+            key(a).cmp(&key(b))
+        });
         let caps = |f: fn(&dyn Policy) -> Option<usize>| {
             policies.iter().filter_map(|l| f(&*l.policy)).max()
         };
@@ -703,7 +788,8 @@ impl Chain {
 
     /// Runs every policy's `request_filter`; the first [`Flow::Respond`] stops the chain.
     /// In the authentication stage, the first policy that continues authenticates; if
-    /// none does, the first one's answer is sent. After authentication, a consumer's
+    /// none does, their answers combine as [`Stage::Authentication`] says. After
+    /// authentication, a consumer's
     /// own entry of a policy (`[consumers.NAME.policies.*]`) replaces the route's.
     pub async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<Flow> {
         self.request_filter_in(session, cx, None).await
@@ -717,7 +803,9 @@ impl Chain {
         cx: &mut RequestCtx,
         budget: Option<&Arc<body::Budget>>,
     ) -> Result<Flow> {
-        let mut auth_refusal: Option<Reply> = None;
+        // the refusals of the authentication policies that did not authenticate
+        let mut refusals: Vec<Reply> = Vec::new();
+        let mut anonymous_by = None;
         let mut authenticated = false;
         cx.chain = ChainProgress::default();
         for (i, link) in self.policies.iter().enumerate() {
@@ -726,10 +814,12 @@ impl Chain {
                     continue;
                 }
                 cx.chain.reached = i + 1;
+                let offered = cx.anonymous.is_some();
                 match link.policy.request_filter(session, cx).await? {
                     Flow::Continue => {
                         authenticated = true;
                         cx.chain.authenticated_by = Some(i);
+                        cx.auth = Some(link.name.clone());
                         if self.request_cap.is_some() {
                             if let Some(r) =
                                 Box::pin(self.body_hook(&link.policy, session, cx, budget)).await?
@@ -739,14 +829,19 @@ impl Chain {
                         }
                     }
                     Flow::Respond(r) => {
-                        auth_refusal.get_or_insert(r);
+                        if !offered && cx.anonymous.is_some() {
+                            anonymous_by = Some(i);
+                        }
+                        refusals.push(r);
                     }
                 }
                 continue;
             }
-            if let Some(r) = auth_refusal.take() {
-                if !authenticated {
-                    return Ok(Flow::Respond(r));
+            if !authenticated && !refusals.is_empty() {
+                let refusals = std::mem::take(&mut refusals);
+                match self.settle_authentication(refusals, anonymous_by, cx) {
+                    Some(r) => return Ok(Flow::Respond(r)),
+                    None => authenticated = true,
                 }
             }
             cx.chain.reached = i + 1;
@@ -761,10 +856,61 @@ impl Chain {
                 }
             }
         }
-        match auth_refusal {
-            Some(r) if !authenticated => Ok(Flow::Respond(r)),
-            _ => Ok(Flow::Continue),
+        if !authenticated && !refusals.is_empty() {
+            if let Some(r) = self.settle_authentication(refusals, anonymous_by, cx) {
+                return Ok(Flow::Respond(r));
+            }
         }
+        Ok(Flow::Continue)
+    }
+
+    /// The answer when no authentication policy authenticated (CROSSCUTTING.md rule
+    /// 2.1): a 503 `identity_unavailable` (a policy could not check its credential),
+    /// else a 403 (a valid credential lacked a scope or audience), else the `anonymous`
+    /// consumer the first policy offered (`None`: it authenticates), else the first
+    /// refusal, a 401 then carrying one challenge per scheme of every 401 (rule 3.10).
+    fn settle_authentication(
+        &self,
+        mut refusals: Vec<Reply>,
+        anonymous_by: Option<usize>,
+        cx: &mut RequestCtx,
+    ) -> Option<Reply> {
+        for code in [ErrorCode::IdentityUnavailable, ErrorCode::Forbidden] {
+            if let Some(at) = refusals.iter().position(|r| r.code == Some(code)) {
+                return Some(refusals.swap_remove(at));
+            }
+        }
+        if let (Some(i), Some(c)) = (anonymous_by, cx.anonymous.take()) {
+            cx.consumer = Some(c);
+            cx.auth = Some(self.policies[i].name.clone());
+            return None;
+        }
+        let mut rest = refusals.into_iter();
+        let mut first = rest.next()?;
+        if first.status == http::StatusCode::UNAUTHORIZED {
+            let www = http::header::WWW_AUTHENTICATE;
+            let scheme = |v: &http::HeaderValue| {
+                let v = v.to_str().unwrap_or_default().trim_start();
+                v.split(' ').next().unwrap_or_default().to_ascii_lowercase()
+            };
+            for r in rest.filter(|r| r.status == http::StatusCode::UNAUTHORIZED) {
+                for (n, v) in r.headers.into_iter().filter(|(n, _)| *n == www) {
+                    let s = scheme(&v);
+                    if !first.headers.iter().any(|(m, w)| *m == n && scheme(w) == s) {
+                        first.headers.push((n, v));
+                    }
+                }
+            }
+        }
+        Some(first)
+    }
+
+    /// The identity header names the chain's policies declare
+    /// ([`Policy::identity_headers`]).
+    pub(crate) fn identity_headers(&self) -> impl Iterator<Item = http::HeaderName> + '_ {
+        self.policies
+            .iter()
+            .flat_map(|l| l.policy.identity_headers())
     }
 
     /// Runs every policy's `request_body_filter`.

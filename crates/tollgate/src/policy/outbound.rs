@@ -99,6 +99,11 @@ impl Outbound {
         let _ = self.metrics.set(metrics.clone());
     }
 
+    /// The gateway's metrics, once attached (shared by every client made from this one).
+    pub(crate) fn metrics_slot(&self) -> Arc<OnceLock<Metrics>> {
+        self.metrics.clone()
+    }
+
     /// Checks that `pem` holds at least one certificate.
     pub(crate) fn check_ca(pem: &[u8]) -> Result<(), String> {
         match reqwest::Certificate::from_pem_bundle(pem) {

@@ -93,6 +93,13 @@ impl Gateway {
         // only for a write that has to wait.
         session.set_write_timeout(Some(self.limits.send_timeout));
         let snap = self.state.load_full();
+        // identity headers only the gateway sets (claims, certificate, authorization)
+        if !snap.identity_headers.is_empty() {
+            let req = session.req_header_mut();
+            for name in snap.identity_headers.iter() {
+                req.remove_header(name);
+            }
+        }
         let req = session.req_header();
         let client_id = head.request_id;
         let (id, header) =
@@ -691,6 +698,7 @@ impl ProxyHttp for Gateway {
             + usize::from(forwarded_for.is_some())
             + usize::from(traceparent.is_some())
             + usize::from(consumer.is_some())
+            + cx.identity_headers.len()
             + policy_headroom(&route.chain);
         forwarding::edit_headers(up, added, |h| {
             match host {
@@ -716,6 +724,9 @@ impl ProxyHttp for Gateway {
             }
             if let Some(v) = consumer {
                 h.insert(X_CONSUMER_NAME.clone(), v);
+            }
+            for (n, v) in &cx.identity_headers {
+                h.insert(n.clone(), v.clone());
             }
         })?;
         if let Some(held) = &cx.body {

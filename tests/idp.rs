@@ -1,0 +1,287 @@
+//! A real identity provider on loopback for the identity tests: OpenID Connect
+//! discovery, a JWKS document and RFC 7662 token introspection over HTTP/1.1 (or
+//! HTTPS), with what each answers set by the test (key rotation, error statuses,
+//! garbage, delays) and a record of every request.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::Seen;
+
+/// What one document answers: a status, a body and extra headers.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The status.
+    pub status: u16,
+    /// The body.
+    pub body: Vec<u8>,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+    /// A pause before the answer.
+    pub delay: Duration,
+}
+
+impl Answer {
+    /// A 200 with this JSON body.
+    pub fn json(v: &serde_json::Value) -> Self {
+        Self {
+            status: 200,
+            body: v.to_string().into_bytes(),
+            headers: Vec::new(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// An answer with this status and raw body.
+    pub fn raw(status: u16, body: &[u8]) -> Self {
+        Self {
+            status,
+            body: body.to_vec(),
+            headers: Vec::new(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// This answer with one more header.
+    #[must_use]
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// This answer after a pause.
+    #[must_use]
+    pub fn delayed(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+}
+
+/// What the provider serves; change it with [`IdentityProvider::set`].
+#[derive(Debug, Default)]
+pub struct IdpState {
+    /// `GET /.well-known/openid-configuration`; `None`: the default document (this
+    /// provider's issuer, `jwks_uri` = `/jwks`).
+    pub discovery: Option<Answer>,
+    /// `GET /jwks`.
+    pub jwks: Option<Answer>,
+    /// `POST /introspect`: the answer for each token (`{"active": false}` for others).
+    pub introspection: HashMap<String, Answer>,
+    /// `POST /introspect` for every token, when set (errors, garbage).
+    pub introspection_override: Option<Answer>,
+}
+
+/// The identity provider. See the [module docs](self).
+pub struct IdentityProvider {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    scheme: &'static str,
+    state: Arc<Mutex<IdpState>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl IdentityProvider {
+    /// A provider over plain HTTP.
+    pub async fn start() -> Self {
+        Self::serve(None).await
+    }
+
+    /// A provider over HTTPS with this PEM certificate chain and key.
+    pub async fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("cert pem");
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key pem");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+        Self::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind idp");
+        let addr = listener.local_addr().expect("idp addr");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let base = format!("{scheme}://{addr}");
+        let state: Arc<Mutex<IdpState>> = Arc::default();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let (st, rec) = (state.clone(), seen.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (st, rec, base, tls) = (st.clone(), rec.clone(), base.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (st, rec, base) = (st.clone(), rec.clone(), base.clone());
+                        async move { Ok::<_, Infallible>(answer(req, &st, &rec, &base).await) }
+                    });
+                    match tls {
+                        None => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), svc)
+                                    .await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            scheme,
+            state,
+            seen,
+            task,
+        }
+    }
+
+    /// The provider's issuer (its base URL).
+    pub fn issuer(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
+    /// The URL of `path` on the provider.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.issuer())
+    }
+
+    /// Changes what the provider serves.
+    pub fn set(&self, f: impl FnOnce(&mut IdpState)) {
+        f(&mut self.state.lock().expect("idp state"));
+    }
+
+    /// Serves this JWKS (`{"keys": [...]}`) at `/jwks`.
+    pub fn serve_jwks(&self, keys: &[serde_json::Value]) {
+        let doc = serde_json::json!({ "keys": keys });
+        self.set(|s| s.jwks = Some(Answer::json(&doc)));
+    }
+
+    /// The requests received for `path` so far.
+    pub fn requests(&self, path: &str) -> Vec<Seen> {
+        let seen = self.seen.lock().expect("idp seen");
+        seen.iter()
+            .filter(|s| s.target.split('?').next() == Some(path))
+            .cloned()
+            .collect()
+    }
+
+    /// How many requests `path` received.
+    pub fn hits(&self, path: &str) -> usize {
+        self.requests(path).len()
+    }
+}
+
+impl Drop for IdentityProvider {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    state: &Mutex<IdpState>,
+    rec: &Mutex<Vec<Seen>>,
+    base: &str,
+) -> Response<Full<Bytes>> {
+    let method = req.method().to_string();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.to_string());
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (n.as_str().to_string(), v)
+        })
+        .collect();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if let Ok(mut r) = rec.lock() {
+        r.push(Seen {
+            method: method.clone(),
+            target: target.clone(),
+            headers,
+            body_len: body.len(),
+            body: body.to_vec(),
+        });
+    }
+    let path = target.split('?').next().unwrap_or_default().to_string();
+    let chosen = {
+        let s = state.lock().expect("idp state");
+        match path.as_str() {
+            "/.well-known/openid-configuration" => Some(s.discovery.clone().unwrap_or_else(|| {
+                Answer::json(&serde_json::json!({
+                    "issuer": base, "jwks_uri": format!("{base}/jwks"),
+                    "introspection_endpoint": format!("{base}/introspect"),
+                }))
+            })),
+            "/jwks" => s.jwks.clone(),
+            "/introspect" => {
+                let token = form_urlencoded_token(&body);
+                s.introspection_override.clone().or_else(|| {
+                    Some(
+                        token
+                            .and_then(|t| s.introspection.get(&t).cloned())
+                            .unwrap_or_else(|| Answer::json(&serde_json::json!({"active": false}))),
+                    )
+                })
+            }
+            _ => None,
+        }
+    };
+    let a = chosen.unwrap_or_else(|| Answer::raw(404, b"not found"));
+    if !a.delay.is_zero() {
+        tokio::time::sleep(a.delay).await;
+    }
+    let mut resp = Response::builder()
+        .status(a.status)
+        .header("content-type", "application/json");
+    for (n, v) in &a.headers {
+        resp = resp.header(n, v);
+    }
+    resp.body(Full::new(Bytes::from(a.body)))
+        .unwrap_or_default()
+}
+
+/// The `token` member of a form body.
+fn form_urlencoded_token(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    text.split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == "token")
+        .map(|(_, v)| v.replace('+', " "))
+}
