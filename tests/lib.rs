@@ -399,6 +399,16 @@ impl Gateway {
         Self::spawn(Path::new("/bin/sh"), &["-c", &script], toml, &[], "warn")
     }
 
+    /// Like [`Gateway::start`], with `env` set for the process (`NAME=value`).
+    pub fn start_with_env(bin: &Path, toml: &str, env: &[&str]) -> Self {
+        let script = format!(
+            "exec env {} '{}' run --config \"$0\"",
+            env.join(" "),
+            bin.display()
+        );
+        Self::spawn(Path::new("/bin/sh"), &["-c", &script], toml, &[], "warn")
+    }
+
     /// Like [`Gateway::start`], with the process's open-file limit set to `limit`
     /// (`ulimit -n`), to see the gateway run out of descriptors.
     pub fn start_with_fd_limit(bin: &Path, toml: &str, limit: u32) -> Self {

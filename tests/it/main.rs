@@ -10,6 +10,7 @@ mod dns;
 mod examples;
 mod hardening;
 mod identity;
+mod introspection;
 mod jwt;
 mod operations;
 mod policies;

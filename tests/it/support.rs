@@ -19,6 +19,11 @@ pub fn gateway_logging(body: &str, level: &str) -> Gateway {
     Gateway::start_logging(bin(), &format!("{}\n{body}", server_table(true)), level)
 }
 
+/// Like [`gateway_with_admin`], with `env` (`NAME=value`) set for the process.
+pub fn gateway_with_env(body: &str, env: &[&str]) -> Gateway {
+    Gateway::start_with_env(bin(), &format!("{}\n{body}", server_table(true)), env)
+}
+
 /// Like [`gateway`], with an admin listener too.
 pub fn gateway_with_admin(body: &str) -> Gateway {
     Gateway::start(bin(), &format!("{}\n{body}", server_table(true)))

@@ -11,6 +11,7 @@ pub mod headers;
 pub mod ip_restriction;
 pub mod jwt_auth;
 pub mod key_auth;
+pub mod oauth2_introspection;
 pub mod rate_limit;
 
 use crate::policy::Registry;
@@ -24,6 +25,7 @@ impl Registry {
         r.register_builtin::<key_auth::KeyAuthConfig>("key_auth");
         r.register_builtin::<basic_auth::BasicAuthConfig>("basic_auth");
         r.register_builtin::<jwt_auth::JwtAuthConfig>("jwt_auth");
+        r.register_builtin::<oauth2_introspection::IntrospectionConfig>("oauth2_introspection");
         r.register_builtin::<acl::AclConfig>("acl");
         r.register_builtin::<rate_limit::RateLimitConfig>("rate_limit");
         r.register_builtin::<concurrency_limit::ConcurrencyLimitConfig>("concurrency_limit");

@@ -6,7 +6,11 @@
 
 use std::collections::BTreeMap;
 
+use std::fmt;
+
 use http::{HeaderName, HeaderValue};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::context::RequestCtx;
@@ -49,6 +53,33 @@ pub fn header_name(name: &str) -> Result<HeaderName, String> {
         ));
     }
     Ok(parsed)
+}
+
+/// One audience or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audience(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Audience {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Audience;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an audience string or a list of them")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Audience, E> {
+                Ok(Audience(vec![v.to_string()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Audience, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(Audience(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `claims_to_headers`: top-level claims sent upstream as identity headers.

@@ -58,7 +58,6 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use pingora::Result;
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::consumer::{Consumer, Consumers};
@@ -148,32 +147,7 @@ fn default_header() -> String {
     "authorization".into()
 }
 
-/// One audience or a list of them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Audience(pub Vec<String>);
-
-impl<'de> Deserialize<'de> for Audience {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Audience;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an audience string or a list of them")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Audience, E> {
-                Ok(Audience(vec![v.to_string()]))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Audience, A::Error> {
-                let mut out = Vec::new();
-                while let Some(s) = seq.next_element::<String>()? {
-                    out.push(s);
-                }
-                Ok(Audience(out))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
+pub use crate::policy::identity::Audience;
 
 fn min_secret_len(alg: Algorithm) -> usize {
     match alg {
@@ -415,6 +389,7 @@ impl PolicyConfig for JwtAuthConfig {
 // === Policy ===
 
 mod remote;
+pub(crate) use remote::{check_url, warn_plain_http};
 
 enum Keys {
     Single(DecodingKey, Validation),
