@@ -12,6 +12,7 @@ mod hardening;
 mod identity;
 mod introspection;
 mod jwt;
+mod mtls;
 mod operations;
 mod policies;
 mod protocols;

@@ -84,6 +84,7 @@ impl AccessLogger {
             "upstream_name": upstream_name,
             "consumer": cx.consumer.as_ref().map(|c| c.name.as_str()),
             "auth": cx.authenticated_by(),
+            "client_cert_sha256": cx.client_certificate().map(|c| c.sha256.as_str()),
             "duration_ms": elapsed.as_secs_f64() * 1000.0,
             "upstream_ms": upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
             "bytes_sent": bytes,

@@ -132,6 +132,21 @@ pub struct Consumers {
     by_key: HashMap<KeyDigest, Arc<Consumer>, FxBuildHasher>,
     by_user: HashMap<String, (Arc<Consumer>, PasswordHash)>,
     by_subject: HashMap<String, Arc<Consumer>>,
+    /// `mtls.san` values as written, and in ASCII lower case (for DNS names).
+    by_san: HashMap<String, Arc<Consumer>>,
+    by_san_lower: HashMap<String, Vec<Arc<Consumer>>>,
+    by_cn: HashMap<String, Arc<Consumer>>,
+}
+
+/// Which consumers a client certificate names ([`Consumers::by_certificate`]).
+#[derive(Debug, Clone)]
+pub enum CertMatch {
+    /// None.
+    None,
+    /// Exactly this one.
+    One(Arc<Consumer>),
+    /// Several: the certificate authenticates nobody.
+    Several,
 }
 
 /// SHA-256 of a secret: what the indexes keep and compare instead of the secret.
@@ -201,6 +216,71 @@ impl Consumers {
     ) -> Option<Arc<Consumer>> {
         self.by_subject
             .insert(subject.to_string(), consumer.clone())
+    }
+
+    /// Identifies `consumer` by a client certificate SAN. Returns the other consumer
+    /// with that value.
+    pub fn add_mtls_san(&mut self, consumer: &Arc<Consumer>, san: &str) -> Option<Arc<Consumer>> {
+        if let Some(other) = self.by_san.get(san) {
+            return Some(other.clone());
+        }
+        self.by_san.insert(san.to_string(), consumer.clone());
+        self.by_san_lower
+            .entry(san.to_ascii_lowercase())
+            .or_default()
+            .push(consumer.clone());
+        None
+    }
+
+    /// Identifies `consumer` by a client certificate's Common Name. Returns the other
+    /// consumer with that value.
+    pub fn add_mtls_cn(&mut self, consumer: &Arc<Consumer>, cn: &str) -> Option<Arc<Consumer>> {
+        if let Some(other) = self.by_cn.get(cn) {
+            return Some(other.clone());
+        }
+        self.by_cn.insert(cn.to_string(), consumer.clone());
+        None
+    }
+
+    /// The consumers a verified client certificate names (identity.md §3.6): one of
+    /// whose `san` values equals a DNS (ASCII case-insensitively), URI or email SAN of
+    /// the certificate, or whose `cn` equals its one Common Name.
+    pub fn by_certificate(&self, cert: &crate::client_cert::ClientCertificate) -> CertMatch {
+        use crate::client_cert::San;
+        fn note<'a>(found: &mut Vec<&'a Arc<Consumer>>, c: &'a Arc<Consumer>) {
+            if !found.iter().any(|f| f.name == c.name) {
+                found.push(c);
+            }
+        }
+        let mut found: Vec<&Arc<Consumer>> = Vec::new();
+        for san in &cert.sans {
+            match san {
+                San::Dns(d) => {
+                    for c in self
+                        .by_san_lower
+                        .get(&d.to_ascii_lowercase())
+                        .into_iter()
+                        .flatten()
+                    {
+                        note(&mut found, c);
+                    }
+                }
+                San::Uri(v) | San::Email(v) => {
+                    if let Some(c) = self.by_san.get(v) {
+                        note(&mut found, c);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(c) = cert.common_name().and_then(|cn| self.by_cn.get(cn)) {
+            note(&mut found, c);
+        }
+        match found.as_slice() {
+            [] => CertMatch::None,
+            [one] => CertMatch::One((*one).clone()),
+            _ => CertMatch::Several,
+        }
     }
 
     /// The consumer with this name.

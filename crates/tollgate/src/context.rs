@@ -59,6 +59,8 @@ pub struct RequestCtx {
     pub(crate) anonymous: Option<Arc<Consumer>>,
     /// The name of the policy that authenticated the request.
     pub(crate) auth: Option<Arc<str>>,
+    /// The verified client certificate of the connection (mutual TLS).
+    pub(crate) client_cert: Option<Arc<crate::client_cert::ClientCertificate>>,
 }
 
 /// Which policies of a route's chain ran `request_filter`: the first `reached` ones,
@@ -97,7 +99,14 @@ impl RequestCtx {
             identity_headers: Vec::new(),
             anonymous: None,
             auth: None,
+            client_cert: None,
         }
+    }
+
+    /// The verified client certificate of the connection, on a `[[server.tls]]`
+    /// listener with `client_ca` whose client presented one.
+    pub fn client_certificate(&self) -> Option<&Arc<crate::client_cert::ClientCertificate>> {
+        self.client_cert.as_ref()
     }
 
     /// Sets an identity header for the upstream: what an authentication policy learnt
@@ -124,7 +133,9 @@ impl RequestCtx {
     /// names no consumer: `consumer` (its `anonymous` option) authenticates the request
     /// when no other authentication policy of the route does, none could not check its
     /// credential, and none found a valid credential lacking a scope. The first offer
-    /// of the route's authentication order counts. Return the refusal as usual.
+    /// of the route's authentication order counts. Return the refusal as usual: the
+    /// identity headers a policy set before refusing are dropped, unless its anonymous
+    /// consumer is the one taken.
     pub fn offer_anonymous(&mut self, consumer: Arc<Consumer>) {
         self.anonymous.get_or_insert(consumer);
     }

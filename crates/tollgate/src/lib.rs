@@ -62,6 +62,7 @@ pub mod units;
 mod access_log;
 mod admin;
 mod balance;
+mod client_cert;
 mod consumer;
 mod context;
 mod discovery;

@@ -161,7 +161,10 @@ impl<A: ServerApp + Send + Sync + 'static> Service for ListenerService<A> {
             self.inner.endpoints().set_pre_tls_callback(hello);
         }
         let plain = self.addrs.iter().map(|a| (*a, None));
-        let tls = self.tls.iter().map(|t| (t.addr, Some(t.resolver.clone())));
+        let tls = self
+            .tls
+            .iter()
+            .map(|t| (t.addr, Some((t.resolver.clone(), t.client.clone()))));
         let all: Vec<_> = plain.chain(tls).collect();
         for (addr, resolver) in all {
             let inherited = fds
@@ -188,14 +191,24 @@ impl<A: ServerApp + Send + Sync + 'static> Service for ListenerService<A> {
                     self.inner.add_tcp(&actual.to_string());
                     ""
                 }
-                Some(r) => {
-                    let mut settings = match TlsSettings::intermediate("", "") {
+                Some((r, client)) => {
+                    let settings = match &client {
+                        // the verified client certificate is kept with the connection
+                        Some(_) => {
+                            TlsSettings::with_callbacks(Box::new(crate::tls::KeepClientCert))
+                        }
+                        None => TlsSettings::intermediate("", ""),
+                    };
+                    let mut settings = match settings {
                         Ok(s) => s,
                         Err(e) => {
                             self.fail(&format!("TLS settings for {actual}: {e}"));
                             return;
                         }
                     };
+                    if let Some(c) = client {
+                        settings.set_client_cert_verifier(c.verifier);
+                    }
                     settings.set_cert_resolver(r);
                     settings.enable_h2();
                     self.inner

@@ -113,6 +113,87 @@ pub(crate) struct TlsListener {
     pub resolver: Arc<SniResolver>,
     /// The certificate and key files they were read from, in order.
     pub files: Vec<(String, String)>,
+    /// Client certificates asked for (`client_ca`), when configured.
+    pub client: Option<ClientAuth>,
+}
+
+/// Most certificates in a `client_ca` file.
+const MAX_CLIENT_CAS: usize = 1000;
+
+/// A listener's client certificate verification (`client_ca`, `client_auth`).
+#[derive(Clone)]
+pub(crate) struct ClientAuth {
+    /// The rustls verifier: chain to a `client_ca` certificate, valid now, and allowed
+    /// for client authentication (an EKU, when present, includes `clientAuth`).
+    pub(crate) verifier: Arc<dyn pingora::tls::ClientCertVerifier>,
+    /// The CA file's contents and whether a client may come without a certificate
+    /// (what tells a changed setting, for `needs_restart`).
+    pub(crate) ca_pem: Vec<u8>,
+    pub(crate) optional: bool,
+}
+
+impl fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientAuth")
+            .field("optional", &self.optional)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientAuth {
+    /// A verifier trusting the CA certificates in `pem` (1 to 1,000 of them).
+    ///
+    /// # Errors
+    /// No certificate, too many, or one unusable as a trust anchor.
+    pub(crate) fn load(pem: &[u8], optional: bool) -> Result<Self, String> {
+        use rustls_pki_types::pem::PemObject;
+        pingora::tls::install_default_crypto_provider();
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("not a PEM certificate file: {e}"))?;
+        if certs.is_empty() {
+            return Err("no certificate in the file".into());
+        }
+        if certs.len() > MAX_CLIENT_CAS {
+            return Err(format!("more than {MAX_CLIENT_CAS} certificates"));
+        }
+        let mut roots = pingora::tls::RootCertStore::empty();
+        for (i, c) in certs.into_iter().enumerate() {
+            roots
+                .add(c)
+                .map_err(|e| format!("certificate {} is unusable as a trust anchor: {e}", i + 1))?;
+        }
+        let provider =
+            CryptoProvider::get_default().ok_or_else(|| "no TLS crypto provider".to_string())?;
+        let mut builder = pingora::tls::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        );
+        if optional {
+            builder = builder.allow_unauthenticated();
+        }
+        let verifier = builder.build().map_err(|e| e.to_string())?;
+        Ok(Self {
+            verifier,
+            ca_pem: pem.to_vec(),
+            optional,
+        })
+    }
+}
+
+/// Keeps the verified client certificate of a connection, parsed once when the
+/// handshake completes, in its TLS digest (for `mtls_auth` and the access log).
+pub(crate) struct KeepClientCert;
+
+#[async_trait::async_trait]
+impl pingora::listeners::TlsAccept for KeepClientCert {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &pingora::protocols::tls::TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let cert = crate::client_cert::ClientCertificate::from_der(tls.peer_certificate_der()?)?;
+        Some(Arc::new(Arc::new(cert)))
+    }
 }
 
 /// Drops a TLS connection whose client sends nothing (no ClientHello) within its

@@ -56,6 +56,9 @@ struct Ctx<'a> {
     states: StatesBuilder<'a>,
     /// The policies' HTTP client, kept across reloads while `[server.outbound]` is.
     outbound: Option<Arc<Outbound>>,
+    /// Whether a `[[server.tls]]` listener asks for client certificates (true when
+    /// `[server]` itself failed, so that its errors are not repeated at policies).
+    client_certs: bool,
 }
 
 pub(super) fn compile(
@@ -111,6 +114,7 @@ pub(super) fn compile_keeping(
         upstream_names: BTreeSet::new(),
         states: StatesBuilder::new(prior.map(|p| &p.states)),
         outbound: None,
+        client_certs: false,
     };
     cx.diags.set_root(doc_ref);
 
@@ -141,6 +145,9 @@ pub(super) fn compile_keeping(
     if let Some((s, _)) = &server {
         cx.dns_family = s.dns.ip_family;
     }
+    cx.client_certs = server
+        .as_ref()
+        .is_none_or(|(s, _)| s.tls.iter().any(|t| t.client.is_some()));
     let outbound_settings = server
         .as_ref()
         .map(|(s, _)| s.outbound.clone())
@@ -497,11 +504,55 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
                 (file(&p.cert), file(&p.key))
             })
             .collect();
+        let optional = match t
+            .client_auth
+            .as_ref()
+            .map(|a| (a.get_ref().as_str(), a.span()))
+        {
+            None | Some(("required", _)) => false,
+            Some(("optional", _)) => true,
+            Some((other, span)) => {
+                cx.diags.at(
+                    span,
+                    format!("{path}.client_auth"),
+                    format!("unknown client_auth {other:?} (expected required or optional)"),
+                );
+                ok = false;
+                false
+            }
+        };
+        let client = match (&t.client_ca, &t.client_auth) {
+            (None, Some(a)) => {
+                cx.diags.at(
+                    a.span(),
+                    format!("{path}.client_auth"),
+                    "only with client_ca",
+                );
+                ok = false;
+                None
+            }
+            (None, None) => None,
+            (Some(ca), _) => {
+                let file = cx.config_dir.join(ca.get_ref());
+                let loaded = std::fs::read(&file)
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))
+                    .and_then(|pem| crate::tls::ClientAuth::load(&pem, optional));
+                match loaded {
+                    Ok(c) => Some(c),
+                    Err(msg) => {
+                        cx.diags.at(ca.span(), format!("{path}.client_ca"), msg);
+                        ok = false;
+                        None
+                    }
+                }
+            }
+        };
         match crate::tls::SniResolver::load(&pairs) {
             Ok(r) => s.tls.push(crate::tls::TlsListener {
                 addr,
                 resolver: Arc::new(r),
                 files: pairs,
+                client,
             }),
             Err((j, msg)) => {
                 cx.diags
@@ -913,6 +964,48 @@ fn consumers(cx: &mut Ctx<'_>, v: Option<&Value<'_>>) -> (Consumers, ConsumerPol
                 }
             }
         }
+        if let Some(m) = &f.mtls {
+            let mpath = format!("{path}.mtls");
+            let mtls = m.get_ref();
+            match (&mtls.san, &mtls.cn) {
+                (Some(san), None) => {
+                    for v in san.values() {
+                        let at = format!("{mpath}.san");
+                        if v.is_empty() {
+                            cx.diags.at(m.span(), at, "a SAN value cannot be empty");
+                        } else if let Some(other) = out.add_mtls_san(&consumer, v) {
+                            cx.diags.at(
+                                m.span(),
+                                at,
+                                format!("SAN {v:?} is already used by consumer {:?}", other.name),
+                            );
+                        }
+                    }
+                }
+                (None, Some(cn)) if cn.is_empty() => {
+                    cx.diags.at(
+                        m.span(),
+                        format!("{mpath}.cn"),
+                        "a Common Name cannot be empty",
+                    );
+                }
+                (None, Some(cn)) => {
+                    if let Some(other) = out.add_mtls_cn(&consumer, cn) {
+                        cx.diags.at(
+                            m.span(),
+                            format!("{mpath}.cn"),
+                            format!(
+                                "Common Name {cn:?} is already used by consumer {:?}",
+                                other.name
+                            ),
+                        );
+                    }
+                }
+                _ => cx
+                    .diags
+                    .at(m.span(), mpath, "give exactly one of `san` and `cn`"),
+            }
+        }
         if let Some(s) = &f.jwt_subject {
             if let Some(other) = out.add_subject(&consumer, s.get_ref()) {
                 cx.diags.at(
@@ -1008,6 +1101,7 @@ fn policies(
             outbound: cx.outbound.as_ref(),
             consumers: scope.consumers,
             route: scope.route,
+            client_certs: cx.client_certs,
         };
         let registry = cx.registry;
         let built = strictly(

@@ -116,8 +116,35 @@ pub(crate) struct ConsumerFile {
     pub api_keys: Vec<Spanned<String>>,
     pub basic: Option<Spanned<BasicFile>>,
     pub jwt_subject: Option<Spanned<String>>,
+    pub mtls: Option<Spanned<MtlsFile>>,
     #[serde(default)]
     pub groups: Vec<String>,
+}
+
+/// A consumer's client certificate identity: `{ san = "…" }`, `{ san = ["…"] }` or
+/// `{ cn = "…" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MtlsFile {
+    pub san: Option<OneOrMany>,
+    pub cn: Option<String>,
+}
+
+/// One string or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub(crate) fn values(&self) -> &[String] {
+        match self {
+            Self::One(s) => std::slice::from_ref(s),
+            Self::Many(v) => v,
+        }
+    }
 }
 
 /// A consumer's Basic credentials.
@@ -178,6 +205,8 @@ pub(crate) struct TracingFile {
 pub(crate) struct TlsFile {
     pub listen: Spanned<String>,
     pub certs: Spanned<Vec<CertPair>>,
+    pub client_ca: Option<Spanned<String>>,
+    pub client_auth: Option<Spanned<String>>,
 }
 
 /// `{ cert = "...", key = "..." }`.

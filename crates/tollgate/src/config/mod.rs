@@ -113,7 +113,13 @@ impl ServerSettings {
     /// `redis`, `allow_empty`) is applied by a reload.
     pub fn needs_restart(&self, new: &ServerSettings) -> Vec<&'static str> {
         let tls = |s: &ServerSettings| -> Vec<_> {
-            s.tls.iter().map(|t| (t.addr, t.files.clone())).collect()
+            s.tls
+                .iter()
+                .map(|t| {
+                    let client = t.client.as_ref().map(|c| (c.ca_pem.clone(), c.optional));
+                    (t.addr, t.files.clone(), client)
+                })
+                .collect()
         };
         [
             ("server.listen", self.listen != new.listen),

@@ -11,6 +11,7 @@ pub mod headers;
 pub mod ip_restriction;
 pub mod jwt_auth;
 pub mod key_auth;
+pub mod mtls_auth;
 pub mod oauth2_introspection;
 pub mod rate_limit;
 
@@ -22,6 +23,7 @@ impl Registry {
         let mut r = Self::empty();
         r.register_builtin::<ip_restriction::IpRestrictionConfig>("ip_restriction");
         r.register_builtin::<cors::CorsConfig>("cors");
+        r.register_builtin::<mtls_auth::MtlsAuthConfig>("mtls_auth");
         r.register_builtin::<key_auth::KeyAuthConfig>("key_auth");
         r.register_builtin::<basic_auth::BasicAuthConfig>("basic_auth");
         r.register_builtin::<jwt_auth::JwtAuthConfig>("jwt_auth");

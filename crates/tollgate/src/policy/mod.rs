@@ -63,7 +63,8 @@ pub use metrics::{CounterVec, GaugeVec, HistogramVec, PolicyMetrics};
 pub use outbound::{Call, HttpClient, OutboundError};
 pub use upstream::{Peer, Target, UpstreamName};
 
-pub use crate::consumer::{Consumer, Consumers, PasswordHash};
+pub use crate::client_cert::{ClientCertificate, San};
+pub use crate::consumer::{CertMatch, Consumer, Consumers, PasswordHash};
 pub use crate::context::RequestCtx;
 pub use crate::reply::{CustomCode, CustomCodeError, ErrorCode, Reply};
 pub use crate::request_key::RequestKey;
@@ -300,6 +301,8 @@ pub struct BuildCtx<'a> {
     pub(crate) consumers: Option<&'a Consumers>,
     /// The route whose policy this is; `None` for a top-level policy.
     pub(crate) route: Option<&'a str>,
+    /// Whether a `[[server.tls]]` listener asks clients for certificates.
+    pub(crate) client_certs: bool,
 }
 
 impl<'a> BuildCtx<'a> {
@@ -315,7 +318,15 @@ impl<'a> BuildCtx<'a> {
             outbound: None,
             consumers: None,
             route: None,
+            client_certs: true,
         }
+    }
+
+    /// Whether a `[[server.tls]]` listener of the configuration asks clients for a
+    /// certificate (`client_ca`): a policy that authenticates by client certificate is
+    /// useless without one. Outside a gateway (`BuildCtx::new`), true.
+    pub fn client_certificates_asked(&self) -> bool {
+        self.client_certs
     }
 
     /// This context, with `consumers` as the configured consumers (for testing a policy
@@ -806,6 +817,8 @@ impl Chain {
         // the refusals of the authentication policies that did not authenticate
         let mut refusals: Vec<Reply> = Vec::new();
         let mut anonymous_by = None;
+        // the identity headers of the policy that offered the anonymous consumer
+        let mut anonymous_headers = Vec::new();
         let mut authenticated = false;
         cx.chain = ChainProgress::default();
         for (i, link) in self.policies.iter().enumerate() {
@@ -815,6 +828,7 @@ impl Chain {
                 }
                 cx.chain.reached = i + 1;
                 let offered = cx.anonymous.is_some();
+                let mark = cx.identity_headers.len();
                 match link.policy.request_filter(session, cx).await? {
                     Flow::Continue => {
                         authenticated = true;
@@ -829,8 +843,12 @@ impl Chain {
                         }
                     }
                     Flow::Respond(r) => {
+                        // what a policy that did not authenticate set goes nowhere,
+                        // unless its anonymous consumer is taken
+                        let set = cx.identity_headers.split_off(mark);
                         if !offered && cx.anonymous.is_some() {
                             anonymous_by = Some(i);
+                            anonymous_headers = set;
                         }
                         refusals.push(r);
                     }
@@ -841,7 +859,10 @@ impl Chain {
                 let refusals = std::mem::take(&mut refusals);
                 match self.settle_authentication(refusals, anonymous_by, cx) {
                     Some(r) => return Ok(Flow::Respond(r)),
-                    None => authenticated = true,
+                    None => {
+                        authenticated = true;
+                        cx.identity_headers.append(&mut anonymous_headers);
+                    }
                 }
             }
             cx.chain.reached = i + 1;
@@ -857,8 +878,9 @@ impl Chain {
             }
         }
         if !authenticated && !refusals.is_empty() {
-            if let Some(r) = self.settle_authentication(refusals, anonymous_by, cx) {
-                return Ok(Flow::Respond(r));
+            match self.settle_authentication(refusals, anonymous_by, cx) {
+                Some(r) => return Ok(Flow::Respond(r)),
+                None => cx.identity_headers.append(&mut anonymous_headers),
             }
         }
         Ok(Flow::Continue)

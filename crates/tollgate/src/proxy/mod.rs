@@ -132,6 +132,7 @@ impl Gateway {
                 .unwrap_or_else(TraceContext::generate),
         );
         cx.consumers = Some(snap.consumers.clone());
+        cx.client_cert = crate::client_cert::of_connection(session.digest());
         // the connection guard checked the head already; this catches pipelined heads
         // it did not see
         let req = session.req_header();
