@@ -132,6 +132,46 @@ impl Upstream {
         )
     }
 
+    /// An echo upstream over HTTPS that demands a client certificate issued by a CA of
+    /// `client_ca_pem` (mutual TLS): a client without one fails the handshake.
+    pub async fn start_mtls(
+        name: &str,
+        cert_pem: &str,
+        key_pem: &str,
+        client_ca_pem: &str,
+    ) -> Self {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("cert pem");
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key pem");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
+            roots.add(c.expect("ca pem")).expect("ca");
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .expect("verifier");
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::serve(
+            TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+            name,
+            Some(acceptor),
+        )
+    }
+
     fn serve(listener: TcpListener, name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let addr = listener.local_addr().expect("upstream addr");
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();

@@ -345,3 +345,81 @@ fn check_refuses_bad_client_certificate_settings_each_at_its_key() {
         "{err}"
     );
 }
+
+// ---- identity.md §3.8: the gateway's own certificate towards backends ----
+
+/// A backend on TLS that demands a client certificate of `clients`, and the files the
+/// gateway needs: (backend, dir, server CA file, client cert file, client key file).
+async fn mtls_backend(clients: &Ca) -> (Upstream, tempfile::TempDir, String, String, String) {
+    let servers = Ca::new("server CA");
+    let (cert, key) = servers.issue(
+        "ledger",
+        vec![SanType::DnsName("ledger.internal".try_into().unwrap())],
+        vec![ExtendedKeyUsagePurpose::ServerAuth],
+    );
+    let up = Upstream::start_mtls("ledger", &cert, &key, &clients.pem()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = write(dir.path(), "servers-ca.pem", &servers.pem());
+    let (c, k) = clients.issue("gateway", vec![], client_auth());
+    let c = write(dir.path(), "gw-client.pem", &c);
+    let k = write(dir.path(), "gw-client.key", &k);
+    (up, dir, ca, c, k)
+}
+
+#[tokio::test]
+async fn the_gateway_presents_its_client_certificate_to_backends_that_demand_one() {
+    let clients = Ca::new("client CA");
+    let (up, _dir, ca, cert, key) = mtls_backend(&clients).await;
+    let gw = gateway(&format!(
+        "[upstreams.ledger]\nbackends = [\"{a}\"]\nsni = \"ledger.internal\"\nca_file = \"{ca}\"\n\
+         health_check = {{ path = \"/healthz\", interval = \"100ms\" }}\n\
+         [upstreams.ledger.tls]\nclient_cert = \"{cert}\"\nclient_key = \"{key}\"\n\
+         [upstreams.bare]\nbackends = [\"{a}\"]\nsni = \"ledger.internal\"\nca_file = \"{ca}\"\ntls = true\n\
+         [routes.with]\npaths = [\"/with\"]\nupstream = \"ledger\"\n\
+         [routes.without]\npaths = [\"/without\"]\nupstream = \"bare\"\n",
+        a = up.addr
+    ));
+    let r = client().get(gw.url("/with")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().unwrap().target, "/with");
+    // HTTPS health checks present it too (and trust ca_file)
+    assert!(
+        eventually(std::time::Duration::from_secs(5), async || !up
+            .check_hosts()
+            .is_empty())
+        .await,
+        "health checks never got through"
+    );
+    // without a certificate the backend refuses the handshake: 502
+    let r = client().get(gw.url("/without")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "bad_gateway");
+}
+
+#[test]
+fn check_refuses_a_half_or_mismatched_client_certificate() {
+    let clients = Ca::new("client CA");
+    let dir = tempfile::tempdir().unwrap();
+    let (c1, _) = clients.issue("a", vec![], client_auth());
+    let (_, k2) = clients.issue("b", vec![], client_auth());
+    let c1 = write(dir.path(), "c1.pem", &c1);
+    let k2 = write(dir.path(), "k2.key", &k2);
+    let err = check_fails(&format!(
+        "[upstreams.half]\nbackends = [\"127.0.0.1:1\"]\n[upstreams.half.tls]\nclient_cert = \"{c1}\"\n\
+         [upstreams.other]\nbackends = [\"127.0.0.1:1\"]\n[upstreams.other.tls]\nclient_key = \"{k2}\"\n\
+         [upstreams.mismatch]\nbackends = [\"127.0.0.1:1\"]\n[upstreams.mismatch.tls]\nclient_cert = \"{c1}\"\nclient_key = \"{k2}\"\n\
+         [upstreams.notpem]\nbackends = [\"127.0.0.1:1\"]\n[upstreams.notpem.tls]\nclient_cert = \"{k2}\"\nclient_key = \"{k2}\"\n\
+         [upstreams.typo]\nbackends = [\"127.0.0.1:1\"]\n[upstreams.typo.tls]\nclient_crt = \"{c1}\"\n\
+         [routes.r]\npaths = [\"/\"]\nupstream = \"half\"\n"
+    ));
+    for expected in [
+        "upstreams.half.tls.client_key: client_cert needs client_key",
+        "upstreams.other.tls.client_cert: client_key needs client_cert",
+        "upstreams.mismatch.tls.client_key: the key does not fit the certificate",
+        "upstreams.notpem.tls.client_cert:",
+        "client_crt",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}

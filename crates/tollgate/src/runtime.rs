@@ -125,6 +125,8 @@ pub(crate) struct Upstream {
     pub(crate) tls: bool,
     pub(crate) sni: String,
     pub(crate) ca: Option<std::sync::Arc<pingora::protocols::tls::CaType>>,
+    /// The certificate presented to backends that ask for one.
+    pub(crate) client_cert: Option<std::sync::Arc<pingora::utils::tls::CertKey>>,
     /// Separates pooled connections verified under different trust roots (Pingora's pool
     /// key does not include the CA list); 0 for the system roots.
     pub(crate) trust_key: u64,

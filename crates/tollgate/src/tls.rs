@@ -248,3 +248,85 @@ pub(crate) fn load_ca_file(
     }
     Ok(Arc::from(out.into_boxed_slice()))
 }
+
+/// What a connection to an upstream's backends needs for TLS: on or off, the CAs that
+/// verify the backends (`ca_file`; `None`: the system's), and the certificate the
+/// gateway presents when a backend asks for one (`[upstreams.X.tls] client_cert`).
+#[derive(Clone, Default)]
+pub(crate) struct PeerTls {
+    pub(crate) on: bool,
+    pub(crate) ca: Option<Arc<pingora::protocols::tls::CaType>>,
+    pub(crate) client_cert: Option<Arc<pingora::utils::tls::CertKey>>,
+}
+
+impl fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerTls")
+            .field("on", &self.on)
+            .field("ca", &self.ca.is_some())
+            .field("client_cert", &self.client_cert.is_some())
+            .finish()
+    }
+}
+
+impl PeerTls {
+    /// Gives `peer` the CAs and the client certificate.
+    pub(crate) fn apply(&self, peer: &mut pingora::upstreams::peer::HttpPeer) {
+        self.apply_ca(&mut peer.options);
+        if self.client_cert.is_some() {
+            peer.client_cert_key = self.client_cert.clone();
+        }
+    }
+
+    /// Gives a peer's options the CAs (a TCP check's peer has no client certificate).
+    pub(crate) fn apply_ca(&self, options: &mut pingora::upstreams::peer::PeerOptions) {
+        if self.ca.is_some() {
+            options.ca = self.ca.clone();
+        }
+    }
+}
+
+/// Loads a client certificate chain and its key (PEM; the key PKCS#8, PKCS#1 or SEC1).
+///
+/// # Errors
+/// `(key, message)`: the file (`client_cert` or `client_key`) that cannot be used, or
+/// `client_key` when the key does not match the certificate.
+pub(crate) fn load_client_cert(
+    cert_file: &std::path::Path,
+    key_file: &std::path::Path,
+) -> Result<Arc<pingora::utils::tls::CertKey>, (&'static str, String)> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::PrivateKeyDer;
+    pingora::tls::install_default_crypto_provider();
+    let read = |key: &'static str, p: &std::path::Path| {
+        crate::units::check_material_file(p).map_err(|e| (key, e))?;
+        std::fs::read(p).map_err(|e| (key, format!("cannot read {}: {e}", p.display())))
+    };
+    let cert_pem = read("client_cert", cert_file)?;
+    let key_pem = read("client_key", key_file)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| ("client_cert", format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(("client_cert", "no certificate in the file".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        (
+            "client_key",
+            format!("not a PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"),
+        )
+    })?;
+    let provider = CryptoProvider::get_default()
+        .ok_or(("client_key", "no TLS crypto provider".to_string()))?;
+    CertifiedKey::from_der(certs.clone(), key.clone_key(), provider).map_err(|e| {
+        (
+            "client_key",
+            format!("the key does not fit the certificate: {e}"),
+        )
+    })?;
+    let chain = certs.iter().map(|c| c.to_vec()).collect();
+    Ok(Arc::new(pingora::utils::tls::CertKey::new(
+        chain,
+        key.secret_der().to_vec(),
+    )))
+}

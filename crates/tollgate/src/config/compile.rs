@@ -673,9 +673,10 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         ),
         None => (3, Duration::from_secs(10)),
     };
+    let tls_on = f.tls.on();
     let mut ca = None;
     if let Some(file) = &f.ca_file {
-        if !f.tls && !taken_out("tls") {
+        if !tls_on && !taken_out("tls") {
             cx.diags.at(
                 file.span(),
                 format!("{path}.ca_file"),
@@ -692,6 +693,59 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
             }
         }
     }
+    let mut client_cert = None;
+    if let crate::config::file::UpstreamTls::On(t) = &f.tls {
+        let span = v.span();
+        match (&t.client_cert, &t.client_key) {
+            (Some(c), Some(k)) => {
+                let (c, k) = (cx.config_dir.join(c), cx.config_dir.join(k));
+                match crate::tls::load_client_cert(&c, &k) {
+                    Ok(ck) => client_cert = Some(ck),
+                    Err((key, msg)) => {
+                        cx.diags.at(span.clone(), format!("{path}.tls.{key}"), msg);
+                        ok = false;
+                    }
+                }
+            }
+            (Some(_), None) => {
+                cx.diags.at(
+                    span.clone(),
+                    format!("{path}.tls.client_key"),
+                    "client_cert needs client_key",
+                );
+                ok = false;
+            }
+            (None, Some(_)) => {
+                cx.diags.at(
+                    span.clone(),
+                    format!("{path}.tls.client_cert"),
+                    "client_key needs client_cert",
+                );
+                ok = false;
+            }
+            (None, None) => {}
+        }
+    }
+    // what tells this upstream's TLS from another's: its CAs and its certificate
+    let trust_key = {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for c in ca.iter().flat_map(|certs| certs.iter()) {
+            c.borrow_raw_cert().hash(&mut h);
+        }
+        if let Some(ck) = &client_cert {
+            ck.leaf().borrow_raw_cert().hash(&mut h);
+        }
+        if ca.is_some() || client_cert.is_some() {
+            h.finish() | 1
+        } else {
+            0
+        }
+    };
+    let peer_tls = crate::tls::PeerTls {
+        on: tls_on,
+        ca: ca.clone(),
+        client_cert: client_cert.clone(),
+    };
     let mut health = None;
     let mut fingerprint = String::new();
     if let Some(hc) = &f.health_check {
@@ -699,8 +753,8 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         // an upstream with names checks each address with its own Host and SNI: a
         // different check, which reads the map of them (`check_hosts`) it was made with
         let names = entries.iter().any(BackendEntry::is_name);
-        fingerprint = format!("{:?}|{host}|{}|{names}", hc.get_ref(), f.tls);
-        match hc.get_ref().build(&host, &host, f.tls) {
+        fingerprint = format!("{:?}|{host}|{tls_on}|{trust_key}|{names}", hc.get_ref());
+        match hc.get_ref().build(&host, &host, &peer_tls) {
             Ok(built) => health = Some(built),
             Err((key, msg)) => {
                 cx.diags
@@ -733,7 +787,7 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
     let health_registry = schedule.is_some().then(|| (fingerprint, registry.clone()));
     let shape = UpstreamShape {
         entries: &entries,
-        tls: f.tls,
+        tls: tls_on,
         sni: f.sni.as_deref().unwrap_or(""),
     };
     let has_names = entries.iter().any(BackendEntry::is_name);
@@ -766,7 +820,7 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
     }
     let check = match (check, &check_hosts, &f.health_check) {
         (Some(_), Some(hosts), Some(hc)) => {
-            let (config, tls) = (hc.get_ref().clone(), f.tls);
+            let (config, tls) = (hc.get_ref().clone(), peer_tls.clone());
             let thresholds = config.thresholds();
             // an address not in the map yet: as an IP entry of this upstream is checked
             let sni = f.sni.clone().unwrap_or_default();
@@ -776,7 +830,8 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
                 sni.clone()
             };
             let fallback = (host, sni);
-            let build = move |host: &str, sni: &str| config.build(host, sni, tls).ok().map(|b| b.0);
+            let build =
+                move |host: &str, sni: &str| config.build(host, sni, &tls).ok().map(|b| b.0);
             Some(Box::new(PerHostCheck::new(
                 build,
                 thresholds,
@@ -822,17 +877,12 @@ fn upstream(cx: &mut Ctx<'_>, name: &str, v: &Value<'_>) -> Option<Upstream> {
         endpoints,
         ip_family: f.ip_family.unwrap_or(cx.dns_family),
         balance,
-        tls: f.tls,
+        tls: tls_on,
         sni,
         http2: f.http2,
-        trust_key: ca.as_ref().map_or(0, |certs| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            for c in certs.iter() {
-                c.borrow_raw_cert().hash(&mut h);
-            }
-            h.finish() | 1
-        }),
+        trust_key,
         ca,
+        client_cert,
         connect_timeout: f
             .connect_timeout
             .map_or(Duration::from_secs(5), |d| d.get()),

@@ -49,7 +49,7 @@ pub(crate) struct UpstreamFile {
     pub balance: Option<Spanned<Balance>>,
     pub hash_key: Option<Spanned<String>>,
     #[serde(default)]
-    pub tls: bool,
+    pub tls: UpstreamTls,
     pub sni: Option<String>,
     pub ca_file: Option<Spanned<String>>,
     #[serde(default)]
@@ -59,6 +59,58 @@ pub(crate) struct UpstreamFile {
     pub retries: Option<usize>,
     pub health_check: Option<Spanned<super::health_check::HealthCheckConfig>>,
     pub ip_family: Option<crate::dns::IpFamily>,
+}
+
+/// An upstream's `tls`: `true`/`false`, or the table `[upstreams.X.tls]` (TLS on, with
+/// a client certificate).
+#[derive(Debug, Clone, Default)]
+pub(crate) enum UpstreamTls {
+    #[default]
+    Off,
+    On(UpstreamTlsTable),
+}
+
+impl UpstreamTls {
+    pub(crate) fn on(&self) -> bool {
+        matches!(self, Self::On(_))
+    }
+}
+
+/// `[upstreams.X.tls]`: an empty table is `tls = true`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamTlsTable {
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for UpstreamTls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = UpstreamTls;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false, or a table with client_cert and client_key")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<UpstreamTls, E> {
+                Ok(if v {
+                    UpstreamTls::On(UpstreamTlsTable::default())
+                } else {
+                    UpstreamTls::Off
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<UpstreamTls, A::Error> {
+                let t = UpstreamTlsTable::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(UpstreamTls::On(t))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// One backend: `"127.0.0.1:9001"`, `"orders.svc:8080"`,

@@ -67,8 +67,9 @@ impl HealthCheckConfig {
         &self,
         host: &str,
         sni: &str,
-        tls: bool,
+        peer_tls: &crate::tls::PeerTls,
     ) -> Result<(Box<dyn HealthCheck + Send + Sync>, HealthSchedule), (String, String)> {
+        let tls = peer_tls.on;
         let interval = self.interval.map_or(Duration::from_secs(1), |d| d.get());
         if interval < Duration::from_millis(50) {
             return Err(("interval".into(), "interval must be at least 50ms".into()));
@@ -100,6 +101,7 @@ impl HealthCheckConfig {
                 hc.consecutive_success = healthy_after;
                 hc.peer_template.options.connection_timeout = Some(timeout);
                 hc.peer_template.options.total_connection_timeout = Some(timeout);
+                peer_tls.apply_ca(&mut hc.peer_template.options);
                 hc
             }
             CheckKind::Http => {
@@ -121,6 +123,7 @@ impl HealthCheckConfig {
                 hc.peer_template.options.connection_timeout = Some(timeout);
                 hc.peer_template.options.total_connection_timeout = Some(timeout);
                 hc.peer_template.options.read_timeout = Some(timeout);
+                peer_tls.apply(&mut hc.peer_template);
                 hc.validator = Some(Box::new(|resp: &pingora::http::ResponseHeader| {
                     if resp.status.is_success() {
                         Ok(())
@@ -149,12 +152,14 @@ mod tests {
     #[test]
     fn builds_http_and_tcp_checks_and_refuses_bad_settings() {
         assert!(config("path = \"/healthz\"\ninterval = \"200ms\"")
-            .build("h", "h", false)
+            .build("h", "h", &Default::default())
             .is_ok());
-        assert!(config("kind = \"tcp\"").build("h", "h", false).is_ok());
+        assert!(config("kind = \"tcp\"")
+            .build("h", "h", &Default::default())
+            .is_ok());
         assert_eq!(
             config("kind = \"tcp\"\npath = \"/x\"")
-                .build("h", "h", false)
+                .build("h", "h", &Default::default())
                 .err()
                 .unwrap()
                 .0,
@@ -162,7 +167,7 @@ mod tests {
         );
         assert_eq!(
             config("unhealthy_after = 0")
-                .build("h", "h", false)
+                .build("h", "h", &Default::default())
                 .err()
                 .unwrap()
                 .0,
@@ -170,7 +175,7 @@ mod tests {
         );
         assert_eq!(
             config("interval = \"1ms\"")
-                .build("h", "h", false)
+                .build("h", "h", &Default::default())
                 .err()
                 .unwrap()
                 .0,
@@ -178,7 +183,7 @@ mod tests {
         );
         assert_eq!(
             config("path = \"healthz\"")
-                .build("h", "h", false)
+                .build("h", "h", &Default::default())
                 .err()
                 .unwrap()
                 .0,

@@ -515,8 +515,9 @@ impl ProxyHttp for Gateway {
             peer.options.tracer = Some(PeerTracer::tracer(&conn));
             st.fresh_conn = Some(conn);
         }
-        if up.ca.is_some() && !matches!(st.choice, Some(Choice::Peer(_))) {
+        if up.trust_key != 0 && !matches!(st.choice, Some(Choice::Peer(_))) {
             peer.options.ca = up.ca.clone();
+            peer.client_cert_key = up.client_cert.clone();
             peer.group_key = up.trust_key;
         }
         st.tries += 1;
