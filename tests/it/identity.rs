@@ -663,3 +663,108 @@ async fn several_authentication_policies_combine_into_one_answer() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn a_reload_to_a_new_key_source_fetches_it_before_taking_effect() {
+    let old_idp = IdentityProvider::start().await;
+    let new_idp = IdentityProvider::start().await;
+    let (k_old, jwk_old) = EcKey::new("old");
+    let (k_new, jwk_new) = EcKey::new("new");
+    old_idp.serve_jwks(&[jwk_old]);
+    // the new provider is slow: the reload waits for it (within jwks_timeout)
+    let doc = json!({"keys": [jwk_new]});
+    new_idp.set(|s| {
+        s.jwks = Some(tollgate_tests::Answer::json(&doc).delayed(Duration::from_millis(300)))
+    });
+    let up = Upstream::start("a").await;
+    let gw = gateway_for(
+        &up,
+        &format!(
+            "algorithms = [\"ES256\"]\njwks_url = \"{}\"\n",
+            old_idp.url("/jwks")
+        ),
+    )
+    .await;
+    let t_old = k_old.sign(&claims("alice", "any"));
+    assert!(
+        eventually(Duration::from_secs(10), async || status(
+            &gw,
+            "/p",
+            Some(&t_old)
+        )
+        .await
+            == 200)
+        .await
+    );
+    let toml = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(
+        &gw.config,
+        toml.replace(&old_idp.url("/jwks"), &new_idp.url("/jwks")),
+    )
+    .unwrap();
+    let (code, _) = admin_reload(&gw).await;
+    assert_eq!(code, 200);
+    // the first request after the reload finds the new keys: no 503 window
+    let t_new = k_new.sign(&claims("alice", "any"));
+    assert_eq!(status(&gw, "/p", Some(&t_new)).await, 200);
+    assert_eq!(
+        new_idp.hits("/jwks"),
+        1,
+        "fetched once, before the reload took effect"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_fetches_key_sets_before_it_takes_the_sockets_over() {
+    let idp = IdentityProvider::start().await;
+    let (k, jwk) = EcKey::new("k");
+    let jwk_for_k = jwk.clone();
+    idp.serve_jwks(&[jwk]);
+    let up = Upstream::start("a").await;
+    let n = format!("{}{}", std::process::id(), fastid());
+    let toml = format!(
+        "[server]\nlisten = [\"{}\"]\nthreads = 1\naccess_log = \"off\"\n\
+         pid_file = \"/tmp/tollgate-jwks-{n}.pid\"\nupgrade_sock = \"/tmp/tollgate-jwks-{n}.sock\"\n\
+         grace_period = \"0s\"\ngraceful_shutdown_timeout = \"1s\"\n\
+         {}[consumers.alice]\njwt_subject = \"alice\"\n\
+         [routes.p]\npaths = [\"/p\"]\nupstream = \"a\"\n[routes.p.policies.jwt_auth]\n\
+         algorithms = [\"ES256\"]\njwks_url = \"{}\"\njwks_timeout = \"5s\"\n",
+        closed_port(),
+        upstream_table("a", &[up.addr]),
+        idp.url("/jwks")
+    );
+    let old = Gateway::start(bin(), &toml);
+    let t = k.sign(&claims("alice", "any"));
+    assert!(
+        eventually(Duration::from_secs(10), async || status(
+            &old,
+            "/p",
+            Some(&t)
+        )
+        .await
+            == 200)
+        .await
+    );
+    let fetched = idp.hits("/jwks");
+    // from now on the provider takes 2 s: longer than the old process takes to hand
+    // over and leave, so only a fetch made before the hand-over is done in time
+    let doc = json!({"keys": [EcKey::new("other").1, jwk_for_k]});
+    idp.set(|s| {
+        s.jwks = Some(tollgate_tests::Answer::json(&doc).delayed(Duration::from_secs(2)));
+    });
+    let new_toml = toml.clone();
+    let new = tokio::task::spawn_blocking(move || Gateway::start_upgrade(bin(), &new_toml));
+    old.signal("QUIT");
+    let new = new.await.expect("the new instance started");
+    let mut old = old;
+    tokio::task::spawn_blocking(move || old.wait_exit(Duration::from_secs(20)))
+        .await
+        .unwrap()
+        .expect("the old process exited");
+    assert!(
+        idp.hits("/jwks") > fetched,
+        "the new process fetched its own keys"
+    );
+    // the first request the new process serves alone finds its keys
+    assert_eq!(status(&new, "/p", Some(&t)).await, 200);
+}

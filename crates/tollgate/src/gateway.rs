@@ -292,6 +292,9 @@ impl GatewayHandle {
         match Config::reload_from(path, &self.registry, Some(&prior)) {
             Ok(c) => {
                 c.snapshot.outbound.attach(&self.metrics);
+                // CROSSCUTTING.md 7.2: new key sets are fetched before the config takes
+                // effect (each within its own bound)
+                c.snapshot.states.prepare().await;
                 // body_buffer_total applies on reload; body_timeout needs a restart
                 self.bodies.configure(
                     c.server.limits.body_buffer_total,
@@ -460,6 +463,10 @@ impl GatewayHandle {
     /// socket, grace periods), bootstrapped; with `upgrade`, it takes the listening
     /// sockets over from the running instance. For a program that has no server yet.
     pub fn pingora_server(&self, upgrade: bool) -> Server {
+        if upgrade {
+            // CROSSCUTTING.md 7.2: remote key sets are fetched before the sockets move
+            prepare_blocking(self.state.load_full());
+        }
         crate::server::build(&self.server, upgrade)
     }
 
@@ -555,5 +562,25 @@ impl pingora::services::background::BackgroundService for PolicyTasks {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+/// Runs the preparations of `snap`'s new policy state ([`BuildCtx::prepare`]) outside a
+/// runtime: on a runtime of its own, on a thread of its own.
+///
+/// [`BuildCtx::prepare`]: crate::policy::BuildCtx::prepare
+fn prepare_blocking(snap: Arc<crate::runtime::Snapshot>) {
+    let ran = std::thread::Builder::new()
+        .name("tollgate-prepare".into())
+        .spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(snap.states.prepare());
+            }
+        });
+    if let Ok(t) = ran {
+        let _ = t.join();
     }
 }

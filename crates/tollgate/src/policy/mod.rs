@@ -442,6 +442,24 @@ impl<'a> BuildCtx<'a> {
         }
     }
 
+    /// Work to finish before a configuration with new `state` takes effect, at most
+    /// `limit`: the first fetch of a key set. A reload waits for it (the preparations of
+    /// every new state run in parallel) before the new configuration takes effect, and
+    /// a process started with `--upgrade` before it takes the sockets over; a plain
+    /// start does not wait (do the same work in [`BuildCtx::background`] when it has not
+    /// been done). Only for state made by this build (not handed over); `check` and
+    /// `BuildCtx::new` run nothing.
+    pub fn prepare<T, F, Fut>(&self, state: &Arc<T>, limit: std::time::Duration, work: F)
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce(Arc<T>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if let Some(s) = &self.state {
+            s.prepare(state, limit, work);
+        }
+    }
+
     /// The gateway's HTTP client, for calls to other services; its metrics carry this
     /// policy's name. Outside a gateway (`BuildCtx::new`), a client with the default
     /// `[server.outbound]` settings and no metrics.

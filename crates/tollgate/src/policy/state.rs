@@ -47,6 +47,8 @@ struct Stop(Mutex<Vec<tokio::sync::oneshot::Sender<()>>>);
 #[derive(Default)]
 pub(crate) struct States {
     held: Mutex<HashMap<Key, Held>>,
+    /// What must be done before this configuration takes effect (each bounded).
+    preparations: Mutex<Vec<Task>>,
 }
 
 impl std::fmt::Debug for States {
@@ -69,6 +71,21 @@ impl States {
         }
     }
 
+    /// Runs the preparations of this configuration's new state (the first fetch of a key
+    /// set), in parallel, each within its own bound.
+    pub(crate) async fn prepare(&self) {
+        let work = std::mem::take(
+            &mut *self
+                .preparations
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let running: Vec<_> = work.into_iter().map(tokio::spawn).collect();
+        for r in running {
+            let _ = r.await;
+        }
+    }
+
     /// Ends this configuration's hold on its state, once another is in force: what the
     /// new one did not take over is dropped (its tasks stop), even while something
     /// still holds this configuration.
@@ -87,6 +104,9 @@ pub(crate) struct StatesBuilder<'a> {
     made: Mutex<HashMap<Key, Held>>,
     /// The values made (not handed over) in this build whose task is not chosen yet.
     fresh: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
+    /// The values made in this build whose preparation is not chosen yet.
+    unprepared: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
+    preparations: Mutex<Vec<Task>>,
 }
 
 impl<'a> StatesBuilder<'a> {
@@ -103,6 +123,11 @@ impl<'a> StatesBuilder<'a> {
         States {
             held: Mutex::new(
                 self.made
+                    .into_inner()
+                    .unwrap_or_else(PoisonError::into_inner),
+            ),
+            preparations: Mutex::new(
+                self.preparations
                     .into_inner()
                     .unwrap_or_else(PoisonError::into_inner),
             ),
@@ -157,7 +182,35 @@ impl<'a> StatesBuilder<'a> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(v.clone());
+        self.unprepared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(v.clone());
         v
+    }
+
+    fn prepare<T, F, Fut>(&self, state: &Arc<T>, limit: std::time::Duration, work: F)
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce(Arc<T>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let as_any: Arc<dyn Any + Send + Sync> = state.clone();
+        let mut unprepared = self
+            .unprepared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(i) = unprepared.iter().position(|v| Arc::ptr_eq(v, &as_any)) else {
+            return;
+        };
+        unprepared.swap_remove(i);
+        let work = work(state.clone());
+        self.preparations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Box::pin(async move {
+                let _ = tokio::time::timeout(limit, work).await;
+            }));
     }
 
     fn background<T, F, Fut>(&self, state: &Arc<T>, task: F)
@@ -233,6 +286,15 @@ impl StateCx<'_> {
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.builder.background(state, task);
+    }
+
+    pub(crate) fn prepare<T, F, Fut>(&self, state: &Arc<T>, limit: std::time::Duration, work: F)
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce(Arc<T>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.builder.prepare(state, limit, work);
     }
 }
 

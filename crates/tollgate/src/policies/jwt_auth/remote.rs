@@ -382,12 +382,19 @@ impl RemoteKeys {
     /// Ends when the key set is dropped.
     pub(super) async fn run(weak: Weak<Self>) {
         let mut failures = 0u32;
-        loop {
-            let Some(keys) = weak.upgrade() else { return };
-            if keys.fetched.load(Ordering::Acquire) == 0 && failures == 0 {
+        if let Some(keys) = weak.upgrade() {
+            if keys.fetched.load(Ordering::Acquire) == 0 {
                 keys.metrics.keys.set(&[&keys.route], 0);
                 keys.metrics.last_success.set(&[&keys.route], 0);
+            } else {
+                // fetched already, before the configuration took effect
+                let wait = keys.timers.load().refresh;
+                drop(keys);
+                tokio::time::sleep(wait).await;
             }
+        }
+        loop {
+            let Some(keys) = weak.upgrade() else { return };
             let result = keys.refresh().await;
             let t = keys.timers.load_full();
             let wait = match result {
@@ -483,7 +490,12 @@ pub(super) fn build(
     let keys = cx.state_keyed(&key, || {
         RemoteKeys::new(&route, source.clone(), client, timers.clone(), &metrics)
     });
+    let limit = timers.timeout;
     keys.set_timers(timers);
+    // a reload or an upgrade fetches a new key set before it takes effect
+    cx.prepare(&keys, limit, |keys| async move {
+        let _ = keys.refresh().await;
+    });
     cx.background(&keys, RemoteKeys::run);
     Ok(keys)
 }
