@@ -285,3 +285,121 @@ fn form_urlencoded_token(body: &[u8]) -> Option<String> {
         .find(|(k, _)| *k == "token")
         .map(|(_, v)| v.replace('+', " "))
 }
+
+/// What an [`AuthzService`] answers a request with.
+pub type Decide = Arc<dyn Fn(&Seen) -> Answer + Send + Sync>;
+
+/// A real HTTP authorization service on loopback: it records every call and answers as
+/// the test's function decides (forward-auth statuses and headers, OPA result
+/// documents, errors, delays).
+pub struct AuthzService {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    decide: Arc<Mutex<Decide>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AuthzService {
+    /// A service that allows everything (204) until told otherwise.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind authz");
+        let addr = listener.local_addr().expect("authz addr");
+        let decide: Arc<Mutex<Decide>> = Arc::new(Mutex::new(Arc::new(|_| Answer::raw(204, b""))));
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let (d, rec) = (decide.clone(), seen.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (d, rec) = (d.clone(), rec.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (d, rec) = (d.clone(), rec.clone());
+                        async move {
+                            let s = record(req).await;
+                            if let Ok(mut r) = rec.lock() {
+                                r.push(s.clone());
+                            }
+                            let f = d.lock().expect("decide").clone();
+                            let a = f(&s);
+                            if !a.delay.is_zero() {
+                                tokio::time::sleep(a.delay).await;
+                            }
+                            let mut resp = Response::builder().status(a.status);
+                            for (n, v) in &a.headers {
+                                resp = resp.header(n, v);
+                            }
+                            Ok::<_, Infallible>(
+                                resp.body(Full::new(Bytes::from(a.body)))
+                                    .unwrap_or_default(),
+                            )
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            decide,
+            seen,
+            task,
+        }
+    }
+
+    /// The URL of `path` on the service.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Answers every later call with `f`'s answer.
+    pub fn decide(&self, f: impl Fn(&Seen) -> Answer + Send + Sync + 'static) {
+        *self.decide.lock().expect("decide") = Arc::new(f);
+    }
+
+    /// The calls received so far.
+    pub fn calls(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen").clone()
+    }
+}
+
+impl Drop for AuthzService {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn record(req: Request<Incoming>) -> Seen {
+    let method = req.method().to_string();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.to_string());
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Seen {
+        method,
+        target,
+        headers,
+        body_len: body.len(),
+        body: body.to_vec(),
+    }
+}

@@ -16,7 +16,7 @@
 pub mod dns;
 pub mod idp;
 pub use dns::{DnsServer, Rule};
-pub use idp::{Answer, IdentityProvider};
+pub use idp::{Answer, AuthzService, IdentityProvider};
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

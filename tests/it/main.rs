@@ -8,6 +8,7 @@ mod balancing;
 mod cli;
 mod dns;
 mod examples;
+mod ext_authz;
 mod hardening;
 mod identity;
 mod introspection;

@@ -71,7 +71,7 @@ impl AccessLogger {
         } = *done;
         let req = session.req_header();
         let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "ts": ts,
             "request_id": cx.request_id,
             "trace_id": cx.trace.as_ref().map(|t| t.trace_id_hex()),
@@ -85,11 +85,20 @@ impl AccessLogger {
             "consumer": cx.consumer.as_ref().map(|c| c.name.as_str()),
             "auth": cx.authenticated_by(),
             "client_cert_sha256": cx.client_certificate().map(|c| c.sha256.as_str()),
+            "authz": null,
             "duration_ms": elapsed.as_secs_f64() * 1000.0,
             "upstream_ms": upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
             "bytes_sent": bytes,
             "error": cx.refusal().map(|c| c.as_str()),
         });
+        if let Some(fields) = line.as_object_mut() {
+            for (name, value) in &cx.log_fields {
+                // the gateway's own fields stay its own; an area's (`authz`) may be set
+                if !fields.contains_key(*name) || fields[*name].is_null() {
+                    fields.insert((*name).to_string(), value.clone());
+                }
+            }
+        }
         match self.tx.try_send(line.to_string()) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {

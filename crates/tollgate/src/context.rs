@@ -61,6 +61,8 @@ pub struct RequestCtx {
     pub(crate) auth: Option<Arc<str>>,
     /// The verified client certificate of the connection (mutual TLS).
     pub(crate) client_cert: Option<Arc<crate::client_cert::ClientCertificate>>,
+    /// Access-log fields set by policies ([`RequestCtx::set_log_field`]).
+    pub(crate) log_fields: Vec<(&'static str, serde_json::Value)>,
 }
 
 /// Which policies of a route's chain ran `request_filter`: the first `reached` ones,
@@ -100,6 +102,18 @@ impl RequestCtx {
             anonymous: None,
             auth: None,
             client_cert: None,
+            log_fields: Vec::new(),
+        }
+    }
+
+    /// Sets field `name` of this request's access-log line (a policy's decision, such
+    /// as `ext_authz`'s `authz`). Set it again to replace it. Name fields after your
+    /// policy; a name of the gateway's own fields is ignored.
+    pub fn set_log_field(&mut self, name: &'static str, value: impl Into<serde_json::Value>) {
+        let value = value.into();
+        match self.log_fields.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.log_fields.push((name, value)),
         }
     }
 

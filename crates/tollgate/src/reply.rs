@@ -200,6 +200,9 @@ pub struct Reply {
     /// The body of a reply that is not a refusal ([`Reply::with_body`]); a refusal's
     /// body is the JSON of its code.
     pub content: Bytes,
+    /// A refusal whose body is [`Reply::content`] as another service wrote it
+    /// ([`Reply::relay`]).
+    relayed: bool,
 }
 
 impl Reply {
@@ -227,6 +230,7 @@ impl Reply {
             message: message.into(),
             headers: Vec::new(),
             content: Bytes::new(),
+            relayed: false,
         }
     }
 
@@ -238,6 +242,7 @@ impl Reply {
             message: String::new(),
             headers: Vec::new(),
             content: Bytes::new(),
+            relayed: false,
         }
     }
 
@@ -269,6 +274,19 @@ impl Reply {
         .header(http::header::CONTENT_TYPE, content_type)
     }
 
+    /// A refusal decided by another service and relayed as it answered (an external
+    /// authorization service's denial): counted and logged with `code`, but its status
+    /// and body are the service's, and it has no `Content-Type` but the one added
+    /// with [`Reply::header`].
+    pub fn relay(status: StatusCode, code: ErrorCode, body: impl Into<Bytes>) -> Self {
+        Self {
+            code: Some(code),
+            content: body.into(),
+            relayed: true,
+            ..Self::empty(status)
+        }
+    }
+
     /// Adds a response header.
     #[must_use]
     pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
@@ -280,8 +298,8 @@ impl Reply {
     /// [`content`](Reply::content).
     pub fn body(&self, request_id: &str) -> Bytes {
         match self.code {
-            Some(code) => error_body(code.as_str(), &self.message, request_id),
-            None => self.content.clone(),
+            Some(code) if !self.relayed => error_body(code.as_str(), &self.message, request_id),
+            _ => self.content.clone(),
         }
     }
 }
@@ -306,7 +324,7 @@ impl Reply {
     pub(crate) fn render(self, request_id: &str) -> Rendered {
         let body = self.body(request_id);
         let mut headers = Vec::with_capacity(3 + self.headers.len());
-        if self.code.is_some() {
+        if self.code.is_some() && !self.relayed {
             headers.push((
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),

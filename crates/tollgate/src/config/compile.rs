@@ -1081,8 +1081,16 @@ fn consumer_policies(
 ) -> Vec<(Arc<str>, BoxPolicy)> {
     let built = policies(cx, v, path, Scope::default());
     let mut out = Vec::new();
+    // CROSSCUTTING.md 8.3: besides what runs before the consumer is known
+    const NOT_PER_CONSUMER: [&str; 5] = [
+        "ext_authz",
+        "cache",
+        "compress",
+        "adaptive_concurrency",
+        "ai_proxy",
+    ];
     for (name, p) in built {
-        if p.stage() <= crate::policy::Stage::Authentication {
+        if p.stage() <= crate::policy::Stage::Authentication || NOT_PER_CONSUMER.contains(&&*name) {
             let span = v
                 .and_then(|v| v.get_ref().as_table())
                 .and_then(|t| t.get_key_value(&*name))
@@ -1090,7 +1098,11 @@ fn consumer_policies(
             cx.diags.at(
                 span,
                 join(path, &name),
-                format!("`{name}` runs before the consumer is known and cannot be overridden per consumer"),
+                if NOT_PER_CONSUMER.contains(&&*name) {
+                    format!("`{name}` cannot be overridden per consumer")
+                } else {
+                    format!("`{name}` runs before the consumer is known and cannot be overridden per consumer")
+                },
             );
         } else {
             out.push((name, p));
@@ -1177,18 +1189,23 @@ fn policies(
             Some(Ok(p)) => out.push((Arc::from(name), p)),
             Some(Err(Failure::Toml(_))) => {} // reported by `strictly`
             Some(Err(Failure::Build(e))) => {
-                // a dotted field (`claims_to_headers.sub`) is found by its first key
-                let (span, at) = match e.field.as_deref().and_then(|f| {
-                    let first = f.split('.').next().unwrap_or(f);
-                    val.get_ref()
-                        .as_table()
-                        .and_then(|t| t.get_key_value(first))
-                        .map(|(k, _)| (k.span(), f))
-                }) {
-                    Some((span, f)) => match f.split_once('.') {
-                        Some((first, rest)) => (span, join(&join(&ppath, first), rest)),
-                        None => (span, join(&ppath, f)),
-                    },
+                // a nested field (`claims_to_headers.sub`, `include_headers[0]`) is at
+                // its first key; a missing key is reported at the table
+                let (span, at) = match e.field.as_deref() {
+                    Some(f) => {
+                        let first = f.split(['.', '[']).next().unwrap_or(f);
+                        let span = val
+                            .get_ref()
+                            .as_table()
+                            .and_then(|t| t.get_key_value(first))
+                            .map_or(val.span(), |(k, _)| k.span());
+                        let at = if first.len() == f.len() {
+                            join(&ppath, f)
+                        } else {
+                            format!("{}{}", join(&ppath, first), &f[first.len()..])
+                        };
+                        (span, at)
+                    }
                     None => (val.span(), ppath.clone()),
                 };
                 cx.diags.at(span, at, e.message);

@@ -7,6 +7,7 @@ pub mod basic_auth;
 pub mod body_limit;
 pub mod concurrency_limit;
 pub mod cors;
+pub mod ext_authz;
 pub mod headers;
 pub mod ip_restriction;
 pub mod jwt_auth;
@@ -29,6 +30,7 @@ impl Registry {
         r.register_builtin::<jwt_auth::JwtAuthConfig>("jwt_auth");
         r.register_builtin::<oauth2_introspection::IntrospectionConfig>("oauth2_introspection");
         r.register_builtin::<acl::AclConfig>("acl");
+        r.register_builtin::<ext_authz::ExtAuthzConfig>("ext_authz");
         r.register_builtin::<rate_limit::RateLimitConfig>("rate_limit");
         r.register_builtin::<concurrency_limit::ConcurrencyLimitConfig>("concurrency_limit");
         r.register_builtin::<body_limit::BodyLimitConfig>("body_limit");

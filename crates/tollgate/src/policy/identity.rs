@@ -82,6 +82,11 @@ impl<'de> Deserialize<'de> for Audience {
     }
 }
 
+/// The claims of the JWT that `jwt_auth` verified for the request, in
+/// [`RequestCtx::extensions`] (for later policies: an authorization service's input).
+#[derive(Debug, Clone)]
+pub struct Claims(pub std::sync::Arc<Map<String, Value>>);
+
 /// `claims_to_headers`: top-level claims sent upstream as identity headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClaimHeaders {

@@ -99,7 +99,7 @@ pub enum Stage {
     /// `anonymous` consumer one offered ([`RequestCtx::offer_anonymous`]), else one 401
     /// with each scheme's challenge.
     Authentication,
-    /// `acl`.
+    /// `acl`, then `ext_authz`.
     Authorization,
     /// User policies, unless they say otherwise.
     Custom,
@@ -723,15 +723,22 @@ const AUTH_ORDER: [&str; 5] = [
     "oauth2_introspection",
 ];
 
-/// Where a policy runs among the authentication policies (0 outside that stage).
+/// The built-in authorization policies in the order they run (CROSSCUTTING.md §1:
+/// `acl`, then `ext_authz`); others of the stage after them, by name.
+const AUTHZ_ORDER: [&str; 2] = ["acl", "ext_authz"];
+
+/// Where a policy runs within its stage among the built-ins ordered by the contract
+/// (0 in other stages).
 fn auth_rank(l: &Link) -> usize {
-    if l.stage != Stage::Authentication {
-        return 0;
-    }
-    AUTH_ORDER
+    let order: &[&str] = match l.stage {
+        Stage::Authentication => &AUTH_ORDER,
+        Stage::Authorization => &AUTHZ_ORDER,
+        _ => return 0,
+    };
+    order
         .iter()
         .position(|n| *n == &*l.name)
-        .unwrap_or(AUTH_ORDER.len())
+        .unwrap_or(order.len())
 }
 
 /// One policy of a chain, with its stage asked once, at load.

@@ -147,7 +147,7 @@ fn default_header() -> String {
     "authorization".into()
 }
 
-pub use crate::policy::identity::Audience;
+pub use crate::policy::identity::{Audience, Claims};
 
 fn min_secret_len(alg: Algorithm) -> usize {
     match alg {
@@ -768,11 +768,6 @@ impl Policy for JwtAuth {
         self.claim_headers.names()
     }
 }
-
-/// The claims of the JWT that `jwt_auth` verified for the request, in
-/// [`RequestCtx::extensions`] (for later policies: an authorization service's input).
-#[derive(Debug, Clone)]
-pub struct Claims(pub Arc<serde_json::Map<String, serde_json::Value>>);
 
 #[cfg(test)]
 mod tests {
