@@ -80,6 +80,8 @@ pub struct IdpState {
     pub introspection: HashMap<String, Answer>,
     /// `POST /introspect` for every token, when set (errors, garbage).
     pub introspection_override: Option<Answer>,
+    /// Other paths and their answers.
+    pub extra: HashMap<String, Answer>,
 }
 
 /// The identity provider. See the [module docs](self).
@@ -95,7 +97,15 @@ pub struct IdentityProvider {
 impl IdentityProvider {
     /// A provider over plain HTTP.
     pub async fn start() -> Self {
-        Self::serve(None).await
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    /// A provider over plain HTTP on `addr`.
+    pub async fn start_on(addr: &str) -> Self {
+        let listener = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("bind idp on {addr}: {e}"));
+        Self::serve(listener, None)
     }
 
     /// A provider over HTTPS with this PEM certificate chain and key.
@@ -115,11 +125,14 @@ impl IdentityProvider {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .expect("server config");
-        Self::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind idp");
+        Self::serve(
+            listener,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
     }
 
-    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind idp");
+    fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let addr = listener.local_addr().expect("idp addr");
         let scheme = if tls.is_some() { "https" } else { "http" };
         let base = format!("{scheme}://{addr}");
@@ -260,7 +273,7 @@ async fn answer(
                     )
                 })
             }
-            _ => None,
+            other => s.extra.get(other).cloned(),
         }
     };
     let a = chosen.unwrap_or_else(|| Answer::raw(404, b"not found"));
@@ -402,4 +415,35 @@ async fn record(req: Request<Incoming>) -> Seen {
         body_len: body.len(),
         body: body.to_vec(),
     }
+}
+
+/// The quickstart's identity provider: OpenID Connect discovery and a JWKS with one
+/// P-256 key made at start, and `GET /token`, a token it signed for subject `alice`
+/// (ES256, valid 24 h). A demo: anyone who can reach it gets a token.
+pub async fn demo_provider(addr: &str) -> IdentityProvider {
+    use base64::Engine;
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    let idp = IdentityProvider::start_on(addr).await;
+    let secret = p256::SecretKey::random(&mut rand::thread_rng());
+    let point = secret.public_key().to_encoded_point(false);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let (x, y) = (point.x().map(|x| b64(x)), point.y().map(|y| b64(y)));
+    let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "demo-1", "use": "sig",
+        "alg": "ES256", "x": x, "y": y});
+    idp.serve_jwks(&[jwk]);
+    let pem = secret.to_pkcs8_pem(LineEnding::LF).expect("pkcs8");
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).expect("key");
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("demo-1".into());
+    let claims = serde_json::json!({
+        "iss": idp.issuer(), "sub": "alice", "email": "alice@example.com",
+        "scope": "orders:read", "exp": jsonwebtoken::get_current_timestamp() + 24 * 3600,
+    });
+    let token = jsonwebtoken::encode(&header, &claims, &key).expect("sign");
+    idp.set(|s| {
+        s.extra
+            .insert("/token".into(), Answer::raw(200, token.as_bytes()));
+    });
+    idp
 }

@@ -1057,3 +1057,57 @@ async fn body_buffer_total_applies_on_reload() {
     let r = raw(gw.addr, &post("/r/2", &json_of(100_000))).await;
     assert_eq!(r.status, 200);
 }
+
+/// `examples/quickstart.toml` as the README runs it, on free ports: the demo upstream
+/// and the demo OpenID Connect provider of `examples/demo_upstream.rs`, and the
+/// OIDC-protected route `/me`.
+#[tokio::test]
+async fn the_quickstart_serves_its_routes_and_an_oidc_protected_one() {
+    let up = Upstream::start("demo").await;
+    let idp = tollgate_tests::idp::demo_provider("127.0.0.1:0").await;
+    let n = format!("{}{}", std::process::id(), fastid());
+    let toml = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/quickstart.toml"
+    ))
+    .unwrap()
+    .replace("127.0.0.1:8080", "127.0.0.1:0")
+    .replace("127.0.0.1:9901", "127.0.0.1:0")
+    .replace("localhost:9001", &up.addr.to_string())
+    .replace("ip_family = \"v4\"\n", "")
+    .replace("http://127.0.0.1:9002", &idp.issuer())
+    .replace(
+        "/tmp/tollgate-quickstart.pid",
+        &format!("/tmp/tollgate-qs-{n}.pid"),
+    )
+    .replace(
+        "/tmp/tollgate-quickstart.sock",
+        &format!("/tmp/tollgate-qs-{n}.sock"),
+    );
+    let gw = Gateway::start(bin(), &toml);
+    let r = client().get(gw.url("/hello/world")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let token = client()
+        .get(idp.url("/token"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            let r = client().get(gw.url("/me")).bearer_auth(&token).send().await;
+            r.is_ok_and(|r| r.status() == 200)
+        })
+        .await,
+        "the OIDC route never accepted the demo token"
+    );
+    let seen = up.last().unwrap();
+    assert_eq!(seen.header("x-consumer-name"), Some("alice"));
+    assert_eq!(seen.header("x-user-email"), Some("alice@example.com"));
+    assert_eq!(
+        client().get(gw.url("/me")).send().await.unwrap().status(),
+        401
+    );
+}
