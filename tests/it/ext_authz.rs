@@ -474,3 +474,19 @@ fn check_refuses_bad_ext_authz_options_each_at_its_key() {
         "the url's user info was repeated: {err}"
     );
 }
+
+#[tokio::test]
+async fn a_hidden_query_key_never_reaches_the_service() {
+    let svc = AuthzService::start().await;
+    let up = Upstream::start("a").await;
+    let gw = setup(&svc, &up, "/authz", "").await;
+    let r = client()
+        .get(gw.url("/api/x?apikey=alice-key&expand=items"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let c = svc.calls().remove(0);
+    assert_eq!(c.header("x-forwarded-uri"), Some("/api/x?expand=items"));
+    assert_eq!(up.last().unwrap().target, "/api/x?expand=items");
+}

@@ -768,3 +768,18 @@ async fn an_upgrade_fetches_key_sets_before_it_takes_the_sockets_over() {
     // the first request the new process serves alone finds its keys
     assert_eq!(status(&new, "/p", Some(&t)).await, 200);
 }
+
+#[test]
+fn the_gateways_own_label_values_cannot_name_a_route_consumer_or_upstream() {
+    let err = check_fails(
+        "[upstreams._global]\nbackends = [\"127.0.0.1:1\"]\n[upstreams.a]\nbackends = [\"127.0.0.1:1\"]\n\
+         [consumers._none]\n[routes._global]\npaths = [\"/\"]\nupstream = \"a\"\n",
+    );
+    for expected in [
+        "upstreams._global: the name \"_global\" is reserved",
+        "consumers._none: the name \"_none\" is reserved",
+        "routes._global: the name \"_global\" is reserved",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}

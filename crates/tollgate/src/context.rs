@@ -63,6 +63,8 @@ pub struct RequestCtx {
     pub(crate) client_cert: Option<Arc<crate::client_cert::ClientCertificate>>,
     /// Access-log fields set by policies ([`RequestCtx::set_log_field`]).
     pub(crate) log_fields: Vec<(&'static str, serde_json::Value)>,
+    /// Query parameters that carry a hidden credential ([`RequestCtx::hide_query_parameter`]).
+    pub(crate) hidden_query: Vec<String>,
 }
 
 /// Which policies of a route's chain ran `request_filter`: the first `reached` ones,
@@ -103,7 +105,22 @@ impl RequestCtx {
             auth: None,
             client_cert: None,
             log_fields: Vec::new(),
+            hidden_query: Vec::new(),
         }
+    }
+
+    /// Marks query parameter `name` as a credential that must not leave the gateway
+    /// (`key_auth`'s key with `hide_credentials`): services that are told about the
+    /// request (an authorization service) do not see it.
+    pub fn hide_query_parameter(&mut self, name: &str) {
+        if !self.hidden_query.iter().any(|n| n == name) {
+            self.hidden_query.push(name.to_string());
+        }
+    }
+
+    /// The query parameters marked by [`RequestCtx::hide_query_parameter`].
+    pub fn hidden_query_parameters(&self) -> &[String] {
+        &self.hidden_query
     }
 
     /// Sets field `name` of this request's access-log line (a policy's decision, such

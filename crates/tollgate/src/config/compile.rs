@@ -362,6 +362,17 @@ fn named_tables<'v, 'a>(
             );
             continue;
         }
+        // CROSSCUTTING.md 5.2: label values of the gateway's own
+        if name == crate::metrics::NO_ROUTE || name == "_global" {
+            cx.diags.at(
+                k.span(),
+                &path,
+                format!(
+                    "the name {name:?} is reserved (a metric label value of the gateway's own)"
+                ),
+            );
+            continue;
+        }
         if val.get_ref().as_table().is_none() {
             cx.diags
                 .at(val.span(), &path, format!("`{path}` must be a table"));

@@ -188,7 +188,7 @@ impl PolicyConfig for ExtAuthzConfig {
             .url
             .clone()
             .ok_or_else(|| BuildError::field("url", "the service's url is required"))?;
-        crate::policies::jwt_auth::check_url("url", &url)?;
+        identity::check_url("url", &url)?;
         if url.contains('#') {
             return Err(BuildError::field(
                 "url",
@@ -289,7 +289,7 @@ impl PolicyConfig for ExtAuthzConfig {
             Some(file) => cx.http_client_with_ca("ca_file", file)?,
             None => cx.http_client(),
         };
-        crate::policies::jwt_auth::warn_plain_http(cx.path, &url);
+        identity::warn_plain_http(cx.path, &url);
         let size = NonZeroUsize::new(self.cache_size).unwrap_or(NonZeroUsize::MIN);
         // the cache is kept while the whole table is (identity.md §10.3.7)
         let cache = cx.state(|| Decisions::new(size));
@@ -529,7 +529,7 @@ impl ExtAuthz {
         if let Some(h) = host {
             add("x-forwarded-host", &h);
         }
-        let uri = match req.uri.query() {
+        let uri = match visible_query(req.uri.query(), cx) {
             Some(q) => format!("{}?{q}", cx.path),
             None => cx.path.clone(),
         };
@@ -602,7 +602,7 @@ impl ExtAuthz {
             "host": host,
             "path": cx.path,
             "path_segments": segments,
-            "query": query_map(req.uri.query()),
+            "query": query_map(visible_query(req.uri.query(), cx).as_deref()),
             "headers": included,
             "client_ip": cx.client_ip.map(|ip| ip.to_string()),
             "route": cx.route_name(),
@@ -956,6 +956,18 @@ impl ExtAuthz {
         let decided = self.decide(method, headers, payload, &route).await;
         self.apply(decided, cx)
     }
+}
+
+/// The request's query without the credentials an authentication policy hides
+/// (`key_auth`'s key with `hide_credentials`, CROSSCUTTING.md 9.4).
+fn visible_query(query: Option<&str>, cx: &RequestCtx) -> Option<String> {
+    let q = query?;
+    let hidden = cx.hidden_query_parameters();
+    if hidden.is_empty() {
+        return Some(q.to_string());
+    }
+    let kept = identity::without_query_parameters(q, hidden);
+    (!kept.is_empty()).then_some(kept)
 }
 
 /// The gateway's own 403.

@@ -101,20 +101,11 @@ pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 /// Removes query parameter `name` from the request target.
 pub(crate) fn remove_query_param(req: &mut RequestHeader, name: &str) {
     let Some(q) = req.uri.query() else { return };
-    let kept: Vec<&str> = q
-        .split('&')
-        .filter(|pair| {
-            let key = pair.split('=').next().unwrap_or("");
-            let decoded: String = form_urlencoded::parse(key.as_bytes())
-                .map(|(k, _)| k.into_owned())
-                .collect();
-            decoded != name
-        })
-        .collect();
+    let kept = crate::policy::identity::without_query_parameters(q, &[name.to_string()]);
     let mut target = req.uri.path().to_string();
     if !kept.is_empty() {
         target.push('?');
-        target.push_str(&kept.join("&"));
+        target.push_str(&kept);
     }
     if let Ok(uri) = target.parse() {
         req.set_uri(uri);
@@ -129,6 +120,16 @@ impl Policy for KeyAuth {
 
     async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<Flow> {
         let req = session.req_header();
+        // the key is hidden from authorization services too (CROSSCUTTING.md 9.4)
+        if self.hide
+            && !self.query.is_empty()
+            && req
+                .uri
+                .query()
+                .is_some_and(|q| q.contains(self.query.as_str()))
+        {
+            cx.hide_query_parameter(&self.query);
+        }
         let key = match req.headers.get(&self.header) {
             Some(v) => Cow::Borrowed(v.as_bytes()),
             None => match query_param(req.uri.query(), &self.query) {

@@ -153,7 +153,7 @@ impl PolicyConfig for IntrospectionConfig {
         let endpoint = self.endpoint.clone().ok_or_else(|| {
             BuildError::field("endpoint", "the introspection endpoint is required")
         })?;
-        crate::policies::jwt_auth::check_url("endpoint", &endpoint)?;
+        identity::check_url("endpoint", &endpoint)?;
         let client_id = match self.client_id.as_deref() {
             Some(id) if !id.is_empty() => id.to_string(),
             _ => return Err(BuildError::field("client_id", "a client id is required")),
@@ -241,7 +241,7 @@ impl PolicyConfig for IntrospectionConfig {
             Some(file) => cx.http_client_with_ca("ca_file", file)?,
             None => cx.http_client(),
         };
-        crate::policies::jwt_auth::warn_plain_http(cx.path, &endpoint);
+        identity::warn_plain_http(cx.path, &endpoint);
         let size = NonZeroUsize::new(self.cache_size).unwrap_or(NonZeroUsize::MIN);
         let cache = cx.state_keyed(&(&endpoint, &client_id), || Cache::new(size));
         cache.resize(size);

@@ -237,6 +237,62 @@ fn granted(claims: &Map<String, Value>) -> impl Iterator<Item = &str> {
     scope.into_iter().chain(words(claims.get("scp"), true))
 }
 
+/// Checks the URL of a service a policy calls (an identity provider, an authorization
+/// service): absolute `http`/`https`, with a host and without user info.
+///
+/// # Errors
+/// Reported at `field`; the message never repeats the URL's user info.
+pub fn check_url(field: &str, url: &str) -> Result<(), BuildError> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| BuildError::field(field, format!("not an absolute URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(BuildError::field(
+            field,
+            "not an absolute http or https URL",
+        ));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(BuildError::field(
+            field,
+            "user info (user:pass@) is not allowed in the URL",
+        ));
+    }
+    Ok(())
+}
+
+/// Logs a warning (at load) for a plain `http://` URL to a host other than loopback:
+/// tokens and decisions would cross the network unprotected.
+pub fn warn_plain_http(path: &str, url: &str) {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return;
+    };
+    let host = u.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if u.scheme() == "http" && !loopback {
+        tracing::warn!("{path}: {url} is plain http to a host that is not loopback");
+    }
+}
+
+/// `query` without the parameters named in `names` (compared form-decoded), the others
+/// kept as written.
+pub fn without_query_parameters(query: &str, names: &[String]) -> String {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split('=').next().unwrap_or("");
+            let decoded: String = form_urlencoded::parse(key.as_bytes())
+                .map(|(k, _)| k.into_owned())
+                .collect();
+            !names.contains(&decoded)
+        })
+        .collect();
+    kept.join("&")
+}
+
 /// The 503 `identity_unavailable` (with `Retry-After: 1`) of a policy that could not
 /// check a credential because its identity provider or authorization service is
 /// unavailable.

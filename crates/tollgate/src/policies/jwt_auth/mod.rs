@@ -389,7 +389,6 @@ impl PolicyConfig for JwtAuthConfig {
 // === Policy ===
 
 mod remote;
-pub(crate) use remote::{check_url, warn_plain_http};
 
 enum Keys {
     Single(DecodingKey, Validation),

@@ -13,7 +13,9 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 
-use crate::policy::{BuildCtx, BuildError, Call, CounterVec, GaugeVec, HttpClient, PolicyMetrics};
+use crate::policy::{
+    identity, BuildCtx, BuildError, Call, CounterVec, GaugeVec, HttpClient, PolicyMetrics,
+};
 use crate::units::ConfigDuration;
 
 /// Largest discovery or JWKS document.
@@ -436,11 +438,11 @@ pub(super) fn build(
         let Some(issuer) = &config.issuer else {
             return Err(BuildError::field("discovery", "discovery needs `issuer`"));
         };
-        check_url("issuer", issuer)?;
+        identity::check_url("issuer", issuer)?;
         Source::discovery(issuer)
     } else {
         let url = config.jwks_url.as_deref().unwrap_or_default();
-        check_url("jwks_url", url)?;
+        identity::check_url("jwks_url", url)?;
         Source::Jwks(url.to_string())
     };
     let get = |d: &Option<ConfigDuration>, default: u64| {
@@ -483,7 +485,7 @@ pub(super) fn build(
         Some(file) => cx.http_client_with_ca("jwks_ca_file", file)?,
         None => cx.http_client(),
     };
-    warn_plain_http(cx.path, &url);
+    identity::warn_plain_http(cx.path, &url);
     let route = cx.instance_route().to_string();
     let metrics = cx.metrics();
     let key = (&source, &config.jwks_ca_file);
@@ -498,41 +500,6 @@ pub(super) fn build(
     });
     cx.background(&keys, RemoteKeys::run);
     Ok(keys)
-}
-
-/// Checks an absolute `http`/`https` URL without user info.
-pub(crate) fn check_url(field: &str, url: &str) -> Result<(), BuildError> {
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| BuildError::field(field, format!("not an absolute URL: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(BuildError::field(
-            field,
-            "not an absolute http or https URL",
-        ));
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(BuildError::field(
-            field,
-            "user info (user:pass@) is not allowed in the URL",
-        ));
-    }
-    Ok(())
-}
-
-/// Logs a warning for a plain `http://` URL to a host other than loopback.
-pub(crate) fn warn_plain_http(path: &str, url: &str) {
-    let Ok(u) = reqwest::Url::parse(url) else {
-        return;
-    };
-    let host = u.host_str().unwrap_or_default();
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    if u.scheme() == "http" && !loopback {
-        tracing::warn!("{path}: {url} is plain http to a host that is not loopback");
-    }
 }
 
 /// Why discovery gave no `jwks_uri`.
