@@ -110,26 +110,8 @@ impl IdentityProvider {
 
     /// A provider over HTTPS with this PEM certificate chain and key.
     pub async fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
-        use rustls_pki_types::pem::PemObject;
-        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .expect("cert pem");
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key pem");
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .expect("server config");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind idp");
-        Self::serve(
-            listener,
-            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
-        )
+        Self::serve(listener, Some(crate::tls_acceptor(cert_pem, key_pem, None)))
     }
 
     fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
@@ -224,34 +206,11 @@ async fn answer(
     rec: &Mutex<Vec<Seen>>,
     base: &str,
 ) -> Response<Full<Bytes>> {
-    let method = req.method().to_string();
-    let target = req
-        .uri()
-        .path_and_query()
-        .map_or("/".to_string(), |p| p.to_string());
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .map(|(n, v)| {
-            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
-            (n.as_str().to_string(), v)
-        })
-        .collect();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let seen = record(req).await;
     if let Ok(mut r) = rec.lock() {
-        r.push(Seen {
-            method: method.clone(),
-            target: target.clone(),
-            headers,
-            body_len: body.len(),
-            body: body.to_vec(),
-        });
+        r.push(seen.clone());
     }
+    let (target, body) = (seen.target, seen.body);
     let path = target.split('?').next().unwrap_or_default().to_string();
     let chosen = {
         let s = state.lock().expect("idp state");

@@ -109,27 +109,9 @@ impl Upstream {
 
     /// An echo upstream that speaks HTTPS with the given PEM certificate chain and key.
     pub async fn start_tls(name: &str, cert_pem: &str, key_pem: &str) -> Self {
-        use rustls_pki_types::pem::PemObject;
-        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .expect("cert pem");
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key pem");
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .expect("server config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        Self::serve(
-            TcpListener::bind("127.0.0.1:0").await.expect("bind"),
-            name,
-            Some(acceptor),
-        )
+        let acceptor = tls_acceptor(cert_pem, key_pem, None);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(listener, name, Some(acceptor))
     }
 
     /// An echo upstream over HTTPS that demands a client certificate issued by a CA of
@@ -140,36 +122,9 @@ impl Upstream {
         key_pem: &str,
         client_ca_pem: &str,
     ) -> Self {
-        use rustls_pki_types::pem::PemObject;
-        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .expect("cert pem");
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key pem");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
-            roots.add(c.expect("ca pem")).expect("ca");
-        }
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider.clone(),
-        )
-        .build()
-        .expect("verifier");
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(certs, key)
-            .expect("server config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        Self::serve(
-            TcpListener::bind("127.0.0.1:0").await.expect("bind"),
-            name,
-            Some(acceptor),
-        )
+        let acceptor = tls_acceptor(cert_pem, key_pem, Some(client_ca_pem));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(listener, name, Some(acceptor))
     }
 
     fn serve(listener: TcpListener, name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
@@ -385,6 +340,43 @@ async fn echo(req: Request<Incoming>, name: &str, rec: &Mutex<Vec<Seen>>) -> Res
     }
     resp.body(Full::new(Bytes::from(json.to_string())))
         .unwrap_or_default()
+}
+
+/// A TLS acceptor with this PEM certificate chain and key; with `client_ca_pem`, it
+/// demands a client certificate issued by one of its CAs.
+pub fn tls_acceptor(
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca_pem: Option<&str>,
+) -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("cert pem");
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key pem");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions");
+    let builder = match client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots.add(c.expect("ca pem")).expect("ca");
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .expect("verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(certs, key).expect("server config");
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 /// A closed port on loopback: connecting to it is refused.

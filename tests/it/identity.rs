@@ -64,6 +64,14 @@ async fn status(gw: &Gateway, path: &str, token: Option<&str>) -> u16 {
     call(gw, path, token).await.status().as_u16()
 }
 
+/// Whether `token` on `path` gets `code` within 10 s (a key set being fetched).
+async fn becomes(gw: &Gateway, path: &str, token: &str, code: u16) -> bool {
+    eventually(Duration::from_secs(10), async || {
+        status(gw, path, Some(token)).await == code
+    })
+    .await
+}
+
 /// A gateway with one route `/p` behind `jwt_auth` with `policy` (TOML lines), the
 /// consumer `alice` (subject `alice`) and an admin listener.
 async fn gateway_for(up: &Upstream, policy: &str) -> Gateway {
@@ -97,14 +105,7 @@ async fn discovery_finds_the_jwks_and_a_rotated_key_is_picked_up_on_its_first_to
     });
     let t1 = k1.sign(&claims("alice", &iss_claim));
     assert!(
-        eventually(Duration::from_secs(10), async || status(
-            &gw,
-            "/p",
-            Some(&t1)
-        )
-        .await
-            == 200)
-        .await,
+        becomes(&gw, "/p", &t1, 200).await,
         "the key set was never fetched"
     );
     assert_eq!(up.last().unwrap().header("x-consumer-name"), Some("alice"));
@@ -181,16 +182,7 @@ async fn before_the_first_fetch_a_well_formed_token_is_503_at_once_and_a_malform
 
     // the provider recovers: the backoff (1 s, 2 s, …) brings the keys without a restart
     idp.serve_jwks(&[jwk]);
-    assert!(
-        eventually(Duration::from_secs(10), async || status(
-            &gw,
-            "/p",
-            Some(&t)
-        )
-        .await
-            == 200)
-        .await
-    );
+    assert!(becomes(&gw, "/p", &t, 200).await);
     assert!(
         gw.stderr_lines()
             .iter()
@@ -216,16 +208,7 @@ async fn a_flood_of_unknown_kids_costs_the_provider_one_fetch_per_min_refetch() 
     )
     .await;
     let good = k.sign(&claims("alice", "any"));
-    assert!(
-        eventually(Duration::from_secs(10), async || status(
-            &gw,
-            "/p",
-            Some(&good)
-        )
-        .await
-            == 200)
-        .await
-    );
+    assert!(becomes(&gw, "/p", &good, 200).await);
     let before = idp.hits("/jwks");
     let mut calls = Vec::new();
     for i in 0..40 {
@@ -275,16 +258,7 @@ async fn a_failing_provider_keeps_the_last_keys_until_max_stale_then_503() {
     )
     .await;
     let t = k.sign(&claims("alice", "any"));
-    assert!(
-        eventually(Duration::from_secs(10), async || status(
-            &gw,
-            "/p",
-            Some(&t)
-        )
-        .await
-            == 200)
-        .await
-    );
+    assert!(becomes(&gw, "/p", &t, 200).await);
     // the provider answers garbage from now on
     idp.set(|s| s.jwks = Some(tollgate_tests::Answer::raw(200, b"<html>")));
     let failed = idp.hits("/jwks");
@@ -295,16 +269,7 @@ async fn a_failing_provider_keeps_the_last_keys_until_max_stale_then_503() {
     // a failed refresh never turns a valid token with a known key into a 401
     assert_eq!(status(&gw, "/p", Some(&t)).await, 200);
     // after jwks_max_stale without a good fetch the set is dropped: 503, never 401
-    assert!(
-        eventually(Duration::from_secs(10), async || status(
-            &gw,
-            "/p",
-            Some(&t)
-        )
-        .await
-            == 503)
-        .await
-    );
+    assert!(becomes(&gw, "/p", &t, 503).await);
 }
 
 #[tokio::test]
@@ -385,16 +350,7 @@ async fn https_fetches_trust_jwks_ca_file_and_nothing_else() {
         ca_file.display()
     ));
     let t = k.sign(&claims("alice", "any"));
-    assert!(
-        eventually(Duration::from_secs(10), async || status(
-            &gw,
-            "/p",
-            Some(&t)
-        )
-        .await
-            == 200)
-        .await
-    );
+    assert!(becomes(&gw, "/p", &t, 200).await);
     // the platform store does not know the test CA: that route never gets keys
     assert_eq!(status(&gw, "/s", Some(&t)).await, 503);
     assert!(gw
@@ -416,16 +372,7 @@ async fn a_reload_keeps_the_key_set_of_an_unchanged_source_without_a_fetch() {
     )
     .await;
     let t = k.sign(&claims("alice", "any"));
-    assert!(
-        eventually(Duration::from_secs(10), async || status(
-            &gw,
-            "/p",
-            Some(&t)
-        )
-        .await
-            == 200)
-        .await
-    );
+    assert!(becomes(&gw, "/p", &t, 200).await);
     let fetched = idp.hits("/jwks");
     // change a timer and a claims option: the source stays, so the set stays
     let toml = std::fs::read_to_string(&gw.config).unwrap();
@@ -686,16 +633,7 @@ async fn a_reload_to_a_new_key_source_fetches_it_before_taking_effect() {
     )
     .await;
     let t_old = k_old.sign(&claims("alice", "any"));
-    assert!(
-        eventually(Duration::from_secs(10), async || status(
-            &gw,
-            "/p",
-            Some(&t_old)
-        )
-        .await
-            == 200)
-        .await
-    );
+    assert!(becomes(&gw, "/p", &t_old, 200).await);
     let toml = std::fs::read_to_string(&gw.config).unwrap();
     std::fs::write(
         &gw.config,
@@ -735,16 +673,7 @@ async fn an_upgrade_fetches_key_sets_before_it_takes_the_sockets_over() {
     );
     let old = Gateway::start(bin(), &toml);
     let t = k.sign(&claims("alice", "any"));
-    assert!(
-        eventually(Duration::from_secs(10), async || status(
-            &old,
-            "/p",
-            Some(&t)
-        )
-        .await
-            == 200)
-        .await
-    );
+    assert!(becomes(&old, "/p", &t, 200).await);
     let fetched = idp.hits("/jwks");
     // from now on the provider takes 2 s: longer than the old process takes to hand
     // over and leave, so only a fetch made before the hand-over is done in time

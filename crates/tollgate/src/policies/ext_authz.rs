@@ -25,7 +25,6 @@
 //! undefined OPA decision denies, a 5xx is an error, and reaching `max_in_flight` is 503
 //! even with `on_error = "allow"`.
 
-use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,8 +37,9 @@ use pingora::Result;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 
+use crate::policy::answers::Answers;
 use crate::policy::identity::{self, Claims};
 use crate::policy::{
     BuildCtx, BuildError, Call, CounterVec, Flow, HistogramVec, HttpClient, Policy, PolicyConfig,
@@ -195,36 +195,17 @@ impl PolicyConfig for ExtAuthzConfig {
                 "a fragment is not allowed in the URL",
             ));
         }
-        let opa = match self.mode.as_str() {
-            "forward" => false,
-            "opa" => true,
-            other => {
-                return Err(BuildError::field(
-                    "mode",
-                    format!("unknown mode {other:?} (expected forward or opa)"),
-                ))
-            }
-        };
-        let allow_on_error = match self.on_error.as_str() {
-            "deny" => false,
-            "allow" => true,
-            other => {
-                return Err(BuildError::field(
-                    "on_error",
-                    format!("unknown on_error {other:?} (expected deny or allow)"),
-                ))
-            }
-        };
-        let relay = match self.deny_response.as_str() {
-            "service" => true,
-            "forbidden" => false,
-            other => {
-                return Err(BuildError::field(
-                    "deny_response",
-                    format!("unknown deny_response {other:?} (expected service or forbidden)"),
-                ))
-            }
-        };
+        let opa = BuildError::choose("mode", &self.mode, &[("forward", false), ("opa", true)])?;
+        let allow_on_error = BuildError::choose(
+            "on_error",
+            &self.on_error,
+            &[("deny", false), ("allow", true)],
+        )?;
+        let relay = BuildError::choose(
+            "deny_response",
+            &self.deny_response,
+            &[("service", true), ("forbidden", false)],
+        )?;
         let include_headers = names("include_headers", &self.include_headers, 64, |n| {
             set_on_call(n).then(|| format!("{n:?} is a header the gateway sets on the call"))
         })?;
@@ -279,20 +260,11 @@ impl PolicyConfig for ExtAuthzConfig {
         if !(1..=10_000).contains(&self.max_in_flight) {
             return Err(BuildError::field("max_in_flight", "between 1 and 10000"));
         }
-        let client = match &self.ca_file {
-            Some(_) if url.starts_with("http://") => {
-                return Err(BuildError::field(
-                    "ca_file",
-                    "only for https: the url is http://",
-                ))
-            }
-            Some(file) => cx.http_client_with_ca("ca_file", file)?,
-            None => cx.http_client(),
-        };
-        identity::warn_plain_http(cx.path, &url);
+        let client = identity::service_client(cx, "url", &url, "ca_file", self.ca_file.as_deref())?;
         let size = NonZeroUsize::new(self.cache_size).unwrap_or(NonZeroUsize::MIN);
         // the cache is kept while the whole table is (identity.md §10.3.7)
-        let cache = cx.state(|| Decisions::new(size));
+        let cache = cx.state(|| Answers::new(size));
+        cache.resize(size);
         let host = reqwest::Url::parse(&url)
             .ok()
             .and_then(|u| {
@@ -380,42 +352,6 @@ impl Decision {
 
 type Outcome = std::result::Result<Decision, String>;
 
-struct Entry {
-    decision: Decision,
-    until: Instant,
-}
-
-/// Decisions by the digest of the call, and calls in progress.
-struct Decisions {
-    entries: Mutex<lru::LruCache<[u8; 32], Entry>>,
-    calls: Mutex<HashMap<[u8; 32], watch::Receiver<Option<Outcome>>>>,
-}
-
-impl Decisions {
-    fn new(size: NonZeroUsize) -> Self {
-        Self {
-            entries: Mutex::new(lru::LruCache::new(size)),
-            calls: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Removes a call from those in progress when its leader is done (or dropped).
-struct Leading<'a> {
-    cache: &'a Decisions,
-    digest: [u8; 32],
-}
-
-impl Drop for Leading<'_> {
-    fn drop(&mut self) {
-        lock(&self.cache.calls).remove(&self.digest);
-    }
-}
-
 // === Policy ===
 
 struct Metrics {
@@ -439,7 +375,7 @@ pub struct ExtAuthz {
     allow_on_error: bool,
     client: HttpClient,
     cache_ttl: Duration,
-    cache: Arc<Decisions>,
+    cache: Arc<Answers<Decision>>,
     permits: Semaphore,
     route: String,
     last_warning: Mutex<Option<Instant>>,
@@ -670,48 +606,20 @@ impl ExtAuthz {
         let digest: [u8; 32] = h.finalize().into();
         let caching = !self.cache_ttl.is_zero();
         if caching {
-            let hit = {
-                let mut entries = lock(&self.cache.entries);
-                match entries.get(&digest) {
-                    Some(e) if e.until > Instant::now() => Some(e.decision.clone()),
-                    Some(_) => {
-                        entries.pop(&digest);
-                        None
-                    }
-                    None => None,
-                }
-            };
-            if let Some(d) = hit {
+            if let Some(d) = self.cache.get(&digest) {
                 self.metrics.lookups.inc(&[route, "hit"]);
                 return Ok(d);
             }
             self.metrics.lookups.inc(&[route, "miss"]);
-            let waiting = lock(&self.cache.calls).get(&digest).cloned();
-            if let Some(mut rx) = waiting {
-                let done = tokio::time::timeout(self.timeout, rx.wait_for(Option::is_some)).await;
-                return match done {
-                    Ok(Ok(o)) => match o.as_ref() {
-                        Some(Ok(d)) => Ok(d.clone()),
-                        _ => Err(NoDecision::Error),
-                    },
-                    _ => Err(NoDecision::Error),
-                };
+            if let Some(shared) = self.cache.join(&digest, self.timeout).await {
+                return shared.map_err(|()| NoDecision::Error);
             }
         }
         let Ok(_permit) = self.permits.try_acquire() else {
             return Err(NoDecision::Busy);
         };
-        let leading = caching.then(|| {
-            let (tx, rx) = watch::channel(None);
-            lock(&self.cache.calls).insert(digest, rx);
-            (
-                tx,
-                Leading {
-                    cache: &self.cache,
-                    digest,
-                },
-            )
-        });
+        // without a cache every request makes its own call
+        let leader = caching.then(|| self.cache.lead(digest));
         let start = Instant::now();
         let outcome = self.call(method, headers, body).await;
         self.metrics
@@ -726,24 +634,25 @@ impl ExtAuthz {
         if let Err(reason) = &outcome {
             self.warn(route, reason);
         }
-        if let Some((tx, _leading)) = leading {
+        let outcome = outcome.map_err(|_| ());
+        if let Some(leader) = leader {
             if let Ok(d) = &outcome {
                 if d.size() <= MAX_CACHED {
-                    let entry = Entry {
-                        decision: d.clone(),
-                        until: Instant::now() + self.cache_ttl,
-                    };
-                    lock(&self.cache.entries).put(digest, entry);
+                    self.cache
+                        .put(digest, d.clone(), Instant::now() + self.cache_ttl);
                 }
             }
-            let _ = tx.send(Some(outcome.clone()));
+            leader.finish(outcome.clone());
         }
-        outcome.map_err(|_| NoDecision::Error)
+        outcome.map_err(|()| NoDecision::Error)
     }
 
     /// At most one warning line per second per policy.
     fn warn(&self, route: &str, reason: &str) {
-        let mut last = lock(&self.last_warning);
+        let mut last = self
+            .last_warning
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
             return;
         }

@@ -29,10 +29,10 @@
 //! Concurrent misses for one token share one call; at most `max_in_flight` calls are in
 //! progress, and a miss beyond that is 503 `identity_unavailable` without a call.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -43,8 +43,9 @@ use pingora::proxy::Session;
 use pingora::Result;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 
+use crate::policy::answers::Answers;
 use crate::policy::identity::{self, Audience, ClaimHeaders, Scopes};
 use crate::policy::{
     BuildCtx, BuildError, Bytes, Call, Consumers, CounterVec, Flow, GaugeVec, HttpClient, Policy,
@@ -153,7 +154,6 @@ impl PolicyConfig for IntrospectionConfig {
         let endpoint = self.endpoint.clone().ok_or_else(|| {
             BuildError::field("endpoint", "the introspection endpoint is required")
         })?;
-        identity::check_url("endpoint", &endpoint)?;
         let client_id = match self.client_id.as_deref() {
             Some(id) if !id.is_empty() => id.to_string(),
             _ => return Err(BuildError::field("client_id", "a client id is required")),
@@ -173,26 +173,16 @@ impl PolicyConfig for IntrospectionConfig {
                 ))
             }
         };
-        let basic = match self.auth_method.as_str() {
-            "client_secret_basic" => true,
-            "client_secret_post" => false,
-            other => {
-                return Err(BuildError::field(
-                    "auth_method",
-                    format!("unknown auth_method {other:?} (expected client_secret_basic or client_secret_post)"),
-                ))
-            }
-        };
-        let deny_on_error = match self.on_error.as_str() {
-            "unavailable" => false,
-            "deny" => true,
-            other => {
-                return Err(BuildError::field(
-                    "on_error",
-                    format!("unknown on_error {other:?} (expected unavailable or deny)"),
-                ))
-            }
-        };
+        let basic = BuildError::choose(
+            "auth_method",
+            &self.auth_method,
+            &[("client_secret_basic", true), ("client_secret_post", false)],
+        )?;
+        let deny_on_error = BuildError::choose(
+            "on_error",
+            &self.on_error,
+            &[("unavailable", false), ("deny", true)],
+        )?;
         let timeout = self.timeout.get();
         if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&timeout) {
             return Err(BuildError::field("timeout", "between 100ms and 60s"));
@@ -231,19 +221,15 @@ impl PolicyConfig for IntrospectionConfig {
             Some(a) => Some(cx.consumer("anonymous", a)?),
             None => None,
         };
-        let client = match &self.ca_file {
-            Some(_) if endpoint.starts_with("http://") => {
-                return Err(BuildError::field(
-                    "ca_file",
-                    "only for https: the endpoint is http://",
-                ))
-            }
-            Some(file) => cx.http_client_with_ca("ca_file", file)?,
-            None => cx.http_client(),
-        };
-        identity::warn_plain_http(cx.path, &endpoint);
+        let client = identity::service_client(
+            cx,
+            "endpoint",
+            &endpoint,
+            "ca_file",
+            self.ca_file.as_deref(),
+        )?;
         let size = NonZeroUsize::new(self.cache_size).unwrap_or(NonZeroUsize::MIN);
-        let cache = cx.state_keyed(&(&endpoint, &client_id), || Cache::new(size));
+        let cache = cx.state_keyed(&(&endpoint, &client_id), || Answers::new(size));
         cache.resize(size);
         let metrics = cx.metrics();
         let route = cx.instance_route().to_string();
@@ -313,65 +299,6 @@ enum Answer {
 /// What one call ended with: an answer, or an error (its reason, for the log).
 type Outcome = std::result::Result<Arc<Answer>, String>;
 
-struct Entry {
-    answer: Arc<Answer>,
-    until: Instant,
-}
-
-/// Answers by token digest (LRU), and the calls in progress (shared by concurrent
-/// misses for one token). Kept across reloads while route, endpoint and client id stay.
-struct Cache {
-    entries: Mutex<lru::LruCache<[u8; 32], Entry>>,
-    calls: Mutex<HashMap<[u8; 32], watch::Receiver<Option<Outcome>>>>,
-}
-
-impl Cache {
-    fn new(size: NonZeroUsize) -> Self {
-        Self {
-            entries: Mutex::new(lru::LruCache::new(size)),
-            calls: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn resize(&self, size: NonZeroUsize) {
-        lock(&self.entries).resize(size);
-    }
-
-    fn get(&self, digest: &[u8; 32]) -> Option<Arc<Answer>> {
-        let mut entries = lock(&self.entries);
-        match entries.get(digest) {
-            Some(e) if e.until > Instant::now() => Some(e.answer.clone()),
-            Some(_) => {
-                entries.pop(digest);
-                None
-            }
-            None => None,
-        }
-    }
-
-    fn put(&self, digest: [u8; 32], answer: Arc<Answer>, until: Instant) -> usize {
-        let mut entries = lock(&self.entries);
-        entries.put(digest, Entry { answer, until });
-        entries.len()
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Removes a call from the calls in progress when its leader is done (or dropped).
-struct Leading<'a> {
-    cache: &'a Cache,
-    digest: [u8; 32],
-}
-
-impl Drop for Leading<'_> {
-    fn drop(&mut self) {
-        lock(&self.cache.calls).remove(&self.digest);
-    }
-}
-
 // === Policy ===
 
 struct Auth {
@@ -395,7 +322,7 @@ pub struct Introspection {
     timeout: Duration,
     cache_ttl: Duration,
     negative_ttl: Duration,
-    cache: Arc<Cache>,
+    cache: Arc<Answers<Arc<Answer>>>,
     permits: Semaphore,
     deny_on_error: bool,
     claim: String,
@@ -458,27 +385,14 @@ impl Introspection {
             }
             self.metrics.lookups.inc(&[route, "miss"]);
         }
-        // a call for this token in progress: wait for it
-        let waiting = lock(&self.cache.calls).get(&digest).cloned();
-        if let Some(mut rx) = waiting {
-            let done = tokio::time::timeout(self.timeout, rx.wait_for(Option::is_some)).await;
-            return match done {
-                Ok(Ok(outcome)) => match outcome.as_ref() {
-                    Some(Ok(a)) => Ok(a.clone()),
-                    _ => Err(Refusal::Error),
-                },
-                _ => Err(Refusal::Error),
-            };
+        // a call for this token in progress: its answer
+        if let Some(shared) = self.cache.join(&digest, self.timeout).await {
+            return shared.map_err(|()| Refusal::Error);
         }
         let Ok(_permit) = self.permits.try_acquire() else {
             return Err(Refusal::Busy);
         };
-        let (tx, rx) = watch::channel(None);
-        lock(&self.cache.calls).insert(digest, rx);
-        let _leading = Leading {
-            cache: &self.cache,
-            digest,
-        };
+        let leader = self.cache.lead(digest);
         let outcome = self.call(token).await;
         let result = match &outcome {
             Ok(a) if matches!(**a, Answer::Active(_)) => "active",
@@ -486,20 +400,21 @@ impl Introspection {
             Err(_) => "error",
         };
         self.metrics.requests.inc(&[route, result]);
-        if let Ok(a) = &outcome {
-            if let Some(until) = self.keep_until(a) {
-                let n = self.cache.put(digest, a.clone(), until);
-                self.metrics.entries.set(&[&self.route], n as i64);
+        match &outcome {
+            Ok(a) => {
+                if let Some(until) = self.keep_until(a) {
+                    let n = self.cache.put(digest, a.clone(), until);
+                    self.metrics.entries.set(&[&self.route], n as i64);
+                }
             }
-        }
-        if let Err(reason) = &outcome {
-            tracing::warn!(
+            Err(reason) => tracing::warn!(
                 "oauth2_introspection: route {route}: {} failed: {reason}",
                 self.endpoint
-            );
+            ),
         }
-        let _ = tx.send(Some(outcome.clone()));
-        outcome.map_err(|_| Refusal::Error)
+        let outcome = outcome.map_err(|_| ());
+        leader.finish(outcome.clone());
+        outcome.map_err(|()| Refusal::Error)
     }
 
     /// Until when an answer is cached, if at all.

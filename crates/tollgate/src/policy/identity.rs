@@ -293,6 +293,35 @@ pub fn without_query_parameters(query: &str, names: &[String]) -> String {
     kept.join("&")
 }
 
+/// The HTTP client for the service at `url` (checked with [`check_url`]): one trusting
+/// the CAs of `ca_file` (the option at `ca_field`, only for `https`), else the gateway's.
+/// A plain `http://` URL to a host other than loopback is logged as a warning.
+///
+/// # Errors
+/// The URL is refused, `ca_file` is given for an `http://` URL, or it is unreadable or
+/// holds no certificate.
+pub fn service_client(
+    cx: &crate::policy::BuildCtx<'_>,
+    url_field: &str,
+    url: &str,
+    ca_field: &str,
+    ca_file: Option<&str>,
+) -> Result<crate::policy::HttpClient, BuildError> {
+    check_url(url_field, url)?;
+    let client = match ca_file {
+        Some(_) if url.starts_with("http://") => {
+            return Err(BuildError::field(
+                ca_field,
+                format!("only for https: {url_field} is http://"),
+            ))
+        }
+        Some(file) => cx.http_client_with_ca(ca_field, file)?,
+        None => cx.http_client(),
+    };
+    warn_plain_http(cx.path, url);
+    Ok(client)
+}
+
 /// The 503 `identity_unavailable` (with `Retry-After: 1`) of a policy that could not
 /// check a credential because its identity provider or authorization service is
 /// unavailable.

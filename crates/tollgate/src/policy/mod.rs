@@ -53,6 +53,7 @@ use toml::Spanned;
 
 use crate::context::ChainProgress;
 
+pub mod answers;
 pub(crate) mod body;
 pub mod identity;
 pub mod metrics;
@@ -551,6 +552,27 @@ impl BuildError {
             message: message.into(),
             field: Some(field.into()),
         }
+    }
+
+    /// What `value`, the option at `field`, stands for among `choices`; an error naming
+    /// them otherwise (`unknown mode "grpc" (expected forward or opa)`).
+    ///
+    /// # Errors
+    /// `value` is none of the choices.
+    pub fn choose<T: Copy>(field: &str, value: &str, choices: &[(&str, T)]) -> Result<T, Self> {
+        if let Some((_, t)) = choices.iter().find(|(name, _)| *name == value) {
+            return Ok(*t);
+        }
+        let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+        let expected = match names.split_last() {
+            Some((last, [])) => (*last).to_string(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        Err(Self::field(
+            field,
+            format!("unknown {field} {value:?} (expected {expected})"),
+        ))
     }
 }
 

@@ -438,12 +438,9 @@ pub(super) fn build(
         let Some(issuer) = &config.issuer else {
             return Err(BuildError::field("discovery", "discovery needs `issuer`"));
         };
-        identity::check_url("issuer", issuer)?;
         Source::discovery(issuer)
     } else {
-        let url = config.jwks_url.as_deref().unwrap_or_default();
-        identity::check_url("jwks_url", url)?;
-        Source::Jwks(url.to_string())
+        Source::Jwks(config.jwks_url.clone().unwrap_or_default())
     };
     let get = |d: &Option<ConfigDuration>, default: u64| {
         d.map_or(Duration::from_secs(default), |d| d.get())
@@ -475,17 +472,17 @@ pub(super) fn build(
     let url = match &source {
         Source::Jwks(u) | Source::Discovery { url: u, .. } => u.clone(),
     };
-    let client = match &config.jwks_ca_file {
-        Some(_) if url.starts_with("http://") => {
-            return Err(BuildError::field(
-                "jwks_ca_file",
-                "only for https: the source is http://",
-            ))
-        }
-        Some(file) => cx.http_client_with_ca("jwks_ca_file", file)?,
-        None => cx.http_client(),
-    };
-    identity::warn_plain_http(cx.path, &url);
+    let client = identity::service_client(
+        cx,
+        if config.discovery {
+            "issuer"
+        } else {
+            "jwks_url"
+        },
+        &url,
+        "jwks_ca_file",
+        config.jwks_ca_file.as_deref(),
+    )?;
     let route = cx.instance_route().to_string();
     let metrics = cx.metrics();
     let key = (&source, &config.jwks_ca_file);
