@@ -206,15 +206,8 @@ async fn errors_fail_closed_unless_on_error_allow_and_max_in_flight_is_503_regar
         200,
         "the timeout was let through (on_error = allow)"
     );
-    let logged = async || -> Vec<Value> {
-        gw.stdout_lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .filter(|v: &Value| v.get("route").is_some())
-            .collect()
-    };
-    assert!(eventually(Duration::from_secs(5), async || logged().await.len() >= 4).await);
-    let authz: Vec<Value> = logged().await.iter().map(|v| v["authz"].clone()).collect();
+    let lines = access_log(&gw, 4).await;
+    let authz: Vec<Value> = lines.iter().map(|v| v["authz"].clone()).collect();
     assert!(authz.contains(&json!("error_allowed")), "{authz:?}");
     assert!(authz.contains(&json!("error")), "{authz:?}");
     let m = metrics_text(&gw).await;

@@ -496,18 +496,7 @@ async fn scopes_claims_to_headers_and_anonymous() {
     let expired = hs(&json!({"sub": "mallory", "exp": now() - 600, "scope": "orders:read"}));
     assert_eq!(status(&gw, "/p", Some(&expired)).await, 401);
     // the access log names the policy that authenticated
-    let logged = async || -> Vec<Value> {
-        gw.stdout_lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .filter(|v: &Value| v.get("route").is_some())
-            .collect()
-    };
-    assert!(
-        eventually(Duration::from_secs(5), async || logged().await.len() >= 4).await,
-        "four requests logged"
-    );
-    let lines = logged().await;
+    let lines = access_log(&gw, 4).await;
     assert!(lines
         .iter()
         .any(|v| v["auth"] == "jwt_auth" && v["consumer"] == "guests"));

@@ -189,21 +189,8 @@ async fn a_client_certificate_names_its_consumer_and_its_facts_go_upstream() {
         .unwrap();
     assert_eq!(r.status(), 401);
     // the access log carries the certificate's digest
-    let logged = async || -> Vec<Value> {
-        s.gw.stdout_lines()
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .filter(|v: &Value| v.get("route").is_some())
-            .collect()
-    };
-    assert!(
-        eventually(std::time::Duration::from_secs(5), async || logged()
-            .await
-            .len()
-            >= 4)
-        .await
-    );
-    let first = &logged().await[0];
+    let lines = access_log(&s.gw, 4).await;
+    let first = &lines[0];
     assert_eq!(first["client_cert_sha256"], sha.as_str());
     assert_eq!(first["auth"], "mtls_auth");
     let m = metrics_text(&s.gw).await;

@@ -236,3 +236,21 @@ impl Load {
         (ok, failed, why)
     }
 }
+
+/// The access-log lines (JSON, on stdout) of requests, once at least `n` are written
+/// (the log is written by a thread of its own, a little after the answer), within 5 s.
+pub async fn access_log(gw: &Gateway, n: usize) -> Vec<serde_json::Value> {
+    let lines = || -> Vec<serde_json::Value> {
+        gw.stdout_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| v.get("route").is_some())
+            .collect()
+    };
+    let written = eventually(std::time::Duration::from_secs(5), async || {
+        lines().len() >= n
+    })
+    .await;
+    assert!(written, "fewer than {n} access-log lines were written");
+    lines()
+}

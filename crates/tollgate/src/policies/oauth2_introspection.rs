@@ -447,16 +447,7 @@ impl Introspection {
             .request(token)
             .map_err(|e| format!("bad request: {e}"))?;
         let call = Call::default().timeout(self.timeout).max_body(MAX_ANSWER);
-        let resp = self
-            .client
-            .send_with(req, call)
-            .await
-            .map_err(|e| e.to_string())?;
-        if resp.status() != http::StatusCode::OK {
-            return Err(format!("status {}", resp.status().as_u16()));
-        }
-        let v: Value =
-            serde_json::from_slice(resp.body()).map_err(|_| "invalid JSON".to_string())?;
+        let (v, _) = identity::fetch_json(&self.client, req, call).await?;
         self.parse(v).map(Arc::new)
     }
 

@@ -322,6 +322,28 @@ pub fn service_client(
     Ok(client)
 }
 
+/// Sends `req` within `call` and reads a `200` answer whose body is JSON: the value and
+/// the answer's headers. Anything else is an error whose text names the cause (for a
+/// warning line): the transport's error, `status N`, or `invalid JSON`; never the body.
+///
+/// # Errors
+/// As above.
+pub async fn fetch_json(
+    client: &crate::policy::HttpClient,
+    req: http::Request<bytes::Bytes>,
+    call: crate::policy::Call,
+) -> Result<(Value, http::HeaderMap), String> {
+    let resp = client
+        .send_with(req, call)
+        .await
+        .map_err(|e| e.to_string())?;
+    if resp.status() != http::StatusCode::OK {
+        return Err(format!("status {}", resp.status().as_u16()));
+    }
+    let v = serde_json::from_slice(resp.body()).map_err(|_| "invalid JSON".to_string())?;
+    Ok((v, resp.into_parts().0.headers))
+}
+
 /// The 503 `identity_unavailable` (with `Retry-After: 1`) of a policy that could not
 /// check a credential because its identity provider or authorization service is
 /// unavailable.

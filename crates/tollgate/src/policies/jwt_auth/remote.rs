@@ -357,17 +357,8 @@ impl RemoteKeys {
         let call = Call::default()
             .timeout(timers.timeout)
             .max_body(MAX_DOCUMENT);
-        let resp = self
-            .client
-            .send_with(req, call)
-            .await
-            .map_err(|e| e.to_string())?;
-        if resp.status() != http::StatusCode::OK {
-            return Err(format!("status {}", resp.status().as_u16()));
-        }
-        let doc: Value =
-            serde_json::from_slice(resp.body()).map_err(|e| format!("invalid JSON: {e}"))?;
-        Ok((doc, max_age(resp.headers())))
+        let (doc, headers) = identity::fetch_json(&self.client, req, call).await?;
+        Ok((doc, max_age(&headers)))
     }
 
     fn failed(&self, document: &str, url: &str, reason: &str) {
