@@ -4,8 +4,10 @@
 //! way the gateway runs a route's chain: `request_filter`, then (unless a policy
 //! answered) `upstream_peer`, `upstream_request_filter` and `request_body_filter`. The
 //! [`Outcome`] holds what came of it: the answer a policy gave, or the request as it
-//! would go upstream and where; [`Outcome::respond`] then plays an upstream response
-//! through `response_filter`, `response_body_filter` and `logging`.
+//! would go upstream and where (with `X-Consumer-Name` and the identity headers the
+//! policies set, client copies of those removed, as the gateway does);
+//! [`Outcome::respond`] then plays an upstream response through `response_filter`,
+//! `response_body_filter` and `logging`.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -261,6 +263,10 @@ impl PolicyTest {
                 "test request",
             );
         }
+        // as the gateway does on arrival: client copies of identity headers go
+        for name in chain.identity_headers() {
+            session.req_header_mut().remove_header(&name);
+        }
         let mut cx = RequestCtx::new();
         cx.request_id = "test-request".into();
         cx.client_ip = req.client_ip;
@@ -301,6 +307,13 @@ impl PolicyTest {
         let mut up = session.req_header().clone();
         if let Some(held) = &cx.body {
             held.frame(&mut up, !session.is_body_empty())?;
+        }
+        // as the gateway does: who the consumer is, and the identity headers set
+        if let Some(v) = cx.consumer.as_ref().and_then(|c| c.name_header()) {
+            up.insert_header("x-consumer-name", v)?;
+        }
+        for (n, v) in &cx.identity_headers {
+            up.insert_header(n.clone(), v.clone())?;
         }
         chain.upstream_request_filter(cx, &mut up)?;
         outcome.upstream_request = Some(up);
@@ -490,6 +503,44 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("canary"));
         assert_eq!(e.message, "unknown upstream \"beta\"");
         assert_eq!(cx.upstream("canary", "alpha").unwrap().as_str(), "alpha");
+    }
+
+    /// Sets `x-tenant` from the `tenant` query parameter, as an identity header.
+    struct Tenant;
+
+    #[async_trait::async_trait]
+    impl Policy for Tenant {
+        async fn request_filter(
+            &self,
+            session: &mut Session,
+            cx: &mut RequestCtx,
+        ) -> pingora::Result<Flow> {
+            let tenant = session
+                .req_header()
+                .uri
+                .query()
+                .unwrap_or_default()
+                .to_string();
+            if let Ok(v) = http::HeaderValue::from_str(&tenant) {
+                cx.set_identity_header(http::HeaderName::from_static("x-tenant"), v);
+            }
+            Ok(Flow::Continue)
+        }
+        fn identity_headers(&self) -> Vec<http::HeaderName> {
+            vec![http::HeaderName::from_static("x-tenant")]
+        }
+    }
+
+    #[tokio::test]
+    async fn identity_headers_replace_client_copies_in_the_upstream_request() {
+        let t = PolicyTest::new("tenant", Tenant);
+        let o = t
+            .run(TestRequest::get("/x?t1").header("x-tenant", "forged"))
+            .await
+            .unwrap();
+        let sent = o.upstream_request.unwrap();
+        let values: Vec<_> = sent.headers.get_all("x-tenant").iter().collect();
+        assert_eq!(values, ["t1"]);
     }
 
     #[tokio::test]
