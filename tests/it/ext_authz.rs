@@ -483,3 +483,52 @@ async fn a_hidden_query_key_never_reaches_the_service() {
     assert_eq!(c.header("x-forwarded-uri"), Some("/api/x?expand=items"));
     assert_eq!(up.last().unwrap().target, "/api/x?expand=items");
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_decisions_of_an_unchanged_table_only() {
+    let svc = AuthzService::start().await;
+    let up = Upstream::start("a").await;
+    let gw = setup(&svc, &up, "/authz", "cache_ttl = \"1h\"\n").await;
+    assert_eq!(get(&gw, "/api/x").send().await.unwrap().status(), 200);
+    assert_eq!(svc.calls().len(), 1);
+    // a reload that changes another route: this policy keeps its decisions
+    let toml = std::fs::read_to_string(&gw.config).unwrap();
+    let grown = toml.replace(
+        "[routes.open]",
+        "[routes.more]\npaths = [\"/more\"]\nupstream = \"a\"\n[routes.open]",
+    );
+    std::fs::write(&gw.config, &grown).unwrap();
+    let (code, body) = admin_reload(&gw).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(get(&gw, "/api/x").send().await.unwrap().status(), 200);
+    assert_eq!(svc.calls().len(), 1, "the decision was kept");
+    // a change to the policy's table: an empty cache
+    std::fs::write(
+        &gw.config,
+        grown.replace("cache_ttl = \"1h\"", "cache_ttl = \"30m\""),
+    )
+    .unwrap();
+    assert_eq!(admin_reload(&gw).await.0, 200);
+    assert_eq!(get(&gw, "/api/x").send().await.unwrap().status(), 200);
+    assert_eq!(svc.calls().len(), 2);
+}
+
+#[tokio::test]
+async fn an_identity_header_in_include_headers_sends_nothing() {
+    let svc = AuthzService::start().await;
+    let up = Upstream::start("a").await;
+    let gw = setup(
+        &svc,
+        &up,
+        "/authz",
+        "include_headers = [\"x-user-id\"]\nupstream_headers = [\"x-user-id\"]\n",
+    )
+    .await;
+    let r = get(&gw, "/api/x")
+        .header("x-user-id", "forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(svc.calls()[0].header("x-user-id"), None);
+}

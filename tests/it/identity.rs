@@ -701,3 +701,138 @@ fn the_gateways_own_label_values_cannot_name_a_route_consumer_or_upstream() {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
 }
+
+#[tokio::test]
+async fn discovery_falls_back_to_the_last_good_jwks_uri_and_refuses_a_downgrade() {
+    let idp = IdentityProvider::start().await;
+    let (k, jwk) = EcKey::new("k");
+    let doc = json!({"keys": [jwk]});
+    idp.set(|s| {
+        s.jwks = Some(tollgate_tests::Answer::json(&doc).header("cache-control", "max-age=1"));
+    });
+    let up = Upstream::start("a").await;
+    let iss = idp.issuer();
+    let gw = gateway_for(
+        &up,
+        &format!(
+            "algorithms = [\"ES256\"]\nissuer = \"{iss}\"\ndiscovery = true\njwks_refresh = \"1h\"\n\
+             jwks_min_refetch = \"1s\"\njwks_max_stale = \"2h\"\ncache_size = 0\n"
+        ),
+    )
+    .await;
+    let t = k.sign(&claims("alice", &iss));
+    assert!(becomes(&gw, "/p", &t, 200).await);
+    // the discovery document now fails: refreshes keep fetching the last good jwks_uri
+    idp.set(|s| s.discovery = Some(tollgate_tests::Answer::raw(500, b"")));
+    let jwks = idp.hits("/jwks");
+    assert!(
+        eventually(Duration::from_secs(10), async || idp.hits("/jwks")
+            >= jwks + 2)
+        .await,
+        "the JWKS is still refreshed"
+    );
+    assert_eq!(status(&gw, "/p", Some(&t)).await, 200);
+    // a document that is not JSON counts as a failed discovery too, and the keys stay
+    idp.set(|s| s.discovery = Some(tollgate_tests::Answer::raw(200, b"<html>")));
+    let jwks = idp.hits("/jwks");
+    assert!(eventually(Duration::from_secs(10), async || idp.hits("/jwks") > jwks).await);
+    assert_eq!(status(&gw, "/p", Some(&t)).await, 200);
+    let m = metrics_text(&gw).await;
+    assert!(
+        m.contains(r#"tollgate_jwks_fetches_total{document="discovery",result="error",route="p"}"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_jwks_over_256_kib_or_without_usable_keys_is_a_failed_fetch() {
+    let idp = IdentityProvider::start().await;
+    let (k, jwk) = EcKey::new("k");
+    // a 300 KiB document: its keys are never used
+    let padding = "x".repeat(300 * 1024);
+    let big = json!({"keys": [jwk.clone()], "padding": padding});
+    idp.set(|s| s.jwks = Some(tollgate_tests::Answer::json(&big)));
+    let up = Upstream::start("a").await;
+    let gw = gateway_for(
+        &up,
+        &format!(
+            "algorithms = [\"ES256\"]\njwks_url = \"{}\"\n",
+            idp.url("/jwks")
+        ),
+    )
+    .await;
+    let t = k.sign(&claims("alice", "any"));
+    assert!(eventually(Duration::from_secs(10), async || idp.hits("/jwks") >= 1).await);
+    assert_eq!(status(&gw, "/p", Some(&t)).await, 503);
+    // only a symmetric key: nothing usable
+    idp.set(|s| {
+        s.jwks = Some(tollgate_tests::Answer::json(
+            &json!({"keys": [{"kty": "oct", "k": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0", "kid": "k"}]}),
+        ))
+    });
+    let n = idp.hits("/jwks");
+    assert!(eventually(Duration::from_secs(10), async || idp.hits("/jwks") > n).await);
+    assert_eq!(status(&gw, "/p", Some(&t)).await, 503);
+    assert!(gw
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("no usable key")));
+    // a good document at last
+    idp.serve_jwks(&[jwk]);
+    assert!(becomes(&gw, "/p", &t, 200).await);
+}
+
+#[tokio::test]
+async fn a_token_without_kid_needs_a_set_of_one_usable_key() {
+    let idp = IdentityProvider::start().await;
+    let (k, mut jwk) = EcKey::new("k");
+    jwk.as_object_mut().unwrap().remove("kid");
+    idp.serve_jwks(std::slice::from_ref(&jwk));
+    let up = Upstream::start("a").await;
+    let gw = gateway_for(
+        &up,
+        &format!(
+            "algorithms = [\"ES256\"]\njwks_url = \"{}\"\njwks_min_refetch = \"1s\"\ncache_size = 0\n",
+            idp.url("/jwks")
+        ),
+    )
+    .await;
+    let no_kid = encode(
+        &Header::new(Algorithm::ES256),
+        &claims("alice", "any"),
+        &k.signing,
+    )
+    .unwrap();
+    assert!(becomes(&gw, "/p", &no_kid, 200).await);
+    // two keys with kids: a token without one names no key
+    let (_, other) = EcKey::new("other");
+    let mut with_kid = jwk.clone();
+    with_kid["kid"] = json!("k");
+    idp.serve_jwks(&[with_kid, other]);
+    let t = k.sign(&claims("alice", "any"));
+    // the new kid makes the gateway refetch; then the token without a kid is refused
+    assert!(becomes(&gw, "/p", &t, 200).await);
+    assert_eq!(status(&gw, "/p", Some(&no_kid)).await, 401);
+}
+
+#[tokio::test]
+async fn a_scope_refusal_outranks_another_policys_anonymous_consumer() {
+    let up = Upstream::start("a").await;
+    let gw = gateway(&format!(
+        "{}[consumers.alice]\njwt_subject = \"alice\"\n[consumers.guests]\n\
+         [routes.r]\npaths = [\"/r\"]\nupstream = \"a\"\n\
+         [routes.r.policies.jwt_auth]\nalgorithms = [\"HS256\"]\nsecret = \"{SECRET}\"\nscopes = [\"read\"]\n\
+         [routes.r.policies.basic_auth]\n",
+        upstream_table("a", &[up.addr])
+    ));
+    // jwt_auth: valid but lacking the scope: 403 over basic_auth's 401
+    let t = hs(&json!({"sub": "alice", "exp": now() + 60}));
+    let r = client()
+        .get(gw.url("/r"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(up.count(), 0);
+}

@@ -397,3 +397,36 @@ fn check_refuses_bad_introspection_options_each_at_its_key() {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_cache_while_route_endpoint_and_client_id_stay() {
+    let idp = IdentityProvider::start().await;
+    idp.set(|s| {
+        s.introspection
+            .insert("t".into(), active("alice-sub", json!({})));
+    });
+    let up = Upstream::start("a").await;
+    let gw = setup(&idp, &up, "cache_ttl = \"1h\"\n").await;
+    assert_eq!(send(&gw, "t").await.status(), 200);
+    assert_eq!(idp.hits("/introspect"), 1);
+    // another option changes: the cache stays
+    let toml = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(
+        &gw.config,
+        toml.replace("cache_ttl = \"1h\"", "cache_ttl = \"2h\""),
+    )
+    .unwrap();
+    assert_eq!(admin_reload(&gw).await.0, 200);
+    assert_eq!(send(&gw, "t").await.status(), 200);
+    assert_eq!(idp.hits("/introspect"), 1, "answered from the kept cache");
+    // another client id: a new cache
+    let toml = std::fs::read_to_string(&gw.config).unwrap();
+    std::fs::write(
+        &gw.config,
+        toml.replace("client_id = \"gate way\"", "client_id = \"other\""),
+    )
+    .unwrap();
+    assert_eq!(admin_reload(&gw).await.0, 200);
+    assert_eq!(send(&gw, "t").await.status(), 200);
+    assert_eq!(idp.hits("/introspect"), 2);
+}
