@@ -532,3 +532,27 @@ async fn an_identity_header_in_include_headers_sends_nothing() {
     assert_eq!(r.status(), 200);
     assert_eq!(svc.calls()[0].header("x-user-id"), None);
 }
+
+#[tokio::test]
+async fn the_body_of_an_allow_is_ignored_whatever_its_size_but_a_denials_is_bounded() {
+    let svc = AuthzService::start().await;
+    let page = vec![b'x'; 100 * 1024];
+    let p2 = page.clone();
+    svc.decide(move |s| {
+        let status = if s
+            .header("x-forwarded-uri")
+            .is_some_and(|u| u.ends_with("/deny"))
+        {
+            403
+        } else {
+            200
+        };
+        Answer::raw(status, &p2)
+    });
+    let up = Upstream::start("a").await;
+    let gw = setup(&svc, &up, "/authz", "").await;
+    assert_eq!(get(&gw, "/api/ok").send().await.unwrap().status(), 200);
+    let r = get(&gw, "/api/deny").send().await.unwrap();
+    assert_eq!(r.status(), 503, "a denial's body over 64 KiB is an error");
+    drop(page);
+}

@@ -25,7 +25,8 @@ pub enum San {
     Ip(IpAddr),
 }
 
-/// A verified client certificate. See the [module docs](self).
+/// A verified client certificate of a mutual-TLS connection, parsed once per connection
+/// ([`RequestCtx::client_certificate`](crate::policy::RequestCtx::client_certificate)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientCertificate {
     /// Lower-case hex SHA-256 of the certificate's DER, without separators.
@@ -35,7 +36,7 @@ pub struct ClientCertificate {
     pub subject: String,
     /// The subject's Common Names (usually one).
     pub common_names: Vec<String>,
-    /// The subject alternative names in certificate order (at most [`MAX_SANS`]).
+    /// The subject alternative names in certificate order (at most 64 are read).
     pub sans: Vec<San>,
 }
 

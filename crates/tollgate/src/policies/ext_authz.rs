@@ -39,11 +39,11 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::policy::answers::Answers;
+use crate::policy::answers::{Answers, Turn};
 use crate::policy::identity::{self, Claims};
 use crate::policy::{
     BuildCtx, BuildError, Call, CounterVec, Flow, HistogramVec, HttpClient, Policy, PolicyConfig,
-    Reply, RequestCtx, Stage,
+    Reply, RequestCtx, Stage, Truncated,
 };
 use crate::reply::ErrorCode;
 use crate::units::{ConfigDuration, ConfigSize};
@@ -611,15 +611,19 @@ impl ExtAuthz {
                 return Ok(d);
             }
             self.metrics.lookups.inc(&[route, "miss"]);
-            if let Some(shared) = self.cache.join(&digest, self.timeout).await {
-                return shared.map_err(|()| NoDecision::Error);
-            }
         }
+        // without a cache every request makes its own call
+        let leader = if caching {
+            match self.cache.turn(digest, self.timeout).await {
+                Turn::Shared(shared) => return shared.map_err(|()| NoDecision::Error),
+                Turn::Lead(leader) => Some(leader),
+            }
+        } else {
+            None
+        };
         let Ok(_permit) = self.permits.try_acquire() else {
             return Err(NoDecision::Busy);
         };
-        // without a cache every request makes its own call
-        let leader = caching.then(|| self.cache.lead(digest));
         let start = Instant::now();
         let outcome = self.call(method, headers, body).await;
         self.metrics
@@ -675,7 +679,11 @@ impl ExtAuthz {
             req = req.header(n, v);
         }
         let req = req.body(body).map_err(|e| format!("bad request: {e}"))?;
-        let call = Call::default().timeout(self.timeout).max_body(MAX_ANSWER);
+        let mut call = Call::default().timeout(self.timeout).max_body(MAX_ANSWER);
+        if !self.opa {
+            // the body of an allow is ignored, whatever its size; a denial's is checked
+            call = call.truncate_body();
+        }
         let resp = self
             .client
             .send_with(req, call)
@@ -699,6 +707,9 @@ impl ExtAuthz {
         }
         if status.is_server_error() || status.is_informational() {
             return Err(format!("status {}", status.as_u16()));
+        }
+        if resp.extensions().get::<Truncated>().is_some() {
+            return Err("a denial's body over 64 KiB".into());
         }
         if !self.relay {
             return Ok(Decision::Deny(forbidden()));

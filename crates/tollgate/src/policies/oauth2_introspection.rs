@@ -45,7 +45,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
-use crate::policy::answers::Answers;
+use crate::policy::answers::{Answers, Turn};
 use crate::policy::identity::{self, Audience, ClaimHeaders, Scopes};
 use crate::policy::{
     BuildCtx, BuildError, Bytes, Call, Consumers, CounterVec, Flow, GaugeVec, HttpClient, Policy,
@@ -229,10 +229,6 @@ impl PolicyConfig for IntrospectionConfig {
             self.ca_file.as_deref(),
         )?;
         let size = NonZeroUsize::new(self.cache_size).unwrap_or(NonZeroUsize::MIN);
-        let cache = cx.state_keyed(&(&endpoint, &client_id), || Answers::new(size));
-        cache.resize(size);
-        let metrics = cx.metrics();
-        let route = cx.instance_route().to_string();
         // members of an answer worth keeping: the consumer, scopes, audience, headers
         let mut keep: Vec<String> = vec![
             self.claim.clone(),
@@ -241,6 +237,11 @@ impl PolicyConfig for IntrospectionConfig {
             "aud".into(),
         ];
         keep.extend(self.claims_to_headers.keys().cloned());
+        // answers keep only these members: a reload that reads others starts afresh
+        let cache = cx.state_keyed(&(&endpoint, &client_id, &keep), || Answers::new(size));
+        cache.resize(size);
+        let metrics = cx.metrics();
+        let route = cx.instance_route().to_string();
         Ok(Introspection {
             endpoint,
             client,
@@ -386,13 +387,13 @@ impl Introspection {
             self.metrics.lookups.inc(&[route, "miss"]);
         }
         // a call for this token in progress: its answer
-        if let Some(shared) = self.cache.join(&digest, self.timeout).await {
-            return shared.map_err(|()| Refusal::Error);
-        }
+        let leader = match self.cache.turn(digest, self.timeout).await {
+            Turn::Shared(shared) => return shared.map_err(|()| Refusal::Error),
+            Turn::Lead(leader) => leader,
+        };
         let Ok(_permit) = self.permits.try_acquire() else {
             return Err(Refusal::Busy);
         };
-        let leader = self.cache.lead(digest);
         let outcome = self.call(token).await;
         let result = match &outcome {
             Ok(a) if matches!(**a, Answer::Active(_)) => "active",
@@ -426,17 +427,20 @@ impl Introspection {
                 if self.cache_ttl.is_zero() {
                     return None;
                 }
-                let mut until = now + self.cache_ttl;
+                let mut keep = self.cache_ttl;
                 if let Some(exp) = m.get("exp").and_then(Value::as_f64) {
                     let unix = SystemTime::now()
                         .duration_since(SystemTime::UNIX_EPOCH)
                         .map_or(0.0, |d| d.as_secs_f64());
-                    if exp <= unix {
+                    if exp.is_nan() || exp <= unix {
                         return None;
                     }
-                    until = until.min(now + Duration::from_secs_f64(exp - unix));
+                    // an `exp` far away (or absurd, 1e300) leaves cache_ttl in force
+                    if let Ok(left) = Duration::try_from_secs_f64(exp - unix) {
+                        keep = keep.min(left);
+                    }
                 }
-                Some(until)
+                now.checked_add(keep)
             }
         }
     }
@@ -696,6 +700,10 @@ mod tests {
             p.keep_until(&active(unix - 1)).is_none(),
             "expired: not cached"
         );
+        // an absurd exp leaves cache_ttl in force, and never panics
+        let huge = Answer::Active(json!({"exp": 1e300}).as_object().unwrap().clone());
+        let until = p.keep_until(&huge).unwrap();
+        assert!(until <= Instant::now() + Duration::from_secs(60));
         assert!(
             p.keep_until(&Answer::Inactive).is_none(),
             "negative caching off"

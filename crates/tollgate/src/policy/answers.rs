@@ -65,40 +65,64 @@ impl<V: Clone + Send + Sync> Answers<V> {
         entries.len()
     }
 
-    /// When a call for `digest` is in progress: its outcome, waited for at most
-    /// `timeout` (`Err` when it failed, was dropped or took longer). `None`: no call is
-    /// in progress; make one with [`Answers::lead`].
-    pub async fn join(&self, digest: &[u8; 32], timeout: Duration) -> Option<Result<V, ()>> {
-        let mut rx = lock(&self.calls).get(digest).cloned()?;
-        let done = tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await;
-        Some(match done {
-            Ok(Ok(outcome)) => outcome.clone().unwrap_or(Err(())),
-            _ => Err(()),
-        })
-    }
-
-    /// Registers the call for `digest` that this request makes: later misses
-    /// [`join`](Answers::join) it until [`Leader::finish`] (or the leader is dropped).
-    pub fn lead(&self, digest: [u8; 32]) -> Leader<'_, V> {
-        let (tx, rx) = watch::channel(None);
-        lock(&self.calls).insert(digest, rx);
-        Leader {
-            answers: self,
-            digest,
-            tx,
+    /// A miss for `digest`: the outcome of the call in progress for it (waited for at
+    /// most `timeout`; `Err` when it failed or took longer), the answer kept since the
+    /// miss, or, when there is neither, this request's turn to make the call
+    /// ([`Turn::Lead`]). Checked and registered under one lock, so that concurrent
+    /// misses make one call; a leader that goes away without an outcome hands the turn
+    /// to a waiting request.
+    pub async fn turn(&self, digest: [u8; 32], timeout: Duration) -> Turn<'_, V> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut rx = {
+                let mut calls = lock(&self.calls);
+                match calls.get(&digest) {
+                    Some(rx) => rx.clone(),
+                    None => {
+                        if let Some(v) = self.get(&digest) {
+                            return Turn::Shared(Ok(v));
+                        }
+                        let (tx, rx) = watch::channel(None);
+                        calls.insert(digest, rx.clone());
+                        return Turn::Lead(Leader {
+                            answers: self,
+                            digest,
+                            tx,
+                            rx,
+                        });
+                    }
+                }
+            };
+            let waited = tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some)).await;
+            match waited {
+                Ok(Ok(outcome)) => return Turn::Shared(outcome.clone().unwrap_or(Err(()))),
+                // the leader went away without an outcome: look again
+                Ok(Err(_)) => {}
+                Err(_) => return Turn::Shared(Err(())),
+            }
         }
     }
 }
 
-/// The request that makes a shared call ([`Answers::lead`]).
+/// What a miss does ([`Answers::turn`]).
+pub enum Turn<'a, V: Clone + Send + Sync> {
+    /// The outcome of another request's call (`Err`: it failed), or the answer it kept.
+    Shared(Result<V, ()>),
+    /// Make the call, and hand its outcome on with [`Leader::finish`].
+    Lead(Leader<'a, V>),
+}
+
+/// The request that makes a shared call ([`Turn::Lead`]).
 pub struct Leader<'a, V: Clone + Send + Sync> {
     answers: &'a Answers<V>,
     digest: [u8; 32],
     tx: watch::Sender<Shared<V>>,
+    /// Tells this call from a later one for the same digest.
+    rx: watch::Receiver<Shared<V>>,
 }
 
 impl<V: Clone + Send + Sync> Leader<'_, V> {
-    /// Hands the call's outcome to the requests that joined it.
+    /// Hands the call's outcome to the requests that wait for it.
     pub fn finish(self, outcome: Result<V, ()>) {
         let _ = self.tx.send(Some(outcome));
     }
@@ -106,7 +130,13 @@ impl<V: Clone + Send + Sync> Leader<'_, V> {
 
 impl<V: Clone + Send + Sync> Drop for Leader<'_, V> {
     fn drop(&mut self) {
-        lock(&self.answers.calls).remove(&self.digest);
+        let mut calls = lock(&self.answers.calls);
+        if calls
+            .get(&self.digest)
+            .is_some_and(|rx| rx.same_channel(&self.rx))
+        {
+            calls.remove(&self.digest);
+        }
     }
 }
 
@@ -133,22 +163,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn misses_join_the_call_in_progress_and_get_its_outcome() {
+    async fn misses_share_the_call_in_progress_and_a_vanished_leader_hands_its_turn_on() {
         let a = Arc::new(Answers::<u32>::new(size(4)));
-        assert!(a.join(&[9; 32], Duration::from_secs(1)).await.is_none());
-        let leader = a.lead([9; 32]);
+        let Turn::Lead(leader) = a.turn([9; 32], Duration::from_secs(1)).await else {
+            panic!("the first miss leads");
+        };
         let b = a.clone();
-        let joined = tokio::spawn(async move { b.join(&[9; 32], Duration::from_secs(5)).await });
+        let joined = tokio::spawn(async move {
+            match b.turn([9; 32], Duration::from_secs(5)).await {
+                Turn::Shared(v) => v,
+                Turn::Lead(_) => panic!("a second leader"),
+            }
+        });
         tokio::task::yield_now().await;
         leader.finish(Ok(7));
-        assert_eq!(joined.await.unwrap(), Some(Ok(7)));
-        // a dropped leader fails its joiners and leaves no call behind
-        let leader = a.lead([8; 32]);
+        assert_eq!(joined.await.unwrap(), Ok(7));
+        // a leader dropped without an outcome: the waiting request leads instead
+        let Turn::Lead(leader) = a.turn([8; 32], Duration::from_secs(1)).await else {
+            panic!("leads");
+        };
         let b = a.clone();
-        let joined = tokio::spawn(async move { b.join(&[8; 32], Duration::from_secs(5)).await });
+        let next = tokio::spawn(async move {
+            matches!(b.turn([8; 32], Duration::from_secs(5)).await, Turn::Lead(_))
+        });
         tokio::task::yield_now().await;
         drop(leader);
-        assert_eq!(joined.await.unwrap(), Some(Err(())));
-        assert!(a.join(&[8; 32], Duration::from_secs(1)).await.is_none());
+        assert!(next.await.unwrap(), "the waiting request got the turn");
+        // an answer kept between a miss and its turn is used, not called again
+        a.put([7; 32], 5, Instant::now() + Duration::from_secs(60));
+        assert!(matches!(
+            a.turn([7; 32], Duration::from_secs(1)).await,
+            Turn::Shared(Ok(5))
+        ));
     }
 }

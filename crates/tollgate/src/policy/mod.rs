@@ -61,7 +61,7 @@ pub(crate) mod outbound;
 pub(crate) mod state;
 mod upstream;
 pub use metrics::{CounterVec, GaugeVec, HistogramVec, PolicyMetrics};
-pub use outbound::{Call, HttpClient, OutboundError};
+pub use outbound::{Call, HttpClient, OutboundError, Truncated};
 pub use upstream::{Peer, Target, UpstreamName};
 
 pub use crate::client_cert::{ClientCertificate, San};

@@ -163,13 +163,22 @@ pub struct Call {
     pub timeout: Option<Duration>,
     /// The longest response body accepted (default 16 MiB).
     pub max_body: usize,
+    /// A longer body is cut at `max_body` (the response then carries [`Truncated`] in
+    /// its extensions) instead of failing the call.
+    pub truncate: bool,
 }
+
+/// In a response's extensions: its body was longer than the call's `max_body` and was
+/// cut there ([`Call::truncate_body`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Truncated;
 
 impl Default for Call {
     fn default() -> Self {
         Self {
             timeout: None,
             max_body: 16 << 20,
+            truncate: false,
         }
     }
 }
@@ -186,6 +195,14 @@ impl Call {
     #[must_use]
     pub fn max_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
+        self
+    }
+
+    /// This call cutting a longer body at `max_body` (marked [`Truncated`]) instead of
+    /// failing: for an answer whose body matters only sometimes.
+    #[must_use]
+    pub fn truncate_body(mut self) -> Self {
+        self.truncate = true;
         self
     }
 }
@@ -242,7 +259,7 @@ impl HttpClient {
     ) -> Result<http::Response<Bytes>, OutboundError> {
         let timeout = call.timeout.unwrap_or(self.outbound.settings.timeout);
         let start = Instant::now();
-        let result = match tokio::time::timeout(timeout, self.exchange(req, call.max_body)).await {
+        let result = match tokio::time::timeout(timeout, self.exchange(req, call)).await {
             Ok(r) => r,
             Err(_) => Err(OutboundError::Timeout(timeout)),
         };
@@ -261,8 +278,9 @@ impl HttpClient {
     async fn exchange(
         &self,
         req: http::Request<Bytes>,
-        max_body: usize,
+        call: Call,
     ) -> Result<http::Response<Bytes>, OutboundError> {
+        let max_body = call.max_body;
         let client = self.outbound.client()?;
         let _slot = self
             .outbound
@@ -273,17 +291,27 @@ impl HttpClient {
         let req =
             reqwest::Request::try_from(req).map_err(|e| OutboundError::Failed(e.to_string()))?;
         let mut resp = client.execute(req).await.map_err(describe)?;
-        if resp.content_length().is_some_and(|n| n > max_body as u64) {
+        if !call.truncate && resp.content_length().is_some_and(|n| n > max_body as u64) {
             return Err(OutboundError::TooLarge(max_body));
         }
         let mut body = BytesMut::new();
+        let mut truncated = false;
         while let Some(chunk) = resp.chunk().await.map_err(describe)? {
             if body.len() + chunk.len() > max_body {
-                return Err(OutboundError::TooLarge(max_body));
+                if !call.truncate {
+                    return Err(OutboundError::TooLarge(max_body));
+                }
+                // keep what fits, read no further (the connection is not reused)
+                body.extend_from_slice(&chunk[..max_body - body.len()]);
+                truncated = true;
+                break;
             }
             body.extend_from_slice(&chunk);
         }
         let mut out = http::Response::new(body.freeze());
+        if truncated {
+            out.extensions_mut().insert(Truncated);
+        }
         *out.status_mut() = resp.status();
         *out.version_mut() = resp.version();
         *out.headers_mut() = std::mem::take(resp.headers_mut());

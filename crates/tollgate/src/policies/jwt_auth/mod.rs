@@ -721,9 +721,10 @@ impl Policy for JwtAuth {
             .subject(&self.claim)
             .and_then(|s| cx.consumers().by_subject(s).cloned());
         self.claim_headers.apply(&token.claims, cx);
-        cx.extensions.insert(Claims(token.claims.clone()));
         if let Some(c) = found {
             cx.consumer = Some(c);
+            // for later policies (ext_authz's input), only when this policy authenticated
+            cx.extensions.insert(Claims(token.claims.clone()));
             return Ok(Flow::Continue);
         }
         if let Some(c) = self

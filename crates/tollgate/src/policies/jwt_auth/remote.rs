@@ -207,9 +207,15 @@ impl RemoteKeys {
         Ok(use_key(&key.key, set.version))
     }
 
-    /// The version of the current set (0 without one).
+    /// The version of the current set; 0 without one or once it is older than
+    /// `jwks_max_stale` (no remembered token has version 0: they are verified again,
+    /// and refused with 503).
     pub(super) fn version(&self) -> u64 {
-        self.current.load().as_ref().map_or(0, |s| s.version)
+        self.current
+            .load()
+            .as_ref()
+            .filter(|s| self.fresh(s))
+            .map_or(0, |s| s.version)
     }
 
     /// Whether `set` is younger than `jwks_max_stale`.
@@ -295,8 +301,9 @@ impl RemoteKeys {
                 .is_ok_and(|p| p.scheme() == "https" || (p.scheme() == "http" && !secure))
         });
         let Some(uri) = uri else {
+            // a document that is not used: this refresh stops (identity.md §3.1 item 1)
             self.failed("discovery", url, "no usable jwks_uri");
-            return Err(Discovered::Failed);
+            return Err(Discovered::Mismatch);
         };
         self.metrics.fetches.inc(&[&self.route, "discovery", "ok"]);
         *self
@@ -323,10 +330,12 @@ impl RemoteKeys {
         let mut fingerprint: Vec<String> = keys.iter().map(|(f, _)| f.clone()).collect();
         fingerprint.sort_unstable();
         let old = self.current.load();
+        // a fresh version from one counter: two fetches at once never give two sets one
+        // version (a token verified under one must not pass under the other)
+        static VERSIONS: AtomicU64 = AtomicU64::new(1);
         let version = match old.as_deref() {
             Some(o) if o.fingerprint == fingerprint => o.version,
-            Some(o) => o.version + 1,
-            None => 1,
+            _ => VERSIONS.fetch_add(1, Ordering::Relaxed),
         };
         let n = keys.len();
         self.current.store(Some(Arc::new(KeySet {
@@ -393,11 +402,20 @@ impl RemoteKeys {
             let wait = match result {
                 Ok(max_age) => {
                     failures = 0;
-                    let next = max_age.map_or(t.refresh, |a| a.clamp(t.min_refetch, t.refresh));
+                    // (not `clamp`: jwks_min_refetch may be longer than jwks_refresh)
+                    let next = max_age.map_or(t.refresh, |a| a.max(t.min_refetch).min(t.refresh));
                     next + next.mul_f64(fastrand::f64() * 0.1)
                 }
                 Err(()) => {
                     failures = failures.saturating_add(1);
+                    if !keys
+                        .current
+                        .load()
+                        .as_ref()
+                        .is_some_and(|set| keys.fresh(set))
+                    {
+                        keys.metrics.keys.set(&[&keys.route], 0);
+                    }
                     let cap = t.refresh.min(MAX_BACKOFF);
                     Duration::from_secs(1u64 << (failures - 1).min(5)).min(cap)
                 }
@@ -480,7 +498,11 @@ pub(super) fn build(
     let keys = cx.state_keyed(&key, || {
         RemoteKeys::new(&route, source.clone(), client, timers.clone(), &metrics)
     });
-    let limit = timers.timeout;
+    // discovery and the JWKS: two fetches, each within jwks_timeout
+    let limit = match &source {
+        Source::Jwks(_) => timers.timeout,
+        Source::Discovery { .. } => timers.timeout * 2,
+    };
     keys.set_timers(timers);
     // a reload or an upgrade fetches a new key set before it takes effect
     cx.prepare(&keys, limit, |keys| async move {
@@ -492,7 +514,7 @@ pub(super) fn build(
 
 /// Why discovery gave no `jwks_uri`.
 enum Discovered {
-    /// The document names another issuer: this refresh stops.
+    /// The document names another issuer, or no usable `jwks_uri`: this refresh stops.
     Mismatch,
     /// No good document: the last good `jwks_uri` is used.
     Failed,
