@@ -556,3 +556,34 @@ async fn the_body_of_an_allow_is_ignored_whatever_its_size_but_a_denials_is_boun
     assert_eq!(r.status(), 503, "a denial's body over 64 KiB is an error");
     drop(page);
 }
+
+#[tokio::test]
+async fn the_routes_body_limit_bounds_what_is_read_for_the_service() {
+    let svc = AuthzService::start().await;
+    let up = Upstream::start("a").await;
+    let gw = setup(
+        &svc,
+        &up,
+        "/authz",
+        "include_body = true\n[routes.r.policies.body_limit]\nmax = \"16B\"\n",
+    )
+    .await;
+    let r = client()
+        .post(gw.url("/api/orders"))
+        .header("apikey", "alice-key")
+        .body("x".repeat(20))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413, "max_body is 1 MiB, body_limit.max 16 B");
+    assert!(svc.calls().is_empty(), "no call for a body over body_limit");
+    let r = client()
+        .post(gw.url("/api/orders"))
+        .header("apikey", "alice-key")
+        .body("x".repeat(16))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(svc.calls().len(), 1);
+}

@@ -61,6 +61,10 @@ impl Policy for BodyLimit {
         Stage::Body
     }
 
+    fn request_body_max(&self) -> Option<usize> {
+        Some(usize::try_from(self.max).unwrap_or(usize::MAX))
+    }
+
     async fn request_filter(&self, session: &mut Session, _cx: &mut RequestCtx) -> Result<Flow> {
         let declared = session
             .req_header()

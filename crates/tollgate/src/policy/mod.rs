@@ -169,6 +169,15 @@ pub trait Policy: Send + Sync + 'static {
         Ok(Flow::Continue)
     }
 
+    /// The largest request body this policy lets through, for a policy that limits
+    /// bodies (`body_limit`); `None` (the default): it does not. When another policy
+    /// of the route needs the body whole (an earlier one, such as `ext_authz` with
+    /// `include_body`), the gateway reads at most the smallest such limit: a larger body
+    /// is 413 `payload_too_large` before any policy sees it.
+    fn request_body_max(&self) -> Option<usize> {
+        None
+    }
+
     /// The largest response body this policy needs whole; `None` (the default): it
     /// never does. See [`Policy::response_body`].
     fn response_body_limit(&self) -> Option<usize> {
@@ -1025,6 +1034,13 @@ impl Chain {
                 .iter()
                 .filter_map(|l| l.effective(o).request_body_limit());
             let cap = cap.max().unwrap_or(limit);
+            // a route's body limit bounds what is read for any policy (CROSSCUTTING.md 2.4)
+            let most = self
+                .policies
+                .iter()
+                .filter_map(|l| l.effective(o).request_body_max())
+                .min();
+            let cap = most.map_or(cap, |m| cap.min(m));
             match body::read_request(session, cap, budget, budget.pause()).await? {
                 Ok(held) => cx.body = Some(held),
                 Err(reply) => return Ok(Some(reply)),
