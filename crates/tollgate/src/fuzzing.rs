@@ -138,6 +138,51 @@ pub fn head(data: &[u8]) {
     }
 }
 
+/// What identity providers and authorization services answer: a JWKS document, an
+/// introspection answer, forward-auth and OPA answers, a client certificate. Whatever
+/// the bytes, no panic; at most 100 keys are kept.
+pub fn identity(data: &[u8]) {
+    use crate::policies::ext_authz::{ExtAuthz, ExtAuthzConfig};
+    use crate::policies::oauth2_introspection::{Introspection, IntrospectionConfig};
+    use crate::policy::{BuildCtx, PolicyConfig};
+    static INTROSPECTION: std::sync::OnceLock<Introspection> = std::sync::OnceLock::new();
+    static OPA: std::sync::OnceLock<ExtAuthz> = std::sync::OnceLock::new();
+    static FORWARD: std::sync::OnceLock<ExtAuthz> = std::sync::OnceLock::new();
+    let cx = || BuildCtx::new(Path::new("."), "fuzz");
+    let introspection = INTROSPECTION.get_or_init(|| {
+        std::env::set_var("TOLLGATE_FUZZ_SECRET", "secret");
+        let c: IntrospectionConfig = toml::from_str(
+            "endpoint = \"http://127.0.0.1:1/i\"\nclient_id = \"gw\"\n\
+             client_secret_env = \"TOLLGATE_FUZZ_SECRET\"\n\
+             claims_to_headers = { sub = \"x-user\", roles = \"x-roles\" }\naudience = [\"a\"]\n",
+        )
+        .expect("config");
+        c.build(&cx()).expect("policy")
+    });
+    let authz = |opa: bool| {
+        let mode = if opa { "opa" } else { "forward" };
+        let c: ExtAuthzConfig = toml::from_str(&format!(
+            "url = \"http://127.0.0.1:1/a\"\nmode = \"{mode}\"\n\
+             upstream_headers = [\"x-user\"]\nclient_headers = [\"location\"]\n"
+        ))
+        .expect("config");
+        c.build(&cx()).expect("policy")
+    };
+    if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(data) {
+        assert!(crate::policies::jwt_auth::usable_jwks_keys(&doc) <= 100);
+    }
+    let _ = introspection.read_answer(data);
+    let _ = OPA.get_or_init(|| authz(true)).read_answer(200, data);
+    let status = data.first().map_or(200, |b| 200 + u16::from(*b));
+    let _ = FORWARD
+        .get_or_init(|| authz(false))
+        .read_answer(status, data);
+    if let Some(cert) = crate::client_cert::ClientCertificate::from_der(data) {
+        assert_eq!(cert.sha256.len(), 64);
+        let _ = cert.san_list();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// Replays every kept input (crashes found by fuzzing, and seeds) of every target.
@@ -145,12 +190,13 @@ mod tests {
     fn kept_fuzz_inputs_still_pass() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions");
         type Target = fn(&[u8]);
-        let targets: [(&str, Target); 5] = [
+        let targets: [(&str, Target); 6] = [
             ("config", super::config),
             ("path", super::path),
             ("router", super::router),
             ("auth", super::auth),
             ("head", super::head),
+            ("identity", super::identity),
         ];
         let mut n = 0;
         for (name, run) in targets {

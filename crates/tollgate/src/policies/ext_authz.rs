@@ -700,6 +700,20 @@ impl ExtAuthz {
         }
     }
 
+    /// Reads a service's answer of `status` with `body` (for the fuzz target): whether
+    /// it is a decision.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn read_answer(&self, status: u16, body: &[u8]) -> bool {
+        let mut resp = http::Response::new(Bytes::copy_from_slice(body));
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        let decided = if self.opa {
+            self.opa_decision(&resp)
+        } else {
+            self.forward_decision(&resp)
+        };
+        decided.is_ok()
+    }
+
     fn forward_decision(&self, resp: &http::Response<Bytes>) -> Outcome {
         let status = resp.status();
         if status.is_success() {

@@ -371,6 +371,19 @@ fn urlencode(s: &str) -> String {
 }
 
 impl Introspection {
+    /// Reads an answer body as the endpoint's (for the fuzz target): whether it is an
+    /// answer, and until when it would be kept.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn read_answer(&self, body: &[u8]) -> bool {
+        match serde_json::from_slice(body).map(|v| self.parse(v)) {
+            Ok(Ok(a)) => {
+                let _ = self.keep_until(&a);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The answer for `token`: cached, shared with a call in progress, or called.
     async fn answer(&self, token: &str, route: &str) -> std::result::Result<Arc<Answer>, Refusal> {
         let digest = crate::consumer::digest(token.as_bytes());

@@ -390,6 +390,19 @@ impl PolicyConfig for JwtAuthConfig {
 
 mod remote;
 
+/// The usable keys of a JWKS document, for the fuzz target (identity.md §3.1 item 5).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn usable_jwks_keys(doc: &serde_json::Value) -> usize {
+    let all = [
+        Algorithm::RS256,
+        Algorithm::PS256,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ];
+    remote::usable(doc, &all).map_or(0, |keys| keys.len())
+}
+
 enum Keys {
     Single(DecodingKey, Validation),
     Set {

@@ -541,7 +541,7 @@ fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
 
 /// The usable keys of a JWKS document (identity.md §3.1 item 5), each with its
 /// fingerprint; an error when it has none.
-fn usable(doc: &Value, algorithms: &[Algorithm]) -> Result<Vec<(String, Key)>, String> {
+pub(super) fn usable(doc: &Value, algorithms: &[Algorithm]) -> Result<Vec<(String, Key)>, String> {
     let Some(list) = doc.get("keys").and_then(Value::as_array) else {
         return Err("the document has no `keys` array".into());
     };
