@@ -43,6 +43,10 @@ async fn forward_mode_sends_the_request_facts_and_only_listed_headers() {
     )
     .await;
     let r = get(&gw, "/api/./orders//7?expand=items&b=%20")
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
         .header("x-tenant", "t1")
         .header("cookie", "session=secret")
         .header("x-user-id", "forged")
@@ -71,7 +75,14 @@ async fn forward_mode_sends_the_request_facts_and_only_listed_headers() {
     assert_eq!(c.header("x-tenant"), Some("t1"));
     assert_eq!(c.header("accept-encoding"), Some("identity"));
     assert!(c.header("user-agent").unwrap().starts_with("tollgate/"));
-    assert!(c.header("traceparent").is_some() && c.header("x-request-id").is_some());
+    // the request's trace, with a span of its own
+    let tp = c.header("traceparent").unwrap();
+    assert!(
+        tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{tp}"
+    );
+    assert!(!tp.contains("b7ad6b7169203331"), "{tp}");
+    assert!(c.header("x-request-id").is_some());
     for absent in ["cookie", "apikey", "x-user-id"] {
         assert_eq!(c.header(absent), None, "{absent} was sent to the service");
     }
@@ -586,4 +597,64 @@ async fn the_routes_body_limit_bounds_what_is_read_for_the_service() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(svc.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn opa_include_body_sends_the_text_the_base64_or_the_parsed_json() {
+    let svc = AuthzService::start().await;
+    svc.decide(|_| Answer::json(&json!({"result": true})));
+    let up = Upstream::start("a").await;
+    let gw = setup(
+        &svc,
+        &up,
+        "/v1/data/authz",
+        "mode = \"opa\"\ninclude_body = true\n",
+    )
+    .await;
+    let post = |body: Vec<u8>, ct: &'static str| {
+        client()
+            .post(gw.url("/api/orders"))
+            .header("apikey", "alice-key")
+            .header("content-type", ct)
+            .body(body)
+    };
+    assert_eq!(
+        post(b"{\"qty\":2}".to_vec(), "application/json")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        post(vec![0xff, 0xfe], "application/octet-stream")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        post(b"not json".to_vec(), "application/vnd.x+json")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let inputs: Vec<Value> = svc
+        .calls()
+        .iter()
+        .map(|c| serde_json::from_slice::<Value>(&c.body).unwrap()["input"].clone())
+        .collect();
+    assert_eq!(inputs[0]["body"], "{\"qty\":2}");
+    assert_eq!(inputs[0]["parsed_body"], json!({"qty": 2}));
+    assert!(inputs[1].get("body").is_none());
+    assert_eq!(inputs[1]["body_base64"], "//4=");
+    assert!(inputs[1].get("parsed_body").is_none());
+    assert_eq!(inputs[2]["body"], "not json");
+    assert!(
+        inputs[2].get("parsed_body").is_none(),
+        "invalid JSON has no parsed_body"
+    );
 }

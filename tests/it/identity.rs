@@ -142,6 +142,12 @@ async fn discovery_finds_the_jwks_and_a_rotated_key_is_picked_up_on_its_first_to
         m.contains(r#"tollgate_jwks_fetches_total{document="discovery",result="ok",route="p"}"#),
         "{m}"
     );
+    let last = m
+        .lines()
+        .find(|l| l.starts_with(r#"tollgate_jwks_last_success_timestamp_seconds{route="p"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .expect("last success gauge");
+    assert!(last + 600 > now() && last <= now(), "a Unix time: {last}");
 }
 
 #[tokio::test]
@@ -857,4 +863,42 @@ async fn a_refresh_interval_shorter_than_min_refetch_keeps_refreshing() {
     .await;
     // no-cache asks for min_refetch (5 s), jwks_refresh caps it at 1 s
     assert!(eventually(Duration::from_secs(10), async || idp.hits("/jwks") >= 3).await);
+}
+
+#[tokio::test]
+async fn an_https_discovery_document_cannot_point_to_an_http_jwks() {
+    let (ca, leaf_cert, leaf_key) = crate::tls::ca_and_leaf("127.0.0.1");
+    let idp = IdentityProvider::start_tls(&leaf_cert, &leaf_key).await;
+    let plain = IdentityProvider::start().await;
+    let (k, jwk) = EcKey::new("k");
+    plain.serve_jwks(&[jwk]);
+    let iss = idp.issuer();
+    idp.set(|s| {
+        s.discovery = Some(tollgate_tests::Answer::json(
+            &json!({"issuer": iss, "jwks_uri": plain.url("/jwks")}),
+        ));
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let up = Upstream::start("a").await;
+    let gw = gateway_for(
+        &up,
+        &format!(
+            "algorithms = [\"ES256\"]\nissuer = \"{}\"\ndiscovery = true\njwks_ca_file = \"{}\"\n",
+            idp.issuer(),
+            ca_file.display()
+        ),
+    )
+    .await;
+    assert!(
+        eventually(Duration::from_secs(10), async || gw
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("no usable jwks_uri")))
+        .await
+    );
+    let t = k.sign(&claims("alice", &idp.issuer()));
+    assert_eq!(status(&gw, "/p", Some(&t)).await, 503);
+    assert_eq!(plain.hits("/jwks"), 0, "the downgrade was never followed");
 }

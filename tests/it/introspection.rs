@@ -100,8 +100,14 @@ async fn an_active_token_authenticates_and_its_answer_is_cached() {
             ("token_type_hint".to_string(), "access_token".to_string())
         ]
     );
-    // cached: no second call
-    assert_eq!(send(&gw, "tok-alice").await.status(), 200);
+    // cached: no second call (the scheme is case-insensitive)
+    let r = client()
+        .get(gw.url("/p"))
+        .header("authorization", "BEARER tok-alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     assert_eq!(idp.hits("/introspect"), 1);
     // an inactive token: 401 invalid_token, cached as negative
     for _ in 0..2 {
