@@ -475,16 +475,10 @@ impl Discovery {
         wait: Duration,
     ) -> std::io::Result<()> {
         let this = self.clone();
-        std::thread::Builder::new()
-            .name("tollgate-dns".into())
-            .spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map(|rt| rt.block_on(this.prepare(&snap, wait)))
-            })?
-            .join()
-            .map_err(|_| std::io::Error::other("the DNS lookups panicked"))?
+        crate::blocking::run(
+            "tollgate-dns",
+            async move { this.prepare(&snap, wait).await },
+        )
     }
 
     // === Upstreams ===

@@ -465,7 +465,12 @@ impl GatewayHandle {
     pub fn pingora_server(&self, upgrade: bool) -> Server {
         if upgrade {
             // CROSSCUTTING.md 7.2: remote key sets are fetched before the sockets move
-            prepare_blocking(self.state.load_full());
+            let snap = self.state.load_full();
+            if let Err(e) = crate::blocking::run("tollgate-prepare", async move {
+                snap.states.prepare().await;
+            }) {
+                tracing::warn!("upgrade: the policies' preparations did not run: {e}");
+            }
         }
         crate::server::build(&self.server, upgrade)
     }
@@ -562,25 +567,5 @@ impl pingora::services::background::BackgroundService for PolicyTasks {
                 _ = shutdown.changed() => return,
             }
         }
-    }
-}
-
-/// Runs the preparations of `snap`'s new policy state ([`BuildCtx::prepare`]) outside a
-/// runtime: on a runtime of its own, on a thread of its own.
-///
-/// [`BuildCtx::prepare`]: crate::policy::BuildCtx::prepare
-fn prepare_blocking(snap: Arc<crate::runtime::Snapshot>) {
-    let ran = std::thread::Builder::new()
-        .name("tollgate-prepare".into())
-        .spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(snap.states.prepare());
-            }
-        });
-    if let Ok(t) = ran {
-        let _ = t.join();
     }
 }

@@ -62,6 +62,7 @@ pub mod units;
 mod access_log;
 mod admin;
 mod balance;
+mod blocking;
 mod client_cert;
 mod consumer;
 mod context;

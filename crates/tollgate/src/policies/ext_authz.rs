@@ -125,12 +125,11 @@ fn default_max_in_flight() -> usize {
     64
 }
 
-/// Hop-by-hop names, and names the gateway sets on the call.
-fn set_on_call(n: &str) -> bool {
+/// Hop-by-hop names (and `content-length`): never passed on by name.
+fn hop_by_hop(n: &str) -> bool {
     matches!(
         n,
-        "host"
-            | "content-length"
+        "content-length"
             | "connection"
             | "keep-alive"
             | "proxy-connection"
@@ -138,11 +137,17 @@ fn set_on_call(n: &str) -> bool {
             | "trailer"
             | "transfer-encoding"
             | "upgrade"
-            | "forwarded"
-            | "x-request-id"
-            | "traceparent"
-            | "tracestate"
-    ) || n.starts_with("x-forwarded-")
+    )
+}
+
+/// Hop-by-hop names, and names the gateway sets on the call.
+fn set_on_call(n: &str) -> bool {
+    hop_by_hop(n)
+        || matches!(
+            n,
+            "host" | "forwarded" | "x-request-id" | "traceparent" | "tracestate"
+        )
+        || n.starts_with("x-forwarded-")
         || n.starts_with("x-consumer-")
 }
 
@@ -217,21 +222,7 @@ impl PolicyConfig for ExtAuthzConfig {
             "client_headers",
             self.client_headers.as_deref().unwrap_or(&default_client),
             32,
-            |n| {
-                let refused = matches!(
-                    n,
-                    "content-length"
-                        | "x-request-id"
-                        | "connection"
-                        | "keep-alive"
-                        | "proxy-connection"
-                        | "te"
-                        | "trailer"
-                        | "transfer-encoding"
-                        | "upgrade"
-                );
-                refused.then(|| format!("{n:?} cannot be relayed"))
-            },
+            |n| (hop_by_hop(n) || n == "x-request-id").then(|| format!("{n:?} cannot be relayed")),
         )?;
         let max_body = match (self.include_body, self.max_body) {
             (false, Some(_)) => {

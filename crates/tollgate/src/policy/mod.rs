@@ -800,8 +800,9 @@ impl Chain {
             })
             .collect();
         policies.sort_by(|a, b| {
-            let key = |l: &Link| (l.stage, auth_rank(l), l.name.clone());
-            key(a).cmp(&key(b))
+            (a.stage, auth_rank(a))
+                .cmp(&(b.stage, auth_rank(b)))
+                .then_with(|| a.name.cmp(&b.name))
         });
         let caps = |f: fn(&dyn Policy) -> Option<usize>| {
             policies.iter().filter_map(|l| f(&*l.policy)).max()
@@ -872,9 +873,8 @@ impl Chain {
     ) -> Result<Flow> {
         // the refusals of the authentication policies that did not authenticate
         let mut refusals: Vec<Reply> = Vec::new();
-        let mut anonymous_by = None;
-        // the identity headers of the policy that offered the anonymous consumer
-        let mut anonymous_headers = Vec::new();
+        // the policy that offered the anonymous consumer, and the identity headers it set
+        let mut anonymous = None;
         let mut authenticated = false;
         cx.chain = ChainProgress::default();
         for (i, link) in self.policies.iter().enumerate() {
@@ -903,8 +903,7 @@ impl Chain {
                         // unless its anonymous consumer is taken
                         let set = cx.identity_headers.split_off(mark);
                         if !offered && cx.anonymous.is_some() {
-                            anonymous_by = Some(i);
-                            anonymous_headers = set;
+                            anonymous = Some((i, set));
                         }
                         refusals.push(r);
                     }
@@ -913,13 +912,10 @@ impl Chain {
             }
             if !authenticated && !refusals.is_empty() {
                 let refusals = std::mem::take(&mut refusals);
-                match self.settle_authentication(refusals, anonymous_by, cx) {
-                    Some(r) => return Ok(Flow::Respond(r)),
-                    None => {
-                        authenticated = true;
-                        cx.identity_headers.append(&mut anonymous_headers);
-                    }
+                if let Some(r) = self.settle_authentication(refusals, anonymous.take(), cx) {
+                    return Ok(Flow::Respond(r));
                 }
+                authenticated = true;
             }
             cx.chain.reached = i + 1;
             let p = link.effective(self.overrides(cx));
@@ -934,9 +930,8 @@ impl Chain {
             }
         }
         if !authenticated && !refusals.is_empty() {
-            match self.settle_authentication(refusals, anonymous_by, cx) {
-                Some(r) => return Ok(Flow::Respond(r)),
-                None => cx.identity_headers.append(&mut anonymous_headers),
+            if let Some(r) = self.settle_authentication(refusals, anonymous, cx) {
+                return Ok(Flow::Respond(r));
             }
         }
         Ok(Flow::Continue)
@@ -945,12 +940,13 @@ impl Chain {
     /// The answer when no authentication policy authenticated (CROSSCUTTING.md rule
     /// 2.1): a 503 `identity_unavailable` (a policy could not check its credential),
     /// else a 403 (a valid credential lacked a scope or audience), else the `anonymous`
-    /// consumer the first policy offered (`None`: it authenticates), else the first
-    /// refusal, a 401 then carrying one challenge per scheme of every 401 (rule 3.10).
+    /// consumer the first policy offered (`None`: it authenticates, with the identity
+    /// headers that policy set), else the first refusal, a 401 then carrying one
+    /// challenge per scheme of every 401 (rule 3.10).
     fn settle_authentication(
         &self,
         mut refusals: Vec<Reply>,
-        anonymous_by: Option<usize>,
+        anonymous: Option<(usize, Vec<(http::HeaderName, http::HeaderValue)>)>,
         cx: &mut RequestCtx,
     ) -> Option<Reply> {
         for code in [ErrorCode::IdentityUnavailable, ErrorCode::Forbidden] {
@@ -958,9 +954,10 @@ impl Chain {
                 return Some(refusals.swap_remove(at));
             }
         }
-        if let (Some(i), Some(c)) = (anonymous_by, cx.anonymous.take()) {
+        if let (Some((i, mut headers)), Some(c)) = (anonymous, cx.anonymous.take()) {
             cx.consumer = Some(c);
             cx.auth = Some(self.policies[i].name.clone());
+            cx.identity_headers.append(&mut headers);
             return None;
         }
         let mut rest = refusals.into_iter();
