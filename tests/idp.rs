@@ -11,10 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::Seen;
@@ -132,20 +130,7 @@ impl IdentityProvider {
                         let (st, rec, base) = (st.clone(), rec.clone(), base.clone());
                         async move { Ok::<_, Infallible>(answer(req, &st, &rec, &base).await) }
                     });
-                    match tls {
-                        None => {
-                            let _ = http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .await;
-                        }
-                        Some(acceptor) => {
-                            if let Ok(stream) = acceptor.accept(stream).await {
-                                let _ = http1::Builder::new()
-                                    .serve_connection(TokioIo::new(stream), svc)
-                                    .await;
-                            }
-                        }
-                    }
+                    crate::serve_http1(stream, tls, svc).await;
                 });
             }
         });
@@ -309,9 +294,7 @@ impl AuthzService {
                             )
                         }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    crate::serve_http1(stream, None, svc).await;
                 });
             }
         });

@@ -182,20 +182,7 @@ impl Upstream {
                             Ok::<_, Infallible>(echo(req, &name, &rec).await)
                         }
                     });
-                    match tls {
-                        None => {
-                            let conn =
-                                http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-                            let _ = conn.with_upgrades().await;
-                        }
-                        Some(acceptor) => {
-                            if let Ok(stream) = acceptor.accept(stream).await {
-                                let _ = http1::Builder::new()
-                                    .serve_connection(TokioIo::new(stream), svc)
-                                    .await;
-                            }
-                        }
-                    }
+                    serve_http1(stream, tls, svc).await;
                 });
             }
         });
@@ -340,6 +327,33 @@ async fn echo(req: Request<Incoming>, name: &str, rec: &Mutex<Vec<Seen>>) -> Res
     }
     resp.body(Full::new(Bytes::from(json.to_string())))
         .unwrap_or_default()
+}
+
+/// Serves one accepted connection with HTTP/1.1 (upgrades allowed), over TLS with
+/// `tls`.
+pub async fn serve_http1<S>(stream: TcpStream, tls: Option<tokio_rustls::TlsAcceptor>, svc: S)
+where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Full<Bytes>>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    match tls {
+        None => {
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+            let _ = conn.with_upgrades().await;
+        }
+        Some(acceptor) => {
+            if let Ok(stream) = acceptor.accept(stream).await {
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            }
+        }
+    }
 }
 
 /// A TLS acceptor with this PEM certificate chain and key; with `client_ca_pem`, it

@@ -355,25 +355,8 @@ async fn decisions_are_cached_by_the_question_and_concurrent_misses_share_one_ca
         "cache_ttl = \"1m\"\nupstream_headers = [\"x-user-id\"]\n",
     )
     .await;
-    let url = gw.url("/api/same");
-    let calls: Vec<_> = (0..5)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                client()
-                    .get(url)
-                    .header("apikey", "alice-key")
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
-        })
-        .collect();
-    for c in calls {
-        assert_eq!(c.await.unwrap(), 200);
-    }
+    let requests = (0..5).map(|_| get(&gw, "/api/same")).collect();
+    assert_eq!(statuses_at_once(requests).await, [200; 5]);
     assert_eq!(svc.calls().len(), 1, "five concurrent misses, one call");
     // a hit keeps the headers the service set
     assert_eq!(get(&gw, "/api/same").send().await.unwrap().status(), 200);

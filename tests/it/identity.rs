@@ -216,24 +216,13 @@ async fn a_flood_of_unknown_kids_costs_the_provider_one_fetch_per_min_refetch() 
     let good = k.sign(&claims("alice", "any"));
     assert!(becomes(&gw, "/p", &good, 200).await);
     let before = idp.hits("/jwks");
-    let mut calls = Vec::new();
-    for i in 0..40 {
-        let t = k.sign_as(&format!("random-{i}"), &claims("alice", "any"));
-        let gw_url = gw.url("/p");
-        calls.push(tokio::spawn(async move {
-            client()
-                .get(gw_url)
-                .bearer_auth(t)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }));
-    }
-    for c in calls {
-        assert_eq!(c.await.unwrap(), 401);
-    }
+    let flood: Vec<_> = (0..40)
+        .map(|i| {
+            let t = k.sign_as(&format!("random-{i}"), &claims("alice", "any"));
+            client().get(gw.url("/p")).bearer_auth(t)
+        })
+        .collect();
+    assert_eq!(statuses_at_once(flood).await, [401; 40]);
     assert_eq!(idp.hits("/jwks"), before + 1, "40 unknown kids, one fetch");
     assert_eq!(
         status(&gw, "/p", Some(&good)).await,
@@ -279,26 +268,37 @@ async fn a_failing_provider_keeps_the_last_keys_until_max_stale_then_503() {
     assert!(becomes(&gw, "/p", &t, 503).await);
 }
 
-#[tokio::test]
-async fn cache_control_max_age_brings_the_refresh_forward_within_min_refetch() {
+/// Whether the gateway fetches a JWKS answered with `cache_control` at least three
+/// times within 10 s, with these `timers` (TOML lines).
+async fn refreshes_quickly(cache_control: &str, timers: &str) -> bool {
     let idp = IdentityProvider::start().await;
     let (_, jwk) = EcKey::new("k");
     let doc = json!({"keys": [jwk]});
     idp.set(|s| {
-        s.jwks =
-            Some(tollgate_tests::Answer::json(&doc).header("cache-control", "public, max-age=1"));
+        s.jwks = Some(tollgate_tests::Answer::json(&doc).header("cache-control", cache_control));
     });
     let up = Upstream::start("a").await;
     let _gw = gateway_for(
         &up,
         &format!(
-            "algorithms = [\"ES256\"]\njwks_url = \"{}\"\njwks_refresh = \"1h\"\njwks_min_refetch = \"1s\"\njwks_max_stale = \"2h\"\n",
+            "algorithms = [\"ES256\"]\njwks_url = \"{}\"\n{timers}",
             idp.url("/jwks")
         ),
     )
     .await;
+    eventually(Duration::from_secs(10), async || idp.hits("/jwks") >= 3).await
+}
+
+#[tokio::test]
+async fn cache_control_max_age_brings_the_refresh_forward_within_min_refetch() {
     // refreshed every ~1 s (max-age), not every hour
-    assert!(eventually(Duration::from_secs(10), async || idp.hits("/jwks") >= 3).await);
+    assert!(
+        refreshes_quickly(
+            "public, max-age=1",
+            "jwks_refresh = \"1h\"\njwks_min_refetch = \"1s\"\njwks_max_stale = \"2h\"\n"
+        )
+        .await
+    );
 }
 
 #[tokio::test]
@@ -846,23 +846,14 @@ async fn a_scope_refusal_outranks_another_policys_anonymous_consumer() {
 
 #[tokio::test]
 async fn a_refresh_interval_shorter_than_min_refetch_keeps_refreshing() {
-    let idp = IdentityProvider::start().await;
-    let (_, jwk) = EcKey::new("k");
-    let doc = json!({"keys": [jwk]});
-    idp.set(|s| {
-        s.jwks = Some(tollgate_tests::Answer::json(&doc).header("cache-control", "no-cache"));
-    });
-    let up = Upstream::start("a").await;
-    let _gw = gateway_for(
-        &up,
-        &format!(
-            "algorithms = [\"ES256\"]\njwks_url = \"{}\"\njwks_refresh = \"1s\"\njwks_min_refetch = \"5s\"\n",
-            idp.url("/jwks")
-        ),
-    )
-    .await;
     // no-cache asks for min_refetch (5 s), jwks_refresh caps it at 1 s
-    assert!(eventually(Duration::from_secs(10), async || idp.hits("/jwks") >= 3).await);
+    assert!(
+        refreshes_quickly(
+            "no-cache",
+            "jwks_refresh = \"1s\"\njwks_min_refetch = \"5s\"\n"
+        )
+        .await
+    );
 }
 
 #[tokio::test]

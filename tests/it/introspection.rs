@@ -176,25 +176,10 @@ async fn concurrent_misses_for_one_token_share_one_call() {
     });
     let up = Upstream::start("a").await;
     let gw = setup(&idp, &up, "").await;
-    let url = gw.url("/p");
-    let calls: Vec<_> = (0..10)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                client()
-                    .get(url)
-                    .bearer_auth("shared")
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
-        })
+    let requests = (0..10)
+        .map(|_| client().get(gw.url("/p")).bearer_auth("shared"))
         .collect();
-    for c in calls {
-        assert_eq!(c.await.unwrap(), 200);
-    }
+    assert_eq!(statuses_at_once(requests).await, [200; 10]);
     assert_eq!(idp.hits("/introspect"), 1);
 }
 

@@ -254,3 +254,16 @@ pub async fn access_log(gw: &Gateway, n: usize) -> Vec<serde_json::Value> {
     assert!(written, "fewer than {n} access-log lines were written");
     lines()
 }
+
+/// Sends every request at once and returns their statuses, in order.
+pub async fn statuses_at_once(requests: Vec<reqwest::RequestBuilder>) -> Vec<u16> {
+    let sent: Vec<_> = requests
+        .into_iter()
+        .map(|r| tokio::spawn(async move { r.send().await.expect("request").status().as_u16() }))
+        .collect();
+    let mut out = Vec::with_capacity(sent.len());
+    for s in sent {
+        out.push(s.await.expect("request task"));
+    }
+    out
+}
