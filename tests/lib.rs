@@ -261,6 +261,48 @@ fn upgrade_echo(req: Request<Incoming>) -> Response<Full<Bytes>> {
         .unwrap_or_default()
 }
 
+/// The answer a `/respond` request asks for in its query: `status=N`, `header=NAME:VALUE`
+/// (repeatable), `size=N` (a body of N `x`s instead of the echo), and, when the request's
+/// `If-None-Match` equals the `etag` it asks for, a 304.
+fn respond_as_told(
+    target: &str,
+    request_headers: &BTreeMap<String, Vec<String>>,
+    echo: String,
+) -> Response<Full<Bytes>> {
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let mut resp = Response::builder().header("content-type", "application/json");
+    let mut status = 200;
+    let mut body = Bytes::from(echo);
+    let mut etag = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "status" => status = v.parse().unwrap_or(200),
+            "size" => body = Bytes::from(vec![b'x'; v.parse().unwrap_or(0)]),
+            "header" => {
+                if let Some((n, val)) = v.split_once(':') {
+                    if n.eq_ignore_ascii_case("etag") {
+                        etag = Some(val.to_string());
+                    }
+                    resp = resp.header(n, val);
+                }
+            }
+            _ => {}
+        }
+    }
+    let matches = etag.is_some_and(|e| {
+        request_headers
+            .get("if-none-match")
+            .is_some_and(|v| v.contains(&e))
+    });
+    if matches {
+        status = 304;
+        body = Bytes::new();
+    }
+    resp.status(status)
+        .body(Full::new(body))
+        .unwrap_or_default()
+}
+
 async fn echo(req: Request<Incoming>, name: &str, rec: &Mutex<Vec<Seen>>) -> Response<Full<Bytes>> {
     let method = req.method().to_string();
     let target = req
@@ -312,6 +354,9 @@ async fn echo(req: Request<Incoming>, name: &str, rec: &Mutex<Vec<Seen>>) -> Res
     let json = serde_json::json!({
         "upstream": name, "method": method, "target": target, "headers": hmap, "body_len": body.len(),
     });
+    if target.contains("/respond") {
+        return respond_as_told(&target, &hmap, json.to_string());
+    }
     let mut resp = Response::builder()
         .header("content-type", "application/json")
         .header("x-upstream", name)

@@ -46,15 +46,6 @@ async fn status(gw: &Gateway) -> serde_json::Value {
     get_json(&gw.admin_url("/admin/status")).await.2
 }
 
-/// The value of the metric sample `series` (exact name and labels), if present.
-async fn sample(gw: &Gateway, series: &str) -> Option<f64> {
-    metrics_text(gw).await.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|v| v.strip_prefix(' '))
-            .and_then(|v| v.parse().ok())
-    })
-}
-
 #[tokio::test]
 async fn every_address_of_a_name_is_a_backend_from_the_first_request() {
     let dns = DnsServer::start();

@@ -5,6 +5,7 @@ mod support;
 mod admin;
 mod auth;
 mod balancing;
+mod cache;
 mod cli;
 mod dns;
 mod examples;

@@ -101,6 +101,15 @@ pub fn check_fails(toml: &str) -> String {
     err
 }
 
+/// The value of the metric sample `series` (exact name and labels), if present.
+pub async fn sample(gw: &Gateway, series: &str) -> Option<f64> {
+    metrics_text(gw).await.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|v| v.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+    })
+}
+
 /// The gateway's `/metrics` text.
 pub async fn metrics_text(gw: &Gateway) -> String {
     let r = client()

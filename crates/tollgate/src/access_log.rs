@@ -68,6 +68,7 @@ impl AccessLogger {
             upstream_elapsed,
             bytes,
             upstream_name,
+            cache,
         } = *done;
         let req = session.req_header();
         let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
@@ -86,6 +87,7 @@ impl AccessLogger {
             "auth": cx.authenticated_by(),
             "client_cert_sha256": cx.client_certificate().map(|c| c.sha256.as_str()),
             "authz": null,
+            "cache": cache,
             "duration_ms": elapsed.as_secs_f64() * 1000.0,
             "upstream_ms": upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
             "bytes_sent": bytes,
@@ -117,6 +119,8 @@ pub(crate) struct Done<'a> {
     pub bytes: usize,
     /// The backend entry the address connected to came from (a DNS name).
     pub upstream_name: Option<&'a str>,
+    /// How the cache answered (`X-Cache-Status`), on a route that caches.
+    pub cache: Option<&'static str>,
 }
 
 enum Output {

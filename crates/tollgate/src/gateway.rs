@@ -150,7 +150,14 @@ impl GatewayBuilder {
             // at most `startup_wait`
             dns.prepare_blocking(config.snapshot.clone(), config.server.dns.startup_wait)?;
         }
+        let cache = Arc::new(crate::cache::Shelf::new());
+        cache.configure(
+            config.server.cache,
+            &config.snapshot.cached_routes(),
+            metrics.cache(),
+        );
         let handle = GatewayHandle {
+            cache,
             dns,
             bodies: Arc::new(crate::policy::body::Budget::new(
                 config.server.limits.body_buffer_total,
@@ -225,6 +232,8 @@ pub struct GatewayHandle {
     reload_lock: Arc<tokio::sync::Mutex<()>>,
     /// The memory every whole body the policies hold may take (`body_buffer_total`).
     bodies: Arc<crate::policy::body::Budget>,
+    /// The response store and its lock (`[server.cache]`).
+    cache: Arc<crate::cache::Shelf>,
 }
 
 impl GatewayHandle {
@@ -238,6 +247,7 @@ impl GatewayHandle {
             drain: self.drain.clone(),
             limits: self.server.limits,
             bodies: self.bodies.clone(),
+            cache: self.cache.clone(),
         }
     }
 
@@ -311,6 +321,13 @@ impl GatewayHandle {
                     .await;
                 let digest = c.snapshot.digest.clone();
                 let needs_restart = self.server.needs_restart(&c.server);
+                // cache.md §5: entries of removed routes and changed rules go before
+                // the new configuration serves; other changes keep them
+                self.cache.configure(
+                    c.server.cache,
+                    &c.snapshot.cached_routes(),
+                    self.metrics.cache(),
+                );
                 self.state.store(c.snapshot.clone());
                 // the old configuration's state that the new one did not take over goes
                 // now (its tasks stop), whoever still holds that configuration

@@ -51,6 +51,7 @@
 //! API (with `context`, `consumer`, `store`, `request_key`), and leaves ([`router`],
 //! `reply`, [`units`], `trace`, `request_id`, [`metrics`], `forwarding`, `tls`, `otlp`).
 
+pub mod cache;
 pub mod config;
 pub mod jwt_crypto;
 pub mod metrics;

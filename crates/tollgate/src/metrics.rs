@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use http::Method;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The `route` label of requests refused before a route was chosen (and of 405s).
@@ -54,8 +54,79 @@ pub struct Metrics {
     outbound_requests: IntCounterVec,
     outbound_duration: HistogramVec,
     bodies_passed: IntCounterVec,
+    cache: CacheMetrics,
     /// The policies' own families ([`crate::policy::PolicyMetrics`]), by name.
     policy_families: Arc<Mutex<HashMap<&'static str, PolicyFamily>>>,
+}
+
+/// The response cache's families (`cache.md` §8).
+#[derive(Debug, Clone)]
+pub(crate) struct CacheMetrics {
+    /// `tollgate_cache_lookups_total{route,status}`.
+    pub lookups: IntCounterVec,
+    /// `tollgate_cache_not_stored_total{route,reason}`.
+    pub not_stored: IntCounterVec,
+    /// `tollgate_cache_stored_bytes`.
+    pub bytes: IntGauge,
+    /// `tollgate_cache_stored_objects`.
+    pub objects: IntGauge,
+    /// `tollgate_cache_evictions_total`.
+    pub evictions: IntCounter,
+    /// `tollgate_cache_lock_wait_seconds{route}`.
+    pub lock_wait: HistogramVec,
+}
+
+impl CacheMetrics {
+    fn new(registry: &Registry) -> Self {
+        let m = Self {
+            lookups: must(IntCounterVec::new(
+                Opts::new(
+                    "tollgate_cache_lookups_total",
+                    "Requests of cached routes by how they were answered: hit, miss, expired, \
+                     revalidated, stale or bypass.",
+                ),
+                &["route", "status"],
+            )),
+            not_stored: must(IntCounterVec::new(
+                Opts::new(
+                    "tollgate_cache_not_stored_total",
+                    "Looked-up responses that were not stored, by reason.",
+                ),
+                &["route", "reason"],
+            )),
+            bytes: must(IntGauge::new(
+                "tollgate_cache_stored_bytes",
+                "Bytes held by the response store (bodies, headers, keys).",
+            )),
+            objects: must(IntGauge::new(
+                "tollgate_cache_stored_objects",
+                "Entries held by the response store (every variant counts).",
+            )),
+            evictions: must(IntCounter::new(
+                "tollgate_cache_evictions_total",
+                "Entries removed, or new entries refused, to stay within the store's memory.",
+            )),
+            lock_wait: must(HistogramVec::new(
+                HistogramOpts::new(
+                    "tollgate_cache_lock_wait_seconds",
+                    "Time requests waited for another request's fetch of the same key.",
+                )
+                .buckets(BUCKETS.to_vec()),
+                &["route"],
+            )),
+        };
+        for c in [
+            Box::new(m.lookups.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.not_stored.clone()),
+            Box::new(m.bytes.clone()),
+            Box::new(m.objects.clone()),
+            Box::new(m.evictions.clone()),
+            Box::new(m.lock_wait.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        m
+    }
 }
 
 /// A family a policy registered.
@@ -184,6 +255,7 @@ impl Metrics {
             "tollgate_trace_spans_dropped_total",
             "Spans not delivered to the OTLP collector (queue full, collector down or slow).",
         ));
+        let cache = CacheMetrics::new(&registry);
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -224,8 +296,14 @@ impl Metrics {
             outbound_requests,
             outbound_duration,
             bodies_passed,
+            cache,
             policy_families: Arc::default(),
         }
+    }
+
+    /// The response cache's families (`cache.md` §8).
+    pub(crate) fn cache(&self) -> &CacheMetrics {
+        &self.cache
     }
 
     /// Counts a response passed on as it came although a policy wanted it whole.

@@ -43,6 +43,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The routes that cache, with the generation of their rules.
+    pub(crate) fn cached_routes(&self) -> std::collections::HashMap<&str, u64> {
+        self.routes
+            .iter()
+            .filter_map(|r| Some((r.name.as_str(), r.chain.cache_rules()?.generation())))
+            .collect()
+    }
+
     /// Route names in declaration order.
     pub fn route_names(&self) -> impl Iterator<Item = &str> {
         self.routes.iter().map(|r| r.name.as_str())

@@ -480,6 +480,35 @@ fn server_settings(cx: &mut Ctx<'_>, v: &Value<'_>) -> Option<(ServerSettings, V
             }
         }
     }
+    if let Some(c) = &f.cache {
+        let c = c.get_ref();
+        let d = crate::cache::Settings::default();
+        let memory = c.memory.as_ref().map_or(d.memory, |m| m.get_ref().bytes());
+        let max_object = c
+            .max_object
+            .as_ref()
+            .map_or(d.max_object, |m| m.get_ref().bytes());
+        if let Some(m) = c.memory.as_ref().filter(|_| memory == 0) {
+            cx.diags
+                .at(m.span(), "server.cache.memory", "must not be 0");
+            ok = false;
+        }
+        if let Some(m) = &c.max_object {
+            if max_object == 0 {
+                cx.diags
+                    .at(m.span(), "server.cache.max_object", "must not be 0");
+                ok = false;
+            } else if max_object > memory {
+                cx.diags.at(
+                    m.span(),
+                    "server.cache.max_object",
+                    format!("must be at most memory ({memory} bytes)"),
+                );
+                ok = false;
+            }
+        }
+        s.cache = crate::cache::Settings { memory, max_object };
+    }
     // a sub-table's settings, or every error in it at `server.TABLE.KEY`
     let dir = cx.config_dir;
     let mut sub = |table: &str, errors: Vec<(&str, Range<usize>, String)>| {

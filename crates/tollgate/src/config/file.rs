@@ -39,6 +39,15 @@ pub(crate) struct ServerFile {
     pub tracing: Option<Spanned<TracingFile>>,
     pub dns: Option<Spanned<super::dns::DnsFile>>,
     pub outbound: Option<Spanned<super::outbound::OutboundFile>>,
+    pub cache: Option<Spanned<CacheFile>>,
+}
+
+/// `[server.cache]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CacheFile {
+    pub memory: Option<Spanned<crate::units::ConfigSize>>,
+    pub max_object: Option<Spanned<crate::units::ConfigSize>>,
 }
 
 /// `[upstreams.NAME]`.

@@ -81,6 +81,8 @@ pub struct ServerSettings {
     pub(crate) dns: crate::dns::Settings,
     /// `[server.outbound]`: the policies' HTTP client.
     pub(crate) outbound: crate::policy::outbound::Settings,
+    /// `[server.cache]`: the response store's bounds (applied on reload).
+    pub(crate) cache: crate::cache::Settings,
 }
 
 impl Default for ServerSettings {
@@ -101,6 +103,7 @@ impl Default for ServerSettings {
             limits: limits::Limits::default(),
             dns: crate::dns::Settings::default(),
             outbound: Default::default(),
+            cache: crate::cache::Settings::default(),
         }
     }
 }

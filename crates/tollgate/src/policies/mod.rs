@@ -5,6 +5,7 @@
 pub mod acl;
 pub mod basic_auth;
 pub mod body_limit;
+pub mod cache;
 pub mod concurrency_limit;
 pub mod cors;
 pub mod ext_authz;
@@ -36,6 +37,7 @@ impl Registry {
         r.register_builtin::<body_limit::BodyLimitConfig>("body_limit");
         r.register_builtin::<headers::RequestHeadersConfig>("request_headers");
         r.register_builtin::<headers::ResponseHeadersConfig>("response_headers");
+        r.register_builtin::<cache::CacheConfig>("cache");
         r
     }
 }

@@ -178,6 +178,14 @@ pub trait Policy: Send + Sync + 'static {
         None
     }
 
+    /// The route's caching, for a policy that declares it (`cache`): the gateway then
+    /// looks requests up in its store before they go upstream and stores what comes
+    /// back, as the [`CacheRules`](crate::cache::CacheRules) say. The first policy of
+    /// the chain that returns some decides. `None` (the default): it does not.
+    fn cache_rules(&self) -> Option<&crate::cache::CacheRules> {
+        None
+    }
+
     /// The largest response body this policy needs whole; `None` (the default): it
     /// never does. See [`Policy::response_body`].
     fn response_body_limit(&self) -> Option<usize> {
@@ -717,6 +725,8 @@ pub struct Chain {
     /// own entry of one) needs whole.
     request_cap: Option<usize>,
     response_cap: Option<usize>,
+    /// The policy that declares the route's caching, if one does.
+    cache: Option<usize>,
     /// The consumers' own entries of policies (`[consumers.NAME.policies.*]`); `None`
     /// when no consumer has one.
     overrides: Option<Arc<ConsumerPolicies>>,
@@ -810,6 +820,9 @@ impl Chain {
         Self {
             request_cap: caps(|p| p.request_body_limit()),
             response_cap: caps(|p| p.response_body_limit()),
+            cache: policies
+                .iter()
+                .position(|l| l.policy.cache_rules().is_some()),
             policies,
             overrides: None,
         }
@@ -847,6 +860,11 @@ impl Chain {
     /// True when a policy of `stage` is in the chain.
     pub fn has_stage(&self, stage: Stage) -> bool {
         self.policies.iter().any(|l| l.stage == stage)
+    }
+
+    /// The route's caching ([`Policy::cache_rules`]), if a policy declares it.
+    pub fn cache_rules(&self) -> Option<&crate::cache::CacheRules> {
+        self.policies[self.cache?].policy.cache_rules()
     }
 
     /// True when the route has no policies.

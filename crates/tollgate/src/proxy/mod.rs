@@ -25,6 +25,7 @@ use crate::router::{self, path, Lookup, RequestFacts};
 use crate::runtime::{Route, Snapshot};
 use crate::trace::TraceContext;
 
+mod cache;
 mod state;
 
 pub use state::Exchange;
@@ -45,6 +46,8 @@ pub struct Gateway {
     pub(crate) limits: crate::config::limits::Limits,
     /// The memory every whole body the policies hold may take (`body_buffer_total`).
     pub(crate) bodies: Arc<crate::policy::body::Budget>,
+    /// The response store (`[server.cache]`) and the lock that coalesces its fetches.
+    pub(crate) cache: Arc<crate::cache::Shelf>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -230,7 +233,7 @@ impl Gateway {
         &self,
         session: &mut Session,
         cx: &mut RequestCtx,
-        st: &ProxyState,
+        st: &mut ProxyState,
         reply: Reply,
     ) -> Result<bool> {
         if self.drain.is_draining() {
@@ -248,6 +251,11 @@ impl Gateway {
             resp.insert_header(n, v)?;
         }
         if let Some(route) = &st.route {
+            // an answer made after the cache lookup (502, 504) says what the cache did
+            if let (Some(run), Some(rules)) = (st.cache.as_mut(), route.chain.cache_rules()) {
+                let status = run.status(session.cache.phase());
+                cache::mark(&mut resp, rules, run, status)?;
+            }
             route.chain.response_filter(cx, &mut resp)?;
         }
         let head_only = session.req_header().method == http::Method::HEAD;
@@ -399,6 +407,110 @@ impl ProxyHttp for Gateway {
     /// that is disabled (level 0) yet still runs on every request; the gateway does
     /// not compress responses, so it goes.
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
+    /// A route that caches turns Pingora's cache on for requests that use it
+    /// (`cache.md` §3.2); every other request never touches it.
+    fn request_cache_filter(&self, session: &mut Session, x: &mut Self::CTX) -> Result<()> {
+        let st = &mut x.st;
+        let Some(route) = st.route.clone() else {
+            return Ok(());
+        };
+        let Some(rules) = route.chain.cache_rules() else {
+            return Ok(());
+        };
+        let mut run = cache::CacheRun::default();
+        match self.cache.store() {
+            Some(store) if !cache::bypasses(session.req_header(), rules, &route) => {
+                let mut wait = pingora_cache::CacheOptionOverrides::default();
+                wait.wait_timeout = Some(rules.lock_timeout);
+                session
+                    .cache
+                    .enable(store, None, None, Some(self.cache.lock()), Some(wait));
+            }
+            _ => run.bypass = true,
+        }
+        st.cache = Some(run);
+        Ok(())
+    }
+
+    fn cache_key_callback(
+        &self,
+        session: &Session,
+        x: &mut Self::CTX,
+    ) -> Result<pingora_cache::CacheKey> {
+        let Exchange { cx, st } = &mut **x;
+        let route = st
+            .route
+            .clone()
+            .or_err(ErrorType::InternalError, "a cache key without a route")?;
+        let rules = route.chain.cache_rules().or_err(
+            ErrorType::InternalError,
+            "a cache key on a route that does not cache",
+        )?;
+        Ok(cache::key_of(
+            session,
+            cx,
+            &route,
+            rules,
+            st.client_host.as_ref(),
+        ))
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        _meta: &pingora_cache::CacheMeta,
+        _hit: &mut pingora_cache::storage::HitHandler,
+        is_fresh: bool,
+        x: &mut Self::CTX,
+    ) -> Result<Option<pingora_cache::ForcedFreshness>> {
+        // the client's `no-cache`: the entry is revalidated before use
+        let force = is_fresh && cache::wants_revalidation(session.req_header());
+        if let Some(run) = x.st.cache.as_mut() {
+            run.found = Some(is_fresh && !force);
+        }
+        Ok(force.then_some(pingora_cache::ForcedFreshness::ForceExpired))
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        x: &mut Self::CTX,
+    ) -> Result<pingora_cache::RespCacheable> {
+        let st = &mut x.st;
+        let found = st
+            .route
+            .as_ref()
+            .and_then(|r| Some((r, r.chain.cache_rules()?, self.cache.store()?)));
+        let Some((route, rules, store)) = found else {
+            return Ok(pingora_cache::RespCacheable::Uncacheable(
+                pingora_cache::NoCacheReason::NeverEnabled,
+            ));
+        };
+        let verdict = cache::storable(
+            resp,
+            rules,
+            store.settings().max_object,
+            &route.name,
+            self.metrics.cache(),
+        );
+        if let (pingora_cache::RespCacheable::Cacheable(_), Some(run)) =
+            (&verdict, st.cache.as_mut())
+        {
+            run.storing = true;
+        }
+        Ok(verdict)
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &pingora_cache::CacheMeta,
+        x: &mut Self::CTX,
+        req: &RequestHeader,
+    ) -> Option<pingora_cache::key::HashBinary> {
+        cache::variance(meta, req, &x.cx)
+    }
 
     async fn request_filter(&self, session: &mut Session, x: &mut Self::CTX) -> Result<bool> {
         let Exchange { cx, st } = &mut **x;
@@ -801,6 +913,14 @@ impl ProxyHttp for Gateway {
         })?;
         if let Some(route) = st.route.clone() {
             if !route.chain.is_empty() {
+                if let (Some(run), Some(rules), false) = (
+                    st.cache.as_mut(),
+                    route.chain.cache_rules(),
+                    forwarding::is_interim(resp.status),
+                ) {
+                    let status = run.status(session.cache.phase());
+                    cache::mark(resp, rules, run, status)?;
+                }
                 if let Some(cap) = route.chain.response_cap_for(cx) {
                     self.hold_response(session, resp, cap, &route, st)?;
                 }
@@ -931,6 +1051,10 @@ impl ProxyHttp for Gateway {
             conn.request_done();
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let cache_status = st
+            .cache
+            .as_mut()
+            .map(|run| run.status(session.cache.phase()));
         let route = Self::route_label(cx, st);
         let elapsed = st.start.elapsed();
         let method = &session.req_header().method;
@@ -960,8 +1084,19 @@ impl ProxyHttp for Gateway {
         if let Some(r) = st.route.clone() {
             r.chain.logging(cx, e);
         }
+        let cache_status = cache_status.map(|status| {
+            let c = self.metrics.cache();
+            c.lookups.with_label_values(&[route, status.label()]).inc();
+            if let Some(waited) = session.cache.lock_duration() {
+                c.lock_wait
+                    .with_label_values(&[route])
+                    .observe(waited.as_secs_f64());
+            }
+            status.as_str()
+        });
         if let Some(log) = &self.access_log {
             let done = crate::access_log::Done {
+                cache: cache_status,
                 status,
                 elapsed,
                 upstream_elapsed: st.upstream_elapsed,

@@ -62,6 +62,8 @@ pub(crate) struct ProxyState {
     pub(crate) with_body: bool,
     /// The response body, while it is held for the route's policies that need it whole.
     pub(crate) held_response: Option<crate::policy::body::HeldResponse>,
+    /// What the cache did, on a route that caches (set once the request policies passed).
+    pub(crate) cache: Option<super::cache::CacheRun>,
     /// Counts the request as in flight for a graceful shutdown, until dropped.
     _in_flight: InFlight,
 }
@@ -78,6 +80,7 @@ impl ProxyState {
             start: Instant::now(),
             upstream_start: None,
             upstream_elapsed: None,
+            cache: None,
             tries: 0,
             tried: smallvec::SmallVec::new(),
             slot: None,

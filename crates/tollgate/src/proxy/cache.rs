@@ -1,0 +1,212 @@
+//! The gateway's side of Pingora's cache hooks (`cache.md`): which requests use the
+//! cache, their key, which responses are stored, and how each answer was made.
+
+use std::time::SystemTime;
+
+use http::header::{self, HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora_cache::cache_control::CacheControl;
+use pingora_cache::key::HashBinary;
+use pingora_cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable};
+
+use crate::cache::{fresh, key, CacheRules, CacheStatus};
+use crate::context::RequestCtx;
+use crate::metrics::CacheMetrics;
+use crate::runtime::Route;
+
+pub(crate) static X_CACHE_STATUS: HeaderName = HeaderName::from_static("x-cache-status");
+
+/// What the cache did for one request of a cached route.
+#[derive(Debug, Default)]
+pub(crate) struct CacheRun {
+    /// Not looked up (`cache.md` §3.2).
+    pub bypass: bool,
+    /// An entry was found: whether it was fresh.
+    pub found: Option<bool>,
+    /// The response is being stored.
+    pub storing: bool,
+    /// How the answer was made, once its head is known.
+    pub status: Option<CacheStatus>,
+}
+
+impl CacheRun {
+    /// How the answer was made, from what the engine did.
+    pub(crate) fn status(&mut self, phase: CachePhase) -> CacheStatus {
+        if let Some(s) = self.status {
+            return s;
+        }
+        let s = if self.bypass {
+            CacheStatus::Bypass
+        } else {
+            match phase {
+                CachePhase::Hit => CacheStatus::Hit,
+                CachePhase::Stale | CachePhase::StaleUpdating => CacheStatus::Stale,
+                CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
+                    CacheStatus::Revalidated
+                }
+                CachePhase::Expired => CacheStatus::Expired,
+                _ if self.found == Some(false) => CacheStatus::Expired,
+                _ => CacheStatus::Miss,
+            }
+        };
+        self.status = Some(s);
+        s
+    }
+}
+
+/// Whether `req` skips the cache (`cache.md` §3.2).
+pub(crate) fn bypasses(req: &RequestHeader, rules: &CacheRules, route: &Route) -> bool {
+    let method_ok = match req.method {
+        http::Method::GET => rules.get,
+        http::Method::HEAD => rules.head,
+        _ => false,
+    };
+    if !method_ok {
+        return true;
+    }
+    if CacheControl::from_req_headers(req).is_some_and(|c| c.no_store()) {
+        return true;
+    }
+    if req.headers.contains_key(header::UPGRADE) {
+        return true;
+    }
+    !rules.shared
+        && !route.chain.has_stage(crate::policy::Stage::Authentication)
+        && (req.headers.contains_key(header::AUTHORIZATION)
+            || req.headers.contains_key(header::COOKIE))
+}
+
+/// Whether the client asks for revalidation (`Cache-Control: no-cache`).
+pub(crate) fn wants_revalidation(req: &RequestHeader) -> bool {
+    CacheControl::from_req_headers(req).is_some_and(|c| c.no_cache())
+}
+
+/// The request's key (`cache.md` §3.1).
+pub(crate) fn key_of(
+    session: &Session,
+    cx: &RequestCtx,
+    route: &Route,
+    rules: &CacheRules,
+    client_host: Option<&HeaderValue>,
+) -> CacheKey {
+    let req = session.req_header();
+    let authority = req.uri.authority().map(|a| a.as_str().as_bytes());
+    let host = client_host
+        .map(HeaderValue::as_bytes)
+        .or(authority)
+        .unwrap_or(b"");
+    let https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    let authenticated = route.chain.has_stage(crate::policy::Stage::Authentication);
+    let parts = key::Request {
+        route: &route.name,
+        https,
+        host,
+        path: &cx.path,
+        query: req.uri.query(),
+        headers: &req.headers,
+        consumer: cx
+            .consumer
+            .as_ref()
+            .filter(|_| authenticated)
+            .map(|c| c.name.as_str()),
+        identity: &cx.identity_headers,
+    };
+    let (primary, facts) = key::primary(rules, &parts);
+    let mut k = CacheKey::new(primary, route.name.as_str());
+    k.extensions.insert(facts);
+    k
+}
+
+/// The variant of `meta`'s response a request is (the upstream's `Vary`), or `None`
+/// when it names no header.
+pub(crate) fn variance(
+    meta: &CacheMeta,
+    req: &RequestHeader,
+    cx: &RequestCtx,
+) -> Option<HashBinary> {
+    let mut names: Vec<String> = meta
+        .headers()
+        .get_all(header::VARY)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|n| std::str::from_utf8(n.trim_ascii()).ok())
+        .filter(|n| !n.is_empty() && *n != "*")
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    names.sort();
+    names.dedup();
+    let mut v = pingora_cache::VarianceBuilder::new();
+    for name in names {
+        // the headers as they go upstream: the gateway's identity values included
+        let own = cx
+            .identity_headers
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, v)| v.as_bytes().to_vec());
+        let value = own.or_else(|| {
+            let mut values = req.headers.get_all(name.as_str()).iter();
+            let first = values.next()?;
+            let mut joined = first.as_bytes().to_vec();
+            for more in values {
+                joined.extend_from_slice(b", ");
+                joined.extend_from_slice(more.as_bytes());
+            }
+            Some(joined)
+        });
+        // an absent header is not an empty one
+        let value = match value {
+            Some(mut v) => {
+                v.insert(0, b'=');
+                v
+            }
+            None => b"\xff".to_vec(),
+        };
+        v.add_owned_name_value(name, value);
+    }
+    v.finalize()
+}
+
+/// Whether `resp` is stored, counting why not.
+pub(crate) fn storable(
+    resp: &ResponseHeader,
+    rules: &CacheRules,
+    max_object: u64,
+    route: &str,
+    metrics: &CacheMetrics,
+) -> RespCacheable {
+    match fresh::entry(rules, resp, max_object, SystemTime::now()) {
+        Ok(meta) => RespCacheable::Cacheable(meta),
+        Err(why) => {
+            metrics
+                .not_stored
+                .with_label_values(&[route, why.as_str()])
+                .inc();
+            RespCacheable::Uncacheable(NoCacheReason::Custom(why.as_str()))
+        }
+    }
+}
+
+/// Marks the answer's head with how it was made (`X-Cache-Status`, `Age` on a
+/// revalidated entry) and keeps `Set-Cookie` off a response that is being stored
+/// without it.
+pub(crate) fn mark(
+    resp: &mut ResponseHeader,
+    rules: &CacheRules,
+    run: &CacheRun,
+    status: CacheStatus,
+) -> pingora::Result<()> {
+    if rules.status_header {
+        resp.insert_header(X_CACHE_STATUS.clone(), status.as_str())?;
+    }
+    if status == CacheStatus::Revalidated && !resp.headers.contains_key(header::AGE) {
+        resp.insert_header(header::AGE, "0")?;
+    }
+    if rules.strip_set_cookie && run.storing {
+        resp.remove_header(&header::SET_COOKIE);
+    }
+    Ok(())
+}
