@@ -263,11 +263,13 @@ fn upgrade_echo(req: Request<Incoming>) -> Response<Full<Bytes>> {
 
 /// The answer a `/respond` request asks for in its query: `status=N`, `header=NAME:VALUE`
 /// (repeatable), `size=N` (a body of N `x`s instead of the echo), and, when the request's
-/// `If-None-Match` equals the `etag` it asks for, a 304.
+/// `If-None-Match` equals the `etag` it asks for, a 304; with `fail_after=N`, every
+/// request after the first N for this target gets a bare 500.
 fn respond_as_told(
     target: &str,
     request_headers: &BTreeMap<String, Vec<String>>,
     echo: String,
+    seen_before: usize,
 ) -> Response<Full<Bytes>> {
     let query = target.split_once('?').map_or("", |(_, q)| q);
     let mut resp = Response::builder().header("content-type", "application/json");
@@ -277,6 +279,12 @@ fn respond_as_told(
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         match &*k {
             "status" => status = v.parse().unwrap_or(200),
+            "fail_after" if seen_before >= v.parse().unwrap_or(usize::MAX) => {
+                return Response::builder()
+                    .status(500)
+                    .body(Full::new(Bytes::from_static(b"upstream failed")))
+                    .unwrap_or_default();
+            }
             "size" => body = Bytes::from(vec![b'x'; v.parse().unwrap_or(0)]),
             "header" => {
                 if let Some((n, val)) = v.split_once(':') {
@@ -355,7 +363,10 @@ async fn echo(req: Request<Incoming>, name: &str, rec: &Mutex<Vec<Seen>>) -> Res
         "upstream": name, "method": method, "target": target, "headers": hmap, "body_len": body.len(),
     });
     if target.contains("/respond") {
-        return respond_as_told(&target, &hmap, json.to_string());
+        let seen_before = rec
+            .lock()
+            .map_or(0, |r| r.iter().filter(|s| s.target == target).count() - 1);
+        return respond_as_told(&target, &hmap, json.to_string(), seen_before);
     }
     let mut resp = Response::builder()
         .header("content-type", "application/json")

@@ -540,3 +540,259 @@ fn check_refuses_every_bad_cache_setting_in_one_run() {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
 }
+
+#[tokio::test]
+async fn an_expired_entry_is_served_stale_when_the_upstream_fails_within_stale_if_error() {
+    let up = Upstream::start("a").await;
+    let gw = cached(&up, "stale_if_error = \"60s\"\n");
+    let path = "/respond?header=cache-control:max-age%3D0&fail_after=1&size=7";
+    assert_eq!(fetch(&gw, path).await.cache.as_deref(), Some("MISS"));
+    let stale = fetch(&gw, path).await;
+    assert_eq!(
+        (stale.status, stale.cache.as_deref(), stale.body.len()),
+        (200, Some("STALE"), 7),
+        "the upstream's 500 is hidden by the entry"
+    );
+    // the upstream gone altogether: a connection error is a failure too
+    drop(up);
+    let stale = fetch(&gw, path).await;
+    assert_eq!((stale.status, stale.cache.as_deref()), (200, Some("STALE")));
+}
+
+#[tokio::test]
+async fn without_a_stale_window_a_failure_passes_on_and_the_entry_is_kept() {
+    let up = Upstream::start("a").await;
+    let gw = cached(&up, "");
+    let path = "/respond?header=cache-control:max-age%3D0&header=etag:%22e%22&fail_after=1";
+    assert_eq!(fetch(&gw, path).await.cache.as_deref(), Some("MISS"));
+    let failed = fetch(&gw, path).await;
+    assert_eq!(
+        (failed.status, failed.cache.as_deref()),
+        (500, Some("EXPIRED"))
+    );
+    assert_eq!(
+        sample(&gw, "tollgate_cache_stored_objects").await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn within_stale_while_revalidate_the_entry_is_served_at_once_and_refreshed_behind() {
+    let up = Upstream::start("a").await;
+    let gw = cached(&up, "");
+    // the upstream's own window; the entry is stale at once
+    let path = "/respond?header=cache-control:max-age%3D0,stale-while-revalidate%3D60";
+    assert_eq!(fetch(&gw, path).await.cache.as_deref(), Some("MISS"));
+    let stale = fetch(&gw, path).await;
+    assert_eq!((stale.status, stale.cache.as_deref()), (200, Some("STALE")));
+    assert!(
+        eventually(Duration::from_secs(5), async || up.count() == 2).await,
+        "one background request refreshed the entry"
+    );
+    assert_eq!(fetch(&gw, path).await.cache.as_deref(), Some("STALE"));
+    assert!(eventually(Duration::from_secs(5), async || up.count() == 3).await);
+    let lines = access_log(&gw, 3).await;
+    assert_eq!(
+        lines.len(),
+        3,
+        "background refreshes write no line: {lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn conditional_requests_are_answered_304_from_the_entry_and_on_a_miss() {
+    let up = Upstream::start("a").await;
+    let gw = cached(&up, "");
+    let path = "/respond?header=etag:%22v7%22&header=last-modified:Tue,%2001%20Dec%202026%2000:00:00%20GMT";
+    let conditional =
+        |h: &'static str, v: &'static str| send(client().get(gw.url(path)).header(h, v));
+    // a miss stores the whole response and checks the client's validator against it
+    let miss = conditional("if-none-match", "W/\"v7\"").await;
+    assert_eq!((miss.status, miss.cache.as_deref()), (304, Some("MISS")));
+    assert!(
+        up.last().unwrap().header("if-none-match").is_none(),
+        "the upstream got no validator"
+    );
+    let hit = conditional("if-none-match", "\"other\", \"v7\"").await;
+    assert_eq!((hit.status, hit.cache.as_deref()), (304, Some("HIT")));
+    assert_eq!(hit.headers.get("etag").unwrap(), "\"v7\"");
+    assert!(hit.body.is_empty());
+    let star = conditional("if-none-match", "*").await;
+    assert_eq!(star.status, 304);
+    let since = conditional("if-modified-since", "Wed, 02 Dec 2026 00:00:00 GMT").await;
+    assert_eq!(since.status, 304);
+    let older = conditional("if-modified-since", "Mon, 30 Nov 2026 00:00:00 GMT").await;
+    assert_eq!((older.status, older.cache.as_deref()), (200, Some("HIT")));
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn one_range_of_an_entry_is_206_and_a_range_past_the_end_is_416() {
+    let up = Upstream::start("a").await;
+    let gw = cached(&up, "");
+    let path = "/respond?size=100&header=etag:%22r%22";
+    let ranged = |r: &'static str| send(client().get(gw.url(path)).header("range", r));
+    // a Range that misses gets the whole body; its entry serves the later ranges
+    let miss = ranged("bytes=0-9").await;
+    assert_eq!(
+        (miss.status, miss.body.len(), miss.cache.as_deref()),
+        (200, 100, Some("MISS"))
+    );
+    assert!(
+        up.last().unwrap().header("range").is_none(),
+        "the whole object was asked for"
+    );
+    let part = ranged("bytes=10-19").await;
+    assert_eq!((part.status, part.body.len()), (206, 10));
+    assert_eq!(
+        part.headers.get("content-range").unwrap(),
+        "bytes 10-19/100"
+    );
+    let tail = ranged("bytes=-5").await;
+    assert_eq!(
+        tail.headers.get("content-range").unwrap(),
+        "bytes 95-99/100"
+    );
+    let open = ranged("bytes=90-").await;
+    assert_eq!((open.status, open.body.len()), (206, 10));
+    let several = ranged("bytes=0-1,5-6").await;
+    assert_eq!((several.status, several.body.len()), (200, 100));
+    let past = ranged("bytes=100-").await;
+    assert_eq!((past.status, past.cache.as_deref()), (416, Some("HIT")));
+    assert_eq!(past.headers.get("content-range").unwrap(), "bytes */100");
+    let v: serde_json::Value = serde_json::from_slice(&past.body).unwrap();
+    assert_eq!(v["error"], "range_not_satisfiable");
+    let weak = send(
+        client()
+            .get(gw.url(path))
+            .header("range", "bytes=0-9")
+            .header("if-range", "W/\"r\""),
+    )
+    .await;
+    assert_eq!(
+        (weak.status, weak.body.len()),
+        (200, 100),
+        "a weak If-Range never matches"
+    );
+    let strong = send(
+        client()
+            .get(gw.url(path))
+            .header("range", "bytes=0-9")
+            .header("if-range", "\"r\""),
+    )
+    .await;
+    assert_eq!(strong.status, 206);
+    assert_eq!(up.count(), 1);
+    assert_eq!(
+        sample(
+            &gw,
+            "tollgate_refusals_total{reason=\"range_not_satisfiable\",route=\"r\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+}
+
+/// `DELETE /admin/cache?query` with `token`: (status, JSON body, headers).
+async fn purge(
+    gw: &Gateway,
+    method: &str,
+    query: &str,
+    token: Option<&str>,
+) -> (u16, serde_json::Value, HeaderMap) {
+    let mut r = client().request(
+        reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+        gw.admin_url(&format!("/admin/cache?{query}")),
+    );
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let r = r.send().await.unwrap();
+    let (status, headers) = (r.status().as_u16(), r.headers().clone());
+    (status, r.json().await.unwrap_or_default(), headers)
+}
+
+#[tokio::test]
+async fn purge_removes_what_its_selectors_choose_behind_the_admin_token() {
+    let up = Upstream::start("a").await;
+    // the body follows the generated [server] table: the token belongs to it
+    let gw = gateway_with_admin(&format!(
+        "admin_token = \"t0k\"\n{}[routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n[routes.r.policies.cache]\n\
+         vary_headers = [\"x-v\"]\n[routes.other]\npaths = [\"/o/\"]\nupstream = \"a\"\n\
+         [routes.other.policies.cache]\n[routes.plain]\npaths = [\"/p/\"]\nupstream = \"a\"\n",
+        upstream_table("a", &[up.addr])
+    ));
+    let prime = async |path: &str, v: &str, host: &str| {
+        let a = send(
+            client()
+                .get(gw.url(path))
+                .header("x-v", v)
+                .header("host", host),
+        )
+        .await;
+        a.cache.unwrap()
+    };
+    for (path, v, host) in [
+        ("/a/b?y=2&x=1", "1", "h1"),
+        ("/a/b?x=1&y=2", "2", "h2"),
+        ("/a/b/c", "1", "h1"),
+        ("/a/bc", "1", "h1"),
+        ("/o/z", "1", "h1"),
+    ] {
+        assert_eq!(prime(path, v, host).await, "MISS");
+    }
+    assert_eq!(
+        purge(&gw, "DELETE", "route=r", None).await.0,
+        401,
+        "the token is needed"
+    );
+    let t = Some("t0k");
+    // url: one path and query, every variant and host
+    let (status, v, _) = purge(&gw, "DELETE", "route=r&url=%2Fa%2Fb%3Fx%3D1%26y%3D2", t).await;
+    assert_eq!(
+        (status, v["purged"].as_u64(), v["scope"].as_str()),
+        (200, Some(2), Some("instance"))
+    );
+    assert_eq!(prime("/a/b?x=1&y=2", "1", "h1").await, "MISS");
+    // prefix on a segment boundary, with a host
+    let (status, v, _) = purge(&gw, "DELETE", "route=r&prefix=/a/b&host=H1", t).await;
+    assert_eq!((status, v["purged"].as_u64()), (200, Some(2)), "{v}");
+    assert_eq!(prime("/a/bc", "1", "h1").await, "HIT");
+    assert_eq!(
+        prime("/o/z", "1", "h1").await,
+        "HIT",
+        "another route is untouched"
+    );
+    let (status, v, _) = purge(&gw, "DELETE", "route=r&prefix=/nothing", t).await;
+    assert_eq!(
+        (status, v["error"].as_str(), v["purged"].as_u64()),
+        (404, Some("not_found"), Some(0))
+    );
+    assert!(v["request_id"].is_string());
+    for bad in [
+        "",
+        "route=plain",
+        "route=r&url=a",
+        "route=r&url=/a&prefix=/a",
+        "all=true&route=r",
+        "route=r&nope=1",
+    ] {
+        let (status, v, _) = purge(&gw, "DELETE", bad, t).await;
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (400, Some("bad_request")),
+            "{bad}"
+        );
+    }
+    let (status, _, headers) = purge(&gw, "GET", "route=r", t).await;
+    assert_eq!(
+        (status, headers.get("allow").unwrap().to_str().unwrap()),
+        (405, "DELETE")
+    );
+    let (status, v, _) = purge(&gw, "DELETE", "all=true", t).await;
+    assert_eq!((status, v["purged"].as_u64()), (200, Some(2)), "{v}");
+    assert_eq!(
+        sample(&gw, "tollgate_cache_stored_objects").await,
+        Some(0.0)
+    );
+}

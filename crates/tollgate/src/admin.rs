@@ -1,5 +1,5 @@
 //! The admin listener: `/healthz`, `/metrics`, `/admin/status`, `/admin/config`,
-//! `POST /admin/reload`. With `admin_token`, `/admin/*` needs `Authorization: Bearer`.
+//! `POST /admin/reload`, `DELETE /admin/cache`. With `admin_token`, `/admin/*` needs `Authorization: Bearer`.
 
 use std::time::SystemTime;
 
@@ -112,6 +112,22 @@ impl ServeHttp for Admin {
                     }
                 }
             }
+            ("/admin/cache", _) if method == http::Method::DELETE => {
+                let query = session.req_header().uri.query().unwrap_or("");
+                purge_answer(self.handle.purge_cache(query))
+            }
+            ("/admin/cache", _) => {
+                let mut r = json_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "use DELETE",
+                );
+                r.headers_mut().insert(
+                    http::header::ALLOW,
+                    http::HeaderValue::from_static("DELETE"),
+                );
+                r
+            }
             ("/admin/config", true) => {
                 let body = self.handle.snapshot().redacted.to_string().into_bytes();
                 reply(StatusCode::OK, "application/json", body)
@@ -168,6 +184,33 @@ impl ServeHttp for Admin {
             _ => json_error(StatusCode::NOT_FOUND, "no_route", "unknown admin endpoint"),
         }
     }
+}
+
+/// The answer to a purge (`cache.md` §4): 200 with the count, 404 when nothing
+/// matched, 400 for bad selectors.
+fn purge_answer(purged: Result<usize, String>) -> Response<Vec<u8>> {
+    let id = crate::request_id::generate();
+    let (status, body) = match purged {
+        Ok(n) if n > 0 => (
+            StatusCode::OK,
+            serde_json::json!({ "purged": n, "scope": "instance" }),
+        ),
+        Ok(_) => (
+            StatusCode::NOT_FOUND,
+            serde_json::json!({
+                "error": "not_found",
+                "message": "no cache entry matched",
+                "request_id": id,
+                "purged": 0,
+                "scope": "instance",
+            }),
+        ),
+        Err(why) => (
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": "bad_request", "message": why, "request_id": id }),
+        ),
+    };
+    reply(status, "application/json", body.to_string().into_bytes())
 }
 
 /// One `names` entry of `/admin/status` (fleet.md §13.9).

@@ -251,6 +251,19 @@ impl GatewayHandle {
         }
     }
 
+    /// Removes the cache entries `query`'s selectors choose (`DELETE /admin/cache`,
+    /// `cache.md` §4): how many went, or why the selectors are refused.
+    pub(crate) fn purge_cache(&self, query: &str) -> Result<usize, String> {
+        let snap = self.state.load_full();
+        let purge = crate::cache::purge::Purge::parse(query, |name| {
+            snap.routes
+                .iter()
+                .find(|r| r.name == name)
+                .and_then(|r| r.chain.cache_rules())
+        })?;
+        Ok(self.cache.store().map_or(0, |s| purge.run(s)))
+    }
+
     /// From now on every answer closes its HTTP/1 connection (`Connection: close`), so
     /// that clients reconnect. Called when the process hands its sockets to a new one
     /// (graceful upgrade) or begins a graceful shutdown (see [`ShutdownSignals`]).

@@ -47,6 +47,8 @@ pub enum ErrorCode {
     IdentityUnavailable,
     /// 504: the upstream did not answer in time.
     GatewayTimeout,
+    /// 416: a byte range that starts at or past the end of a cached body.
+    RangeNotSatisfiable,
     /// 500: the gateway itself failed.
     InternalError,
     /// A policy's own refusal, made with [`ErrorCode::custom`].
@@ -129,6 +131,7 @@ impl ErrorCode {
             Self::NoHealthyUpstream => "no_healthy_upstream",
             Self::IdentityUnavailable => "identity_unavailable",
             Self::GatewayTimeout => "gateway_timeout",
+            Self::RangeNotSatisfiable => "range_not_satisfiable",
             Self::InternalError => "internal_error",
             Self::Custom(c) => c.code,
         }
@@ -153,6 +156,7 @@ impl ErrorCode {
             }
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Custom(c) => c.status,
         }
@@ -177,6 +181,7 @@ impl ErrorCode {
             Self::NoHealthyUpstream => "no healthy backend for this upstream",
             Self::IdentityUnavailable => "the identity provider is unavailable",
             Self::GatewayTimeout => "the upstream did not answer in time",
+            Self::RangeNotSatisfiable => "the range starts at or past the end of the body",
             Self::InternalError => "internal gateway error",
             Self::Custom(_) => "request refused",
         }

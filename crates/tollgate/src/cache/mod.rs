@@ -11,6 +11,7 @@ use http::HeaderName;
 
 pub(crate) mod fresh;
 pub(crate) mod key;
+pub(crate) mod purge;
 pub(crate) mod store;
 
 /// How a route caches its responses (`[routes.X.policies.cache]`, `cache.md` §2).

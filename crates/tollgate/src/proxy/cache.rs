@@ -28,6 +28,11 @@ pub(crate) struct CacheRun {
     pub storing: bool,
     /// How the answer was made, once its head is known.
     pub status: Option<CacheStatus>,
+    /// A Range past the end of the entry's body (its length): the answer is the 416
+    /// refusal, not the entry.
+    pub unsatisfiable: Option<u64>,
+    /// The refusal's body, sent instead of the entry's.
+    pub refusal_body: Option<bytes::Bytes>,
 }
 
 impl CacheRun {
@@ -209,4 +214,86 @@ pub(crate) fn mark(
         resp.remove_header(&header::SET_COOKIE);
     }
     Ok(())
+}
+
+/// Whether the entry being served is a hit of some kind (not a fetch).
+fn from_entry(phase: CachePhase) -> bool {
+    matches!(
+        phase,
+        CachePhase::Hit
+            | CachePhase::Stale
+            | CachePhase::StaleUpdating
+            | CachePhase::Revalidated
+            | CachePhase::RevalidatedNoCache(_)
+    )
+}
+
+/// The byte range a request gets from an entry (`cache.md` §3.5): one range of a 200
+/// entry; several ranges, an `If-Range` that does not match strongly, or a miss get
+/// the whole body; a range past the end is the 416 refusal (`run.unsatisfiable`).
+pub(crate) fn range(
+    req: &RequestHeader,
+    resp: &mut ResponseHeader,
+    phase: CachePhase,
+    run: &mut CacheRun,
+) -> pingora::proxy::RangeType {
+    use pingora::proxy::RangeType;
+    if !from_entry(phase) || !req.headers.contains_key(header::RANGE) {
+        return RangeType::None;
+    }
+    // a weak validator never matches If-Range
+    if req
+        .headers
+        .get(header::IF_RANGE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"W/"))
+    {
+        return RangeType::None;
+    }
+    let length = resp
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    // at most one range: a second one makes the answer the whole body
+    match pingora::proxy::range_header_filter(req, resp, Some(2)) {
+        RangeType::Invalid => {
+            run.unsatisfiable = length;
+            RangeType::None
+        }
+        RangeType::Multi(_) => RangeType::None,
+        r => r,
+    }
+}
+
+/// The 416 refusal that answers a Range past the end of an entry of `length` bytes:
+/// its head replaces the entry's, its body goes instead of the entry's.
+pub(crate) fn unsatisfiable(
+    resp: &mut ResponseHeader,
+    length: u64,
+    request_id: &str,
+) -> pingora::Result<bytes::Bytes> {
+    use crate::reply::{ErrorCode, Reply};
+    let range = HeaderValue::from_str(&format!("bytes */{length}")).map_err(|e| {
+        pingora::Error::because(pingora::ErrorType::InternalError, "content-range", e)
+    })?;
+    let reply = Reply::refuse(ErrorCode::RangeNotSatisfiable)
+        .header(header::CONTENT_RANGE, range)
+        .render(request_id);
+    let mut head = ResponseHeader::build(reply.status, Some(reply.headers.len() + 4))?;
+    for (n, v) in reply.headers {
+        head.append_header(n, v)?;
+    }
+    *resp = head;
+    Ok(reply.body)
+}
+
+/// Whether an expired entry may be served for `error` (`None`: while one request
+/// refreshes it); the engine has checked the entry's stale windows.
+pub(crate) fn serve_stale(error: Option<&pingora::Error>) -> bool {
+    match error {
+        None => true,
+        Some(e) => {
+            matches!(e.etype(), pingora::ErrorType::HTTPStatus(s) if *s >= 500)
+                || matches!(e.esource(), pingora::ErrorSource::Upstream)
+        }
+    }
 }

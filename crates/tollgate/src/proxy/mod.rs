@@ -512,6 +512,27 @@ impl ProxyHttp for Gateway {
         cache::variance(meta, req, &x.cx)
     }
 
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        x: &mut Self::CTX,
+    ) -> pingora::proxy::RangeType {
+        match x.st.cache.as_mut() {
+            Some(run) => cache::range(session.req_header(), resp, session.cache.phase(), run),
+            None => pingora::proxy::RangeType::None,
+        }
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _x: &mut Self::CTX,
+        error: Option<&Error>,
+    ) -> bool {
+        cache::serve_stale(error)
+    }
+
     async fn request_filter(&self, session: &mut Session, x: &mut Self::CTX) -> Result<bool> {
         let Exchange { cx, st } = &mut **x;
         // one place that answers: each `respond(..).await` is a copy of its state
@@ -919,6 +940,12 @@ impl ProxyHttp for Gateway {
                     forwarding::is_interim(resp.status),
                 ) {
                     let status = run.status(session.cache.phase());
+                    if let Some(length) = run.unsatisfiable {
+                        // cache.md §7: the refusal goes instead of the entry
+                        run.refusal_body =
+                            Some(cache::unsatisfiable(resp, length, &cx.request_id)?);
+                        cx.refusal = Some(crate::reply::ErrorCode::RangeNotSatisfiable);
+                    }
                     cache::mark(resp, rules, run, status)?;
                 }
                 if let Some(cap) = route.chain.response_cap_for(cx) {
@@ -938,6 +965,11 @@ impl ProxyHttp for Gateway {
         x: &mut Self::CTX,
     ) -> Result<Option<std::time::Duration>> {
         let Exchange { cx, st } = &mut **x;
+        if let Some(run) = st.cache.as_mut().filter(|r| r.unsatisfiable.is_some()) {
+            // the 416 refusal's body, once, instead of the entry's
+            *body = run.refusal_body.take();
+            return Ok(None);
+        }
         if let Some(route) = &st.route {
             if !route.chain.is_empty() {
                 if let Some(held) = st.held_response.as_mut() {
@@ -1043,6 +1075,10 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, x: &mut Self::CTX) {
         let Exchange { cx, st } = &mut **x;
+        if session.subrequest_ctx.is_some() {
+            // a background refresh of a cache entry (cache.md §9): no line, no count
+            return;
+        }
         if let Some(conn) = session
             .as_downstream()
             .stream()
