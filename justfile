@@ -33,6 +33,11 @@ build-pgo:
 bench-load:
     ./benches/load.sh
 
+# A cache hit through Tollgate beside a cache hit through nginx's proxy_cache (and both
+# without a cache), interleaved rounds; ROUNDS, DURATION, CONNS, TOLLGATE_BIN tune it.
+bench-cache:
+    ./benches/cache_hit.sh
+
 # User-space instructions per request, raw Pingora (default build and Tollgate's profile)
 # vs Tollgate, under callgrind: the noise-free measure for comparing two builds of the
 # request path. REQUESTS tunes it; CACHE_SIM=1 adds simulated L1 misses per request;

@@ -362,6 +362,7 @@ async fn echo(req: Request<Incoming>, name: &str, rec: &Mutex<Vec<Seen>>) -> Res
     let json = serde_json::json!({
         "upstream": name, "method": method, "target": target, "headers": hmap, "body_len": body.len(),
     });
+    // after the delay: `/delay/MS/respond?…` answers as told, late
     if target.contains("/respond") {
         let seen_before = rec
             .lock()

@@ -105,6 +105,37 @@ async fn fifty_concurrent_misses_reach_the_upstream_once() {
 }
 
 #[tokio::test]
+async fn waiters_on_an_unstorable_fetch_each_go_upstream_themselves() {
+    let up = Upstream::start("a").await;
+    let gw = cached(&up, "");
+    let url = gw.url("/delay/300/respond?header=set-cookie:s%3D1");
+    let sent: Vec<_> = (0..5)
+        .map(|_| {
+            let r = client().get(&url);
+            tokio::spawn(async move { send(r).await })
+        })
+        .collect();
+    for s in sent {
+        let a = s.await.unwrap();
+        assert_eq!((a.status, a.cache.as_deref()), (200, Some("MISS")));
+    }
+    assert_eq!(up.count(), 5, "nothing stored: every request fetched");
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_on_a_cached_route_is_bypass() {
+    let up = Upstream::start("a").await;
+    let gw = cached(&up, "");
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, &websocket_upgrade("/ws"))
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("x-cache-status: bypass"), "{head}");
+}
+
+#[tokio::test]
 async fn a_request_that_waited_lock_timeout_goes_upstream_itself() {
     let up = Upstream::start("a").await;
     let gw = cached(&up, "lock_timeout = \"50ms\"\n");

@@ -51,7 +51,7 @@ fn check_reports_every_error_with_line_and_column() {
     assert!(out.is_empty());
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 3, "{err}");
-    assert!(lines[0].ends_with("gateway.toml:3:1: server.thredas: unknown field `thredas`, expected one of `listen`, `admin_listen`, `admin_token`, `threads`, `upgrade_sock`, `pid_file`, `grace_period`, `graceful_shutdown_timeout`, `allow_empty`, `trusted_proxies`, `access_log`, `limits`, `tls`, `redis`, `tracing`, `dns`, `outbound`"), "{}", lines[0]);
+    assert!(lines[0].ends_with("gateway.toml:3:1: server.thredas: unknown field `thredas`, expected one of `listen`, `admin_listen`, `admin_token`, `threads`, `upgrade_sock`, `pid_file`, `grace_period`, `graceful_shutdown_timeout`, `allow_empty`, `trusted_proxies`, `access_log`, `limits`, `tls`, `redis`, `tracing`, `dns`, `outbound`, `cache`"), "{}", lines[0]);
     assert!(lines[1].ends_with(r#"gateway.toml:10:12: routes.orders.upstream: unknown upstream "order" (known: orders)"#), "{}", lines[1]);
     assert!(
         lines[2]

@@ -1060,7 +1060,7 @@ async fn body_buffer_total_applies_on_reload() {
 
 /// `examples/quickstart.toml` as the README runs it, on free ports: the demo upstream
 /// and the demo OpenID Connect provider of `examples/demo_upstream.rs`, and the
-/// OIDC-protected route `/me`.
+/// OIDC-protected route `/me`, and the cached route `/catalog`.
 #[tokio::test]
 async fn the_quickstart_serves_its_routes_and_an_oidc_protected_one() {
     let up = Upstream::start("demo").await;
@@ -1110,4 +1110,13 @@ async fn the_quickstart_serves_its_routes_and_an_oidc_protected_one() {
         client().get(gw.url("/me")).send().await.unwrap().status(),
         401
     );
+    // the cached route: a miss, then a hit the upstream never sees
+    let before = up.count();
+    let cache = async || {
+        let r = client().get(gw.url("/catalog/shoes")).send().await.unwrap();
+        r.headers()["x-cache-status"].to_str().unwrap().to_string()
+    };
+    assert_eq!(cache().await, "MISS");
+    assert_eq!(cache().await, "HIT");
+    assert_eq!(up.count(), before + 1);
 }
