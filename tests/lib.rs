@@ -272,7 +272,12 @@ fn respond_as_told(
     seen_before: usize,
 ) -> Response<Full<Bytes>> {
     let query = target.split_once('?').map_or("", |(_, q)| q);
-    let mut resp = Response::builder().header("content-type", "application/json");
+    let typed = form_urlencoded::parse(query.as_bytes())
+        .any(|(k, v)| k == "header" && v.to_ascii_lowercase().starts_with("content-type:"));
+    let mut resp = Response::builder();
+    if !typed {
+        resp = resp.header("content-type", "application/json");
+    }
     let mut status = 200;
     let mut body = Bytes::from(echo);
     let mut etag = None;
@@ -1277,4 +1282,49 @@ pub async fn h2_post_streamed(addr: SocketAddr, path: &str, body: &[u8]) -> (u16
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     (status, body)
+}
+
+/// `data` decoded from `coding` (`gzip`, `br`, `zstd`), as a client would; `None` when
+/// it is not a complete, valid stream of that coding.
+pub fn decode(coding: &str, data: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    match coding {
+        "gzip" => flate2::read::GzDecoder::new(data)
+            .read_to_end(&mut out)
+            .ok()?,
+        "br" => brotli::Decompressor::new(data, 4096)
+            .read_to_end(&mut out)
+            .ok()?,
+        "zstd" => zstd::stream::read::Decoder::new(data)
+            .ok()?
+            .read_to_end(&mut out)
+            .ok()?,
+        _ => return None,
+    };
+    Some(out)
+}
+
+/// `data` gzip-compressed (one member).
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+/// What of `data`, the start of a gzip stream, decodes so far.
+pub fn gunzip_so_far(data: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let mut d = flate2::read::GzDecoder::new(data);
+    let mut buf = [0u8; 4096];
+    // a stream that is not finished ends in an error after what it holds
+    while let Ok(n) = d.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
 }

@@ -132,7 +132,10 @@ async fn a_websocket_upgrade_on_a_cached_route_is_bypass() {
         .unwrap();
     let head = read_head(&mut s).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("x-cache-status: bypass"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-cache-status: bypass"),
+        "{head}"
+    );
 }
 
 #[tokio::test]

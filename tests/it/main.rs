@@ -7,6 +7,7 @@ mod auth;
 mod balancing;
 mod cache;
 mod cli;
+mod compress;
 mod dns;
 mod examples;
 mod ext_authz;

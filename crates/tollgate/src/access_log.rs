@@ -69,6 +69,8 @@ impl AccessLogger {
             bytes,
             upstream_name,
             cache,
+            compress,
+            decompress,
         } = *done;
         let req = session.req_header();
         let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
@@ -88,6 +90,8 @@ impl AccessLogger {
             "client_cert_sha256": cx.client_certificate().map(|c| c.sha256.as_str()),
             "authz": null,
             "cache": cache,
+            "compress": compress,
+            "decompress": decompress,
             "duration_ms": elapsed.as_secs_f64() * 1000.0,
             "upstream_ms": upstream_elapsed.map(|d| d.as_secs_f64() * 1000.0),
             "bytes_sent": bytes,
@@ -121,6 +125,10 @@ pub(crate) struct Done<'a> {
     pub upstream_name: Option<&'a str>,
     /// How the cache answered (`X-Cache-Status`), on a route that caches.
     pub cache: Option<&'static str>,
+    /// The algorithm that compressed the response.
+    pub compress: Option<&'static str>,
+    /// `gzip` when the request body was decoded.
+    pub decompress: Option<&'static str>,
 }
 
 enum Output {

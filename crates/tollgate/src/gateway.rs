@@ -156,8 +156,13 @@ impl GatewayBuilder {
             &config.snapshot.cached_routes(),
             metrics.cache(),
         );
+        let streams = Arc::new(crate::compress::Streams::new(
+            config.server.limits.compress_streams,
+            metrics.compress().active.clone(),
+        ));
         let handle = GatewayHandle {
             cache,
+            streams,
             dns,
             bodies: Arc::new(crate::policy::body::Budget::new(
                 config.server.limits.body_buffer_total,
@@ -234,6 +239,8 @@ pub struct GatewayHandle {
     bodies: Arc<crate::policy::body::Budget>,
     /// The response store and its lock (`[server.cache]`).
     cache: Arc<crate::cache::Shelf>,
+    /// The responses being compressed (`[server.limits] compress_streams`).
+    streams: Arc<crate::compress::Streams>,
 }
 
 impl GatewayHandle {
@@ -248,6 +255,7 @@ impl GatewayHandle {
             limits: self.server.limits,
             bodies: self.bodies.clone(),
             cache: self.cache.clone(),
+            streams: self.streams.clone(),
         }
     }
 
@@ -318,6 +326,7 @@ impl GatewayHandle {
                 // CROSSCUTTING.md 7.2: new key sets are fetched before the config takes
                 // effect (each within its own bound)
                 c.snapshot.states.prepare().await;
+                self.streams.configure(c.server.limits.compress_streams);
                 // body_buffer_total applies on reload; body_timeout needs a restart
                 self.bodies.configure(
                     c.server.limits.body_buffer_total,

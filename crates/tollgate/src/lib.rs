@@ -52,6 +52,7 @@
 //! `reply`, [`units`], `trace`, `request_id`, [`metrics`], `forwarding`, `tls`, `otlp`).
 
 pub mod cache;
+pub mod compress;
 pub mod config;
 pub mod jwt_crypto;
 pub mod metrics;

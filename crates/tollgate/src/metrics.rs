@@ -55,6 +55,7 @@ pub struct Metrics {
     outbound_duration: HistogramVec,
     bodies_passed: IntCounterVec,
     cache: CacheMetrics,
+    compress: CompressMetrics,
     /// The policies' own families ([`crate::policy::PolicyMetrics`]), by name.
     policy_families: Arc<Mutex<HashMap<&'static str, PolicyFamily>>>,
 }
@@ -122,6 +123,73 @@ impl CacheMetrics {
             Box::new(m.objects.clone()),
             Box::new(m.evictions.clone()),
             Box::new(m.lock_wait.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        m
+    }
+}
+
+/// Response compression's families (`cache.md` §12.9).
+#[derive(Debug, Clone)]
+pub(crate) struct CompressMetrics {
+    /// `tollgate_compress_responses_total{route,algorithm}`.
+    pub responses: IntCounterVec,
+    /// `tollgate_compress_bytes_in_total{route,algorithm}`.
+    pub bytes_in: IntCounterVec,
+    /// `tollgate_compress_bytes_out_total{route,algorithm}`.
+    pub bytes_out: IntCounterVec,
+    /// `tollgate_compress_skipped_total{route,reason}`.
+    pub skipped: IntCounterVec,
+    /// `tollgate_compress_active`.
+    pub active: IntGauge,
+    /// `tollgate_decompress_requests_total{route,outcome}`.
+    pub decompressed: IntCounterVec,
+}
+
+impl CompressMetrics {
+    fn new(registry: &Registry) -> Self {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            must(IntCounterVec::new(Opts::new(name, help), labels))
+        };
+        let m = Self {
+            responses: counter(
+                "tollgate_compress_responses_total",
+                "Responses compressed, by algorithm.",
+                &["route", "algorithm"],
+            ),
+            bytes_in: counter(
+                "tollgate_compress_bytes_in_total",
+                "Body bytes given to the compressor (the uncompressed size).",
+                &["route", "algorithm"],
+            ),
+            bytes_out: counter(
+                "tollgate_compress_bytes_out_total",
+                "Compressed body bytes sent to clients (chunk framing not counted).",
+                &["route", "algorithm"],
+            ),
+            skipped: counter(
+                "tollgate_compress_skipped_total",
+                "Responses of routes that compress that were sent uncompressed, by reason.",
+                &["route", "reason"],
+            ),
+            active: must(IntGauge::new(
+                "tollgate_compress_active",
+                "Responses being compressed now; never above compress_streams.",
+            )),
+            decompressed: counter(
+                "tollgate_decompress_requests_total",
+                "Requests with an encoded body on routes that decode them, by outcome.",
+                &["route", "outcome"],
+            ),
+        };
+        for c in [
+            Box::new(m.responses.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.bytes_in.clone()),
+            Box::new(m.bytes_out.clone()),
+            Box::new(m.skipped.clone()),
+            Box::new(m.active.clone()),
+            Box::new(m.decompressed.clone()),
         ] {
             must(registry.register(c));
         }
@@ -256,6 +324,7 @@ impl Metrics {
             "Spans not delivered to the OTLP collector (queue full, collector down or slow).",
         ));
         let cache = CacheMetrics::new(&registry);
+        let compress = CompressMetrics::new(&registry);
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -297,6 +366,7 @@ impl Metrics {
             outbound_duration,
             bodies_passed,
             cache,
+            compress,
             policy_families: Arc::default(),
         }
     }
@@ -304,6 +374,11 @@ impl Metrics {
     /// The response cache's families (`cache.md` §8).
     pub(crate) fn cache(&self) -> &CacheMetrics {
         &self.cache
+    }
+
+    /// Response compression's families (`cache.md` §12.9).
+    pub(crate) fn compress(&self) -> &CompressMetrics {
+        &self.compress
     }
 
     /// Counts a response passed on as it came although a policy wanted it whole.

@@ -49,6 +49,8 @@ pub enum ErrorCode {
     GatewayTimeout,
     /// 416: a byte range that starts at or past the end of a cached body.
     RangeNotSatisfiable,
+    /// 415: a request body in a coding (or of a type) the route does not take.
+    UnsupportedMediaType,
     /// 500: the gateway itself failed.
     InternalError,
     /// A policy's own refusal, made with [`ErrorCode::custom`].
@@ -132,6 +134,7 @@ impl ErrorCode {
             Self::IdentityUnavailable => "identity_unavailable",
             Self::GatewayTimeout => "gateway_timeout",
             Self::RangeNotSatisfiable => "range_not_satisfiable",
+            Self::UnsupportedMediaType => "unsupported_media_type",
             Self::InternalError => "internal_error",
             Self::Custom(c) => c.code,
         }
@@ -157,6 +160,7 @@ impl ErrorCode {
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Custom(c) => c.status,
         }
@@ -182,6 +186,7 @@ impl ErrorCode {
             Self::IdentityUnavailable => "the identity provider is unavailable",
             Self::GatewayTimeout => "the upstream did not answer in time",
             Self::RangeNotSatisfiable => "the range starts at or past the end of the body",
+            Self::UnsupportedMediaType => "the request body's type or coding is not accepted",
             Self::InternalError => "internal gateway error",
             Self::Custom(_) => "request refused",
         }

@@ -11,6 +11,7 @@
 //! body_timeout = "60s"         # the longest pause while a request body is sent → 408
 //! send_timeout = "60s"         # the longest pause while the client takes no response → closed
 //! body_buffer_total = "256MiB" # every whole body policies hold at once → 503 (CROSSCUTTING.md 4.1)
+//! compress_streams = 256       # responses being compressed at once; more go uncompressed
 //! ```
 
 use std::ops::Range;
@@ -38,6 +39,7 @@ pub(crate) struct LimitsFile {
     pub body_timeout: Option<Spanned<ConfigDuration>>,
     pub send_timeout: Option<Spanned<ConfigDuration>>,
     pub body_buffer_total: Option<Spanned<ConfigSize>>,
+    pub compress_streams: Option<Spanned<usize>>,
 }
 
 /// Server-wide request limits.
@@ -65,6 +67,9 @@ pub struct Limits {
     /// cannot take its bytes is refused 503; a response is passed on as it comes).
     /// Default 256 MiB, at least 64 KiB.
     pub body_buffer_total: usize,
+    /// Responses being compressed at one time, process-wide; a response past it is
+    /// sent uncompressed. Default 256, at least 1.
+    pub compress_streams: usize,
 }
 
 /// The default `max_uri_bytes`, when `max_header_bytes` leaves room for it.
@@ -81,6 +86,7 @@ impl Default for Limits {
             body_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
             body_buffer_total: 256 << 20,
+            compress_streams: 256,
         }
     }
 }
@@ -111,6 +117,10 @@ impl LimitsFile {
             body_timeout: time(&self.body_timeout, d.body_timeout),
             send_timeout: time(&self.send_timeout, d.send_timeout),
             body_buffer_total: size(&self.body_buffer_total).unwrap_or(d.body_buffer_total),
+            compress_streams: self
+                .compress_streams
+                .as_ref()
+                .map_or(d.compress_streams, |n| *n.get_ref()),
         };
         let mut errors = Vec::new();
         if let Some(s) = &self.max_header_bytes {
@@ -161,6 +171,11 @@ impl LimitsFile {
                     s.span(),
                     "must be at least 64KiB".into(),
                 ));
+            }
+        }
+        if let Some(n) = &self.compress_streams {
+            if l.compress_streams < 1 {
+                errors.push(("compress_streams", n.span(), "must be at least 1".into()));
             }
         }
         for (key, t) in [

@@ -139,11 +139,13 @@ impl ServerSettings {
             ("server.access_log", self.access_log != new.access_log),
             ("server.tls", tls(self) != tls(new)),
             ("server.tracing", self.tracing != new.tracing),
-            // body_buffer_total applies to new requests on reload (CROSSCUTTING.md 4.2)
+            // body_buffer_total and compress_streams apply to new requests on reload
+            // (CROSSCUTTING.md 4.2)
             (
                 "server.limits",
                 limits::Limits {
                     body_buffer_total: new.limits.body_buffer_total,
+                    compress_streams: new.limits.compress_streams,
                     ..self.limits
                 } != new.limits,
             ),

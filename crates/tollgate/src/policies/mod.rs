@@ -6,6 +6,7 @@ pub mod acl;
 pub mod basic_auth;
 pub mod body_limit;
 pub mod cache;
+pub mod compress;
 pub mod concurrency_limit;
 pub mod cors;
 pub mod ext_authz;
@@ -38,6 +39,7 @@ impl Registry {
         r.register_builtin::<headers::RequestHeadersConfig>("request_headers");
         r.register_builtin::<headers::ResponseHeadersConfig>("response_headers");
         r.register_builtin::<cache::CacheConfig>("cache");
+        r.register_builtin::<compress::CompressConfig>("compress");
         r
     }
 }

@@ -186,6 +186,15 @@ pub trait Policy: Send + Sync + 'static {
         None
     }
 
+    /// The route's response compression (and request decompression), for a policy
+    /// that declares it (`compress`): the gateway compresses responses as the last step
+    /// before the client, as the [`CompressRules`](crate::compress::CompressRules) say.
+    /// The first policy of the chain that returns some decides. `None` (the default):
+    /// it does not.
+    fn compress_rules(&self) -> Option<&crate::compress::CompressRules> {
+        None
+    }
+
     /// The largest response body this policy needs whole; `None` (the default): it
     /// never does. See [`Policy::response_body`].
     fn response_body_limit(&self) -> Option<usize> {
@@ -727,6 +736,8 @@ pub struct Chain {
     response_cap: Option<usize>,
     /// The policy that declares the route's caching, if one does.
     cache: Option<usize>,
+    /// The policy that declares the route's compression, if one does.
+    compress: Option<usize>,
     /// The consumers' own entries of policies (`[consumers.NAME.policies.*]`); `None`
     /// when no consumer has one.
     overrides: Option<Arc<ConsumerPolicies>>,
@@ -823,6 +834,9 @@ impl Chain {
             cache: policies
                 .iter()
                 .position(|l| l.policy.cache_rules().is_some()),
+            compress: policies
+                .iter()
+                .position(|l| l.policy.compress_rules().is_some()),
             policies,
             overrides: None,
         }
@@ -865,6 +879,11 @@ impl Chain {
     /// The route's caching ([`Policy::cache_rules`]), if a policy declares it.
     pub fn cache_rules(&self) -> Option<&crate::cache::CacheRules> {
         self.policies[self.cache?].policy.cache_rules()
+    }
+
+    /// The route's compression ([`Policy::compress_rules`]), if a policy declares it.
+    pub fn compress_rules(&self) -> Option<&crate::compress::CompressRules> {
+        self.policies[self.compress?].policy.compress_rules()
     }
 
     /// True when the route has no policies.
@@ -1082,6 +1101,16 @@ impl Chain {
             Flow::Continue => None,
             Flow::Respond(r) => Some(r),
         })
+    }
+
+    /// The smallest body limit among this request's policies ([`Policy::request_body_max`]),
+    /// if one limits bodies.
+    pub(crate) fn request_body_max_for(&self, cx: &RequestCtx) -> Option<usize> {
+        let o = self.overrides(cx);
+        self.policies
+            .iter()
+            .filter_map(|l| l.effective(o).request_body_max())
+            .min()
     }
 
     /// The largest response body this request's policies need whole (a consumer's own

@@ -26,6 +26,7 @@ use crate::runtime::{Route, Snapshot};
 use crate::trace::TraceContext;
 
 mod cache;
+mod compress;
 mod state;
 
 pub use state::Exchange;
@@ -48,6 +49,8 @@ pub struct Gateway {
     pub(crate) bodies: Arc<crate::policy::body::Budget>,
     /// The response store (`[server.cache]`) and the lock that coalesces its fetches.
     pub(crate) cache: Arc<crate::cache::Shelf>,
+    /// The responses being compressed (`compress_streams`).
+    pub(crate) streams: Arc<crate::compress::Streams>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -307,6 +310,43 @@ impl Gateway {
         Ok(())
     }
 
+    /// Decodes the request body of a route with `decompress_requests` (`cache.md`
+    /// §12.7); `Some` is the refusal to send.
+    async fn decompress(
+        &self,
+        session: &mut Session,
+        cx: &mut RequestCtx,
+        st: &mut ProxyState,
+        route: &Route,
+        rules: &crate::compress::CompressRules,
+    ) -> Result<Option<Reply>> {
+        let max = usize::try_from(rules.decompress_max_size).unwrap_or(usize::MAX);
+        // an incompressible body grows a little when encoded
+        let encoded_cap = max.saturating_add(max / 100 + 1024);
+        let read_cap = route
+            .chain
+            .request_body_max_for(cx)
+            .map_or(encoded_cap, |m| m.min(encoded_cap));
+        let done = compress::decompress_request(
+            session,
+            cx,
+            rules,
+            &self.bodies,
+            read_cap,
+            self.metrics.compress(),
+            &route.name,
+        )
+        .await?;
+        Ok(match done {
+            compress::Decoding::Untouched => None,
+            compress::Decoding::Decoded => {
+                st.decompressed = true;
+                None
+            }
+            compress::Decoding::Refused(reply) => Some(reply),
+        })
+    }
+
     fn route_label<'a>(cx: &RequestCtx, st: &'a ProxyState) -> &'a str {
         match (&st.route, cx.refusal) {
             (_, Some(ErrorCode::MethodNotAllowed)) | (None, _) => NO_ROUTE,
@@ -543,7 +583,16 @@ impl ProxyHttp for Gateway {
                 .request_filter_in(session, cx, Some(&self.bodies))
                 .await?
             {
-                Flow::Continue => return Ok(false),
+                Flow::Continue => match route.chain.compress_rules() {
+                    Some(rules) if rules.decompress_requests => {
+                        // boxed: routes that do not decode keep a small future
+                        match Box::pin(self.decompress(session, cx, st, &route, rules)).await? {
+                            Some(reply) => reply,
+                            None => return Ok(false),
+                        }
+                    }
+                    _ => return Ok(false),
+                },
                 Flow::Respond(reply) => reply,
             },
             Err(reply) => reply,
@@ -875,6 +924,9 @@ impl ProxyHttp for Gateway {
             }
             held.frame(up, !bodiless)?;
         }
+        if let Some(rules) = route.chain.compress_rules() {
+            compress::upstream_identity(rules, up)?;
+        }
         route.chain.upstream_request_filter(cx, up)
     }
 
@@ -952,6 +1004,24 @@ impl ProxyHttp for Gateway {
                     self.hold_response(session, resp, cap, &route, st)?;
                 }
                 route.chain.response_filter(cx, resp)?;
+                // compression is the last change to the head (cache.md §12.6); the
+                // gateway's own answers are never compressed
+                if let (Some(rules), false, None) = (
+                    route.chain.compress_rules(),
+                    forwarding::is_interim(resp.status),
+                    cx.refusal,
+                ) {
+                    if !rules.algorithms.is_empty() {
+                        st.compress = compress::start(
+                            session.req_header(),
+                            resp,
+                            rules,
+                            &self.streams,
+                            self.metrics.compress(),
+                            &route.name,
+                        )?;
+                    }
+                }
             }
         }
         Ok(())
@@ -990,6 +1060,15 @@ impl ProxyHttp for Gateway {
                     }
                 }
                 route.chain.response_body_filter(cx, body, end_of_stream)?;
+                if let Some(run) = st.compress.as_mut() {
+                    compress::encode(
+                        run,
+                        body,
+                        end_of_stream,
+                        self.metrics.compress(),
+                        &route.name,
+                    )?;
+                }
             }
         }
         Ok(None)
@@ -1133,6 +1212,8 @@ impl ProxyHttp for Gateway {
         if let Some(log) = &self.access_log {
             let done = crate::access_log::Done {
                 cache: cache_status,
+                compress: st.compress.as_ref().map(|r| r.algorithm.as_str()),
+                decompress: st.decompressed.then_some("gzip"),
                 status,
                 elapsed,
                 upstream_elapsed: st.upstream_elapsed,

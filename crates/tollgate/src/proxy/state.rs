@@ -64,6 +64,10 @@ pub(crate) struct ProxyState {
     pub(crate) held_response: Option<crate::policy::body::HeldResponse>,
     /// What the cache did, on a route that caches (set once the request policies passed).
     pub(crate) cache: Option<super::cache::CacheRun>,
+    /// The response's compression, when it is compressed.
+    pub(crate) compress: Option<super::compress::CompressRun>,
+    /// The request body was decoded (`decompress_requests`).
+    pub(crate) decompressed: bool,
     /// Counts the request as in flight for a graceful shutdown, until dropped.
     _in_flight: InFlight,
 }
@@ -81,6 +85,8 @@ impl ProxyState {
             upstream_start: None,
             upstream_elapsed: None,
             cache: None,
+            compress: None,
+            decompressed: false,
             tries: 0,
             tried: smallvec::SmallVec::new(),
             slot: None,
