@@ -264,7 +264,8 @@ fn upgrade_echo(req: Request<Incoming>) -> Response<Full<Bytes>> {
 /// The answer a `/respond` request asks for in its query: `status=N`, `header=NAME:VALUE`
 /// (repeatable), `size=N` (a body of N `x`s instead of the echo), and, when the request's
 /// `If-None-Match` equals the `etag` it asks for, a 304; with `fail_after=N`, every
-/// request after the first N for this target gets a bare 500.
+/// request after the first N for this target gets a bare 500; with `cookie_after=N`,
+/// they get a `Set-Cookie` too.
 fn respond_as_told(
     target: &str,
     request_headers: &BTreeMap<String, Vec<String>>,
@@ -284,6 +285,9 @@ fn respond_as_told(
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         match &*k {
             "status" => status = v.parse().unwrap_or(200),
+            "cookie_after" if seen_before >= v.parse().unwrap_or(usize::MAX) => {
+                resp = resp.header("set-cookie", "late=1");
+            }
             "fail_after" if seen_before >= v.parse().unwrap_or(usize::MAX) => {
                 return Response::builder()
                     .status(500)

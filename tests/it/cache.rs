@@ -378,6 +378,26 @@ async fn an_expired_entry_with_a_validator_is_revalidated_and_one_without_is_ref
 }
 
 #[tokio::test]
+async fn an_expired_entry_replaced_by_an_unstorable_response_is_removed() {
+    let up = Upstream::start("a").await;
+    let gw = cached(&up, "");
+    let path = "/respond?header=cache-control:max-age%3D0&cookie_after=1";
+    assert_eq!(fetch(&gw, path).await.cache.as_deref(), Some("MISS"));
+    assert_eq!(
+        sample(&gw, "tollgate_cache_stored_objects").await,
+        Some(1.0)
+    );
+    let replaced = fetch(&gw, path).await;
+    assert_eq!(replaced.cache.as_deref(), Some("EXPIRED"));
+    assert!(replaced.headers.get("set-cookie").is_some());
+    assert_eq!(
+        sample(&gw, "tollgate_cache_stored_objects").await,
+        Some(0.0)
+    );
+    assert_eq!(fetch(&gw, path).await.cache.as_deref(), Some("MISS"));
+}
+
+#[tokio::test]
 async fn the_clients_no_cache_revalidates_a_fresh_entry() {
     let up = Upstream::start("a").await;
     let gw = cached(&up, "");

@@ -109,15 +109,16 @@ pub(crate) fn keyed_query(query: &str, only: Option<&[String]>) -> String {
 mod tests {
     use super::*;
 
-    fn key(rules: &CacheRules, f: impl FnOnce(&mut Request<'_>)) -> Vec<u8> {
-        let headers = HeaderMap::new();
+    fn key<'a>(rules: &CacheRules, f: impl FnOnce(&mut Request<'a>)) -> Vec<u8> {
+        static NO_HEADERS: std::sync::LazyLock<HeaderMap> =
+            std::sync::LazyLock::new(HeaderMap::new);
         let mut r = Request {
             route: "r",
             https: false,
             host: b"Example.com",
             path: "/p",
             query: Some("b=2&a=1"),
-            headers: &headers,
+            headers: &NO_HEADERS,
             consumer: None,
             identity: &[],
         };
@@ -165,6 +166,19 @@ mod tests {
                 r.query = Some("a");
             })
         );
+        // the identity values the gateway set tell callers of one consumer apart
+        let id_a = [(
+            HeaderName::from_static("x-user"),
+            HeaderValue::from_static("a"),
+        )];
+        let id_b = [(
+            HeaderName::from_static("x-user"),
+            HeaderValue::from_static("b"),
+        )];
+        assert_ne!(
+            key(&rules, |r| r.identity = &id_a),
+            key(&rules, |r| r.identity = &id_b)
+        );
         let shared = CacheRules {
             shared: true,
             ..CacheRules::default()
@@ -172,6 +186,10 @@ mod tests {
         assert_eq!(
             key(&shared, |_| {}),
             key(&shared, |r| r.consumer = Some("alice"))
+        );
+        assert_eq!(
+            key(&shared, |r| r.identity = &id_a),
+            key(&shared, |r| r.identity = &id_b)
         );
     }
 

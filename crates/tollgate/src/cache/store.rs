@@ -237,6 +237,14 @@ impl Store {
         n
     }
 
+    /// Removes the entry of `key` (an expired entry the upstream replaced with a
+    /// response that is not stored).
+    pub(crate) fn remove(&self, key: &HashBinary) {
+        let mut books = self.books();
+        self.remove_locked(&mut books, key);
+        self.publish(&books);
+    }
+
     /// Keeps only the entries whose route and rules are still in force (a reload).
     pub(crate) fn retain_live(&self, live: &HashMap<&str, u64>) {
         let gone: Vec<Arc<str>> = self

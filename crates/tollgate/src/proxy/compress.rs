@@ -110,7 +110,7 @@ pub(crate) fn start(
     streams: &std::sync::Arc<Streams>,
     metrics: &CompressMetrics,
     route: &str,
-) -> Result<Option<CompressRun>> {
+) -> Result<Option<Box<CompressRun>>> {
     vary_accept_encoding(resp)?;
     let accepted = || {
         negotiate::choose(
@@ -168,11 +168,11 @@ pub(crate) fn start(
         .responses
         .with_label_values(&[route, algorithm.as_str()])
         .inc();
-    Ok(Some(CompressRun {
+    Ok(Some(Box::new(CompressRun {
         algorithm,
         encoder: Some(encoder),
         _slot: Some(slot),
-    }))
+    })))
 }
 
 /// Encodes one piece of the body; at its end, finishes the stream and gives the slot

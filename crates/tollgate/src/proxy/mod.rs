@@ -452,15 +452,16 @@ impl ProxyHttp for Gateway {
     /// (`cache.md` §3.2); every other request never touches it.
     fn request_cache_filter(&self, session: &mut Session, x: &mut Self::CTX) -> Result<()> {
         let st = &mut x.st;
-        let Some(route) = st.route.clone() else {
+        // borrowed, not cloned: this runs on every request
+        let Some(route) = st.route.as_deref() else {
             return Ok(());
         };
         let Some(rules) = route.chain.cache_rules() else {
             return Ok(());
         };
-        let mut run = cache::CacheRun::default();
+        let mut run = Box::<cache::CacheRun>::default();
         match self.cache.store() {
-            Some(store) if !cache::bypasses(session.req_header(), rules, &route) => {
+            Some(store) if !cache::bypasses(session.req_header(), rules, route) => {
                 let mut wait = pingora_cache::CacheOptionOverrides::default();
                 wait.wait_timeout = Some(rules.lock_timeout);
                 session
@@ -514,7 +515,7 @@ impl ProxyHttp for Gateway {
 
     fn response_cache_filter(
         &self,
-        _session: &Session,
+        session: &Session,
         resp: &ResponseHeader,
         x: &mut Self::CTX,
     ) -> Result<pingora_cache::RespCacheable> {
@@ -535,10 +536,19 @@ impl ProxyHttp for Gateway {
             &route.name,
             self.metrics.cache(),
         );
-        if let (pingora_cache::RespCacheable::Cacheable(_), Some(run)) =
-            (&verdict, st.cache.as_mut())
-        {
-            run.storing = true;
+        if let Some(run) = st.cache.as_mut() {
+            match &verdict {
+                pingora_cache::RespCacheable::Cacheable(_) => run.storing = true,
+                // an expired entry replaced by a full response that is not stored goes
+                // (a failure, 5xx, keeps it: cache.md §3.5)
+                _ if run.found == Some(false) && !resp.status.is_server_error() => {
+                    if let Some(key) = session.cache.maybe_cache_key() {
+                        use pingora_cache::key::CacheHashKey;
+                        store.remove(&key.combined_bin());
+                    }
+                }
+                _ => {}
+            }
         }
         Ok(verdict)
     }

@@ -63,9 +63,10 @@ pub(crate) struct ProxyState {
     /// The response body, while it is held for the route's policies that need it whole.
     pub(crate) held_response: Option<crate::policy::body::HeldResponse>,
     /// What the cache did, on a route that caches (set once the request policies passed).
-    pub(crate) cache: Option<super::cache::CacheRun>,
+    /// Boxed, as is `compress`: routes that use neither keep a small context.
+    pub(crate) cache: Option<Box<super::cache::CacheRun>>,
     /// The response's compression, when it is compressed.
-    pub(crate) compress: Option<super::compress::CompressRun>,
+    pub(crate) compress: Option<Box<super::compress::CompressRun>>,
     /// The request body was decoded (`decompress_requests`).
     pub(crate) decompressed: bool,
     /// Counts the request as in flight for a graceful shutdown, until dropped.
