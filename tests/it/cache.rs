@@ -582,13 +582,14 @@ fn check_refuses_every_bad_cache_setting_in_one_run() {
         "[server.cache]\nmemory = \"1MiB\"\nmax_object = \"2MiB\"\n\
          [upstreams.a]\nbackends = [\"127.0.0.1:1\"]\n\
          [consumers.c]\napi_keys = [\"k\"]\n[consumers.c.policies.cache]\n\
-         [routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n[routes.r.policies.cache]\nttl = \"1500ms\"\n\
+         [routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n[routes.r.policies.cache]\nttl = \"1500ms\"\nlock_timeout = \"61s\"\n\
          [routes.s]\npaths = [\"/s\"]\nupstream = \"a\"\n[routes.s.policies.cache]\nstatuses = [206]\n",
     );
     for expected in [
         "g.toml:3:14: server.cache.max_object:",
         "consumers.c.policies.cache: `cache` cannot be overridden per consumer",
         "routes.r.policies.cache.ttl: must be whole seconds",
+        "routes.r.policies.cache.lock_timeout: must be between",
         "routes.s.policies.cache.statuses[0]:",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");

@@ -424,7 +424,7 @@ fn check_refuses_every_bad_compress_setting_in_one_run() {
         "[server.limits]\ncompress_streams = 0\n\
          [upstreams.a]\nbackends = [\"127.0.0.1:1\"]\n\
          [consumers.c]\napi_keys = [\"k\"]\n[consumers.c.policies.compress]\n\
-         [routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n[routes.r.policies.compress]\nalgorithms = [\"zstd\", \"lz4\"]\n\
+         [routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n[routes.r.policies.compress]\nalgorithms = [\"zstd\", \"lz4\"]\ntypes = [\"*/*\"]\n\
          [routes.s]\npaths = [\"/s\"]\nupstream = \"a\"\n[routes.s.policies.compress]\nlevel = { br = 12 }\n",
     );
     for expected in [
@@ -432,6 +432,7 @@ fn check_refuses_every_bad_compress_setting_in_one_run() {
         "consumers.c.policies.compress: `compress` cannot be overridden per consumer",
         "routes.r.policies.compress.algorithms[1]: unknown algorithm \"lz4\" (known: zstd, br, gzip)",
         "routes.s.policies.compress.level.br:",
+        "routes.r.policies.compress.types[0]:",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }

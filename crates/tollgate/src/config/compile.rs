@@ -1228,27 +1228,29 @@ fn policies(
             }
             Some(Ok(p)) => out.push((Arc::from(name), p)),
             Some(Err(Failure::Toml(_))) => {} // reported by `strictly`
-            Some(Err(Failure::Build(e))) => {
-                // a nested field (`claims_to_headers.sub`, `include_headers[0]`) is at
-                // its first key; a missing key is reported at the table
-                let (span, at) = match e.field.as_deref() {
-                    Some(f) => {
-                        let first = f.split(['.', '[']).next().unwrap_or(f);
-                        let span = val
-                            .get_ref()
-                            .as_table()
-                            .and_then(|t| t.get_key_value(first))
-                            .map_or(val.span(), |(k, _)| k.span());
-                        let at = if first.len() == f.len() {
-                            join(&ppath, f)
-                        } else {
-                            format!("{}{}", join(&ppath, first), &f[first.len()..])
-                        };
-                        (span, at)
-                    }
-                    None => (val.span(), ppath.clone()),
-                };
-                cx.diags.at(span, at, e.message);
+            Some(Err(Failure::Build(errors))) => {
+                for e in errors.each() {
+                    // a nested field (`claims_to_headers.sub`, `include_headers[0]`) is at
+                    // its first key; a missing key is reported at the table
+                    let (span, at) = match e.field.as_deref() {
+                        Some(f) => {
+                            let first = f.split(['.', '[']).next().unwrap_or(f);
+                            let span = val
+                                .get_ref()
+                                .as_table()
+                                .and_then(|t| t.get_key_value(first))
+                                .map_or(val.span(), |(k, _)| k.span());
+                            let at = if first.len() == f.len() {
+                                join(&ppath, f)
+                            } else {
+                                format!("{}{}", join(&ppath, first), &f[first.len()..])
+                            };
+                            (span, at)
+                        }
+                        None => (val.span(), ppath.clone()),
+                    };
+                    cx.diags.at(span, at, e.message.clone());
+                }
             }
         }
     }

@@ -94,121 +94,153 @@ fn whole_seconds(field: &str, d: Option<ConfigDuration>, default: u32) -> Result
     u32::try_from(d.as_secs()).map_err(|_| BuildError::field(field, "is too long"))
 }
 
+/// `r`'s value, or `None` with its error kept in `errors` (every error of a table is
+/// reported in one run).
+fn keep<T>(errors: &mut Vec<BuildError>, r: Result<T, BuildError>) -> Option<T> {
+    r.map_err(|e| errors.push(e)).ok()
+}
+
+/// The statuses that may be stored (`statuses`).
+fn statuses(list: &[i64]) -> Result<BTreeSet<u16>, BuildError> {
+    if list.is_empty() {
+        return Err(BuildError::field("statuses", "must not be empty"));
+    }
+    let mut set = BTreeSet::new();
+    for (i, s) in list.iter().enumerate() {
+        let at = format!("statuses[{i}]");
+        match u16::try_from(*s) {
+            Ok(206 | 304) => {
+                return Err(BuildError::field(
+                    at,
+                    format!("{s} responses are never stored"),
+                ))
+            }
+            Ok(s @ 200..=599) => {
+                set.insert(s);
+            }
+            _ => {
+                return Err(BuildError::field(
+                    at,
+                    format!("{s} is not a status between 200 and 599"),
+                ))
+            }
+        }
+    }
+    Ok(set)
+}
+
+/// `methods`: whether GET and HEAD use the cache.
+fn methods(list: &[String]) -> Result<(bool, bool), BuildError> {
+    if list.is_empty() {
+        return Err(BuildError::field("methods", "must not be empty"));
+    }
+    let (mut get, mut head) = (false, false);
+    for (i, m) in list.iter().enumerate() {
+        match m.as_str() {
+            "GET" => get = true,
+            "HEAD" => head = true,
+            _ => {
+                return Err(BuildError::field(
+                    format!("methods[{i}]"),
+                    format!("{m:?} cannot be cached (only GET and HEAD)"),
+                ))
+            }
+        }
+    }
+    Ok((get, head))
+}
+
 impl PolicyConfig for CacheConfig {
     type Policy = Cache;
 
     fn build(self, _cx: &BuildCtx<'_>) -> Result<Cache, BuildError> {
+        let mut errors = Vec::new();
+        let e = &mut errors;
         let mut rules = CacheRules::default();
-        rules.ttl = whole_seconds("ttl", self.ttl, rules.ttl)?;
-        if let Some(statuses) = self.statuses {
-            if statuses.is_empty() {
-                return Err(BuildError::field("statuses", "must not be empty"));
+        let d = CacheRules::default();
+        rules.ttl = keep(e, whole_seconds("ttl", self.ttl, d.ttl)).unwrap_or(d.ttl);
+        if let Some(list) = &self.statuses {
+            if let Some(set) = keep(e, statuses(list)) {
+                rules.statuses = set;
             }
-            let mut set = BTreeSet::new();
-            for (i, s) in statuses.iter().enumerate() {
-                let at = format!("statuses[{i}]");
-                match u16::try_from(*s) {
-                    Ok(206 | 304) => {
-                        return Err(BuildError::field(
-                            at,
-                            format!("{s} responses are never stored"),
-                        ))
-                    }
-                    Ok(s @ 200..=599) => {
-                        set.insert(s);
-                    }
-                    _ => {
-                        return Err(BuildError::field(
-                            at,
-                            format!("{s} is not a status between 200 and 599"),
-                        ))
-                    }
-                }
-            }
-            rules.statuses = set;
         }
         for (code, ttl) in self.status_ttl {
             let at = format!("status_ttl.{code}");
-            let status = code
-                .parse::<u16>()
-                .ok()
-                .filter(|s| (100..=999).contains(s))
-                .ok_or_else(|| BuildError::field(&at, format!("{code:?} is not a status code")))?;
+            let status = code.parse::<u16>().ok().filter(|s| (100..=999).contains(s));
+            let Some(status) = status else {
+                e.push(BuildError::field(
+                    &at,
+                    format!("{code:?} is not a status code"),
+                ));
+                continue;
+            };
             if !rules.statuses.contains(&status) {
-                return Err(BuildError::field(
-                    at,
+                e.push(BuildError::field(
+                    &at,
                     format!("{status} is not in statuses: it is never stored"),
                 ));
+                continue;
             }
-            let secs = whole_seconds(&at, Some(ttl), 0)?;
-            rules.status_ttl.insert(status, secs);
+            if let Some(secs) = keep(e, whole_seconds(&at, Some(ttl), 0)) {
+                rules.status_ttl.insert(status, secs);
+            }
         }
-        if let Some(methods) = self.methods {
-            if methods.is_empty() {
-                return Err(BuildError::field("methods", "must not be empty"));
-            }
-            rules.get = false;
-            rules.head = false;
-            for (i, m) in methods.iter().enumerate() {
-                match m.as_str() {
-                    "GET" => rules.get = true,
-                    "HEAD" => rules.head = true,
-                    _ => {
-                        return Err(BuildError::field(
-                            format!("methods[{i}]"),
-                            format!("{m:?} cannot be cached (only GET and HEAD)"),
-                        ))
-                    }
-                }
+        if let Some(list) = &self.methods {
+            if let Some((get, head)) = keep(e, methods(list)) {
+                (rules.get, rules.head) = (get, head);
             }
         }
         rules.respect_cache_control = self.respect_cache_control.unwrap_or(true);
-        rules.max_ttl = self
-            .max_ttl
-            .map(|d| whole_seconds("max_ttl", Some(d), 0))
-            .transpose()?;
+        if let Some(d) = self.max_ttl {
+            rules.max_ttl = keep(e, whole_seconds("max_ttl", Some(d), 0));
+        }
         for (i, h) in self.vary_headers.iter().enumerate() {
-            let name = HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
-                BuildError::field(
+            match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(name) if !rules.vary_headers.contains(&name) => rules.vary_headers.push(name),
+                Ok(_) => {}
+                Err(_) => e.push(BuildError::field(
                     format!("vary_headers[{i}]"),
                     format!("{h:?} is not a valid header name"),
-                )
-            })?;
-            if !rules.vary_headers.contains(&name) {
-                rules.vary_headers.push(name);
+                )),
             }
         }
         if let Some(q) = self.vary_query {
             if q.is_empty() {
-                return Err(BuildError::field(
+                e.push(BuildError::field(
                     "vary_query",
                     "must not be empty (leave it out to key on the whole query)",
                 ));
-            }
-            if let Some(i) = q.iter().position(String::is_empty) {
-                return Err(BuildError::field(
+            } else if let Some(i) = q.iter().position(String::is_empty) {
+                e.push(BuildError::field(
                     format!("vary_query[{i}]"),
                     "must not be an empty name",
                 ));
+            } else {
+                rules.vary_query = Some(q);
             }
-            rules.vary_query = Some(q);
         }
         rules.shared = self.shared;
         rules.strip_set_cookie = self.strip_set_cookie;
-        rules.stale_while_revalidate =
-            whole_seconds("stale_while_revalidate", self.stale_while_revalidate, 0)?;
-        rules.stale_if_error = whole_seconds("stale_if_error", self.stale_if_error, 0)?;
+        rules.stale_while_revalidate = keep(
+            e,
+            whole_seconds("stale_while_revalidate", self.stale_while_revalidate, 0),
+        )
+        .unwrap_or(0);
+        rules.stale_if_error =
+            keep(e, whole_seconds("stale_if_error", self.stale_if_error, 0)).unwrap_or(0);
         if let Some(t) = self.lock_timeout {
             let t = t.get();
-            if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&t) {
-                return Err(BuildError::field(
+            if (Duration::from_millis(1)..=Duration::from_secs(60)).contains(&t) {
+                rules.lock_timeout = t;
+            } else {
+                e.push(BuildError::field(
                     "lock_timeout",
                     "must be between \"1ms\" and \"60s\"",
                 ));
             }
-            rules.lock_timeout = t;
         }
         rules.status_header = self.status_header.unwrap_or(true);
+        BuildError::all(errors)?;
         Ok(Cache { rules })
     }
 }
@@ -273,6 +305,14 @@ mod tests {
         assert_eq!(field("vary_query = [\"a\", \"\"]"), "vary_query[1]");
         assert!(build("nope = 1").is_err());
         assert!(build("shared = \"yes\"").is_err());
+    }
+
+    #[test]
+    fn every_error_of_a_table_is_reported_at_once() {
+        let e = build("ttl = \"1500ms\"\nstatuses = [206]\nlock_timeout = \"0s\"\nvary_query = []")
+            .unwrap_err();
+        let fields: Vec<_> = e.each().filter_map(|e| e.field.as_deref()).collect();
+        assert_eq!(fields, ["ttl", "statuses[0]", "vary_query", "lock_timeout"]);
     }
 
     #[test]

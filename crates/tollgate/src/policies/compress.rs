@@ -62,58 +62,69 @@ pub struct CompressConfig {
 /// The largest `decompress_max_size`.
 const DECOMPRESS_MAX: u64 = 64 << 20;
 
+/// The algorithms of `algorithms`, each known and listed once.
+fn algorithms(list: &[String]) -> Result<Vec<Algorithm>, BuildError> {
+    let mut out = Vec::new();
+    for (i, a) in list.iter().enumerate() {
+        let at = format!("algorithms[{i}]");
+        let alg = Algorithm::from_name(a).ok_or_else(|| {
+            BuildError::field(
+                &at,
+                format!("unknown algorithm {a:?} (known: zstd, br, gzip)"),
+            )
+        })?;
+        if out.contains(&alg) {
+            return Err(BuildError::field(at, format!("{a:?} is listed twice")));
+        }
+        out.push(alg);
+    }
+    Ok(out)
+}
+
 impl PolicyConfig for CompressConfig {
     type Policy = Compress;
 
     fn build(self, _cx: &BuildCtx<'_>) -> Result<Compress, BuildError> {
+        let mut errors = Vec::new();
         let mut rules = CompressRules::default();
-        if let Some(algorithms) = self.algorithms {
-            rules.algorithms.clear();
-            for (i, a) in algorithms.iter().enumerate() {
-                let at = format!("algorithms[{i}]");
-                let alg = Algorithm::from_name(a).ok_or_else(|| {
-                    BuildError::field(
-                        &at,
-                        format!("unknown algorithm {a:?} (known: zstd, br, gzip)"),
-                    )
-                })?;
-                if rules.algorithms.contains(&alg) {
-                    return Err(BuildError::field(at, format!("{a:?} is listed twice")));
-                }
-                rules.algorithms.push(alg);
+        if let Some(list) = &self.algorithms {
+            match algorithms(list) {
+                Ok(a) => rules.algorithms = a,
+                Err(e) => errors.push(e),
             }
         }
         if let Some(types) = self.types {
-            rules.types = types
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    MediaPattern::parse(t).ok_or_else(|| {
-                        BuildError::field(
-                            format!("types[{i}]"),
-                            format!("{t:?} is not type/subtype, type/* or type/*+suffix"),
-                        )
-                    })
-                })
-                .collect::<Result<_, _>>()?;
+            let mut parsed = Vec::new();
+            for (i, t) in types.iter().enumerate() {
+                match MediaPattern::parse(t) {
+                    Some(p) => parsed.push(p),
+                    None => errors.push(BuildError::field(
+                        format!("types[{i}]"),
+                        format!("{t:?} is not type/subtype, type/* or type/*+suffix"),
+                    )),
+                }
+            }
+            rules.types = parsed;
         }
         if let Some(m) = self.min_size {
             rules.min_size = m.bytes();
         }
         for (name, level) in &self.level {
             let at = format!("level.{name}");
-            let alg = Algorithm::from_name(name).ok_or_else(|| {
-                BuildError::field(
+            let Some(alg) = Algorithm::from_name(name) else {
+                errors.push(BuildError::field(
                     &at,
                     format!("unknown algorithm {name:?} (known: zstd, br, gzip)"),
-                )
-            })?;
+                ));
+                continue;
+            };
             let (lo, hi, _) = alg.levels();
             let Some(l) = i32::try_from(*level).ok().filter(|l| (lo..=hi).contains(l)) else {
-                return Err(BuildError::field(
+                errors.push(BuildError::field(
                     at,
                     format!("{level} is not a {name} level ({lo}..={hi})"),
                 ));
+                continue;
             };
             match alg {
                 Algorithm::Zstd => rules.zstd_level = l,
@@ -126,22 +137,25 @@ impl PolicyConfig for CompressConfig {
         rules.decompress_requests = self.decompress_requests;
         if let Some(s) = self.decompress_max_size {
             if s.bytes() == 0 || s.bytes() > DECOMPRESS_MAX {
-                return Err(BuildError::field(
+                errors.push(BuildError::field(
                     "decompress_max_size",
                     "must be between 1 byte and \"64MiB\"",
                 ));
+            } else {
+                rules.decompress_max_size = s.bytes();
             }
-            rules.decompress_max_size = s.bytes();
         }
         if let Some(r) = self.decompress_max_ratio {
             if r < 2 {
-                return Err(BuildError::field(
+                errors.push(BuildError::field(
                     "decompress_max_ratio",
                     "must be an integer of at least 2",
                 ));
+            } else {
+                rules.decompress_max_ratio = r.unsigned_abs();
             }
-            rules.decompress_max_ratio = r.unsigned_abs();
         }
+        BuildError::all(errors)?;
         Ok(Compress { rules })
     }
 }
@@ -223,6 +237,22 @@ mod tests {
         assert!(build("streaming = \"yes\"").is_err());
         assert!(build("min_size = \"big\"").is_err());
         assert!(build("nope = 1").is_err());
+    }
+
+    #[test]
+    fn every_error_of_a_table_is_reported_at_once() {
+        let e = build("algorithms = [\"lz4\"]\ntypes = [\"json\"]\nlevel = { gzip = 10 }\ndecompress_max_ratio = 1")
+            .unwrap_err();
+        let fields: Vec<_> = e.each().filter_map(|e| e.field.as_deref()).collect();
+        assert_eq!(
+            fields,
+            [
+                "algorithms[0]",
+                "types[0]",
+                "level.gzip",
+                "decompress_max_ratio"
+            ]
+        );
     }
 
     #[test]

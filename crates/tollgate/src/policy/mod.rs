@@ -561,6 +561,8 @@ pub struct BuildError {
     pub message: String,
     /// The key inside the policy table the error is about, if any.
     pub field: Option<String>,
+    /// Further errors of the same table, reported with this one ([`BuildError::all`]).
+    more: Vec<BuildError>,
 }
 
 impl BuildError {
@@ -569,6 +571,7 @@ impl BuildError {
         Self {
             message: message.into(),
             field: None,
+            more: Vec::new(),
         }
     }
 
@@ -577,7 +580,33 @@ impl BuildError {
         Self {
             message: message.into(),
             field: Some(field.into()),
+            more: Vec::new(),
         }
+    }
+
+    /// Every error of `errors`, reported at once (`tollgate check` lists each at its
+    /// key); `Ok` when there is none.
+    ///
+    /// # Errors
+    /// `errors` is not empty.
+    pub fn all(errors: Vec<BuildError>) -> Result<(), Self> {
+        let mut errors = errors.into_iter();
+        match errors.next() {
+            None => Ok(()),
+            Some(mut first) => {
+                for mut e in errors {
+                    let nested = std::mem::take(&mut e.more);
+                    first.more.push(e);
+                    first.more.extend(nested);
+                }
+                Err(first)
+            }
+        }
+    }
+
+    /// This error and the ones reported with it.
+    pub fn each(&self) -> impl Iterator<Item = &BuildError> {
+        std::iter::once(self).chain(&self.more)
     }
 
     /// What `value`, the option at `field`, stands for among `choices`; an error naming
