@@ -47,7 +47,8 @@ impl Snapshot {
     pub(crate) fn cached_routes(&self) -> std::collections::HashMap<&str, u64> {
         self.routes
             .iter()
-            .filter_map(|r| Some((r.name.as_str(), r.chain.cache_rules()?.generation())))
+            .filter(|r| r.chain.cache_rules().is_some())
+            .map(|r| (r.name.as_str(), r.chain.cache_generation()))
             .collect()
     }
 

@@ -13,6 +13,8 @@ use super::CacheRules;
 #[derive(Debug)]
 pub(crate) struct Request<'a> {
     pub route: &'a str,
+    /// The route's rules as loaded ([`CacheRules::generation`]).
+    pub generation: u64,
     pub https: bool,
     /// The host as the client sent it (`Host`, or the request target's authority).
     pub host: &'a [u8],
@@ -25,59 +27,67 @@ pub(crate) struct Request<'a> {
     pub identity: &'a [(HeaderName, HeaderValue)],
 }
 
-/// The key's primary bytes, and the facts a purge selects the entry by.
-pub(crate) fn primary(rules: &CacheRules, r: &Request<'_>) -> (Vec<u8>, Facts) {
-    let host = keyed_host(r.host, r.https);
-    let query = keyed_query(r.query.unwrap_or(""), rules.vary_query.as_deref());
-    let mut k = Vec::with_capacity(64 + r.path.len() + query.len());
-    let mut part = |bytes: &[u8]| {
+/// The key's primary bytes, each part length-prefixed.
+pub(crate) fn primary(rules: &CacheRules, r: &Request<'_>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(96 + r.host.len() + r.path.len() + r.query.map_or(0, str::len));
+    let part = |k: &mut Vec<u8>, bytes: &[u8]| {
         k.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
         k.extend_from_slice(bytes);
     };
-    part(r.route.as_bytes());
-    part(if r.https { b"https" } else { b"http" });
-    part(host.as_bytes());
-    part(b"GET");
-    part(r.path.as_bytes());
-    part(query.as_bytes());
+    part(&mut k, r.route.as_bytes());
+    part(&mut k, &r.generation.to_be_bytes());
+    part(&mut k, if r.https { b"https" } else { b"http" });
+    part(&mut k, keyed_host(r.host, r.https).as_bytes());
+    part(&mut k, b"GET");
+    part(&mut k, r.path.as_bytes());
+    match r.query {
+        Some(q) if !q.is_empty() => part(
+            &mut k,
+            keyed_query(q, rules.vary_query.as_deref()).as_bytes(),
+        ),
+        _ => part(&mut k, b""),
+    }
     for name in &rules.vary_headers {
         let mut values = r.headers.get_all(name).iter();
         match values.next() {
             // an absent header differs from an empty one
-            None => part(b"\xff"),
+            None => part(&mut k, b"\xff"),
             Some(first) => {
                 let mut joined = first.as_bytes().to_vec();
                 for v in values {
                     joined.extend_from_slice(b", ");
                     joined.extend_from_slice(v.as_bytes());
                 }
-                part(b"=");
-                part(&joined);
+                part(&mut k, b"=");
+                part(&mut k, &joined);
             }
         }
     }
     if !rules.shared {
         match r.consumer {
             Some(c) => {
-                part(b"consumer");
-                part(c.as_bytes());
+                part(&mut k, b"consumer");
+                part(&mut k, c.as_bytes());
             }
-            None => part(b"-"),
+            None => part(&mut k, b"-"),
         }
         for (n, v) in r.identity {
-            part(n.as_str().as_bytes());
-            part(v.as_bytes());
+            part(&mut k, n.as_str().as_bytes());
+            part(&mut k, v.as_bytes());
         }
     }
-    let facts = Facts {
+    k
+}
+
+/// What a purge selects an entry of this request by (made when a response is stored).
+pub(crate) fn facts(rules: &CacheRules, r: &Request<'_>) -> Facts {
+    Facts {
         route: Arc::from(r.route),
-        generation: rules.generation(),
-        host: host.into(),
+        generation: r.generation,
+        host: keyed_host(r.host, r.https).into(),
         path: r.path.into(),
-        query: query.into(),
-    };
-    part(&facts.generation.to_be_bytes());
-    (k, facts)
+        query: keyed_query(r.query.unwrap_or(""), rules.vary_query.as_deref()).into(),
+    }
 }
 
 /// The host as keyed: lowercased, its port dropped only when it is the scheme's
@@ -114,6 +124,7 @@ mod tests {
             std::sync::LazyLock::new(HeaderMap::new);
         let mut r = Request {
             route: "r",
+            generation: 1,
             https: false,
             host: b"Example.com",
             path: "/p",
@@ -123,7 +134,7 @@ mod tests {
             identity: &[],
         };
         f(&mut r);
-        primary(rules, &r).0
+        primary(rules, &r)
     }
 
     #[test]
@@ -155,6 +166,11 @@ mod tests {
         assert_ne!(base, key(&rules, |r| r.path = "/q"));
         assert_ne!(base, key(&rules, |r| r.query = None));
         assert_ne!(base, key(&rules, |r| r.consumer = Some("alice")));
+        assert_ne!(
+            base,
+            key(&rules, |r| r.generation = 2),
+            "changed rules: other keys"
+        );
         // parts cannot run together: path "/p" + query "" differs from path "/" + "p"
         assert_ne!(
             key(&rules, |r| {
@@ -206,6 +222,7 @@ mod tests {
             }
             let r = Request {
                 route: "r",
+                generation: 1,
                 https: false,
                 host: b"h",
                 path: "/",
@@ -214,7 +231,7 @@ mod tests {
                 consumer: None,
                 identity: &[],
             };
-            primary(&rules, &r).0
+            primary(&rules, &r)
         };
         assert_ne!(with(&[]), with(&[""]));
         assert_eq!(with(&["en", "fr"]), with(&["en, fr"]));

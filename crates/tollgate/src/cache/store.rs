@@ -26,7 +26,8 @@ use super::Settings;
 use crate::metrics::CacheMetrics;
 
 /// What an entry is about, besides its key's hash: its route and the parts a purge
-/// selects by. The proxy puts it in the [`CacheKey`]'s extensions.
+/// selects by. The proxy puts it in the extensions of the [`CacheMeta`] it stores (made
+/// for misses only, never for hits).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Facts {
     pub route: Arc<str>,
@@ -304,10 +305,10 @@ impl Storage for Store {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let facts = key.extensions.get::<Facts>().cloned().ok_or_else(|| {
+        let facts = meta.extensions().get::<Facts>().cloned().ok_or_else(|| {
             pingora::Error::explain(
                 pingora::ErrorType::InternalError,
-                "a cache key without its facts",
+                "a stored response without its facts",
             )
         })?;
         Ok(Box::new(Miss {
@@ -544,21 +545,23 @@ mod tests {
     }
 
     fn key(route: &str, path: &str) -> CacheKey {
-        let mut k = CacheKey::new(format!("{route}|{path}"), route);
-        k.extensions.insert(facts(route, path));
-        k
+        CacheKey::new(format!("{route}|{path}"), route)
     }
 
-    fn meta() -> CacheMeta {
+    fn meta(route: &str, path: &str) -> CacheMeta {
         let now = SystemTime::now();
         let h = ResponseHeader::build(200, None).unwrap();
-        CacheMeta::new(now + std::time::Duration::from_secs(60), now, 0, 0, h)
+        let mut m = CacheMeta::new(now + std::time::Duration::from_secs(60), now, 0, 0, h);
+        m.extensions_mut().insert(facts(route, path));
+        m
     }
 
     async fn put(store: &'static Store, route: &str, path: &str, body: usize) -> Result<()> {
         let trace = pingora_cache::trace::Span::inactive().handle();
         let k = key(route, path);
-        let mut miss = store.get_miss_handler(&k, &meta(), &trace).await?;
+        let mut miss = store
+            .get_miss_handler(&k, &meta(route, path), &trace)
+            .await?;
         miss.write_body(Bytes::from(vec![b'x'; body]), true).await?;
         miss.finish().await?;
         Ok(())
@@ -655,7 +658,7 @@ mod tests {
             let store = Store::leak(Settings::default(), m.clone());
             let trace = pingora_cache::trace::Span::inactive().handle();
             let mut miss = store
-                .get_miss_handler(&key("r", "/cut"), &meta(), &trace)
+                .get_miss_handler(&key("r", "/cut"), &meta("r", "/cut"), &trace)
                 .await
                 .unwrap();
             miss.write_body(Bytes::from_static(b"half"), false)

@@ -763,8 +763,9 @@ pub struct Chain {
     /// own entry of one) needs whole.
     request_cap: Option<usize>,
     response_cap: Option<usize>,
-    /// The policy that declares the route's caching, if one does.
-    cache: Option<usize>,
+    /// The policy that declares the route's caching, if one does, and the generation
+    /// of its rules ([`crate::cache::CacheRules`]), computed once.
+    cache: Option<(usize, u64)>,
     /// The policy that declares the route's compression, if one does.
     compress: Option<usize>,
     /// The consumers' own entries of policies (`[consumers.NAME.policies.*]`); `None`
@@ -862,7 +863,8 @@ impl Chain {
             response_cap: caps(|p| p.response_body_limit()),
             cache: policies
                 .iter()
-                .position(|l| l.policy.cache_rules().is_some()),
+                .enumerate()
+                .find_map(|(i, l)| Some((i, l.policy.cache_rules()?.generation()))),
             compress: policies
                 .iter()
                 .position(|l| l.policy.compress_rules().is_some()),
@@ -907,7 +909,12 @@ impl Chain {
 
     /// The route's caching ([`Policy::cache_rules`]), if a policy declares it.
     pub fn cache_rules(&self) -> Option<&crate::cache::CacheRules> {
-        self.policies[self.cache?].policy.cache_rules()
+        self.policies[self.cache?.0].policy.cache_rules()
+    }
+
+    /// The generation of the route's cache rules (0 without).
+    pub(crate) fn cache_generation(&self) -> u64 {
+        self.cache.map_or(0, |(_, g)| g)
     }
 
     /// The route's compression ([`Policy::compress_rules`]), if a policy declares it.

@@ -87,40 +87,77 @@ pub(crate) fn wants_revalidation(req: &RequestHeader) -> bool {
     CacheControl::from_req_headers(req).is_some_and(|c| c.no_cache())
 }
 
-/// The request's key (`cache.md` §3.1).
-pub(crate) fn key_of(
-    session: &Session,
-    cx: &RequestCtx,
-    route: &Route,
-    rules: &CacheRules,
-    client_host: Option<&HeaderValue>,
-) -> CacheKey {
-    let req = session.req_header();
-    let authority = req.uri.authority().map(|a| a.as_str().as_bytes());
-    let host = client_host
-        .map(HeaderValue::as_bytes)
-        .or(authority)
-        .unwrap_or(b"");
-    let https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-    let authenticated = route.chain.has_stage(crate::policy::Stage::Authentication);
-    let parts = key::Request {
-        route: &route.name,
-        https,
-        host,
-        path: &cx.path,
-        query: req.uri.query(),
-        headers: &req.headers,
-        consumer: cx
-            .consumer
-            .as_ref()
-            .filter(|_| authenticated)
-            .map(|c| c.name.as_str()),
-        identity: &cx.identity_headers,
-    };
-    let (primary, facts) = key::primary(rules, &parts);
-    let mut k = CacheKey::new(primary, route.name.as_str());
-    k.extensions.insert(facts);
-    k
+/// The request a key is made for: its session, context, route and `Host`.
+pub(crate) struct Asked<'a> {
+    pub session: &'a Session,
+    pub cx: &'a RequestCtx,
+    pub route: &'a Route,
+    pub client_host: Option<&'a HeaderValue>,
+}
+
+impl Asked<'_> {
+    /// What of the request its key is made of (`cache.md` §3.1).
+    fn parts(&self) -> key::Request<'_> {
+        let req = self.session.req_header();
+        let authority = req.uri.authority().map(|a| a.as_str().as_bytes());
+        let authenticated = self
+            .route
+            .chain
+            .has_stage(crate::policy::Stage::Authentication);
+        key::Request {
+            route: &self.route.name,
+            generation: self.route.chain.cache_generation(),
+            https: self
+                .session
+                .digest()
+                .is_some_and(|d| d.ssl_digest.is_some()),
+            host: self
+                .client_host
+                .map(HeaderValue::as_bytes)
+                .or(authority)
+                .unwrap_or(b""),
+            path: &self.cx.path,
+            query: req.uri.query(),
+            headers: &req.headers,
+            consumer: self
+                .cx
+                .consumer
+                .as_ref()
+                .filter(|_| authenticated)
+                .map(|c| c.name.as_str()),
+            identity: &self.cx.identity_headers,
+        }
+    }
+
+    /// The request's key.
+    pub(crate) fn key(&self, rules: &CacheRules) -> CacheKey {
+        CacheKey::new(key::primary(rules, &self.parts()), self.route.name.as_str())
+    }
+
+    /// Whether `resp` is stored, counting why not; a stored one carries the facts a
+    /// purge selects it by.
+    pub(crate) fn storable(
+        &self,
+        rules: &CacheRules,
+        resp: &ResponseHeader,
+        max_object: u64,
+        metrics: &CacheMetrics,
+    ) -> RespCacheable {
+        match fresh::entry(rules, resp, max_object, SystemTime::now()) {
+            Ok(mut meta) => {
+                meta.extensions_mut()
+                    .insert(key::facts(rules, &self.parts()));
+                RespCacheable::Cacheable(meta)
+            }
+            Err(why) => {
+                metrics
+                    .not_stored
+                    .with_label_values(&[&self.route.name, why.as_str()])
+                    .inc();
+                RespCacheable::Uncacheable(NoCacheReason::Custom(why.as_str()))
+            }
+        }
+    }
 }
 
 /// The variant of `meta`'s response a request is (the upstream's `Vary`), or `None`
@@ -173,26 +210,6 @@ pub(crate) fn variance(
         v.add_owned_name_value(name, value);
     }
     v.finalize()
-}
-
-/// Whether `resp` is stored, counting why not.
-pub(crate) fn storable(
-    resp: &ResponseHeader,
-    rules: &CacheRules,
-    max_object: u64,
-    route: &str,
-    metrics: &CacheMetrics,
-) -> RespCacheable {
-    match fresh::entry(rules, resp, max_object, SystemTime::now()) {
-        Ok(meta) => RespCacheable::Cacheable(meta),
-        Err(why) => {
-            metrics
-                .not_stored
-                .with_label_values(&[route, why.as_str()])
-                .inc();
-            RespCacheable::Uncacheable(NoCacheReason::Custom(why.as_str()))
-        }
-    }
 }
 
 /// Marks the answer's head with how it was made (`X-Cache-Status`, `Age` on a

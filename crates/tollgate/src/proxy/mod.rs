@@ -482,19 +482,19 @@ impl ProxyHttp for Gateway {
         let Exchange { cx, st } = &mut **x;
         let route = st
             .route
-            .clone()
+            .as_deref()
             .or_err(ErrorType::InternalError, "a cache key without a route")?;
         let rules = route.chain.cache_rules().or_err(
             ErrorType::InternalError,
             "a cache key on a route that does not cache",
         )?;
-        Ok(cache::key_of(
+        let asked = cache::Asked {
             session,
             cx,
-            &route,
-            rules,
-            st.client_host.as_ref(),
-        ))
+            route,
+            client_host: st.client_host.as_ref(),
+        };
+        Ok(asked.key(rules))
     }
 
     async fn cache_hit_filter(
@@ -519,7 +519,7 @@ impl ProxyHttp for Gateway {
         resp: &ResponseHeader,
         x: &mut Self::CTX,
     ) -> Result<pingora_cache::RespCacheable> {
-        let st = &mut x.st;
+        let Exchange { cx, st } = &mut **x;
         let found = st
             .route
             .as_ref()
@@ -529,11 +529,16 @@ impl ProxyHttp for Gateway {
                 pingora_cache::NoCacheReason::NeverEnabled,
             ));
         };
-        let verdict = cache::storable(
-            resp,
+        let asked = cache::Asked {
+            session,
+            cx,
+            route,
+            client_host: st.client_host.as_ref(),
+        };
+        let verdict = asked.storable(
             rules,
+            resp,
             store.settings().max_object,
-            &route.name,
             self.metrics.cache(),
         );
         if let Some(run) = st.cache.as_mut() {
