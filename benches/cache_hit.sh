@@ -104,13 +104,6 @@ for t in "${TARGETS[@]}"; do
   taskset -c $LOAD_CPU wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$(port_of "$t")$URL_PATH" >/dev/null
 done
 
-cpu_ticks() { # PID -> utime + stime of the process and its children (nginx workers)
-  local total=0 p
-  for p in $1 $(pgrep -P "$1" || true); do
-    total=$((total + $(awk '{ print $14 + $15 }' "/proc/$p/stat")))
-  done
-  echo $total
-}
 HZ=$(getconf CLK_TCK)
 echo "target,round,rps,cpu_us_per_req" >"$OUT/runs.csv"
 for round in $(seq 1 "$ROUNDS"); do

@@ -53,3 +53,11 @@ CONF
   disown $!
   wait_port "$1"
 }
+
+cpu_ticks() { # PID -> utime + stime of the process and its children (nginx workers)
+  local total=0 p
+  for p in $1 $(pgrep -P "$1" || true); do
+    read -r -a f <"/proc/$p/stat" && total=$((total + f[13] + f[14]))
+  done
+  echo $total
+}

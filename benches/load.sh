@@ -197,14 +197,6 @@ run_target() { # TARGET: run "$@" against it (after the target and its pid)
   "$@" "$t" "${PID_OF[$t]}"
 }
 
-cpu_ticks() { # PID -> utime + stime of the process and its children (nginx workers)
-  local total=0 p
-  for p in $1 $(pgrep -P "$1" || true); do
-    read -r -a f <"/proc/$p/stat" && total=$((total + f[13] + f[14]))
-  done
-  echo $total
-}
-
 closed_loop() { # TARGET PID: wrk flat out, one line to runs.csv
   local t=$1 pid=$2 c0 c1
   c0=$(cpu_ticks "$pid")

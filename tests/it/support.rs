@@ -101,6 +101,35 @@ pub fn check_fails(toml: &str) -> String {
     err
 }
 
+/// One answer, read whole: status, headers, body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap_or("?"))
+    }
+
+    /// `X-Cache-Status`.
+    pub fn cache(&self) -> Option<&str> {
+        self.header("x-cache-status")
+    }
+}
+
+/// Sends `r` and reads the whole answer.
+pub async fn send(r: reqwest::RequestBuilder) -> Answer {
+    let r = r.send().await.expect("request");
+    Answer {
+        status: r.status().as_u16(),
+        headers: r.headers().clone(),
+        body: r.bytes().await.expect("body").to_vec(),
+    }
+}
+
 /// The value of the metric sample `series` (exact name and labels), if present.
 pub async fn sample(gw: &Gateway, series: &str) -> Option<f64> {
     metrics_text(gw).await.lines().find_map(|l| {
