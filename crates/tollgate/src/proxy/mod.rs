@@ -1170,7 +1170,11 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, x: &mut Self::CTX) {
         let Exchange { cx, st } = &mut **x;
         if session.subrequest_ctx.is_some() {
-            // a background refresh of a cache entry (cache.md §9): no line, no count
+            // a background refresh of a cache entry (cache.md §9): no line, no count;
+            // its policies still release what it held (a concurrency slot)
+            if let Some(r) = st.route.clone() {
+                r.chain.logging(cx, e);
+            }
             return;
         }
         if let Some(conn) = session
