@@ -374,6 +374,24 @@ async fn gzip_request_bodies_are_decoded_before_they_go_upstream() {
 }
 
 #[tokio::test]
+async fn body_limit_counts_the_body_as_the_client_sent_it() {
+    let up = Upstream::start("a").await;
+    let gw = gateway_with_admin(&format!(
+        "{}[routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n[routes.r.policies.body_limit]\nmax = 200\n\
+         [routes.r.policies.compress]\ndecompress_requests = true\n",
+        upstream_table("a", &[up.addr])
+    ));
+    let decoded = vec![b'a'; 5000];
+    let encoded = gzip(&decoded);
+    assert!(encoded.len() < 200);
+    let a = post(&gw, Some("gzip"), encoded).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(up.last().unwrap().body_len, 5000);
+    let over = post(&gw, Some("gzip"), gzip(&noise(1000))).await;
+    assert_eq!(over.status, 413, "over the limit as sent");
+}
+
+#[tokio::test]
 async fn a_decompression_bomb_stops_at_the_ratio_after_64_kib() {
     let up = Upstream::start("a").await;
     // the size cap would let it through; the ratio does not
@@ -622,5 +640,28 @@ async fn a_304_from_an_entry_carries_the_weak_etag_a_compressed_200_would() {
     assert_eq!(
         (identity.status, identity.header("etag")),
         (304, Some("\"e1\""))
+    );
+}
+
+#[tokio::test]
+async fn an_http_1_0_client_gets_the_compressed_body_ended_by_the_close() {
+    let up = Upstream::start("a").await;
+    let gw = compressing(&up, "");
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let req = format!("GET {BIG} HTTP/1.0\r\nHost: h\r\nAccept-Encoding: gzip\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
+        .await
+        .unwrap();
+    let all = read_until_closed(&mut s, std::time::Duration::from_secs(5)).await;
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&all[..split]).to_ascii_lowercase();
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    assert!(
+        !head.contains("transfer-encoding") && !head.contains("content-length"),
+        "{head}"
+    );
+    assert_eq!(
+        decode("gzip", &all[split + 4..]).map(|b| b.len()),
+        Some(5000)
     );
 }

@@ -11,7 +11,8 @@
 //! anything is sent upstream. A chunked (or otherwise unsized) body is counted as it
 //! streams; when it grows past `max` the request is aborted: the client gets 413 (if no
 //! response has started) and the upstream connection is closed, so the upstream never
-//! receives the whole body.
+//! receives the whole body. A body that policies read whole (to decode or rewrite it) is
+//! held to `max` as the client sent it, before any policy changes it.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -90,6 +91,11 @@ impl Policy for BodyLimit {
         body: &mut Option<Bytes>,
         _end: bool,
     ) -> Result<()> {
+        // a body read whole was held to this limit as the client sent it; what goes
+        // upstream now (a decoded or rewritten body) is not the client's
+        if cx.request_body().is_some() {
+            return Ok(());
+        }
         let len = body.as_ref().map_or(0, |b| b.len() as u64);
         let seen = cx.extensions.get::<Seen>().copied().unwrap_or_default().0 + len;
         cx.extensions.insert(Seen(seen));
