@@ -9,7 +9,7 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # cargo-fuzz needs unstable compiler flags; the stable toolchain allows them this way
 export RUSTC_BOOTSTRAP=1
 status=0
-for target in config path router auth head identity; do
+for target in config path router auth head identity http_cache; do
   corpus="fuzz/corpus/$target"
   mkdir -p "$corpus"
   echo "== fuzzing $target for ${seconds}s"

@@ -183,6 +183,39 @@ pub fn identity(data: &[u8]) {
     }
 }
 
+/// What the cache and compression read from clients and upstreams: `Accept-Encoding`
+/// values, media type patterns, response heads (freshness and storability), query
+/// strings and hosts of keys, purge selectors, gzip request bodies. Whatever the bytes,
+/// no panic; keyed queries are stable, decoding stays within its caps.
+pub fn http_cache(data: &[u8]) {
+    use crate::cache::{fresh, key, purge, CacheRules};
+    use crate::compress::{decode, negotiate, Algorithm, MediaPattern};
+    let text = String::from_utf8_lossy(data);
+    if let Some(alg) = negotiate::choose(data.split(|b| *b == b'\n'), &Algorithm::ALL) {
+        assert!(Algorithm::ALL.contains(&alg));
+    }
+    let _ = MediaPattern::parse(&text).map(|p| p.matches(&text));
+    let rules = CacheRules::default();
+    let mut head = pingora::http::ResponseHeader::build(200, None).expect("head");
+    for line in text.lines() {
+        if let Some((n, v)) = line.split_once(':') {
+            let _ = head.append_header(n.trim().to_string(), v.trim());
+        }
+    }
+    let _ = fresh::entry(&rules, &head, 1 << 20, std::time::SystemTime::now());
+    let q = key::keyed_query(&text, None);
+    assert_eq!(
+        key::keyed_query(&q, None),
+        q,
+        "a keyed query keys to itself"
+    );
+    let _ = key::keyed_host(data, data.first().is_some_and(|b| b & 1 == 1));
+    let _ = purge::Purge::parse(&text, |r| (r == "r").then_some(&rules));
+    if let Ok(out) = decode::gunzip(data, 1 << 20, 100) {
+        assert!(out.len() <= 1 << 20);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// Replays every kept input (crashes found by fuzzing, and seeds) of every target.
@@ -190,13 +223,14 @@ mod tests {
     fn kept_fuzz_inputs_still_pass() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions");
         type Target = fn(&[u8]);
-        let targets: [(&str, Target); 6] = [
+        let targets: [(&str, Target); 7] = [
             ("config", super::config),
             ("path", super::path),
             ("router", super::router),
             ("auth", super::auth),
             ("head", super::head),
             ("identity", super::identity),
+            ("http_cache", super::http_cache),
         ];
         let mut n = 0;
         for (name, run) in targets {

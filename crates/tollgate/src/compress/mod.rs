@@ -4,6 +4,7 @@
 //! coding from `Accept-Encoding`, and the streaming encoders (zstd, brotli, gzip) whose
 //! memory is fixed by their window, never by the body's size.
 
+pub(crate) mod decode;
 pub(crate) mod encoder;
 pub(crate) mod negotiate;
 

@@ -341,9 +341,6 @@ mod tests {
     }
 }
 
-/// Decoded bytes past which the ratio of a request body is checked.
-const RATIO_AFTER: usize = 64 << 10;
-
 /// What request decompression did (`cache.md` §12.7).
 #[derive(Debug)]
 pub(crate) enum Decoding {
@@ -415,39 +412,26 @@ pub(crate) async fn decompress_request(
     };
     let max = usize::try_from(rules.decompress_max_size).unwrap_or(usize::MAX);
     let ratio = usize::try_from(rules.decompress_max_ratio).unwrap_or(usize::MAX);
-    let encoded = held.bytes.clone();
-    let mut decoder = flate2::bufread::MultiGzDecoder::new(&encoded[..]);
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 16 << 10];
-    let too_large = |why: &str| {
-        Decoding::Refused(Reply::refuse_with(
-            ErrorCode::PayloadTooLarge,
-            format!("the decoded request body is {why}"),
-        ))
+    let out = match crate::compress::decode::gunzip(&held.bytes, max, ratio) {
+        Ok(out) => out,
+        Err(why) => {
+            use crate::compress::decode::Refused;
+            count(why.outcome());
+            return Ok(Decoding::Refused(match why {
+                Refused::Invalid => {
+                    Reply::refuse_with(ErrorCode::BadRequest, "the request body is not valid gzip")
+                }
+                Refused::TooLarge => Reply::refuse_with(
+                    ErrorCode::PayloadTooLarge,
+                    format!("the decoded request body is larger than {max} bytes"),
+                ),
+                Refused::Ratio => Reply::refuse_with(
+                    ErrorCode::PayloadTooLarge,
+                    format!("the decoded request body is over {ratio} times its encoded size"),
+                ),
+            }));
+        }
     };
-    loop {
-        let n = match std::io::Read::read(&mut decoder, &mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(_) => {
-                count("invalid");
-                return Ok(Decoding::Refused(Reply::refuse_with(
-                    ErrorCode::BadRequest,
-                    "the request body is not valid gzip",
-                )));
-            }
-        };
-        if out.len() + n > max {
-            count("too_large");
-            return Ok(too_large(&format!("larger than {max} bytes")));
-        }
-        out.extend_from_slice(&buf[..n]);
-        let consumed = encoded.len() - decoder.get_ref().len();
-        if out.len() > RATIO_AFTER && out.len() > ratio.saturating_mul(consumed.max(1)) {
-            count("ratio");
-            return Ok(too_large(&format!("over {ratio} times its encoded size")));
-        }
-    }
     held.bytes = Bytes::from(out);
     if !held.fits() {
         return Ok(Decoding::Refused(crate::policy::body::no_room()));
