@@ -286,6 +286,29 @@ async fn a_response_over_max_object_is_served_whole_and_not_stored() {
 }
 
 #[tokio::test]
+async fn the_store_never_holds_more_than_memory_and_counts_its_evictions() {
+    let up = Upstream::start("a").await;
+    let gw = gateway_with_admin(&format!(
+        "[server.cache]\nmemory = \"64KiB\"\nmax_object = \"8KiB\"\n{}[routes.r]\npaths = [\"/\"]\n\
+         upstream = \"a\"\n[routes.r.policies.cache]\n",
+        upstream_table("a", &[up.addr])
+    ));
+    for i in 0..40 {
+        let a = fetch(&gw, &format!("/respond?size=4000&n={i}")).await;
+        assert_eq!((a.status, a.body.len()), (200, 4000));
+        let held = sample(&gw, "tollgate_cache_stored_bytes").await.unwrap();
+        assert!(held <= 65536.0, "{held} bytes held after {i} objects");
+    }
+    let objects = sample(&gw, "tollgate_cache_stored_objects").await.unwrap();
+    assert!((1.0..40.0).contains(&objects), "{objects} objects");
+    let evicted = sample(&gw, "tollgate_cache_evictions_total").await.unwrap();
+    assert!(
+        evicted >= 40.0 - objects,
+        "{evicted} evictions for {objects} kept of 40"
+    );
+}
+
+#[tokio::test]
 async fn head_uses_the_get_entry_and_a_head_miss_fetches_a_get() {
     let up = Upstream::start("a").await;
     let gw = cached(&up, "");
