@@ -20,14 +20,24 @@ fn names_where(headers: &HeaderMap, pred: impl Fn(&HeaderName) -> bool) -> Vec<H
     headers.keys().filter(|n| pred(n)).cloned().collect()
 }
 
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+/// The items of a comma-separated list header (`Connection`, `Vary`, `Cache-Control`,
+/// `Content-Encoding`), read as one list over all its lines, trimmed, empty ones
+/// skipped; a line that is not text has none.
+pub(crate) fn list_tokens<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> impl Iterator<Item = &'a str> {
     headers
-        .get_all(header::CONNECTION)
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|t| !t.is_empty())
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    list_tokens(headers, &header::CONNECTION)
 }
 
 /// Headers a `Connection` token cannot remove: framing, the host, the forwarding and

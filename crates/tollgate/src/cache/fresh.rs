@@ -65,12 +65,7 @@ pub(crate) fn entry(
     if resp.headers.contains_key(header::SET_COOKIE) && !rules.strip_set_cookie {
         return Err(NotStored::SetCookie);
     }
-    let vary_star = resp.headers.get_all(header::VARY).iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|n| n.trim_ascii() == b"*")
-    });
-    if vary_star {
+    if crate::forwarding::list_tokens(&resp.headers, &header::VARY).any(|n| n == "*") {
         return Err(NotStored::VaryStar);
     }
     let declared = resp

@@ -151,11 +151,9 @@ impl Default for Settings {
 /// The store in force and the lock that coalesces fetches of one key: one per process.
 /// A reload that changes `[server.cache]` puts a new, empty store in place.
 pub(crate) struct Shelf {
-    current: arc_swap::ArcSwapOption<Placed>,
+    current: arc_swap::ArcSwapOption<&'static store::Store>,
     lock: &'static pingora_cache::lock::CacheKeyLockImpl,
 }
-
-struct Placed(&'static store::Store);
 
 impl std::fmt::Debug for Shelf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -179,7 +177,7 @@ impl Shelf {
 
     /// The store, when a route caches.
     pub(crate) fn store(&self) -> Option<&'static store::Store> {
-        self.current.load().as_ref().map(|p| p.0)
+        self.current.load().as_deref().copied()
     }
 
     pub(crate) fn lock(&self) -> &'static pingora_cache::lock::CacheKeyLockImpl {
@@ -200,9 +198,8 @@ impl Shelf {
         match running {
             Some(s) if s.settings() == settings && !live.is_empty() => s.retain_live(live),
             _ => {
-                let new = (!live.is_empty()).then(|| {
-                    std::sync::Arc::new(Placed(store::Store::leak(settings, metrics.clone())))
-                });
+                let new = (!live.is_empty())
+                    .then(|| std::sync::Arc::new(store::Store::leak(settings, metrics.clone())));
                 self.current.store(new);
                 if let Some(old) = running {
                     old.retire();

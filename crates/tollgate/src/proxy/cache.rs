@@ -167,13 +167,8 @@ pub(crate) fn variance(
     req: &RequestHeader,
     cx: &RequestCtx,
 ) -> Option<HashBinary> {
-    let mut names: Vec<String> = meta
-        .headers()
-        .get_all(header::VARY)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .filter_map(|n| std::str::from_utf8(n.trim_ascii()).ok())
-        .filter(|n| !n.is_empty() && *n != "*")
+    let mut names: Vec<String> = crate::forwarding::list_tokens(meta.headers(), &header::VARY)
+        .filter(|n| *n != "*")
         .map(str::to_ascii_lowercase)
         .collect();
     if names.is_empty() {

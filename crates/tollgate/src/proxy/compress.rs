@@ -10,6 +10,7 @@ use pingora::Result;
 
 use crate::compress::encoder::Encoder;
 use crate::compress::{negotiate, Algorithm, CompressRules, StreamSlot, Streams};
+use crate::forwarding::list_tokens;
 use crate::metrics::CompressMetrics;
 
 /// One response being compressed, or how it was.
@@ -34,11 +35,7 @@ fn decide(
         return Err("range");
     }
     let no_transform = |h: &http::HeaderMap| {
-        h.get_all(header::CACHE_CONTROL).iter().any(|v| {
-            v.as_bytes()
-                .split(|b| *b == b',')
-                .any(|d| d.trim_ascii().eq_ignore_ascii_case(b"no-transform"))
-        })
+        list_tokens(h, &header::CACHE_CONTROL).any(|d| d.eq_ignore_ascii_case("no-transform"))
     };
     if no_transform(&req.headers) {
         return Err("no_transform");
@@ -73,16 +70,9 @@ fn decide(
 
 /// `Accept-Encoding` in `resp`'s `Vary` (once, never beside `*`).
 fn vary_accept_encoding(resp: &mut ResponseHeader) -> Result<()> {
-    let mut star = false;
-    let mut has = false;
-    for v in resp.headers.get_all(header::VARY) {
-        for name in v.as_bytes().split(|b| *b == b',') {
-            let name = name.trim_ascii();
-            star |= name == b"*";
-            has |= name.eq_ignore_ascii_case(b"accept-encoding");
-        }
-    }
-    if !star && !has {
+    let named = list_tokens(&resp.headers, &header::VARY)
+        .any(|n| n == "*" || n.eq_ignore_ascii_case("accept-encoding"));
+    if !named {
         resp.append_header(header::VARY, "Accept-Encoding")?;
     }
     Ok(())
@@ -374,12 +364,8 @@ pub(crate) async fn decompress_request(
         return Ok(Decoding::Untouched);
     }
     let req = session.req_header();
-    let codings: Vec<String> = req
-        .headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .map(|c| c.trim().to_ascii_lowercase())
+    let codings: Vec<String> = list_tokens(&req.headers, &header::CONTENT_ENCODING)
+        .map(str::to_ascii_lowercase)
         .collect();
     let count = |outcome: &str| {
         metrics
