@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use tokio::net::TcpListener;
 
-use crate::Seen;
+use crate::{record, Seen};
 
 /// What one document answers: a status, a body and extra headers.
 #[derive(Debug, Clone)]
@@ -325,37 +325,6 @@ impl AuthzService {
 impl Drop for AuthzService {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-async fn record(req: Request<Incoming>) -> Seen {
-    let method = req.method().to_string();
-    let target = req
-        .uri()
-        .path_and_query()
-        .map_or("/".to_string(), |p| p.to_string());
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    Seen {
-        method,
-        target,
-        headers,
-        body_len: body.len(),
-        body: body.to_vec(),
     }
 }
 

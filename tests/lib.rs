@@ -320,7 +320,8 @@ fn respond_as_told(
         .unwrap_or_default()
 }
 
-async fn echo(req: Request<Incoming>, name: &str, rec: &Mutex<Vec<Seen>>) -> Response<Full<Bytes>> {
+/// The request as a server received it, its body read whole.
+pub(crate) async fn record(req: Request<Incoming>) -> Seen {
     let method = req.method().to_string();
     let target = req
         .uri()
@@ -336,6 +337,33 @@ async fn echo(req: Request<Incoming>, name: &str, rec: &Mutex<Vec<Seen>>) -> Res
             )
         })
         .collect();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Seen {
+        method,
+        target,
+        headers,
+        body_len: body.len(),
+        body: body.to_vec(),
+    }
+}
+
+async fn echo(req: Request<Incoming>, name: &str, rec: &Mutex<Vec<Seen>>) -> Response<Full<Bytes>> {
+    let seen = record(req).await;
+    if let Ok(mut r) = rec.lock() {
+        r.push(seen.clone());
+    }
+    let Seen {
+        method,
+        target,
+        headers,
+        body_len,
+        ..
+    } = seen;
     // `/slow`: 2 s; `/delay/MS`: MS milliseconds
     let delay = if target.contains("/slow") {
         Some(Duration::from_secs(2))
@@ -346,21 +374,6 @@ async fn echo(req: Request<Incoming>, name: &str, rec: &Mutex<Vec<Seen>>) -> Res
             .and_then(|rest| rest.split(['/', '?']).next()?.parse().ok())
             .map(Duration::from_millis)
     };
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    if let Ok(mut r) = rec.lock() {
-        r.push(Seen {
-            method: method.clone(),
-            target: target.clone(),
-            headers: headers.clone(),
-            body_len: body.len(),
-            body: body.to_vec(),
-        });
-    }
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
@@ -369,7 +382,7 @@ async fn echo(req: Request<Incoming>, name: &str, rec: &Mutex<Vec<Seen>>) -> Res
         hmap.entry(n).or_default().push(v);
     }
     let json = serde_json::json!({
-        "upstream": name, "method": method, "target": target, "headers": hmap, "body_len": body.len(),
+        "upstream": name, "method": method, "target": target, "headers": hmap, "body_len": body_len,
     });
     // after the delay: `/delay/MS/respond?…` answers as told, late
     if target.contains("/respond") {

@@ -814,3 +814,42 @@ async fn purge_removes_what_its_selectors_choose_behind_the_admin_token() {
         Some(0.0)
     );
 }
+
+#[tokio::test]
+async fn hits_count_toward_rate_limits_and_get_response_headers() {
+    let up = Upstream::start("a").await;
+    let gw = cached(
+        &up,
+        "[routes.r.policies.rate_limit]\nrequests = 2\nwindow = \"1m\"\nby = \"route\"\n\
+         [routes.r.policies.response_headers]\nset = { \"x-edge\" = \"tollgate\" }\n",
+    );
+    let miss = fetch(&gw, "/limited").await;
+    let hit = fetch(&gw, "/limited").await;
+    assert_eq!((miss.cache(), hit.cache()), (Some("MISS"), Some("HIT")));
+    assert_eq!(
+        hit.header("x-edge"),
+        Some("tollgate"),
+        "response_headers run on hits"
+    );
+    let third = fetch(&gw, "/limited").await;
+    assert_eq!(
+        (third.status, third.cache()),
+        (429, None),
+        "a hit counted toward the limit"
+    );
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn http2_and_http1_clients_share_entries() {
+    let up = Upstream::start("a").await;
+    let gw = cached(&up, "");
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let first = send(h2.get(gw.url("/shared"))).await;
+    assert_eq!(first.cache(), Some("MISS"));
+    assert_eq!(fetch(&gw, "/shared").await.cache(), Some("HIT"));
+    assert_eq!(up.count(), 1);
+}
