@@ -262,7 +262,8 @@ fn upgrade_echo(req: Request<Incoming>) -> Response<Full<Bytes>> {
 }
 
 /// The answer a `/respond` request asks for in its query: `status=N`, `header=NAME:VALUE`
-/// (repeatable), `size=N` (a body of N `x`s instead of the echo), and, when the request's
+/// (repeatable), `size=N` (a body of N `x`s instead of the echo), `body=TEXT` (that
+/// body), `coding=gzip|deflate|br` (the body encoded so, with its `Content-Encoding`), and, when the request's
 /// `If-None-Match` equals the `etag` it asks for, a 304; with `fail_after=N`, every
 /// request after the first N for this target gets a bare 500; with `cookie_after=N`,
 /// they get a `Set-Cookie` too.
@@ -295,6 +296,7 @@ fn respond_as_told(
                     .unwrap_or_default();
             }
             "size" => body = Bytes::from(vec![b'x'; v.parse().unwrap_or(0)]),
+            "body" => body = Bytes::from(v.into_owned()),
             "header" => {
                 if let Some((n, val)) = v.split_once(':') {
                     if n.eq_ignore_ascii_case("etag") {
@@ -314,6 +316,11 @@ fn respond_as_told(
     if matches {
         status = 304;
         body = Bytes::new();
+    }
+    let coding = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "coding");
+    if let Some((_, coding)) = coding {
+        body = Bytes::from(encode(&coding, &body));
+        resp = resp.header("content-encoding", &*coding);
     }
     resp.status(status)
         .body(Full::new(body))
@@ -1317,9 +1324,31 @@ pub fn decode(coding: &str, data: &[u8]) -> Option<Vec<u8>> {
             .ok()?
             .read_to_end(&mut out)
             .ok()?,
+        "deflate" => flate2::read::ZlibDecoder::new(data)
+            .read_to_end(&mut out)
+            .ok()?,
         _ => return None,
     };
     Some(out)
+}
+
+/// `data` encoded in `coding` (`gzip`, `deflate` (zlib), `br`); other codings: as it is.
+pub fn encode(coding: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    match coding {
+        "gzip" => gzip(data),
+        "deflate" => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(data).expect("deflate");
+            e.finish().expect("deflate")
+        }
+        "br" => {
+            let mut e = brotli::CompressorWriter::new(Vec::new(), 4096, 5, 22);
+            e.write_all(data).expect("br");
+            e.into_inner()
+        }
+        _ => data.to_vec(),
+    }
 }
 
 /// `data` gzip-compressed (one member).

@@ -577,22 +577,6 @@ fn post(path: &str, body: &[u8]) -> Vec<u8> {
     r
 }
 
-/// The same body sent chunked, in pieces of at most 16 KiB.
-fn post_chunked(path: &str, body: &[u8]) -> Vec<u8> {
-    let mut r = format!(
-        "POST {path} HTTP/1.1\r\nHost: h\r\ncontent-type: application/json\r\n\
-         transfer-encoding: chunked\r\nConnection: close\r\n\r\n"
-    )
-    .into_bytes();
-    for piece in body.chunks(16 << 10) {
-        r.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
-        r.extend_from_slice(piece);
-        r.extend_from_slice(b"\r\n");
-    }
-    r.extend_from_slice(b"0\r\n\r\n");
-    r
-}
-
 /// A JSON object of about `size` bytes with a `debug` member.
 fn json_of(size: usize) -> Vec<u8> {
     let pad = "x".repeat(size.saturating_sub(40));

@@ -30,3 +30,4 @@ mod routing;
 mod shutdown;
 mod tls;
 mod traffic;
+mod transform;

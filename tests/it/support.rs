@@ -305,3 +305,19 @@ pub async fn statuses_at_once(requests: Vec<reqwest::RequestBuilder>) -> Vec<u16
     }
     out
 }
+
+/// The same body sent chunked, in pieces of at most 16 KiB.
+pub fn post_chunked(path: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "POST {path} HTTP/1.1\r\nHost: h\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for piece in body.chunks(16 << 10) {
+        r.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        r.extend_from_slice(piece);
+        r.extend_from_slice(b"\r\n");
+    }
+    r.extend_from_slice(b"0\r\n\r\n");
+    r
+}

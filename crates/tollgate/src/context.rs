@@ -12,6 +12,8 @@ use crate::reply::ErrorCode;
 pub(crate) struct RouteInfo {
     pub(crate) name: String,
     pub(crate) upstream: String,
+    /// The route's path patterns that have `{param}` segments.
+    pub(crate) paths: Vec<crate::router::PathPattern>,
 }
 
 /// What a policy may read and write of the request in flight.
@@ -50,6 +52,8 @@ pub struct RequestCtx {
     /// How far the route's policy chain got in `request_filter` (its `logging` runs
     /// only for the policies whose `request_filter` ran).
     pub(crate) chain: ChainProgress,
+    /// The body buffers of the process (`body_buffer_total`).
+    pub(crate) bodies: &'static crate::policy::body::Budget,
     /// The whole request body, when a policy of the route needs it.
     pub(crate) body: Option<crate::policy::body::HeldBody>,
     /// Headers the authenticating policy set for the upstream ([`RequestCtx::set_identity_header`]).
@@ -99,6 +103,7 @@ impl RequestCtx {
             backend: None,
             refusal: None,
             chain: ChainProgress::default(),
+            bodies: &crate::policy::body::UNBOUNDED,
             body: None,
             identity_headers: Vec::new(),
             anonymous: None,
@@ -132,6 +137,11 @@ impl RequestCtx {
             Some(slot) => slot.1 = value,
             None => self.log_fields.push((name, value)),
         }
+    }
+
+    /// Whether field `name` of the access-log line was set ([`RequestCtx::set_log_field`]).
+    pub fn log_field_set(&self, name: &str) -> bool {
+        self.log_fields.iter().any(|(n, _)| *n == name)
     }
 
     /// The verified client certificate of the connection, on a `[[server.tls]]`
@@ -222,6 +232,19 @@ impl RequestCtx {
     /// The name of the matched route, if one matched.
     pub fn route_name(&self) -> Option<&str> {
         self.route.as_deref().map(|r| r.name.as_str())
+    }
+
+    /// The `{name}` segment of the matched route path (`/users/{id}`), percent-decoded
+    /// (invalid UTF-8 becomes U+FFFD); `None` when the matched path has no such segment.
+    pub fn path_param(&self, name: &str) -> Option<String> {
+        let route = self.route.as_deref()?;
+        // the route's deepest pattern that matches is the one the router chose
+        route
+            .paths
+            .iter()
+            .filter(|p| p.matches(&self.path))
+            .max_by_key(|p| p.segments.len())?
+            .param(&self.path, name)
     }
 
     /// The name of the matched route's upstream, if one matched.

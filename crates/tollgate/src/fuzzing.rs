@@ -216,6 +216,46 @@ pub fn http_cache(data: &[u8]) {
     }
 }
 
+/// What the body policies read: JSON bodies, pointers, templates. Whatever the bytes, no
+/// panic and no deep recursion; a body that reads writes back to a text that reads to the
+/// same value and writes the same; edits through pointers taken from the input stay
+/// within the document's depth bound.
+pub fn json_body(data: &[u8]) {
+    use crate::json::{parse, Edit, Edits, Pointer};
+    if let Ok(v) = parse(data, 64) {
+        let out = v.write();
+        let again = parse(&out, 64).expect("the writer's output reads");
+        assert_eq!(again, v, "a written value reads back the same");
+        assert_eq!(again.write(), out);
+        let text = String::from_utf8_lossy(data);
+        let pointers: Vec<Pointer> = text
+            .split(['"', ','])
+            .filter_map(|p| Pointer::parse(p).ok())
+            .take(8)
+            .collect();
+        if let Some(first) = pointers.first() {
+            let mut doc = v.clone();
+            let edits = Edits::new(
+                pointers
+                    .iter()
+                    .skip(1)
+                    .map(|p| Edit::Remove(p.clone()))
+                    .chain([Edit::Set(first.clone()), Edit::Add(first.clone())]),
+            );
+            let placed = crate::json::Value::Number("1".into());
+            edits.apply(
+                &mut doc,
+                std::slice::from_ref(&placed),
+                std::slice::from_ref(&placed),
+            );
+            assert!(doc.depth() <= v.depth().max(first.segments().len()) + 1);
+        }
+    }
+    let text = String::from_utf8_lossy(data);
+    let _ = Pointer::parse(&text);
+    let _ = crate::policy::template::Template::parse(&text);
+}
+
 #[cfg(test)]
 mod tests {
     /// Replays every kept input (crashes found by fuzzing, and seeds) of every target.
@@ -223,7 +263,7 @@ mod tests {
     fn kept_fuzz_inputs_still_pass() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions");
         type Target = fn(&[u8]);
-        let targets: [(&str, Target); 7] = [
+        let targets: [(&str, Target); 8] = [
             ("config", super::config),
             ("path", super::path),
             ("router", super::router),
@@ -231,6 +271,7 @@ mod tests {
             ("head", super::head),
             ("identity", super::identity),
             ("http_cache", super::http_cache),
+            ("json_body", super::json_body),
         ];
         let mut n = 0;
         for (name, run) in targets {

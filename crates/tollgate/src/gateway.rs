@@ -164,10 +164,10 @@ impl GatewayBuilder {
             cache,
             streams,
             dns,
-            bodies: Arc::new(crate::policy::body::Budget::new(
+            bodies: crate::policy::body::Budget::leak(
                 config.server.limits.body_buffer_total,
                 config.server.limits.body_timeout,
-            )),
+            ),
             reload_lock: Arc::default(),
             state,
             metrics,
@@ -236,7 +236,7 @@ pub struct GatewayHandle {
     /// One reload at a time.
     reload_lock: Arc<tokio::sync::Mutex<()>>,
     /// The memory every whole body the policies hold may take (`body_buffer_total`).
-    bodies: Arc<crate::policy::body::Budget>,
+    bodies: &'static crate::policy::body::Budget,
     /// The response store and its lock (`[server.cache]`).
     cache: Arc<crate::cache::Shelf>,
     /// The responses being compressed (`[server.limits] compress_streams`).
@@ -253,7 +253,7 @@ impl GatewayHandle {
             spans: self.spans.clone(),
             drain: self.drain.clone(),
             limits: self.server.limits,
-            bodies: self.bodies.clone(),
+            bodies: self.bodies,
             cache: self.cache.clone(),
             streams: self.streams.clone(),
         }

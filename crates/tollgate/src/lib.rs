@@ -49,12 +49,14 @@
 //! the request path (`proxy`, `guard`, `access_log`, `drain`), [`config`], the compiled
 //! runtime (`runtime`, `balance`, `health`), the built-in [`policies`], the [`policy`]
 //! API (with `context`, `consumer`, `store`, `request_key`), and leaves ([`router`],
-//! `reply`, [`units`], `trace`, `request_id`, [`metrics`], `forwarding`, `tls`, `otlp`).
+//! `reply`, [`units`], [`json`], `trace`, `request_id`, [`metrics`], `forwarding`, `tls`, `otlp`).
 
 pub mod cache;
 pub mod compress;
 pub mod config;
+pub mod json;
 pub mod jwt_crypto;
+pub mod media;
 pub mod metrics;
 pub mod policies;
 pub mod policy;

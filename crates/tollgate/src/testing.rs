@@ -205,6 +205,7 @@ impl PolicyTest {
             route: Arc::new(RouteInfo {
                 name: "test".into(),
                 upstream: "test".into(),
+                paths: Vec::new(),
             }),
         }
     }
@@ -242,6 +243,7 @@ impl PolicyTest {
         self.route = Arc::new(RouteInfo {
             name: name.into(),
             upstream: upstream.into(),
+            paths: Vec::new(),
         });
         self
     }

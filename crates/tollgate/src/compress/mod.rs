@@ -5,6 +5,8 @@
 //! memory is fixed by their window, never by the body's size.
 
 pub(crate) mod decode;
+
+pub use decode::Coding;
 pub(crate) mod encoder;
 pub(crate) mod negotiate;
 

@@ -179,6 +179,7 @@ pub(super) fn compile_keeping(
         "policies",
         Scope {
             route: None,
+            params: &[],
             consumers: Some(&consumers),
         },
     );
@@ -1167,6 +1168,8 @@ fn table_hash(v: &Value<'_>) -> u64 {
 #[derive(Clone, Copy, Default)]
 struct Scope<'a> {
     route: Option<&'a str>,
+    /// The `{name}`s of the route's paths.
+    params: &'a [String],
     consumers: Option<&'a Consumers>,
 }
 
@@ -1203,6 +1206,7 @@ fn policies(
             outbound: cx.outbound.as_ref(),
             consumers: scope.consumers,
             route: scope.route,
+            route_params: scope.params,
             client_certs: cx.client_certs,
         };
         let registry = cx.registry;
@@ -1235,11 +1239,12 @@ fn policies(
                     let (span, at) = match e.field.as_deref() {
                         Some(f) => {
                             let first = f.split(['.', '[']).next().unwrap_or(f);
-                            let span = val
-                                .get_ref()
-                                .as_table()
-                                .and_then(|t| t.get_key_value(first))
-                                .map_or(val.span(), |(k, _)| k.span());
+                            let span = field_span(val, f).unwrap_or_else(|| {
+                                val.get_ref()
+                                    .as_table()
+                                    .and_then(|t| t.get_key_value(first))
+                                    .map_or(val.span(), |(k, _)| k.span())
+                            });
                             let at = if first.len() == f.len() {
                                 join(&ppath, f)
                             } else {
@@ -1257,6 +1262,78 @@ fn policies(
     out
 }
 
+/// Where a nested field of a policy table is (`remove[1]`, `set."/a"`,
+/// `methods.POST.body_schema`): an array item's value, a table entry's key. `None` when
+/// the path does not lead anywhere (a missing key).
+fn field_span(table: &Value<'_>, field: &str) -> Option<Range<usize>> {
+    let mut at = table;
+    let mut span = None;
+    let mut rest = field;
+    while !rest.is_empty() {
+        rest = rest.strip_prefix('.').unwrap_or(rest);
+        if let Some(r) = rest.strip_prefix('[') {
+            let (i, after) = r.split_once(']')?;
+            let item = at.get_ref().as_array()?.get(i.parse::<usize>().ok()?)?;
+            span = Some(item.span());
+            at = item;
+            rest = after;
+            continue;
+        }
+        let (key, after) = if let Some(q) = rest.strip_prefix('"') {
+            // a quoted key, as `{key:?}` wrote it
+            let end = q.find('"')?;
+            let mut key = String::new();
+            let mut chars = q.char_indices();
+            let mut close = end;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => match chars.next() {
+                        Some((_, '"')) => key.push('"'),
+                        Some((_, '\\')) => key.push('\\'),
+                        Some((_, c)) => {
+                            key.push('\\');
+                            key.push(c);
+                        }
+                        None => return None,
+                    },
+                    '"' => {
+                        close = i;
+                        break;
+                    }
+                    c => key.push(c),
+                }
+            }
+            (key, &q[close + 1..])
+        } else {
+            let end = rest.find(['.', '[']).unwrap_or(rest.len());
+            (rest[..end].to_string(), &rest[end..])
+        };
+        let (k, v) = at.get_ref().as_table()?.get_key_value(key.as_str())?;
+        span = Some(k.span());
+        at = v;
+        rest = after;
+    }
+    span
+}
+
+/// The `{name}`s of a route table's `paths` (those that parse; the others are reported
+/// with the route).
+fn path_params(route: &Value<'_>) -> Vec<String> {
+    let paths = route
+        .get_ref()
+        .as_table()
+        .and_then(|t| t.get("paths"))
+        .and_then(|p| p.get_ref().as_array());
+    let entries = paths
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.get_ref().as_str());
+    entries
+        .filter_map(|p| PathPattern::parse(p).ok())
+        .flat_map(|p| p.params.into_iter().map(|(_, n)| n))
+        .collect()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn route(
     cx: &mut Ctx<'_>,
@@ -1270,8 +1347,10 @@ fn route(
 ) -> Option<(RouteSpec, Route)> {
     let path = join("routes", name);
     let (rest, own_policies) = split_policies(v);
+    let params = path_params(&rest);
     let scope = Scope {
         route: Some(name),
+        params: &params,
         consumers: Some(consumers),
     };
     let own = policies(
@@ -1416,6 +1495,12 @@ fn route(
         info: Arc::new(crate::context::RouteInfo {
             name: name.to_string(),
             upstream: upstream.name.clone(),
+            paths: spec
+                .paths
+                .iter()
+                .filter(|p| !p.params.is_empty())
+                .cloned()
+                .collect(),
         }),
         upstream,
         strip_prefix: f.strip_prefix,

@@ -12,6 +12,7 @@ pub mod cors;
 pub mod ext_authz;
 pub mod headers;
 pub mod ip_restriction;
+pub mod json_body;
 pub mod jwt_auth;
 pub mod key_auth;
 pub mod mtls_auth;
@@ -40,6 +41,8 @@ impl Registry {
         r.register_builtin::<headers::ResponseHeadersConfig>("response_headers");
         r.register_builtin::<cache::CacheConfig>("cache");
         r.register_builtin::<compress::CompressConfig>("compress");
+        r.register_builtin::<json_body::RequestBodyConfig>("request_body");
+        r.register_builtin::<json_body::ResponseBodyConfig>("response_body");
         r
     }
 }

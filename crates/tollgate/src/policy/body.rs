@@ -10,7 +10,6 @@
 //! back and is refused with 411 `length_required` as soon as it is over.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -32,13 +31,22 @@ pub(crate) struct Budget {
     pause_ms: AtomicU64,
 }
 
+/// The budget of bodies held outside a gateway (a policy run on its own): unbounded.
+pub(crate) static UNBOUNDED: Budget = Budget::new(usize::MAX, Duration::from_secs(60));
+
 impl Budget {
-    pub(crate) fn new(limit: usize, pause: Duration) -> Self {
+    pub(crate) const fn new(limit: usize, pause: Duration) -> Self {
         Self {
             limit: AtomicUsize::new(limit),
             used: AtomicUsize::new(0),
             pause_ms: AtomicU64::new(pause.as_millis() as u64),
         }
+    }
+
+    /// A budget for the life of the process (one per gateway, shared by its requests
+    /// by reference).
+    pub(crate) fn leak(limit: usize, pause: Duration) -> &'static Self {
+        Box::leak(Box::new(Self::new(limit, pause)))
     }
 
     /// New limits, for reservations and reads that start after this.
@@ -60,9 +68,9 @@ impl Budget {
     }
 
     /// Takes `n` bytes, if they fit (nothing always fits).
-    pub(crate) fn reserve(self: &Arc<Self>, n: usize) -> Option<Reservation> {
+    pub(crate) fn reserve(&'static self, n: usize) -> Option<Reservation> {
         let mut r = Reservation {
-            budget: self.clone(),
+            budget: self,
             bytes: 0,
         };
         r.grow(n).then_some(r)
@@ -72,7 +80,7 @@ impl Budget {
 /// Bytes of the [`Budget`] a held body takes; given back when dropped.
 #[derive(Debug)]
 pub(crate) struct Reservation {
-    budget: Arc<Budget>,
+    budget: &'static Budget,
     bytes: usize,
 }
 
@@ -153,7 +161,7 @@ pub(crate) fn no_room() -> Reply {
 pub(crate) async fn read_request(
     session: &mut Session,
     cap: usize,
-    budget: &Arc<Budget>,
+    budget: &'static Budget,
     pause: Duration,
 ) -> pingora::Result<Result<HeldBody, Reply>> {
     let too_large = || {
@@ -222,33 +230,40 @@ pub(crate) async fn read_request(
     }))
 }
 
-/// A response body held for the policies that need it whole.
+/// A body collected whole (a response body a policy transforms, a copy it checks),
+/// within a cap of the policy's and the process's `[server.limits] body_buffer_total`,
+/// which every body held by every policy shares. The bytes are given back to the
+/// budget when the buffer is dropped.
 #[derive(Debug)]
-pub(crate) struct HeldResponse {
+pub struct BodyBuffer {
     buf: BytesMut,
     room: Reservation,
     cap: usize,
 }
 
-/// What holding a response's next piece came to.
+/// What collecting a body's next piece came to.
 #[derive(Debug)]
-pub(crate) enum Hold {
-    /// Held; nothing to send yet.
+pub enum Hold {
+    /// Collected.
     Held,
-    /// Too large, or no room: send these bytes (what was held, and the piece) and the
-    /// rest as it comes.
+    /// Over the cap, or no room in the budget: the buffer is empty now and these are
+    /// the bytes it held followed by the piece (pass them on, and the rest as it comes).
     Release(Bytes, NotHeld),
 }
 
-/// Why a response was passed on as it came.
+/// Why a body is not collected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum NotHeld {
+#[non_exhaustive]
+pub enum NotHeld {
+    /// Larger than the cap.
     TooLarge,
+    /// `body_buffer_total` is full.
     NoRoom,
 }
 
 impl NotHeld {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// `too_large` or `no_room`.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::TooLarge => "too_large",
             Self::NoRoom => "no_room",
@@ -256,12 +271,24 @@ impl NotHeld {
     }
 }
 
-impl HeldResponse {
-    /// Starts holding a response of `declared` length (if known) up to `cap`.
-    pub(crate) fn start(
+impl BodyBuffer {
+    /// Starts collecting a body of `declared` length (if known; that much is reserved
+    /// at once) up to `cap` bytes, for the request of `cx`.
+    ///
+    /// # Errors
+    /// `declared` is over `cap`, or cannot be reserved.
+    pub fn start(
+        cx: &crate::context::RequestCtx,
         declared: Option<usize>,
         cap: usize,
-        budget: &Arc<Budget>,
+    ) -> Result<Self, NotHeld> {
+        Self::start_in(cx.bodies, declared, cap)
+    }
+
+    pub(crate) fn start_in(
+        budget: &'static Budget,
+        declared: Option<usize>,
+        cap: usize,
     ) -> Result<Self, NotHeld> {
         if declared.is_some_and(|n| n > cap) {
             return Err(NotHeld::TooLarge);
@@ -276,8 +303,8 @@ impl HeldResponse {
         })
     }
 
-    /// Holds `piece`.
-    pub(crate) fn push(&mut self, piece: &[u8]) -> Hold {
+    /// Collects `piece`.
+    pub fn push(&mut self, piece: &[u8]) -> Hold {
         let total = self.buf.len() + piece.len();
         let not = if total > self.cap {
             Some(NotHeld::TooLarge)
@@ -299,8 +326,19 @@ impl HeldResponse {
         }
     }
 
-    /// The whole body.
-    pub(crate) fn finish(&mut self) -> Bytes {
+    /// The bytes collected so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether nothing is collected.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The whole body; the buffer is empty after (its reservation stays until it is
+    /// dropped).
+    pub fn take(&mut self) -> Bytes {
         std::mem::take(&mut self.buf).freeze()
     }
 }
@@ -311,7 +349,7 @@ mod tests {
 
     #[test]
     fn the_budget_is_shared_and_given_back() {
-        let b = Arc::new(Budget::new(100, Duration::from_secs(1)));
+        let b = Budget::leak(100, Duration::from_secs(1));
         let mut one = b.reserve(60).unwrap();
         assert!(b.reserve(50).is_none(), "60 + 50 > 100");
         let two = b.reserve(40).unwrap();
@@ -329,19 +367,19 @@ mod tests {
 
     #[test]
     fn a_response_over_the_cap_is_released_whole_never_cut() {
-        let b = Arc::new(Budget::new(1 << 20, Duration::from_secs(1)));
-        let mut h = HeldResponse::start(None, 10, &b).unwrap();
+        let b = Budget::leak(1 << 20, Duration::from_secs(1));
+        let mut h = BodyBuffer::start_in(b, None, 10).unwrap();
         assert!(matches!(h.push(b"12345"), Hold::Held));
         match h.push(b"678901") {
             Hold::Release(out, NotHeld::TooLarge) => assert_eq!(&out[..], b"12345678901"),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            HeldResponse::start(Some(11), 10, &b),
+            BodyBuffer::start_in(b, Some(11), 10),
             Err(NotHeld::TooLarge)
         ));
-        let tight = Arc::new(Budget::new(4, Duration::from_secs(1)));
-        let mut h = HeldResponse::start(None, 10, &tight).unwrap();
+        let tight = Budget::leak(4, Duration::from_secs(1));
+        let mut h = BodyBuffer::start_in(tight, None, 10).unwrap();
         assert!(matches!(h.push(b"1234"), Hold::Held));
         assert!(matches!(h.push(b"5"), Hold::Release(_, NotHeld::NoRoom)));
     }

@@ -59,7 +59,9 @@ pub mod identity;
 pub mod metrics;
 pub(crate) mod outbound;
 pub(crate) mod state;
+pub mod template;
 mod upstream;
+pub use body::{BodyBuffer, Hold, NotHeld};
 pub use metrics::{CounterVec, GaugeVec, HistogramVec, PolicyMetrics};
 pub use outbound::{Call, HttpClient, OutboundError, Truncated};
 pub use upstream::{Peer, Target, UpstreamName};
@@ -106,7 +108,9 @@ pub enum Stage {
     Custom,
     /// `rate_limit`, `concurrency_limit`.
     Traffic,
-    /// `body_limit`.
+    /// `body_limit`, then `xml_json`, `validate` and `request_body` (in that order,
+    /// then other policies of the stage by name). Response hooks run `validate`,
+    /// `response_body`, then `xml_json`.
     Body,
     /// `request_headers` / `response_headers`.
     Transform,
@@ -148,6 +152,16 @@ pub trait Policy: Send + Sync + 'static {
     /// built. See [`Policy::request_body`].
     fn request_body_limit(&self) -> Option<usize> {
         None
+    }
+
+    /// Whether this request's body is one this policy reads whole (its media type, its
+    /// encoding): asked after its `request_filter` continued, when
+    /// [`Policy::request_body_limit`] is some. `false`: [`Policy::request_body`] is
+    /// not called, and a body no policy of the route wants streams unbuffered. By
+    /// default every body is.
+    fn wants_request_body(&self, session: &Session, cx: &RequestCtx) -> bool {
+        let _ = (session, cx);
+        true
     }
 
     /// Runs right after this policy's `request_filter` continued, with the whole
@@ -328,6 +342,8 @@ pub struct BuildCtx<'a> {
     pub(crate) consumers: Option<&'a Consumers>,
     /// The route whose policy this is; `None` for a top-level policy.
     pub(crate) route: Option<&'a str>,
+    /// The `{name}`s of the route's paths (empty for a top-level policy).
+    pub(crate) route_params: &'a [String],
     /// Whether a `[[server.tls]]` listener asks clients for certificates.
     pub(crate) client_certs: bool,
 }
@@ -345,8 +361,16 @@ impl<'a> BuildCtx<'a> {
             outbound: None,
             consumers: None,
             route: None,
+            route_params: &[],
             client_certs: true,
         }
+    }
+
+    /// The `{name}` path parameters of the route this policy belongs to
+    /// ([`RequestCtx::path_param`]); `None` for a top-level policy, which serves every
+    /// route, and outside a gateway.
+    pub fn route_path_params(&self) -> Option<&[String]> {
+        self.route.map(|_| self.route_params)
     }
 
     /// Whether a `[[server.tls]]` listener of the configuration asks clients for a
@@ -759,6 +783,11 @@ impl Registry {
 #[derive(Clone, Default)]
 pub struct Chain {
     policies: Vec<Link>,
+    /// The same policies in the order their response hooks run.
+    responses: Vec<Link>,
+    /// Where the body stages after `body_limit` start: request decompression runs
+    /// before this index.
+    body_at: usize,
     /// The largest request and response bodies a policy of the chain (or a consumer's
     /// own entry of one) needs whole.
     request_cap: Option<usize>,
@@ -809,12 +838,25 @@ const AUTH_ORDER: [&str; 5] = [
 /// `acl`, then `ext_authz`); others of the stage after them, by name.
 const AUTHZ_ORDER: [&str; 2] = ["acl", "ext_authz"];
 
+/// The body policies in the order their request hooks run (CROSSCUTTING.md §1, stages
+/// 12 to 16); other policies of the stage after them, by name.
+const BODY_ORDER: [&str; 4] = ["body_limit", "xml_json", "validate", "request_body"];
+
+/// The body policies in the order their response hooks run (stages 24 to 26).
+const RESPONSE_BODY_ORDER: [&str; 3] = ["validate", "response_body", "xml_json"];
+
 /// Where a policy runs within its stage among the built-ins ordered by the contract
 /// (0 in other stages).
 fn auth_rank(l: &Link) -> usize {
+    rank(l, &BODY_ORDER)
+}
+
+/// [`auth_rank`], with `body` as the order of the body stage.
+fn rank(l: &Link, body: &[&str]) -> usize {
     let order: &[&str] = match l.stage {
         Stage::Authentication => &AUTH_ORDER,
         Stage::Authorization => &AUTHZ_ORDER,
+        Stage::Body => body,
         _ => return 0,
     };
     order
@@ -858,7 +900,19 @@ impl Chain {
         let caps = |f: fn(&dyn Policy) -> Option<usize>| {
             policies.iter().filter_map(|l| f(&*l.policy)).max()
         };
+        let mut responses = policies.clone();
+        responses.sort_by(|a, b| {
+            (a.stage, rank(a, &RESPONSE_BODY_ORDER))
+                .cmp(&(b.stage, rank(b, &RESPONSE_BODY_ORDER)))
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        let body_at = policies
+            .iter()
+            .position(|l| l.stage > Stage::Body || (l.stage == Stage::Body && auth_rank(l) > 0))
+            .unwrap_or(policies.len());
         Self {
+            responses,
+            body_at,
             request_cap: caps(|p| p.request_body_limit()),
             response_cap: caps(|p| p.response_body_limit()),
             cache: policies
@@ -933,24 +987,49 @@ impl Chain {
     /// authentication, a consumer's
     /// own entry of a policy (`[consumers.NAME.policies.*]`) replaces the route's.
     pub async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<Flow> {
-        self.request_filter_in(session, cx, None).await
+        self.request_filter_in(session, cx, 0..self.policies.len())
+            .await
     }
 
-    /// [`Chain::request_filter`], with whole request bodies held within `budget` (the
-    /// process's `body_buffer_total`; `None`: unbounded).
-    pub(crate) async fn request_filter_in(
+    /// The policies of [`Chain::request_filter`] up to the body stages after
+    /// `body_limit` (the rest: [`Chain::request_filter_rest`]), for a gateway that
+    /// decodes request bodies in between.
+    pub(crate) async fn request_filter_first(
         &self,
         session: &mut Session,
         cx: &mut RequestCtx,
-        budget: Option<&Arc<body::Budget>>,
+    ) -> Result<Flow> {
+        self.request_filter_in(session, cx, 0..self.body_at).await
+    }
+
+    /// The policies after [`Chain::request_filter_first`].
+    pub(crate) async fn request_filter_rest(
+        &self,
+        session: &mut Session,
+        cx: &mut RequestCtx,
+    ) -> Result<Flow> {
+        self.request_filter_in(session, cx, self.body_at..self.policies.len())
+            .await
+    }
+
+    /// [`Chain::request_filter`] for the policies of `range` (authentication, when it
+    /// is in the chain, is all in the first part).
+    async fn request_filter_in(
+        &self,
+        session: &mut Session,
+        cx: &mut RequestCtx,
+        range: std::ops::Range<usize>,
     ) -> Result<Flow> {
         // the refusals of the authentication policies that did not authenticate
         let mut refusals: Vec<Reply> = Vec::new();
         // the policy that offered the anonymous consumer, and the identity headers it set
         let mut anonymous = None;
         let mut authenticated = false;
-        cx.chain = ChainProgress::default();
-        for (i, link) in self.policies.iter().enumerate() {
+        if range.start == 0 {
+            cx.chain = ChainProgress::default();
+        }
+        let links = self.policies.iter().enumerate();
+        for (i, link) in links.skip(range.start).take(range.len()) {
             if link.stage == Stage::Authentication {
                 if authenticated {
                     continue;
@@ -965,7 +1044,7 @@ impl Chain {
                         cx.auth = Some(link.name.clone());
                         if self.request_cap.is_some() {
                             if let Some(r) =
-                                Box::pin(self.body_hook(&link.policy, session, cx, budget)).await?
+                                Box::pin(self.body_hook(&link.policy, session, cx)).await?
                             {
                                 return Ok(Flow::Respond(r));
                             }
@@ -997,7 +1076,7 @@ impl Chain {
             }
             if self.request_cap.is_some() {
                 // boxed: the chain's own future stays small on routes without bodies
-                if let Some(r) = Box::pin(self.body_hook(p, session, cx, budget)).await? {
+                if let Some(r) = Box::pin(self.body_hook(p, session, cx)).await? {
                     return Ok(Flow::Respond(r));
                 }
             }
@@ -1081,21 +1160,15 @@ impl Chain {
         p: &BoxPolicy,
         session: &mut Session,
         cx: &mut RequestCtx,
-        budget: Option<&Arc<body::Budget>>,
     ) -> Result<Option<Reply>> {
         let Some(limit) = p.request_body_limit() else {
             return Ok(None);
         };
+        if !p.wants_request_body(session, cx) {
+            return Ok(None);
+        }
         if cx.body.is_none() {
-            let unbounded;
-            let budget = match budget {
-                Some(b) => b,
-                None => {
-                    let pause = std::time::Duration::from_secs(60);
-                    unbounded = Arc::new(body::Budget::new(usize::MAX, pause));
-                    &unbounded
-                }
-            };
+            let budget = cx.bodies;
             // the largest limit among the policies this request runs (a consumer's
             // own entries included), not among every consumer's
             let o = self.overrides(cx);
@@ -1163,7 +1236,7 @@ impl Chain {
     /// Runs every policy's `response_body` on the whole response body.
     pub(crate) fn response_body(&self, cx: &mut RequestCtx, body: &mut Bytes) -> Result<()> {
         let o = self.overrides(cx);
-        for l in &self.policies {
+        for l in &self.responses {
             let p = l.effective(o);
             if p.response_body_limit()
                 .is_some_and(|limit| body.len() <= limit)
@@ -1193,7 +1266,7 @@ impl Chain {
         end: bool,
     ) -> Result<()> {
         let o = self.overrides(cx);
-        self.policies
+        self.responses
             .iter()
             .try_for_each(|l| l.effective(o).response_body_filter(cx, body, end))
     }
@@ -1213,7 +1286,7 @@ impl Chain {
     /// Runs every policy's `response_filter`.
     pub fn response_filter(&self, cx: &mut RequestCtx, resp: &mut ResponseHeader) -> Result<()> {
         let o = self.overrides(cx);
-        self.policies
+        self.responses
             .iter()
             .try_for_each(|l| l.effective(o).response_filter(cx, resp))
     }

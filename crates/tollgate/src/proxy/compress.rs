@@ -349,7 +349,7 @@ pub(crate) async fn decompress_request(
     session: &mut pingora::proxy::Session,
     cx: &mut crate::context::RequestCtx,
     rules: &CompressRules,
-    budget: &std::sync::Arc<crate::policy::body::Budget>,
+    budget: &'static crate::policy::body::Budget,
     read_cap: usize,
     metrics: &CompressMetrics,
     route: &str,

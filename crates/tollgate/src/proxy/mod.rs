@@ -46,7 +46,7 @@ pub struct Gateway {
     pub(crate) drain: Arc<crate::drain::Drain>,
     pub(crate) limits: crate::config::limits::Limits,
     /// The memory every whole body the policies hold may take (`body_buffer_total`).
-    pub(crate) bodies: Arc<crate::policy::body::Budget>,
+    pub(crate) bodies: &'static crate::policy::body::Budget,
     /// The response store (`[server.cache]`) and the lock that coalesces its fetches.
     pub(crate) cache: Arc<crate::cache::Shelf>,
     /// The responses being compressed (`compress_streams`).
@@ -300,7 +300,7 @@ impl Gateway {
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        match crate::policy::body::HeldResponse::start(declared, cap, &self.bodies) {
+        match crate::policy::body::BodyBuffer::start_in(self.bodies, declared, cap) {
             Ok(held) => {
                 crate::policy::body_length_changes(resp)?;
                 st.held_response = Some(held);
@@ -308,6 +308,29 @@ impl Gateway {
             Err(why) => self.metrics.response_body_passed(&route.name, why.as_str()),
         }
         Ok(())
+    }
+
+    /// The route's chain with request decompression in its place (CROSSCUTTING.md §1,
+    /// stage 13: after `body_limit`, before the body policies); `Some` is the refusal
+    /// to send.
+    async fn decoding_chain(
+        &self,
+        session: &mut Session,
+        cx: &mut RequestCtx,
+        st: &mut ProxyState,
+        route: &Route,
+        rules: &crate::compress::CompressRules,
+    ) -> Result<Option<Reply>> {
+        if let Flow::Respond(r) = route.chain.request_filter_first(session, cx).await? {
+            return Ok(Some(r));
+        }
+        if let Some(r) = self.decompress(session, cx, st, route, rules).await? {
+            return Ok(Some(r));
+        }
+        Ok(match route.chain.request_filter_rest(session, cx).await? {
+            Flow::Continue => None,
+            Flow::Respond(r) => Some(r),
+        })
     }
 
     /// Decodes the request body of a route with `decompress_requests` (`cache.md`
@@ -331,7 +354,7 @@ impl Gateway {
             session,
             cx,
             rules,
-            &self.bodies,
+            self.bodies,
             read_cap,
             self.metrics.compress(),
             &route.name,
@@ -437,8 +460,10 @@ impl ProxyHttp for Gateway {
     type CTX = Box<Exchange>;
 
     fn new_ctx(&self) -> Box<Exchange> {
+        let mut cx = RequestCtx::new();
+        cx.bodies = self.bodies;
         Box::new(Exchange {
-            cx: RequestCtx::new(),
+            cx,
             st: ProxyState::new(self.drain.enter()),
         })
     }
@@ -593,22 +618,18 @@ impl ProxyHttp for Gateway {
         // one place that answers: each `respond(..).await` is a copy of its state
         // machine in this hook's future and code
         let reply = match self.admit(session, cx, st) {
-            Ok(route) => match route
-                .chain
-                .request_filter_in(session, cx, Some(&self.bodies))
-                .await?
-            {
-                Flow::Continue => match route.chain.compress_rules() {
-                    Some(rules) if rules.decompress_requests => {
-                        // boxed: routes that do not decode keep a small future
-                        match Box::pin(self.decompress(session, cx, st, &route, rules)).await? {
-                            Some(reply) => reply,
-                            None => return Ok(false),
-                        }
+            Ok(route) => match route.chain.compress_rules() {
+                Some(rules) if rules.decompress_requests => {
+                    // boxed: routes that do not decode keep a small future
+                    match Box::pin(self.decoding_chain(session, cx, st, &route, rules)).await? {
+                        Some(reply) => reply,
+                        None => return Ok(false),
                     }
-                    _ => return Ok(false),
+                }
+                _ => match route.chain.request_filter(session, cx).await? {
+                    Flow::Continue => return Ok(false),
+                    Flow::Respond(reply) => reply,
                 },
-                Flow::Respond(reply) => reply,
             },
             Err(reply) => reply,
         };
@@ -1066,7 +1087,7 @@ impl ProxyHttp for Gateway {
                             *body = Some(bytes);
                         }
                         Some(Hold::Held) | None if end_of_stream => {
-                            let mut whole = held.finish();
+                            let mut whole = held.take();
                             st.held_response = None;
                             route.chain.response_body(cx, &mut whole)?;
                             *body = Some(whole);
@@ -1102,7 +1123,7 @@ impl ProxyHttp for Gateway {
         let (Some(held), Some(route)) = (st.held_response.as_mut(), st.route.clone()) else {
             return Ok(None);
         };
-        let original = held.finish();
+        let original = held.take();
         st.held_response = None;
         tracing::warn!(
             route = %route.name,

@@ -61,7 +61,7 @@ pub(crate) struct ProxyState {
     /// client).
     pub(crate) with_body: bool,
     /// The response body, while it is held for the route's policies that need it whole.
-    pub(crate) held_response: Option<crate::policy::body::HeldResponse>,
+    pub(crate) held_response: Option<crate::policy::body::BodyBuffer>,
     /// What the cache did, on a route that caches (set once the request policies passed).
     /// Boxed, as is `compress`: routes that use neither keep a small context.
     pub(crate) cache: Option<Box<super::cache::CacheRun>>,

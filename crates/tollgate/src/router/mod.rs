@@ -86,6 +86,8 @@ pub struct PathPattern {
     pub exact: bool,
     /// Segments; `None` is a `{param}` segment.
     pub segments: Vec<Option<String>>,
+    /// The names of the `{param}` segments, with their segment's index.
+    pub params: Vec<(usize, String)>,
 }
 
 impl PathPattern {
@@ -113,11 +115,13 @@ impl PathPattern {
             ));
         }
         let mut segments = Vec::new();
+        let mut params = Vec::new();
         for s in norm.split('/').filter(|s| !s.is_empty()) {
             if s.starts_with('{') || s.ends_with('}') {
                 let name = s.strip_prefix('{').and_then(|s| s.strip_suffix('}'));
                 match name {
                     Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
+                        params.push((segments.len(), n.to_string()));
                         segments.push(None)
                     }
                     _ => return Err(format!("path {entry:?}: a parameter segment is written {{name}} with name [A-Za-z0-9_]+")),
@@ -126,7 +130,38 @@ impl PathPattern {
                 segments.push(Some(s.to_string()));
             }
         }
-        Ok(Self { exact, segments })
+        Ok(Self {
+            exact,
+            segments,
+            params,
+        })
+    }
+
+    /// The value of the `{name}` segment in `path` (a normalised path this pattern
+    /// matches), percent-decoded; invalid UTF-8 becomes U+FFFD. `None` when the pattern
+    /// has no such segment or does not match `path` segment for segment.
+    pub fn param(&self, path: &str, name: &str) -> Option<String> {
+        let (at, _) = self.params.iter().find(|(_, n)| n == name)?;
+        if !self.matches(path) {
+            return None;
+        }
+        let value = path.split('/').filter(|s| !s.is_empty()).nth(*at)?;
+        let decoded = percent_encoding::percent_decode(value.as_bytes());
+        Some(decoded.decode_utf8_lossy().into_owned())
+    }
+
+    /// Whether `path` (normalised) matches this pattern: every literal segment, a
+    /// `{param}` any one segment, and for an exact pattern nothing more.
+    pub fn matches(&self, path: &str) -> bool {
+        let mut segs = path.split('/').filter(|s| !s.is_empty());
+        for want in &self.segments {
+            match (segs.next(), want) {
+                (None, _) => return false,
+                (Some(seg), Some(lit)) if seg != lit => return false,
+                _ => {}
+            }
+        }
+        !self.exact || segs.next().is_none()
     }
 
     fn literals(&self) -> usize {
@@ -375,6 +410,24 @@ mod tests {
         let r = Router::new(vec![spec(&["/health"]), spec(&["=/health"])]);
         assert_eq!(get(&r, "/health"), found(1, 1));
         assert_eq!(get(&r, "/health/x"), found(0, 1));
+    }
+
+    #[test]
+    fn params_are_read_from_the_matching_path_decoded() {
+        let p = PathPattern::parse("/users/{id}/files/{name}").unwrap();
+        assert_eq!(
+            p.param("/users/7/files/a%20b/more", "name").as_deref(),
+            Some("a b")
+        );
+        assert_eq!(p.param("/users/7/files/x", "id").as_deref(), Some("7"));
+        assert_eq!(
+            p.param("/users/%FF/files/x", "id").as_deref(),
+            Some("\u{FFFD}")
+        );
+        assert_eq!(p.param("/users/7/other/x", "id"), None, "a literal differs");
+        assert_eq!(p.param("/users/7/files/x", "nope"), None);
+        let exact = PathPattern::parse("=/u/{id}").unwrap();
+        assert!(exact.matches("/u/1") && !exact.matches("/u/1/2") && !exact.matches("/u"));
     }
 
     #[test]
