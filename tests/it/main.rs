@@ -31,3 +31,4 @@ mod shutdown;
 mod tls;
 mod traffic;
 mod transform;
+mod xml;

@@ -105,8 +105,11 @@ impl AccessLogger {
         });
         if let Some(fields) = line.as_object_mut() {
             for (name, value) in &cx.log_fields {
-                // the gateway's own fields stay its own; an area's (`authz`) may be set
-                if !fields.contains_key(*name) || fields[*name].is_null() {
+                // the gateway's own fields stay its own; an area's (`authz`) may be set,
+                // and `error` by a policy that aborted a response it had started
+                // (`response_aborted`, CROSSCUTTING.md rule 6.3)
+                let aborted = *name == "error";
+                if !fields.contains_key(*name) || fields[*name].is_null() || aborted {
                     fields.insert((*name).to_string(), value.clone());
                 }
             }

@@ -130,7 +130,8 @@ impl RequestCtx {
 
     /// Sets field `name` of this request's access-log line (a policy's decision, such
     /// as `ext_authz`'s `authz`). Set it again to replace it. Name fields after your
-    /// policy; a name of the gateway's own fields is ignored.
+    /// policy; a name of the gateway's own fields is ignored, except `error`, which a
+    /// policy that aborts a response it started sets to say why (`response_aborted`).
     pub fn set_log_field(&mut self, name: &'static str, value: impl Into<serde_json::Value>) {
         let value = value.into();
         match self.log_fields.iter_mut().find(|(n, _)| *n == name) {

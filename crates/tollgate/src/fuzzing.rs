@@ -216,13 +216,20 @@ pub fn http_cache(data: &[u8]) {
     }
 }
 
-/// What the body policies read: JSON bodies, pointers, templates. Whatever the bytes, no
-/// panic and no deep recursion; a body that reads writes back to a text that reads to the
-/// same value and writes the same; edits through pointers taken from the input stay
-/// within the document's depth bound.
+/// What the body policies read: JSON and XML bodies, pointers, templates. Whatever the
+/// bytes, no panic and no deep recursion; a body that reads writes back to a text that
+/// reads to the same value and writes the same; the XML written for any JSON value is
+/// well-formed and reads back; edits through pointers taken from the input stay within
+/// the document's depth bound.
 pub fn json_body(data: &[u8]) {
     use crate::json::{parse, Edit, Edits, Pointer};
+    if let Ok(doc) = crate::xml::to_json(data, 64) {
+        parse(&doc.write(), 65).expect("XML read as JSON is valid JSON");
+    }
     if let Ok(v) = parse(data, 64) {
+        if let Ok(xml) = crate::xml::from_json(&v, "r", 1 << 20) {
+            crate::xml::to_json(&xml, 1 << 12).expect("the XML written reads back");
+        }
         let out = v.write();
         let again = parse(&out, 64).expect("the writer's output reads");
         assert_eq!(again, v, "a written value reads back the same");

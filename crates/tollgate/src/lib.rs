@@ -62,6 +62,7 @@ pub mod policies;
 pub mod policy;
 pub mod router;
 pub mod units;
+pub mod xml;
 
 mod access_log;
 mod admin;
