@@ -31,4 +31,5 @@ mod shutdown;
 mod tls;
 mod traffic;
 mod transform;
+mod validate;
 mod xml;

@@ -211,7 +211,8 @@ pub struct Reply {
     /// body is the JSON of its code.
     pub content: Bytes,
     /// A refusal whose body is [`Reply::content`] as another service wrote it
-    /// ([`Reply::relay`]).
+    /// ([`Reply::relay`]). A refusal of the gateway's own keeps the members added with
+    /// [`Reply::member`] in `content` instead, as a JSON object.
     relayed: bool,
 }
 
@@ -242,6 +243,21 @@ impl Reply {
             content: Bytes::new(),
             relayed: false,
         }
+    }
+
+    /// The refusal with `name` added to its JSON body after `error`, `message` and
+    /// `request_id` (`validate`'s `details`). The body is sent to the client: never put a
+    /// secret or a part of the request in it. No effect on other replies.
+    #[must_use]
+    pub fn member(mut self, name: &str, value: serde_json::Value) -> Self {
+        if self.code.is_none() || self.relayed {
+            return self;
+        }
+        let mut members: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&self.content).unwrap_or_default();
+        members.insert(name.to_string(), value);
+        self.content = Bytes::from(serde_json::to_vec(&members).unwrap_or_default());
+        self
     }
 
     /// A bodiless reply with any status (for example a CORS preflight's 204).
@@ -308,7 +324,22 @@ impl Reply {
     /// [`content`](Reply::content).
     pub fn body(&self, request_id: &str) -> Bytes {
         match self.code {
-            Some(code) if !self.relayed => error_body(code.as_str(), &self.message, request_id),
+            Some(code) if !self.relayed && self.content.is_empty() => {
+                error_body(code.as_str(), &self.message, request_id)
+            }
+            Some(code) if !self.relayed => {
+                let mut v = serde_json::json!({
+                    "error": code.as_str(), "message": self.message, "request_id": request_id,
+                });
+                let members: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_slice(&self.content).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.extend(members);
+                }
+                let mut s = serde_json::to_vec(&v).unwrap_or_default();
+                s.push(b'\n');
+                Bytes::from(s)
+            }
             _ => self.content.clone(),
         }
     }
@@ -373,6 +404,18 @@ mod tests {
         assert_eq!(v["error"], "no_route");
         assert_eq!(v["request_id"], "abc");
         assert!(v["message"].as_str().unwrap().contains("no route"));
+    }
+
+    #[test]
+    fn members_join_a_refusals_body_only() {
+        let r = Reply::refuse(ErrorCode::BadRequest)
+            .member("details", serde_json::json!([{"path": "/a"}]))
+            .member("n", serde_json::json!(1));
+        let v: serde_json::Value = serde_json::from_slice(&r.body("id")).unwrap();
+        assert_eq!(v["details"][0]["path"], "/a");
+        assert_eq!((v["n"].as_i64(), v["error"].as_str()), (Some(1), Some("bad_request")));
+        let plain = Reply::empty(StatusCode::NO_CONTENT).member("x", serde_json::json!(1));
+        assert!(plain.body("id").is_empty());
     }
 
     #[test]

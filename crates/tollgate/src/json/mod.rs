@@ -62,6 +62,23 @@ impl Value {
         parse::is_number(text.as_bytes()).then(|| Self::Number(text.to_string()))
     }
 
+    /// The same value as a `serde_json::Value` (numbers keep their exact text: the
+    /// crate is built with serde_json's `arbitrary_precision`).
+    pub fn to_serde(&self) -> serde_json::Value {
+        match self {
+            Self::Null => serde_json::Value::Null,
+            Self::Bool(b) => serde_json::Value::Bool(*b),
+            Self::Number(n) => n
+                .parse::<serde_json::Number>()
+                .map_or(serde_json::Value::Null, serde_json::Value::Number),
+            Self::String(s) => serde_json::Value::String(s.clone()),
+            Self::Array(a) => serde_json::Value::Array(a.iter().map(Self::to_serde).collect()),
+            Self::Object(o) => serde_json::Value::Object(
+                o.iter().map(|(k, v)| (k.clone(), v.to_serde())).collect(),
+            ),
+        }
+    }
+
     /// The nesting depth: 0 for a scalar, 1 for an array or object of scalars.
     pub fn depth(&self) -> usize {
         match self {

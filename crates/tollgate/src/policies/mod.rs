@@ -18,6 +18,7 @@ pub mod key_auth;
 pub mod mtls_auth;
 pub mod oauth2_introspection;
 pub mod rate_limit;
+pub mod validate;
 pub mod xml_json;
 
 use crate::policy::Registry;
@@ -45,6 +46,7 @@ impl Registry {
         r.register_builtin::<json_body::RequestBodyConfig>("request_body");
         r.register_builtin::<json_body::ResponseBodyConfig>("response_body");
         r.register_builtin::<xml_json::XmlJsonConfig>("xml_json");
+        r.register_builtin::<validate::ValidateConfig>("validate");
         r
     }
 }
