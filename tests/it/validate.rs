@@ -332,3 +332,252 @@ async fn check_reports_every_schema_error_with_its_place() {
         assert!(err.contains(want), "missing {want}\nin {err}");
     }
 }
+
+const OPENAPI: &str = r##"openapi: 3.0.3
+info: {title: pets, version: "1"}
+paths:
+  /pets:
+    parameters:
+      - {name: limit, in: query, schema: {type: integer, maximum: 100}}
+    post:
+      parameters:
+        - {name: X-Tenant, in: header, required: true, schema: {type: string}}
+        - {name: ids, in: query, explode: false, schema: {type: array, items: {type: integer}}}
+        - {name: session, in: cookie, required: true, schema: {type: string}}
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: {$ref: "#/components/schemas/Pet"}
+      responses:
+        "201": {description: created}
+  /pets/{id}:
+    get:
+      parameters:
+        - {name: id, in: path, required: true, schema: {type: integer}}
+      responses:
+        "200":
+          description: a pet
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/Pet"}
+  /pets/mine:
+    get:
+      responses:
+        default: {description: mine}
+  /files/{name}:
+    put:
+      parameters:
+        - {name: name, in: path, required: true, schema: {type: string, pattern: "^[a-z]+$"}}
+      requestBody:
+        content:
+          application/octet-stream: {}
+      responses:
+        "204": {description: stored}
+components:
+  schemas:
+    Pet:
+      type: object
+      required: [name]
+      properties:
+        name: {type: string, example: rex}
+        age: {type: integer, nullable: true}
+        price: {type: number, minimum: 0, exclusiveMinimum: true}
+"##;
+
+/// A gateway whose route `/api` (prefix stripped) validates against [`OPENAPI`].
+fn with_openapi(up: &Upstream, dir: &tempfile::TempDir, extra: &str) -> Gateway {
+    let doc = dir.path().join("openapi.yaml");
+    std::fs::write(&doc, OPENAPI).unwrap();
+    gateway_with_admin(&format!(
+        "{}[routes.r]\npaths = [\"/api\"]\nstrip_prefix = true\nupstream = \"a\"\n\
+         [routes.r.policies.validate]\nopenapi = \"{}\"\n{extra}\n",
+        upstream_table("a", &[up.addr]),
+        doc.display()
+    ))
+}
+
+#[tokio::test]
+async fn an_openapi_operation_checks_path_query_header_and_body() {
+    let up = Upstream::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = with_openapi(&up, &dir, "status = 422");
+    let ok = post(
+        &gw,
+        "/api/pets?limit=5&ids=1,2",
+        r#"{"name":"rex","age":null,"price":1}"#,
+    )
+    .header("x-tenant", "t");
+    assert_eq!(send(ok).await.status, 200, "3.0 nullable lets null through");
+    assert_eq!(
+        up.last().unwrap().target,
+        "/pets?limit=5&ids=1,2",
+        "forwarded without /api"
+    );
+    let a = send(post(
+        &gw,
+        "/api/pets?limit=500&ids=1,x",
+        r#"{"age":"old","price":0}"#,
+    ))
+    .await;
+    assert_eq!(a.status, 422);
+    let d = details(&a);
+    for w in [
+        ("query", "/limit", "must be <= 100"),
+        ("query", "/ids/1", "must be of type integer"),
+        ("header", "/x-tenant", "is required"),
+        ("body", "/name", "is required"),
+        ("body", "/age", "must be of type null or integer"),
+        ("body", "/price", "must be > 0"),
+    ] {
+        assert!(
+            d.iter()
+                .any(|(l, p, m)| (l.as_str(), p.as_str(), m.as_str()) == w),
+            "missing {w:?} in {d:?}"
+        );
+    }
+    // path parameters are coerced, matched on the normalised path; literals win
+    let a = send(client().get(gw.url("/api/pets/abc"))).await;
+    assert_eq!(a.status, 422);
+    assert_eq!(
+        details(&a),
+        [(
+            "path".into(),
+            "/id".into(),
+            "must be of type integer".into()
+        )]
+    );
+    assert_eq!(send(client().get(gw.url("/api/pets/7"))).await.status, 200);
+    assert_eq!(
+        send(client().get(gw.url("/api/pets/mine"))).await.status,
+        200
+    );
+    let a = send(
+        client()
+            .put(gw.url("/api/files/UP%41"))
+            .header("content-type", "application/octet-stream")
+            .body("x"),
+    )
+    .await;
+    assert_eq!(
+        details(&a),
+        [(
+            "path".into(),
+            "/name".into(),
+            "must match the pattern \"^[a-z]+$\"".into()
+        )]
+    );
+    let a = send(
+        client()
+            .put(gw.url("/api/files/abc"))
+            .header("content-type", "application/octet-stream")
+            .body("raw"),
+    )
+    .await;
+    assert_eq!(
+        a.status, 200,
+        "a media type without a schema is accepted unread"
+    );
+    let a = send(
+        client()
+            .post(gw.url("/api/pets"))
+            .header("x-tenant", "t")
+            .header("content-type", "text/csv")
+            .body("a,b"),
+    )
+    .await;
+    assert_eq!(a.status, 415);
+    // no operation for DELETE
+    let a = send(client().delete(gw.url("/api/pets/7"))).await;
+    assert_eq!(a.status, 422);
+    assert_eq!(
+        details(&a),
+        [(
+            "path".into(),
+            "".into(),
+            "no operation matches this method and path".into()
+        )]
+    );
+}
+
+#[tokio::test]
+async fn unmatched_pass_and_watched_responses() {
+    let up = Upstream::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = with_openapi(&up, &dir, "unmatched = \"pass\"\nvalidate_responses = true");
+    assert_eq!(
+        send(client().delete(gw.url("/api/pets/7"))).await.status,
+        200
+    );
+    assert_eq!(
+        sample(
+            &gw,
+            "tollgate_validation_total{outcome=\"unmatched\",route=\"r\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+    // the echo upstream's JSON has no `name`: the response fails, and goes out unchanged
+    let a = send(client().get(gw.url("/api/pets/7"))).await;
+    assert_eq!(a.status, 200);
+    let j: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(j["target"], "/pets/7");
+    assert_eq!(
+        sample(
+            &gw,
+            "tollgate_validation_response_failures_total{route=\"r\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+    // a status without an entry is not checked
+    let a = send(client().get(gw.url("/api/pets/mine"))).await;
+    assert_eq!(a.status, 200);
+    let log = access_log(&gw, 3).await;
+    assert_eq!(log[0]["validation"], "unmatched");
+    assert_eq!(log[1]["validation_response"], "failed");
+    assert_eq!(log[2]["validation_response"], "not_checked");
+}
+
+#[tokio::test]
+async fn check_reports_openapi_errors_with_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let v2 = write("v2.json", r#"{"swagger": "2.0", "openapi": "2.0"}"#);
+    let bad = write(
+        "bad.yaml",
+        "openapi: 3.1.0\npaths:\n  /files/{name}.json:\n    get: {}\n  /a/{x}:\n    get: {}\n  /a/{y}:\n    get: {}\n  /p:\n    post:\n      parameters:\n        - {name: q, in: query, style: deepObject, schema: {type: object}}\n        - {name: c, in: query, content: {application/json: {}}}\n      requestBody:\n        content:\n          application/json:\n            schema: {type: integr}\n",
+    );
+    let broken = write("broken.yaml", "openapi: 3.1.0\npaths: [\n");
+    let text = write("doc.txt", "{}");
+    let route = |n: &str, f: &str| {
+        format!("[routes.{n}]\npaths = [\"/{n}\"]\nupstream = \"a\"\n[routes.{n}.policies.validate]\nopenapi = \"{f}\"\n")
+    };
+    let err = check_fails(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[upstreams.a]\nbackends = [\"127.0.0.1:1\"]\n{}{}{}{}\
+         [routes.both]\npaths = [\"/both\"]\nupstream = \"a\"\n[routes.both.policies.validate]\nopenapi = \"{v2}\"\nunmatched = \"maybe\"\n\
+         [routes.both.policies.validate.methods.GET]\nquery_schema = {{ type = \"object\" }}\n",
+        route("v", &v2),
+        route("b", &bad),
+        route("k", &broken),
+        route("t", &text)
+    ));
+    for want in [
+        "v2.json#/openapi: \"2.0\" is not 3.0.x or 3.1.x",
+        "bad.yaml#/paths/~1files~1{name}.json: a path template must be a whole segment",
+        "bad.yaml#/paths/~1a~1{y}: \"/a/{y}\" equals another path but for parameter names",
+        "bad.yaml#/paths/~1p/post/parameters/0/style: \"deepObject\" is not supported in query",
+        "bad.yaml#/paths/~1p/post/parameters/1: a parameter with content instead of schema",
+        "bad.yaml#/paths/~1p/post/requestBody/content/application~1json/schema/type: ",
+        "broken.yaml:3:1: ",
+        "doc.txt\" must be .json, .yaml or .yml",
+        "routes.both.policies.validate: validate needs exactly one of methods and openapi",
+        "routes.both.policies.validate.unmatched: unknown unmatched \"maybe\" (expected reject or pass)",
+    ] {
+        assert!(err.contains(want), "missing {want}\nin {err}");
+    }
+}

@@ -14,6 +14,9 @@ pub(crate) struct RouteInfo {
     pub(crate) upstream: String,
     /// The route's path patterns that have `{param}` segments.
     pub(crate) paths: Vec<crate::router::PathPattern>,
+    /// `strip_prefix` and `rewrite`: how the path is forwarded.
+    pub(crate) strip_prefix: bool,
+    pub(crate) rewrite: Option<(regex::Regex, String)>,
 }
 
 /// What a policy may read and write of the request in flight.
@@ -34,6 +37,8 @@ pub struct RequestCtx {
     pub trace: Option<crate::trace::TraceContext>,
     /// The normalised request path (see [`crate::router::path::normalize`]).
     pub path: String,
+    /// The segments of the route path that matched (what `strip_prefix` removes).
+    pub(crate) prefix_segments: usize,
     /// The consumer set by an authentication policy.
     pub consumer: Option<Arc<Consumer>>,
     /// Typed data that policies pass to each other and to their own later hooks.
@@ -95,6 +100,7 @@ impl RequestCtx {
             client_ip: None,
             trace: None,
             path: String::new(),
+            prefix_segments: 0,
             consumer: None,
             extensions: http::Extensions::new(),
             response_headers: Vec::new(),
@@ -246,6 +252,20 @@ impl RequestCtx {
             .filter(|p| p.matches(&self.path))
             .max_by_key(|p| p.segments.len())?
             .param(&self.path, name)
+    }
+
+    /// The path (without the query) as the upstream will receive it: normalised, then
+    /// the route's `strip_prefix` and `rewrite` applied.
+    pub fn forwarded_path(&self) -> String {
+        let Some(route) = self.route.as_deref() else {
+            return self.path.clone();
+        };
+        let strip = if route.strip_prefix {
+            self.prefix_segments
+        } else {
+            0
+        };
+        crate::forwarding::upstream_path(&self.path, strip, route.rewrite.as_ref(), None)
     }
 
     /// The name of the matched route's upstream, if one matched.

@@ -413,7 +413,10 @@ mod tests {
             .member("n", serde_json::json!(1));
         let v: serde_json::Value = serde_json::from_slice(&r.body("id")).unwrap();
         assert_eq!(v["details"][0]["path"], "/a");
-        assert_eq!((v["n"].as_i64(), v["error"].as_str()), (Some(1), Some("bad_request")));
+        assert_eq!(
+            (v["n"].as_i64(), v["error"].as_str()),
+            (Some(1), Some("bad_request"))
+        );
         let plain = Reply::empty(StatusCode::NO_CONTENT).member("x", serde_json::json!(1));
         assert!(plain.body("id").is_empty());
     }

@@ -206,6 +206,8 @@ impl PolicyTest {
                 name: "test".into(),
                 upstream: "test".into(),
                 paths: Vec::new(),
+                strip_prefix: false,
+                rewrite: None,
             }),
         }
     }
@@ -244,6 +246,8 @@ impl PolicyTest {
             name: name.into(),
             upstream: upstream.into(),
             paths: Vec::new(),
+            strip_prefix: false,
+            rewrite: None,
         });
         self
     }

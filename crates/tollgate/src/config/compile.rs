@@ -1501,6 +1501,8 @@ fn route(
                 .filter(|p| !p.params.is_empty())
                 .cloned()
                 .collect(),
+            strip_prefix: f.strip_prefix,
+            rewrite: rewrite.clone(),
         }),
         upstream,
         strip_prefix: f.strip_prefix,

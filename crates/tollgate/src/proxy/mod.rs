@@ -213,6 +213,7 @@ impl Gateway {
             } => {
                 st.route = snap.routes.get(route).cloned();
                 st.prefix_segments = prefix_segments;
+                cx.prefix_segments = prefix_segments;
                 cx.route = st.route.as_ref().map(|r| r.info.clone());
             }
             Lookup::MethodNotAllowed(allow) => {

@@ -46,15 +46,20 @@ pub(crate) fn header_object(headers: &http::HeaderMap) -> Map<String, Value> {
 }
 
 /// Converts the string values of `object` to the types its schema's properties name
-/// (`transform.md` §3.8, coercion); `split_commas` for header values of array type.
-pub(crate) fn coerce(object: &mut Map<String, Value>, schema: &Schema, split_commas: bool) {
+/// (`transform.md` §3.8, coercion); the values of names `split_commas` says are lists
+/// written with commas (headers, `explode: false`) when their type is `array`.
+pub(crate) fn coerce(
+    object: &mut Map<String, Value>,
+    schema: &Schema,
+    split_commas: impl Fn(&str) -> bool,
+) {
     let props = resolve(&schema.doc, &schema.doc)
         .and_then(|s| s.get("properties"))
         .and_then(Value::as_object);
     let Some(props) = props else { return };
     for (name, value) in object.iter_mut() {
         if let Some(prop) = props.get(name).and_then(|p| resolve(&schema.doc, p)) {
-            coerce_value(value, prop, &schema.doc, split_commas);
+            coerce_value(value, prop, &schema.doc, split_commas(name));
         }
     }
 }
@@ -176,14 +181,14 @@ mod tests {
         }))
         .unwrap();
         let mut q = query_object("limit=10&ratio=1.5&on=true&ids=1&n=01&free=7").unwrap();
-        coerce(&mut q, &schema, false);
+        coerce(&mut q, &schema, |_| false);
         assert_eq!(
             Value::Object(q),
             json!({"limit": 10, "ratio": 1.5, "on": true, "ids": [1], "n": "01", "free": "7"})
         );
         let mut h = Map::new();
         h.insert("ids".into(), json!("1, 2 ,x"));
-        coerce(&mut h, &schema, true);
+        coerce(&mut h, &schema, |_| true);
         assert_eq!(h["ids"], json!([1, 2, "x"]));
     }
 }

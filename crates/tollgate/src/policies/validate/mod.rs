@@ -18,12 +18,18 @@
 //! query_schema = { type = "object", properties = { limit = { type = "integer", maximum = 100 } } }
 //! headers_schema = "schemas/headers.json"   # lower-case property names
 //! response_schema = "schemas/pet-out.json"  # 2xx JSON responses: logged and counted only
+//!
+//! [routes.store.policies.validate]           # or: an OpenAPI 3.0 / 3.1 document
+//! openapi = "openapi.yaml"                  # .json, .yaml or .yml; instead of `methods`
+//! unmatched = "reject"                      # reject | pass: a request no operation describes
+//! validate_responses = false                # watch responses against the operation
 //! ```
 //!
 //! Schemas are compiled when the configuration is loaded, by the `jsonschema` crate with
 //! linear-time patterns and no remote references. Validation never changes the request.
 
 mod input;
+mod openapi;
 mod schema;
 
 use std::collections::BTreeMap;
@@ -66,6 +72,12 @@ pub struct ValidateConfig {
     pub max_depth: Option<i64>,
     /// One table per method (upper case).
     pub methods: Option<BTreeMap<String, MethodConfig>>,
+    /// An OpenAPI 3.0 / 3.1 document (`.json`, `.yaml`, `.yml`), instead of `methods`.
+    pub openapi: Option<String>,
+    /// `reject` (default) or `pass` a request that no operation describes (OpenAPI).
+    pub unmatched: Option<String>,
+    /// Watch responses against the operation (OpenAPI; default false).
+    pub validate_responses: Option<bool>,
     /// Only inside `methods`: reported when written here.
     pub response_schema: Option<toml::Value>,
     /// Only inside `methods`: reported when written here.
@@ -161,10 +173,47 @@ impl PolicyConfig for ValidateConfig {
         }
         let max_body = max_body_of(self.max_body, &mut errors);
         let max_depth = max_depth_of(self.max_depth, &mut errors);
-        let mut methods = Vec::new();
-        match &self.methods {
-            None => errors.push(BuildError::new("validate needs a methods table")),
-            Some(tables) => {
+        for (key, set) in [
+            ("unmatched", self.unmatched.is_some()),
+            ("validate_responses", self.validate_responses.is_some()),
+        ] {
+            if set && self.openapi.is_none() {
+                errors.push(BuildError::field(key, format!("{key} goes with openapi")));
+            }
+        }
+        let pass_unmatched = BuildError::choose(
+            "unmatched",
+            self.unmatched.as_deref().unwrap_or("reject"),
+            &[("reject", false), ("pass", true)],
+        )
+        .map_err(|e| errors.push(e))
+        .unwrap_or(false);
+        let mut rules = Vec::new();
+        let mode = match (&self.methods, &self.openapi) {
+            (Some(_), Some(_)) | (None, None) => {
+                errors.push(BuildError::new(
+                    "validate needs exactly one of methods and openapi",
+                ));
+                Mode::Methods(Vec::new())
+            }
+            (None, Some(file)) => match openapi::load(cx.config_dir, file) {
+                Ok(doc) => {
+                    rules = doc.rules;
+                    Mode::OpenApi {
+                        paths: doc.paths,
+                        pass_unmatched,
+                        watch: self.validate_responses.unwrap_or(false),
+                    }
+                }
+                Err(es) => {
+                    for e in es {
+                        errors.push(BuildError::field("openapi", e));
+                    }
+                    Mode::Methods(Vec::new())
+                }
+            },
+            (Some(tables), None) => {
+                let mut methods = Vec::new();
                 for (name, m) in tables {
                     let at = |k: &str| format!("methods.{name}.{k}");
                     let Ok(method) = http::Method::from_bytes(name.as_bytes()) else {
@@ -194,14 +243,22 @@ impl PolicyConfig for ValidateConfig {
                         v.as_ref()
                             .and_then(|v| schema_at(cx, &at(key), v, object, &mut errors))
                     };
-                    let rules = Rules {
-                        body: one("body_schema", &m.body_schema, false),
+                    let body = one("body_schema", &m.body_schema, false);
+                    let r = Rules {
+                        path: None,
                         query: one("query_schema", &m.query_schema, true),
                         headers: one("headers_schema", &m.headers_schema, true),
-                        response: one("response_schema", &m.response_schema, false),
-                        body_required: m.body_required.unwrap_or(true),
+                        body: body.map(|schema| BodyRule::Schema {
+                            schema,
+                            required: m.body_required.unwrap_or(true),
+                        }),
+                        responses: match one("response_schema", &m.response_schema, false) {
+                            Some(s) => Responses::Success(s),
+                            None => Responses::None,
+                        },
+                        comma: Vec::new(),
                     };
-                    if let Some(h) = rules.headers.as_ref() {
+                    if let Some(h) = r.headers.as_ref() {
                         let props = h.doc.get("properties").and_then(|p| p.as_object());
                         for p in props.into_iter().flat_map(|p| p.keys()) {
                             if p.chars().any(|c| c.is_ascii_uppercase()) {
@@ -212,15 +269,18 @@ impl PolicyConfig for ValidateConfig {
                             }
                         }
                     }
-                    methods.push((method, rules));
+                    methods.push((method, rules.len()));
+                    rules.push(r);
                 }
+                Mode::Methods(methods)
             }
-        }
+        };
         BuildError::all(errors)?;
         let code = ErrorCode::custom(status, "validation_failed")
             .map_err(|e| BuildError::field("status", e.to_string()))?;
         Ok(Validate {
-            methods,
+            mode,
+            rules,
             code,
             verbose: self.verbose,
             max_details: usize::try_from(max_details).unwrap_or(10),
@@ -244,7 +304,8 @@ impl PolicyConfig for ValidateConfig {
 /// Checks requests (and watches responses) against JSON Schemas.
 #[derive(Debug)]
 pub struct Validate {
-    methods: Vec<(http::Method, Rules)>,
+    mode: Mode,
+    rules: Vec<Rules>,
     code: ErrorCode,
     verbose: bool,
     max_details: usize,
@@ -255,23 +316,68 @@ pub struct Validate {
     response_failures: CounterVec,
 }
 
-/// One method's schemas.
+/// How requests find their rules.
 #[derive(Debug)]
-struct Rules {
-    body: Option<Schema>,
-    body_required: bool,
+enum Mode {
+    /// By method: an index into `rules`.
+    Methods(Vec<(http::Method, usize)>),
+    /// By method and forwarded path, from an OpenAPI document.
+    OpenApi {
+        paths: Vec<openapi::PathTemplate>,
+        pass_unmatched: bool,
+        watch: bool,
+    },
+}
+
+/// One method's (or operation's) schemas.
+#[derive(Debug)]
+pub(crate) struct Rules {
+    path: Option<Schema>,
     query: Option<Schema>,
     headers: Option<Schema>,
-    response: Option<Schema>,
+    body: Option<BodyRule>,
+    responses: Responses,
+    /// Query parameters written comma-separated (`explode: false`).
+    comma: Vec<String>,
+}
+
+/// The entries of an OpenAPI `content` table: media range, and the schema of a JSON one.
+pub(crate) type Content = Vec<(String, Option<Schema>)>;
+
+/// The path parameters of the operation a request matched.
+type PathParams = serde_json::Map<String, serde_json::Value>;
+
+/// What a request body is checked against.
+#[derive(Debug)]
+pub(crate) enum BodyRule {
+    /// `body_schema`: JSON bodies only.
+    Schema { schema: Schema, required: bool },
+    /// An OpenAPI `requestBody`: an entry per media type, JSON ones with a schema.
+    OpenApi { required: bool, content: Content },
+}
+
+/// What responses are watched against.
+#[derive(Debug)]
+pub(crate) enum Responses {
+    None,
+    /// `response_schema`: every 2xx JSON response.
+    Success(Schema),
+    /// An OpenAPI operation's `responses`: by status, range, `default`.
+    ByStatus(Vec<(String, Content)>),
 }
 
 /// The failures found before the body, waiting for it.
 #[derive(Debug, Clone)]
 struct Pending(Vec<Detail>);
 
-/// Which method's rules apply to this request (an index into `methods`).
+/// The rules of this request (an index into `rules`) and, for a body read, the schema
+/// (for OpenAPI, the index of its `content` entry).
 #[derive(Debug, Clone, Copy)]
-struct Method(usize);
+struct Method(usize, usize);
+
+/// Which response schema applies (for OpenAPI: status entry × 1024 + media entry).
+#[derive(Debug, Clone, Copy)]
+struct Watched(usize);
 
 /// A response being copied for its check.
 #[derive(Debug, Clone)]
@@ -285,7 +391,67 @@ enum Refusal {
 
 impl Validate {
     fn rules(&self, cx: &RequestCtx) -> Option<&Rules> {
-        cx.extensions.get::<Method>().map(|m| &self.methods[m.0].1)
+        cx.extensions.get::<Method>().map(|m| &self.rules[m.0])
+    }
+
+    /// The body schema of this request, once chosen.
+    fn body_schema(&self, cx: &RequestCtx) -> Option<&Schema> {
+        let m = cx.extensions.get::<Method>()?;
+        match self.rules[m.0].body.as_ref()? {
+            BodyRule::Schema { schema, .. } => Some(schema),
+            BodyRule::OpenApi { content, .. } => content.get(m.1)?.1.as_ref(),
+        }
+    }
+
+    /// The rules for this request and its path parameters; `Err` is the verdict when
+    /// none applies (`None`: not validated, `Some`: an unmatched request).
+    fn find(
+        &self,
+        cx: &mut RequestCtx,
+        method: &http::Method,
+    ) -> std::result::Result<(usize, Option<PathParams>), Option<Flow>> {
+        match &self.mode {
+            Mode::Methods(ms) => ms
+                .iter()
+                .find(|(m, _)| m == method)
+                .map(|(_, i)| (*i, None))
+                .ok_or(None),
+            Mode::OpenApi {
+                paths,
+                pass_unmatched,
+                ..
+            } => {
+                let forwarded = cx.forwarded_path();
+                let segs: Vec<&str> = forwarded.split('/').filter(|s| !s.is_empty()).collect();
+                let mut best: Option<(&openapi::PathTemplate, usize, _)> = None;
+                for t in paths {
+                    let Some(params) = t.matches(&segs) else {
+                        continue;
+                    };
+                    let Some((_, i)) = t.ops.iter().find(|(m, _)| m == method) else {
+                        continue;
+                    };
+                    if best.as_ref().is_none_or(|(b, _, _)| t.beats(b)) {
+                        best = Some((t, *i, params));
+                    }
+                }
+                match best {
+                    Some((_, i, params)) => Ok((i, Some(params))),
+                    None if *pass_unmatched => {
+                        self.count(cx, "unmatched");
+                        Err(Some(Flow::Continue))
+                    }
+                    None => {
+                        let d = vec![Detail::new(
+                            "path",
+                            "",
+                            "no operation matches this method and path",
+                        )];
+                        Err(Some(self.decide(cx, Some(Refusal::Details(d)))))
+                    }
+                }
+            }
+        }
     }
 
     fn count(&self, cx: &mut RequestCtx, outcome: &'static str) {
@@ -354,12 +520,12 @@ impl Validate {
                     "the query string does not decode to UTF-8",
                 )));
             };
-            input::coerce(&mut q, s, false);
+            input::coerce(&mut q, s, |n| rules.comma.iter().any(|c| c == n));
             details.extend(s.check(&serde_json::Value::Object(q), "query"));
         }
         if let Some(s) = &rules.headers {
             let mut h = input::header_object(&req.headers);
-            input::coerce(&mut h, s, true);
+            input::coerce(&mut h, s, |_| true);
             details.extend(s.check(&serde_json::Value::Object(h), "header"));
         }
         Ok(details)
@@ -389,45 +555,77 @@ impl Policy for Validate {
     async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<Flow> {
         let empty = session.is_body_empty();
         let req = session.req_header();
-        let Some(i) = self.methods.iter().position(|(m, _)| *m == req.method) else {
-            return Ok(Flow::Continue);
+        let (i, path_params) = match self.find(cx, &req.method) {
+            Ok(found) => found,
+            Err(verdict) => return Ok(verdict.unwrap_or(Flow::Continue)),
         };
-        cx.extensions.insert(Method(i));
-        let rules = &self.methods[i].1;
-        let mut details = match self.check_head(rules, req) {
-            Ok(d) => d,
-            Err(r) => return Ok(self.decide(cx, Some(Refusal::Reply(*r)))),
-        };
-        if let Some(_body) = &rules.body {
-            let declared = req
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > self.max_body as u64) {
-                // enforced in both modes: the body cannot be read
-                self.count(cx, "failed");
-                return Ok(Flow::Respond(Reply::refuse_with(
-                    ErrorCode::PayloadTooLarge,
-                    format!("the request body is larger than {} bytes", self.max_body),
-                )));
-            }
-            if empty {
-                if rules.body_required {
-                    details.push(Detail::new("body", "", "a request body is required"));
-                }
-            } else if !json_body(req) {
-                let r = Reply::refuse_with(
-                    ErrorCode::UnsupportedMediaType,
-                    "the request body's Content-Type (or Content-Encoding) is not JSON",
-                );
-                return Ok(self.decide(cx, Some(Refusal::Reply(r))));
-            } else {
-                cx.extensions.insert(Pending(details));
-                return Ok(Flow::Continue);
-            }
+        cx.extensions.insert(Method(i, 0));
+        let rules = &self.rules[i];
+        let mut details = Vec::new();
+        if let (Some(s), Some(mut p)) = (&rules.path, path_params) {
+            input::coerce(&mut p, s, |_| true);
+            details.extend(s.check(&serde_json::Value::Object(p), "path"));
         }
-        let failed = (!details.is_empty()).then_some(Refusal::Details(details));
-        Ok(self.decide(cx, failed))
+        match self.check_head(rules, req) {
+            Ok(d) => details.extend(d),
+            Err(r) => return Ok(self.decide(cx, Some(Refusal::Reply(*r)))),
+        }
+        let Some(body) = &rules.body else {
+            let failed = (!details.is_empty()).then_some(Refusal::Details(details));
+            return Ok(self.decide(cx, failed));
+        };
+        let declared = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let required = match body {
+            BodyRule::Schema { required, .. } | BodyRule::OpenApi { required, .. } => *required,
+        };
+        if empty {
+            if required {
+                details.push(Detail::new("body", "", "a request body is required"));
+            }
+            let failed = (!details.is_empty()).then_some(Refusal::Details(details));
+            return Ok(self.decide(cx, failed));
+        }
+        let media = MediaType::of(&req.headers);
+        let entry = match body {
+            BodyRule::Schema { .. } => json_body(req).then_some(0),
+            BodyRule::OpenApi { content, .. } => media
+                .as_ref()
+                .filter(|_| crate::media::identity_encoding(&req.headers))
+                .and_then(|m| {
+                    let chosen = openapi::pick(content, &m.essence)?;
+                    content.iter().position(|c| std::ptr::eq(c, chosen))
+                }),
+        };
+        let Some(entry) = entry else {
+            let r = Reply::refuse_with(
+                ErrorCode::UnsupportedMediaType,
+                "the request body's Content-Type (or Content-Encoding) is not one this route accepts",
+            );
+            return Ok(self.decide(cx, Some(Refusal::Reply(r))));
+        };
+        cx.extensions.insert(Method(i, entry));
+        let checked = self.body_schema(cx).is_some()
+            && media
+                .as_ref()
+                .is_some_and(|m| m.is_utf8() && openapi::is_json(&m.essence));
+        if !checked {
+            // an OpenAPI media type without a JSON schema: accepted unread
+            let failed = (!details.is_empty()).then_some(Refusal::Details(details));
+            return Ok(self.decide(cx, failed));
+        }
+        if declared.is_some_and(|n| n > self.max_body as u64) {
+            // enforced in both modes: the body cannot be read
+            self.count(cx, "failed");
+            return Ok(Flow::Respond(Reply::refuse_with(
+                ErrorCode::PayloadTooLarge,
+                format!("the request body is larger than {} bytes", self.max_body),
+            )));
+        }
+        cx.extensions.insert(Pending(details));
+        Ok(Flow::Continue)
     }
 
     fn wants_request_body(&self, _session: &Session, cx: &RequestCtx) -> bool {
@@ -443,11 +641,17 @@ impl Policy for Validate {
         let Some(Pending(mut details)) = cx.extensions.remove::<Pending>() else {
             return Ok(Flow::Continue);
         };
-        let Some(Some(schema)) = self.rules(cx).map(|r| r.body.as_ref()) else {
+        let Some(schema) = self.body_schema(cx) else {
             return Ok(Flow::Continue);
         };
+        let required = self
+            .rules(cx)
+            .and_then(|r| r.body.as_ref())
+            .is_some_and(|b| match b {
+                BodyRule::Schema { required, .. } | BodyRule::OpenApi { required, .. } => *required,
+            });
         if body.is_empty() {
-            if self.rules(cx).is_some_and(|r| r.body_required) {
+            if required {
                 details.push(Detail::new("body", "", "a request body is required"));
             }
         } else {
@@ -470,7 +674,12 @@ impl Policy for Validate {
         let Some(rules) = self.rules(cx) else {
             return Ok(());
         };
-        if rules.response.is_none() || cx.refusal().is_some() {
+        let watched = match (&rules.responses, &self.mode) {
+            (Responses::None, _) => false,
+            (Responses::ByStatus(_), Mode::OpenApi { watch, .. }) => *watch,
+            _ => true,
+        };
+        if !watched || cx.refusal().is_some() {
             return Ok(());
         }
         // a response from a cache entry was checked when it came from the upstream
@@ -478,14 +687,37 @@ impl Policy for Validate {
             .headers
             .get("x-cache-status")
             .is_some_and(|v| matches!(v.as_bytes(), b"HIT" | b"STALE" | b"REVALIDATED"));
-        if !resp.status.is_success() || cached {
+        if cached {
             return Ok(());
         }
-        let json = MediaType::of(&resp.headers).is_some_and(|m| {
-            m.is_utf8()
-                && (m.essence == "application/json"
-                    || (m.essence.starts_with("application/") && m.essence.ends_with("+json")))
-        });
+        let media = MediaType::of(&resp.headers);
+        let schema = match &rules.responses {
+            Responses::Success(_) => resp.status.is_success().then_some(0),
+            Responses::ByStatus(statuses) => {
+                let code = resp.status.as_u16().to_string();
+                let range = format!("{}XX", &code[..1]);
+                let entry = [code.as_str(), range.as_str(), "DEFAULT"]
+                    .iter()
+                    .find_map(|k| statuses.iter().position(|(s, _)| s == k));
+                entry.and_then(|i| {
+                    let m = media.as_ref()?;
+                    let chosen = openapi::pick(&statuses[i].1, &m.essence)?;
+                    let j = statuses[i].1.iter().position(|c| std::ptr::eq(c, chosen))?;
+                    chosen.1.as_ref().map(|_| i * 1024 + j)
+                })
+            }
+            Responses::None => None,
+        };
+        let Some(schema) = schema else {
+            if resp.status.is_success() || matches!(rules.responses, Responses::ByStatus(_)) {
+                cx.set_log_field("validation_response", "not_checked");
+            }
+            return Ok(());
+        };
+        cx.extensions.insert(Watched(schema));
+        let json = media
+            .as_ref()
+            .is_some_and(|m| m.is_utf8() && openapi::is_json(&m.essence));
         let declared = resp
             .headers
             .get(http::header::CONTENT_LENGTH)
@@ -529,8 +761,21 @@ impl Policy for Validate {
         }
         cx.extensions.remove::<Watching>();
         let copy = buf.take();
-        let Some(Some(schema)) = self.rules(cx).map(|r| r.response.as_ref()) else {
-            return Ok(());
+        let schema = match (
+            self.rules(cx).map(|r| &r.responses),
+            cx.extensions.get::<Watched>(),
+        ) {
+            (Some(Responses::Success(s)), _) => s,
+            (Some(Responses::ByStatus(statuses)), Some(Watched(k))) => {
+                match statuses
+                    .get(k / 1024)
+                    .and_then(|(_, c)| c.get(k % 1024)?.1.as_ref())
+                {
+                    Some(s) => s,
+                    None => return Ok(()),
+                }
+            }
+            _ => return Ok(()),
         };
         let details = match crate::json::parse(&copy, self.max_depth) {
             Ok(doc) => schema.check(&doc.to_serde(), "body"),
