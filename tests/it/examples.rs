@@ -1103,4 +1103,35 @@ async fn the_quickstart_serves_its_routes_and_an_oidc_protected_one() {
     assert_eq!(cache().await, "MISS");
     assert_eq!(cache().await, "HIT");
     assert_eq!(up.count(), before + 1);
+    // the body route: validated at the edge, trimmed, and as XML for an XML client
+    let pets = || {
+        client()
+            .post(gw.url("/pets"))
+            .header("content-type", "application/json")
+    };
+    let r = pets().body(r#"{"age":-1}"#).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let j: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(j["error"], "validation_failed");
+    assert_eq!(j["details"].as_array().map(Vec::len), Some(2), "{j}");
+    let r = pets().body(r#"{"name":"rex"}"#).send().await.unwrap();
+    let j: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(j["served_by"], "tollgate");
+    assert_eq!(j["method"], "POST");
+    assert!(j.get("headers").is_none(), "trimmed by keep: {j}");
+    let r = client()
+        .get(gw.url("/pets"))
+        .header("accept", "application/xml")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/xml; charset=utf-8"
+    );
+    let xml = r.text().await.unwrap();
+    assert!(
+        xml.starts_with("<?xml") && xml.contains("<served_by>tollgate</served_by>"),
+        "{xml}"
+    );
 }

@@ -258,6 +258,10 @@ async fn full_body_buffers_refuse_with_503_and_retry_after() {
     let j: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
     assert_eq!(j["error"], "overloaded");
     assert_eq!(up.count(), 0);
+    assert_eq!(
+        sample(&gw, "tollgate_body_buffer_refusals_total{route=\"r\"}").await,
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -474,4 +478,26 @@ async fn a_gzip_body_is_decoded_before_request_body_edits_it() {
         "decoded (stage 13), then edited (16)"
     );
     assert_eq!(seen.header("content-encoding"), None);
+}
+
+#[tokio::test]
+async fn a_range_on_a_transforming_route_gets_the_whole_transformed_body_even_from_the_cache() {
+    let up = Upstream::start("a").await;
+    let gw = transforming(
+        &up,
+        "[routes.r.policies.cache]\nttl = \"1m\"\n[routes.r.policies.response_body]\nremove = [\"/b\"]\n",
+    );
+    let path = "/respond?body=%7B%22a%22%3A1%2C%22b%22%3A2%7D&header=cache-control:max-age=60";
+    let first = send(client().get(gw.url(path))).await;
+    assert_eq!(
+        (first.status, first.body.as_slice()),
+        (200, &br#"{"a":1}"#[..])
+    );
+    for _ in 0..2 {
+        let a = send(client().get(gw.url(path)).header("range", "bytes=0-2")).await;
+        assert_eq!(a.status, 200, "no 206 of the upstream's bytes");
+        assert_eq!(a.body, br#"{"a":1}"#);
+    }
+    assert_eq!(up.count(), 1, "the later answers came from the entry");
+    assert_eq!(up.last().unwrap().header("range"), None);
 }

@@ -251,3 +251,39 @@ async fn check_refuses_a_policy_that_does_nothing_and_a_bad_root() {
         assert!(err.contains(want), "missing {want}\nin {err}");
     }
 }
+
+#[tokio::test]
+async fn validate_and_request_body_see_the_converted_json() {
+    let up = Upstream::start("a").await;
+    let gw = gateway_with_admin(&format!(
+        "{}[routes.r]\npaths = [\"/\"]\nupstream = \"a\"\n\
+         [routes.r.policies.xml_json]\nresponse = false\n\
+         [routes.r.policies.request_body]\nset = {{ \"/source\" = \"xml\" }}\n\
+         [routes.r.policies.validate.methods.POST.body_schema]\n\
+         type = \"object\"\nrequired = [\"order\"]\nproperties = {{ order = {{ type = \"object\", required = [\"@id\"] }} }}\n",
+        upstream_table("a", &[up.addr])
+    ));
+    let a = send(post_xml(
+        &gw,
+        "application/xml",
+        br#"<order id="7"><note>hi</note></order>"#,
+    ))
+    .await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(
+        up.last().unwrap().body,
+        br#"{"order":{"@id":"7","note":"hi"},"source":"xml"}"#,
+        "converted (14), validated (15), then edited (16)"
+    );
+    let a = send(post_xml(
+        &gw,
+        "text/xml",
+        b"<order><note>no id</note></order>",
+    ))
+    .await;
+    assert_eq!(a.status, 400);
+    let j: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(j["error"], "validation_failed");
+    assert_eq!(j["details"][0]["path"], "/order/@id");
+    assert_eq!(up.count(), 1);
+}

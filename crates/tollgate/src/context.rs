@@ -12,7 +12,7 @@ use crate::reply::ErrorCode;
 pub(crate) struct RouteInfo {
     pub(crate) name: String,
     pub(crate) upstream: String,
-    /// The route's path patterns that have `{param}` segments.
+    /// The route's path patterns, when one has `{param}` segments (else none).
     pub(crate) paths: Vec<crate::router::PathPattern>,
     /// `strip_prefix` and `rewrite`: how the path is forwarded.
     pub(crate) strip_prefix: bool,

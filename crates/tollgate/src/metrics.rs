@@ -54,6 +54,7 @@ pub struct Metrics {
     outbound_requests: IntCounterVec,
     outbound_duration: HistogramVec,
     bodies_passed: IntCounterVec,
+    body_buffer_refusals: IntCounterVec,
     cache: CacheMetrics,
     compress: CompressMetrics,
     /// The policies' own families ([`crate::policy::PolicyMetrics`]), by name.
@@ -310,6 +311,14 @@ impl Metrics {
             ),
             &["route", "reason"],
         ));
+        let body_buffer_refusals = must(IntCounterVec::new(
+            Opts::new(
+                "tollgate_body_buffer_refusals_total",
+                "Requests refused because body_buffer_total was full (also counted as \
+                 refusals with reason overloaded).",
+            ),
+            &["route"],
+        ));
         let build = must(IntGaugeVec::new(
             Opts::new("tollgate_build_info", "Build information; always 1."),
             &["version"],
@@ -341,6 +350,7 @@ impl Metrics {
             Box::new(outbound_requests.clone()),
             Box::new(outbound_duration.clone()),
             Box::new(bodies_passed.clone()),
+            Box::new(body_buffer_refusals.clone()),
         ] {
             must(registry.register(c));
         }
@@ -365,6 +375,7 @@ impl Metrics {
             outbound_requests,
             outbound_duration,
             bodies_passed,
+            body_buffer_refusals,
             cache,
             compress,
             policy_families: Arc::default(),
@@ -384,6 +395,11 @@ impl Metrics {
     /// Counts a response passed on as it came although a policy wanted it whole.
     pub(crate) fn response_body_passed(&self, route: &str, reason: &str) {
         self.bodies_passed.with_label_values(&[route, reason]).inc();
+    }
+
+    /// Counts a request refused because the body buffers were full.
+    pub(crate) fn body_buffer_refusal(&self, route: &str) {
+        self.body_buffer_refusals.with_label_values(&[route]).inc();
     }
 
     /// Records one outbound call of `policy`.

@@ -1495,12 +1495,12 @@ fn route(
         info: Arc::new(crate::context::RouteInfo {
             name: name.to_string(),
             upstream: upstream.name.clone(),
-            paths: spec
-                .paths
-                .iter()
-                .filter(|p| !p.params.is_empty())
-                .cloned()
-                .collect(),
+            // every pattern, when one has a parameter: the one that matched says
+            paths: if spec.paths.iter().any(|p| !p.params.is_empty()) {
+                spec.paths.clone()
+            } else {
+                Vec::new()
+            },
             strip_prefix: f.strip_prefix,
             rewrite: rewrite.clone(),
         }),

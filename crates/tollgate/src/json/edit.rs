@@ -183,6 +183,10 @@ fn rename(v: &mut Value, from: &[Segment], to: &[Segment]) -> bool {
     let Some((last, parents)) = from.split_last() else {
         return false;
     };
+    if !can_place(v, to) {
+        // moving it would lose it: TO's parent cannot hold it
+        return false;
+    }
     let mut taken = None;
     each(v, parents, &mut |parent| taken = remove_at(parent, last));
     match taken {
@@ -191,6 +195,26 @@ fn rename(v: &mut Value, from: &[Segment], to: &[Segment]) -> bool {
             true
         }
         None => false,
+    }
+}
+
+/// Whether a value can be placed at `segs` (no `*`): every parent exists or can be
+/// created as an object, and the last one can hold the last segment.
+fn can_place(v: &Value, segs: &[Segment]) -> bool {
+    let Some((seg, rest)) = segs.split_first() else {
+        return false;
+    };
+    match v {
+        Value::Object(members) => match members.get(seg.as_str()) {
+            Some(child) if !rest.is_empty() => can_place(child, rest),
+            _ => true,
+        },
+        Value::Array(items) => match seg.index().and_then(|i| items.get(i)) {
+            Some(item) if !rest.is_empty() => can_place(item, rest),
+            Some(_) => true,
+            None => false,
+        },
+        _ => false,
     }
 }
 
@@ -342,6 +366,17 @@ mod tests {
         assert_eq!(
             out,
             r#"{"customer":{"n":1},"customer_id":7,"items":[{"new":{"deep":1}},{"x":2}]}"#
+        );
+        let (out, changed) = run(
+            r#"{"a":1,"s":"x"}"#,
+            vec![Edit::Rename(p("/a"), p("/s/t"))],
+            &[],
+            &[],
+        );
+        assert_eq!(
+            (out.as_str(), changed),
+            (r#"{"a":1,"s":"x"}"#, false),
+            "a value is never lost"
         );
     }
 

@@ -206,6 +206,10 @@ impl XmlJson {
         };
         match crate::xml::from_json(&doc, &self.root, self.max_body.saturating_mul(4)) {
             Ok(xml) => {
+                // the output is held too (body_buffer_total counts bytes held)
+                if BodyBuffer::start(cx, Some(xml.len()), xml.len()).is_err() {
+                    return self.abort(cx, "too_large", "no room for the XML in the body buffers");
+                }
                 self.count(cx, "response", "converted");
                 Ok(Bytes::from(xml))
             }
@@ -229,6 +233,10 @@ impl Policy for XmlJson {
         if self.response && req.method != http::Method::HEAD {
             if let Some(kind) = prefers_xml(&req.headers) {
                 cx.extensions.insert(PrefersXml(kind));
+                // the whole document, never a range of it (CROSSCUTTING.md rule 10.3)
+                let req = session.req_header_mut();
+                req.remove_header(&http::header::RANGE);
+                req.remove_header(&http::header::IF_RANGE);
             }
         }
         if !self.request || session.is_body_empty() {
@@ -269,7 +277,7 @@ impl Policy for XmlJson {
 
     async fn request_body(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         cx: &mut RequestCtx,
         body: &mut Bytes,
     ) -> Result<Flow> {
@@ -279,6 +287,12 @@ impl Policy for XmlJson {
         match crate::xml::to_json(body, self.max_depth) {
             Ok(doc) => {
                 *body = Bytes::from(doc.write());
+                // the later body policies (validate, request_body) see JSON (§3.1)
+                let req = session.req_header_mut();
+                req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+                for gone in ["content-md5", "digest"] {
+                    req.remove_header(gone);
+                }
                 cx.extensions.insert(Converted);
                 self.count(cx, "request", "converted");
                 Ok(Flow::Continue)
@@ -294,18 +308,10 @@ impl Policy for XmlJson {
     }
 
     fn upstream_request_filter(&self, cx: &mut RequestCtx, req: &mut RequestHeader) -> Result<()> {
-        if cx.extensions.get::<Converted>().is_some() {
-            req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-            for gone in ["content-md5", "digest"] {
-                req.remove_header(gone);
-            }
-        }
         if cx.extensions.get::<PrefersXml>().is_some() {
             // CROSSCUTTING.md rules 9.6 and 10.3: JSON, whole, unencoded
             req.insert_header(http::header::ACCEPT, "application/json")?;
             req.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
-            req.remove_header(&http::header::RANGE);
-            req.remove_header(&http::header::IF_RANGE);
         }
         Ok(())
     }

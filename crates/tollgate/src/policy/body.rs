@@ -148,9 +148,12 @@ impl HeldBody {
     }
 }
 
+/// The message of [`no_room`]'s refusal (how the gateway tells it from other 503s).
+pub(crate) const NO_ROOM: &str = "the gateway's body buffers are full";
+
 /// The refusal of a request whose body finds no room.
 pub(crate) fn no_room() -> Reply {
-    Reply::refuse_with(ErrorCode::Overloaded, "the gateway's body buffers are full")
+    Reply::refuse_with(ErrorCode::Overloaded, NO_ROOM)
         .header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
 }
 

@@ -244,6 +244,13 @@ impl Gateway {
             session.set_keepalive(None);
         }
         cx.refusal = reply.code;
+        if reply.code == Some(ErrorCode::Overloaded)
+            && reply.message == crate::policy::body::NO_ROOM
+        {
+            // CROSSCUTTING.md rule 5.6, whatever stage refused
+            let route = st.route.as_ref().map_or("_none", |r| r.name.as_str());
+            self.metrics.body_buffer_refusal(route);
+        }
         let reply = reply.render(&cx.request_id);
         let body = reply.body;
         let extra = cx.response_headers.len();

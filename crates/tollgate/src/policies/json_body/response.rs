@@ -172,6 +172,13 @@ impl ResponseBody {
             };
             Ok(self.ops.apply(&mut doc, values).then(|| doc.write()))
         });
+        // the new body is held too until it is sent (body_buffer_total counts bytes held)
+        let outcome = outcome.and_then(|changed| match changed {
+            Some(out) if BodyBuffer::start(cx, Some(out.len()), out.len()).is_err() => {
+                Err("too_large")
+            }
+            other => Ok(other),
+        });
         match outcome {
             Ok(changed) => {
                 self.count(cx, "applied");
@@ -203,6 +210,11 @@ impl Policy for ResponseBody {
     }
 
     async fn request_filter(&self, session: &mut Session, cx: &mut RequestCtx) -> Result<Flow> {
+        // the client always gets the whole, transformed response: a Range is neither
+        // sent upstream nor answered from a cache entry (CROSSCUTTING.md rule 10.3)
+        let req = session.req_header_mut();
+        req.remove_header(&http::header::RANGE);
+        req.remove_header(&http::header::IF_RANGE);
         if session.req_header().method != http::Method::HEAD {
             let values = self.ops.render(Facts {
                 request: session.req_header(),
@@ -214,11 +226,9 @@ impl Policy for ResponseBody {
     }
 
     fn upstream_request_filter(&self, _cx: &mut RequestCtx, req: &mut RequestHeader) -> Result<()> {
-        // the body must arrive as JSON the gateway can read, and whole
-        // (CROSSCUTTING.md rules 9.6, 10.3)
+        // the body must arrive unencoded or in a coding the gateway reads
+        // (CROSSCUTTING.md rule 9.6)
         req.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
-        req.remove_header(&http::header::RANGE);
-        req.remove_header(&http::header::IF_RANGE);
         Ok(())
     }
 

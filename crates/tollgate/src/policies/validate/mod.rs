@@ -375,6 +375,10 @@ struct Pending(Vec<Detail>);
 #[derive(Debug, Clone, Copy)]
 struct Method(usize, usize);
 
+/// A HEAD request: its response has no body to watch.
+#[derive(Debug, Clone, Copy)]
+struct HeadRequest;
+
 /// Which response schema applies (for OpenAPI: status entry × 1024 + media entry).
 #[derive(Debug, Clone, Copy)]
 struct Watched(usize);
@@ -560,6 +564,9 @@ impl Policy for Validate {
             Err(verdict) => return Ok(verdict.unwrap_or(Flow::Continue)),
         };
         cx.extensions.insert(Method(i, 0));
+        if req.method == http::Method::HEAD {
+            cx.extensions.insert(HeadRequest);
+        }
         let rules = &self.rules[i];
         let mut details = Vec::new();
         if let (Some(s), Some(mut p)) = (&rules.path, path_params) {
@@ -568,7 +575,9 @@ impl Policy for Validate {
         }
         match self.check_head(rules, req) {
             Ok(d) => details.extend(d),
-            Err(r) => return Ok(self.decide(cx, Some(Refusal::Reply(*r)))),
+            Err(r) if self.enforce => return Ok(self.decide(cx, Some(Refusal::Reply(*r)))),
+            // not enforced: warned and counted once, with whatever else fails
+            Err(r) => details.push(Detail::new("query", "", r.message.clone())),
         }
         let Some(body) = &rules.body else {
             let failed = (!details.is_empty()).then_some(Refusal::Details(details));
@@ -607,11 +616,17 @@ impl Policy for Validate {
             return Ok(self.decide(cx, Some(Refusal::Reply(r))));
         };
         cx.extensions.insert(Method(i, entry));
-        let checked = self.body_schema(cx).is_some()
-            && media
-                .as_ref()
-                .is_some_and(|m| m.is_utf8() && openapi::is_json(&m.essence));
-        if !checked {
+        let json = media.as_ref().is_some_and(|m| openapi::is_json(&m.essence));
+        let utf8 = media.as_ref().is_some_and(MediaType::is_utf8);
+        if self.body_schema(cx).is_some() && json && !utf8 {
+            // a JSON entry is never skipped by its charset
+            let r = Reply::refuse_with(
+                ErrorCode::UnsupportedMediaType,
+                "the request body's Content-Type has a charset other than utf-8",
+            );
+            return Ok(self.decide(cx, Some(Refusal::Reply(r))));
+        }
+        if self.body_schema(cx).is_none() || !json {
             // an OpenAPI media type without a JSON schema: accepted unread
             let failed = (!details.is_empty()).then_some(Refusal::Details(details));
             return Ok(self.decide(cx, failed));
@@ -679,7 +694,10 @@ impl Policy for Validate {
             (Responses::ByStatus(_), Mode::OpenApi { watch, .. }) => *watch,
             _ => true,
         };
-        if !watched || cx.refusal().is_some() {
+        let bodiless = cx.extensions.get::<HeadRequest>().is_some()
+            || matches!(resp.status.as_u16(), 204 | 304)
+            || resp.status.is_informational();
+        if !watched || cx.refusal().is_some() || bodiless {
             return Ok(());
         }
         // a response from a cache entry was checked when it came from the upstream

@@ -10,6 +10,9 @@ use serde_json::Value;
 /// The 2020-12 meta-schema's URI, the only `$schema` accepted.
 const DRAFT: &str = "https://json-schema.org/draft/2020-12/schema";
 
+/// The most details one location reports (the contract's largest `max_details`).
+pub(crate) const MAX_DETAILS: usize = 100;
+
 /// The largest compiled pattern.
 const PATTERN_LIMIT: usize = 1 << 20;
 
@@ -229,14 +232,20 @@ impl Schema {
         Ok(Self { doc, validator })
     }
 
-    /// The failures of `instance`, at most one per place, in the validator's order.
+    /// The failures of `instance`, at most one per place and at most [`MAX_DETAILS`],
+    /// in the validator's order.
     pub(crate) fn check(&self, instance: &Value, location: &'static str) -> Vec<Detail> {
         let mut out: Vec<Detail> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for e in self.validator.iter_errors(instance) {
+            if out.len() >= MAX_DETAILS {
+                // a hostile body can fail at every element: what is reported is bounded
+                break;
+            }
             let base = e.instance_path().as_str().to_string();
             use jsonschema::error::ValidationErrorKind as K;
             let mut push = |path: String, message: String| {
-                if !out.iter().any(|d| d.path == path) {
+                if out.len() < MAX_DETAILS && seen.insert(path.clone()) {
                     out.push(Detail::new(location, path, message));
                 }
             };
