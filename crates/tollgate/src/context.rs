@@ -76,6 +76,19 @@ pub struct RequestCtx {
     pub(crate) hidden_query: Vec<String>,
 }
 
+/// A value kept for later hooks of a request that cannot be cloned (a
+/// [`BodyBuffer`](crate::policy::BodyBuffer)): [`RequestCtx::extensions`] holds only
+/// `Clone` values, so it is kept behind a shared handle. Only the request's own hooks,
+/// one at a time, reach it: its lock is never contended.
+#[derive(Debug)]
+struct Kept<T>(Arc<std::sync::Mutex<T>>);
+
+impl<T> Clone for Kept<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
 /// Which policies of a route's chain ran `request_filter`: the first `reached` ones,
 /// except the authentication policies after `authenticated_by` (skipped once one
 /// authenticated).
@@ -144,6 +157,35 @@ impl RequestCtx {
             Some(slot) => slot.1 = value,
             None => self.log_fields.push((name, value)),
         }
+    }
+
+    /// Keeps `value` for this request's later hooks (one value per type: wrap it in a
+    /// type of your policy), for what [`RequestCtx::extensions`] cannot hold because it
+    /// cannot be cloned, such as a [`BodyBuffer`](crate::policy::BodyBuffer).
+    pub fn keep<T: Send + 'static>(&mut self, value: T) {
+        self.extensions
+            .insert(Kept(Arc::new(std::sync::Mutex::new(value))));
+    }
+
+    /// Runs `f` on the value of type `T` kept with [`RequestCtx::keep`]; `None` when
+    /// there is none.
+    pub fn kept<T: Send + 'static, R>(&mut self, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+        let Kept(value) = self.extensions.get::<Kept<T>>()?.clone();
+        let mut value = value
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(f(&mut value))
+    }
+
+    /// Takes back the value of type `T` kept with [`RequestCtx::keep`].
+    pub fn unkeep<T: Send + 'static>(&mut self) -> Option<T> {
+        let Kept(value) = self.extensions.remove::<Kept<T>>()?;
+        let value = Arc::into_inner(value)?;
+        Some(
+            value
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Whether field `name` of the access-log line was set ([`RequestCtx::set_log_field`]).
@@ -312,5 +354,21 @@ mod tests {
                 (&b, &HeaderValue::from_static("2"))
             ]
         );
+    }
+
+    #[test]
+    fn a_kept_value_is_reached_by_type_and_taken_back_whole() {
+        #[derive(Debug, PartialEq)]
+        struct Count(Vec<u8>);
+        let mut cx = RequestCtx::new();
+        assert_eq!(cx.kept(|c: &mut Count| c.0.len()), None);
+        cx.keep(Count(vec![1]));
+        let len = cx.kept(|c: &mut Count| {
+            c.0.push(2);
+            c.0.len()
+        });
+        assert_eq!(len, Some(2));
+        assert_eq!(cx.unkeep::<Count>(), Some(Count(vec![1, 2])));
+        assert_eq!(cx.unkeep::<Count>(), None);
     }
 }

@@ -49,7 +49,7 @@
 //! the request path (`proxy`, `guard`, `access_log`, `drain`), [`config`], the compiled
 //! runtime (`runtime`, `balance`, `health`), the built-in [`policies`], the [`policy`]
 //! API (with `context`, `consumer`, `store`, `request_key`), and leaves ([`router`],
-//! `reply`, [`units`], [`json`], `trace`, `request_id`, [`metrics`], `forwarding`, `tls`, `otlp`).
+//! `reply`, [`units`], [`json`], [`media`], [`xml`], `trace`, `request_id`, [`metrics`], `forwarding`, `tls`, `otlp`).
 
 pub mod cache;
 pub mod compress;

@@ -114,10 +114,9 @@ struct Converted;
 #[derive(Debug, Clone, Copy)]
 struct PrefersXml(&'static str);
 
-/// A JSON response being collected for conversion (shared, never copied: extensions
-/// hold only what can be cloned).
-#[derive(Debug, Clone)]
-struct Collecting(std::sync::Arc<std::sync::Mutex<BodyBuffer>>);
+/// A JSON response being collected for conversion ([`RequestCtx::keep`]).
+#[derive(Debug)]
+struct Collecting(BodyBuffer);
 
 /// The XML media types a request body is converted from.
 fn is_xml(m: &MediaType) -> bool {
@@ -361,8 +360,7 @@ impl Policy for XmlJson {
         for gone in ["etag", "content-md5", "digest"] {
             resp.remove_header(gone);
         }
-        cx.extensions
-            .insert(Collecting(std::sync::Arc::new(std::sync::Mutex::new(buf))));
+        cx.keep(Collecting(buf));
         Ok(())
     }
 
@@ -372,23 +370,19 @@ impl Policy for XmlJson {
         body: &mut Option<Bytes>,
         end_of_stream: bool,
     ) -> Result<()> {
-        let Some(Collecting(buf)) = cx.extensions.get::<Collecting>().cloned() else {
+        let pushed = cx.kept(|c: &mut Collecting| body.take().map(|piece| c.0.push(&piece)));
+        let Some(pushed) = pushed else {
             return Ok(());
         };
-        // only this hook of this request touches it: never contended
-        let mut buf = buf
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(piece) = body.take() {
-            if let Hold::Release(..) = buf.push(&piece) {
-                cx.extensions.remove::<Collecting>();
-                return self.abort(cx, "too_large", "the JSON is larger than max_body");
-            }
+        if let Some(Hold::Release(..)) = pushed {
+            cx.unkeep::<Collecting>();
+            return self.abort(cx, "too_large", "the JSON is larger than max_body");
         }
         if end_of_stream {
-            cx.extensions.remove::<Collecting>();
-            let json = buf.take();
-            *body = Some(self.convert(cx, &json)?);
+            if let Some(Collecting(mut buf)) = cx.unkeep::<Collecting>() {
+                let json = buf.take();
+                *body = Some(self.convert(cx, &json)?);
+            }
         }
         Ok(())
     }

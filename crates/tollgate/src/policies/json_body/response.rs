@@ -96,11 +96,7 @@ pub struct ResponseBody {
 #[derive(Debug, Clone)]
 struct Pending(Rendered);
 
-/// A candidate response being collected (in the request's extensions, which hold only
-/// what can be cloned: the buffer is shared, never copied).
-#[derive(Debug, Clone)]
-struct Collecting(std::sync::Arc<std::sync::Mutex<Collected>>);
-
+/// A candidate response being collected ([`RequestCtx::keep`]).
 #[derive(Debug)]
 struct Collected {
     buf: BodyBuffer,
@@ -272,11 +268,7 @@ impl Policy for ResponseBody {
                 resp.remove_header(&http::header::ETAG);
             }
         }
-        let collected = Collected { buf, coding };
-        cx.extensions
-            .insert(Collecting(std::sync::Arc::new(std::sync::Mutex::new(
-                collected,
-            ))));
+        cx.keep(Collected { buf, coding });
         Ok(())
     }
 
@@ -286,24 +278,22 @@ impl Policy for ResponseBody {
         body: &mut Option<Bytes>,
         end_of_stream: bool,
     ) -> Result<()> {
-        let Some(Collecting(c)) = cx.extensions.get::<Collecting>().cloned() else {
+        let pushed = cx.kept(|c: &mut Collected| body.take().map(|piece| c.buf.push(&piece)));
+        let Some(pushed) = pushed else {
             return Ok(());
         };
-        // only this hook of this request touches it: never contended
-        let mut c = c.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(piece) = body.take() {
-            if let Hold::Release(bytes, _) = c.buf.push(&piece) {
-                // larger than max_body: what was held, then the rest as it comes
-                cx.extensions.remove::<Collecting>();
-                self.count(cx, "too_large");
-                *body = Some(bytes);
-                return Ok(());
-            }
+        if let Some(Hold::Release(bytes, _)) = pushed {
+            // larger than max_body: what was held, then the rest as it comes
+            cx.unkeep::<Collected>();
+            self.count(cx, "too_large");
+            *body = Some(bytes);
+            return Ok(());
         }
         if end_of_stream {
-            cx.extensions.remove::<Collecting>();
-            let whole = c.buf.take();
-            *body = Some(self.finish(cx, whole, c.coding));
+            if let Some(mut c) = cx.unkeep::<Collected>() {
+                let whole = c.buf.take();
+                *body = Some(self.finish(cx, whole, c.coding));
+            }
         }
         Ok(())
     }

@@ -383,9 +383,9 @@ struct HeadRequest;
 #[derive(Debug, Clone, Copy)]
 struct Watched(usize);
 
-/// A response being copied for its check.
-#[derive(Debug, Clone)]
-struct Watching(std::sync::Arc<std::sync::Mutex<BodyBuffer>>);
+/// A response being copied for its check ([`RequestCtx::keep`]).
+#[derive(Debug)]
+struct Watching(BodyBuffer);
 
 /// Why a request is refused otherwise than by its schema.
 enum Refusal {
@@ -744,10 +744,7 @@ impl Policy for Validate {
             .then(|| BodyBuffer::start(cx, declared, self.max_body).ok())
             .flatten();
         match copy {
-            Some(buf) => {
-                cx.extensions
-                    .insert(Watching(std::sync::Arc::new(std::sync::Mutex::new(buf))));
-            }
+            Some(buf) => cx.keep(Watching(buf)),
             None => cx.set_log_field("validation_response", "not_checked"),
         }
         Ok(())
@@ -759,25 +756,22 @@ impl Policy for Validate {
         body: &mut Option<Bytes>,
         end_of_stream: bool,
     ) -> Result<()> {
-        let Some(Watching(buf)) = cx.extensions.get::<Watching>().cloned() else {
+        // a copy: the piece goes on to the client as it is, now
+        let pushed = cx.kept(|w: &mut Watching| body.as_ref().map(|piece| w.0.push(piece)));
+        let Some(pushed) = pushed else {
             return Ok(());
         };
-        // only this hook of this request touches it: never contended
-        let mut buf = buf
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(piece) = body.as_ref() {
-            // a copy: the piece goes on to the client as it is, now
-            if let Hold::Release(..) = buf.push(piece) {
-                cx.extensions.remove::<Watching>();
-                cx.set_log_field("validation_response", "not_checked");
-                return Ok(());
-            }
+        if let Some(Hold::Release(..)) = pushed {
+            cx.unkeep::<Watching>();
+            cx.set_log_field("validation_response", "not_checked");
+            return Ok(());
         }
         if !end_of_stream {
             return Ok(());
         }
-        cx.extensions.remove::<Watching>();
+        let Some(Watching(mut buf)) = cx.unkeep::<Watching>() else {
+            return Ok(());
+        };
         let copy = buf.take();
         let schema = match (
             self.rules(cx).map(|r| &r.responses),
