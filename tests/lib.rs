@@ -1314,7 +1314,7 @@ pub fn decode(coding: &str, data: &[u8]) -> Option<Vec<u8>> {
     use std::io::Read;
     let mut out = Vec::new();
     match coding {
-        "gzip" => flate2::read::GzDecoder::new(data)
+        "gzip" | "x-gzip" => flate2::read::GzDecoder::new(data)
             .read_to_end(&mut out)
             .ok()?,
         "br" => brotli::Decompressor::new(data, 4096)
@@ -1332,11 +1332,12 @@ pub fn decode(coding: &str, data: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// `data` encoded in `coding` (`gzip`, `deflate` (zlib), `br`); other codings: as it is.
+/// `data` encoded in `coding` (`gzip` or `x-gzip`, `deflate` (zlib), `br`); other
+/// codings: as it is.
 pub fn encode(coding: &str, data: &[u8]) -> Vec<u8> {
     use std::io::Write;
     match coding {
-        "gzip" => gzip(data),
+        "gzip" | "x-gzip" => gzip(data),
         "deflate" => {
             let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
             e.write_all(data).expect("deflate");

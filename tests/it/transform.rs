@@ -501,3 +501,81 @@ async fn a_range_on_a_transforming_route_gets_the_whole_transformed_body_even_fr
     assert_eq!(up.count(), 1, "the later answers came from the entry");
     assert_eq!(up.last().unwrap().header("range"), None);
 }
+
+#[tokio::test]
+async fn event_streams_are_skipped_x_gzip_is_read_and_client_ip_is_a_fact() {
+    let up = Upstream::start("a").await;
+    let gw = transforming(
+        &up,
+        "[routes.r.policies.response_body]\nremove = [\"/b\"]\ncontent_types = [\"application/json\", \"text/event-stream\"]\n\
+         [routes.r.policies.request_body]\nset = { \"/ip\" = \"${client_ip}\" }\n",
+    );
+    let sse = "/respond?body=%7B%22b%22%3A1%7D&header=content-type:text/event-stream";
+    let a = send(client().get(gw.url(sse))).await;
+    assert_eq!(
+        a.body, br#"{"b":1}"#,
+        "text/event-stream is never a candidate"
+    );
+    let a =
+        send(client().get(gw.url("/respond?body=%7B%22a%22%3A1%2C%22b%22%3A2%7D&coding=x-gzip")))
+            .await;
+    assert_eq!(a.header("content-encoding"), Some("x-gzip"));
+    assert_eq!(
+        tollgate_tests::decode("x-gzip", &a.body).unwrap(),
+        br#"{"a":1}"#
+    );
+    let a = send(post(&gw, "/", "application/json", "{}")).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(received(&up), r#"{"ip":"127.0.0.1"}"#);
+    assert_eq!(
+        sample(
+            &gw,
+            "tollgate_body_transforms_total{direction=\"response\",outcome=\"skipped_type\",route=\"r\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_response_that_finds_no_room_is_forwarded_as_it_came() {
+    let up = Upstream::start("a").await;
+    let gw = transforming_with(
+        &up,
+        "[server.limits]\nbody_buffer_total = \"64KiB\"",
+        "[routes.r.policies.response_body]\nremove = [\"/b\"]\nmax_body = \"1MiB\"\n\
+         [routes.r.policies.xml_json]\nrequest = false\nmax_body = \"1MiB\"\n",
+    );
+    for accept in ["application/json", "application/xml"] {
+        let a = send(
+            client()
+                .get(gw.url("/respond?size=100000"))
+                .header("accept", accept),
+        )
+        .await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.body.len(), 100_000, "{accept}: every byte, unmodified");
+        assert_eq!(
+            a.header("content-type"),
+            Some("application/json"),
+            "{accept}"
+        );
+    }
+    assert_eq!(
+        sample(
+            &gw,
+            "tollgate_body_transforms_total{direction=\"response\",outcome=\"too_large\",route=\"r\"}"
+        )
+        .await,
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(
+            &gw,
+            "tollgate_xml_conversions_total{direction=\"response\",outcome=\"too_large\",route=\"r\"}"
+        )
+        .await,
+        Some(1.0),
+        "decided at the head: forwarded as JSON, not aborted"
+    );
+}

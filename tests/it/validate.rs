@@ -346,6 +346,7 @@ paths:
       - {name: limit, in: query, schema: {type: integer, maximum: 100}}
     post:
       parameters:
+        - {name: limit, in: query, schema: {type: integer, maximum: 10}}
         - {name: X-Tenant, in: header, required: true, schema: {type: string}}
         - {name: ids, in: query, explode: false, schema: {type: array, items: {type: integer}}}
         - {name: session, in: cookie, required: true, schema: {type: string}}
@@ -428,7 +429,7 @@ async fn an_openapi_operation_checks_path_query_header_and_body() {
     assert_eq!(a.status, 422);
     let d = details(&a);
     for w in [
-        ("query", "/limit", "must be <= 100"),
+        ("query", "/limit", "must be <= 10"),
         ("query", "/ids/1", "must be of type integer"),
         ("header", "/x-tenant", "is required"),
         ("body", "/name", "is required"),
@@ -565,7 +566,7 @@ async fn check_reports_openapi_errors_with_their_place() {
     let v2 = write("v2.json", r#"{"swagger": "2.0", "openapi": "2.0"}"#);
     let bad = write(
         "bad.yaml",
-        "openapi: 3.1.0\npaths:\n  /files/{name}.json:\n    get: {}\n  /a/{x}:\n    get: {}\n  /a/{y}:\n    get: {}\n  /p:\n    post:\n      parameters:\n        - {name: q, in: query, style: deepObject, schema: {type: object}}\n        - {name: c, in: query, content: {application/json: {}}}\n      requestBody:\n        content:\n          application/json:\n            schema: {type: integr}\n",
+        "openapi: 3.1.0\njsonSchemaDialect: https://example.com/dialect\npaths:\n  /files/{name}.json:\n    get: {}\n  /a/{x}:\n    get: {}\n  /a/{y}:\n    get: {}\n  /p:\n    post:\n      parameters:\n        - {name: q, in: query, style: deepObject, schema: {type: object}}\n        - {name: c, in: query, content: {application/json: {}}}\n      requestBody:\n        content:\n          application/json:\n            schema: {type: integr}\n",
     );
     let broken = write("broken.yaml", "openapi: 3.1.0\npaths: [\n");
     let text = write("doc.txt", "{}");
@@ -583,6 +584,7 @@ async fn check_reports_openapi_errors_with_their_place() {
     ));
     for want in [
         "v2.json#/openapi: \"2.0\" is not 3.0.x or 3.1.x",
+        "bad.yaml#/jsonSchemaDialect: \"https://example.com/dialect\" is not draft 2020-12",
         "bad.yaml#/paths/~1files~1{name}.json: a path template must be a whole segment",
         "bad.yaml#/paths/~1a~1{y}: \"/a/{y}\" equals another path but for parameter names",
         "bad.yaml#/paths/~1p/post/parameters/0/style: \"deepObject\" is not supported in query",
@@ -594,5 +596,46 @@ async fn check_reports_openapi_errors_with_their_place() {
         "routes.both.policies.validate.unmatched: unknown unmatched \"maybe\" (expected reject or pass)",
     ] {
         assert!(err.contains(want), "missing {want}\nin {err}");
+    }
+}
+
+#[tokio::test]
+async fn terse_refusals_optional_bodies_and_refusal_counts() {
+    let up = Upstream::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = validating(&up, &dir, "verbose = false", "body_required = false");
+    let a = send(post(&gw, "/", "{}")).await;
+    assert_eq!(a.status, 400);
+    let j: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(j["error"], "validation_failed");
+    assert!(j.get("details").is_none(), "verbose = false: {j}");
+    let a = send(
+        client()
+            .post(gw.url("/"))
+            .header("content-type", "application/json"),
+    )
+    .await;
+    assert_eq!(
+        a.status, 200,
+        "body_required = false: an empty body is not validated"
+    );
+    let a = send(
+        client()
+            .post(gw.url("/"))
+            .header("content-type", "text/plain")
+            .body("x"),
+    )
+    .await;
+    assert_eq!(a.status, 415);
+    for (reason, n) in [("validation_failed", 1.0), ("unsupported_media_type", 1.0)] {
+        assert_eq!(
+            sample(
+                &gw,
+                &format!("tollgate_refusals_total{{reason=\"{reason}\",route=\"r\"}}")
+            )
+            .await,
+            Some(n),
+            "{reason}"
+        );
     }
 }
