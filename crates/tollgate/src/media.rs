@@ -35,10 +35,32 @@ impl MediaType {
         self.charset.as_deref().is_none_or(|c| c == "utf-8")
     }
 
+    /// Whether it is a JSON type: `application/json` or `application/*+json`.
+    pub fn is_json(&self) -> bool {
+        is_json(&self.essence)
+    }
+
     /// The media type of a request or response head (`None` without one).
     pub fn of(headers: &http::HeaderMap) -> Option<Self> {
         Self::parse(headers.get(http::header::CONTENT_TYPE)?.as_bytes())
     }
+}
+
+/// Whether `essence` (a lower-case `type/subtype`) is `application/json` or
+/// `application/*+json`.
+pub fn is_json(essence: &str) -> bool {
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// A head's `Content-Length`, when it has a valid one.
+pub fn content_length(headers: &http::HeaderMap) -> Option<usize> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Whether a head's `Content-Encoding` is absent or only `identity`.

@@ -255,16 +255,9 @@ impl Policy for XmlJson {
                 crate::xml::XmlError::NotUtf8.to_string(),
             )));
         }
-        let declared = req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_body as u64) {
+        if let Some(r) = super::json_body::declared_over(&req.headers, self.max_body) {
             self.count(cx, "request", "too_large");
-            return Ok(Flow::Respond(Reply::refuse_with(
-                ErrorCode::PayloadTooLarge,
-                format!("the request body is larger than {} bytes", self.max_body),
-            )));
+            return Ok(Flow::Respond(r));
         }
         cx.extensions.insert(XmlBody);
         Ok(Flow::Continue)
@@ -334,11 +327,7 @@ impl Policy for XmlJson {
         if resp.status.is_informational() || matches!(s, 204 | 206 | 304) {
             return Ok(());
         }
-        let json = MediaType::of(&resp.headers).is_some_and(|m| {
-            m.is_utf8()
-                && (m.essence == "application/json"
-                    || (m.essence.starts_with("application/") && m.essence.ends_with("+json")))
-        });
+        let json = MediaType::of(&resp.headers).is_some_and(|m| m.is_utf8() && m.is_json());
         if !json {
             return Ok(());
         }
@@ -346,10 +335,7 @@ impl Policy for XmlJson {
             self.count(cx, "response", "encoding");
             return Ok(());
         }
-        let declared = resp
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let declared = crate::media::content_length(&resp.headers);
         let Ok(buf) = BodyBuffer::start(cx, declared, self.max_body) else {
             // over max_body (or no room): forwarded as JSON, untouched
             self.count(cx, "response", "too_large");

@@ -304,10 +304,7 @@ impl Gateway {
         if bodiless || trailers {
             return Ok(());
         }
-        let declared = resp
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let declared = crate::media::content_length(&resp.headers);
         match crate::policy::body::BodyBuffer::start_in(self.bodies, declared, cap) {
             Ok(held) => {
                 crate::policy::body_length_changes(resp)?;

@@ -275,6 +275,19 @@ impl Limits {
     }
 }
 
+/// The 413 of a request whose `Content-Length` says its body is over `max_body` (a body
+/// policy refuses it before reading a byte).
+pub(crate) fn declared_over(req: &http::HeaderMap, max_body: usize) -> Option<crate::reply::Reply> {
+    crate::media::content_length(req)
+        .filter(|&n| n > max_body)
+        .map(|_| {
+            crate::reply::Reply::refuse_with(
+                crate::reply::ErrorCode::PayloadTooLarge,
+                format!("the request body is larger than {max_body} bytes"),
+            )
+        })
+}
+
 /// `max_body`: 1 byte to 64 MiB, default 1 MiB.
 pub(crate) fn max_body_of(v: Option<ConfigSize>, errors: &mut Vec<BuildError>) -> usize {
     let n = v.map_or(DEFAULT_BODY, |s| s.bytes());

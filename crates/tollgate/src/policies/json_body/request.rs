@@ -140,19 +140,9 @@ impl Policy for RequestBody {
             }
             return Ok(Flow::Continue);
         }
-        let declared = req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.limits.max_body as u64) {
+        if let Some(r) = super::declared_over(&req.headers, self.limits.max_body) {
             self.count(cx, "too_large");
-            return Ok(Flow::Respond(Reply::refuse_with(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "the request body is larger than {} bytes",
-                    self.limits.max_body
-                ),
-            )));
+            return Ok(Flow::Respond(r));
         }
         cx.extensions.insert(Candidate);
         Ok(Flow::Continue)

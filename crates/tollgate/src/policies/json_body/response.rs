@@ -241,10 +241,7 @@ impl Policy for ResponseBody {
             }
             Err(None) => return Ok(()),
         };
-        let declared = resp
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let declared = crate::media::content_length(&resp.headers);
         if declared == Some(0) {
             return Ok(());
         }

@@ -119,7 +119,7 @@ fn schema_at(
             return None;
         }
     };
-    let at = schema::source_name(file.as_deref());
+    let at = file.as_deref().unwrap_or_default();
     let mut problems = schema::problems(&doc);
     if top_object && doc.get("type").and_then(|t| t.as_str()) != Some("object") {
         problems
@@ -379,9 +379,9 @@ struct Method(usize, usize);
 #[derive(Debug, Clone, Copy)]
 struct HeadRequest;
 
-/// Which response schema applies (for OpenAPI: status entry × 1024 + media entry).
+/// Which response schema applies (for OpenAPI: the status entry and its media entry).
 #[derive(Debug, Clone, Copy)]
-struct Watched(usize);
+struct Watched(usize, usize);
 
 /// A response being copied for its check ([`RequestCtx::keep`]).
 #[derive(Debug)]
@@ -538,11 +538,7 @@ impl Validate {
 
 /// `body`'s media type for a body schema: JSON, UTF-8, not encoded.
 fn json_body(req: &pingora::http::RequestHeader) -> bool {
-    let json = MediaType::of(&req.headers).is_some_and(|m| {
-        m.is_utf8()
-            && (m.essence == "application/json"
-                || (m.essence.starts_with("application/") && m.essence.ends_with("+json")))
-    });
+    let json = MediaType::of(&req.headers).is_some_and(|m| m.is_utf8() && m.is_json());
     json && crate::media::identity_encoding(&req.headers)
 }
 
@@ -583,10 +579,6 @@ impl Policy for Validate {
             let failed = (!details.is_empty()).then_some(Refusal::Details(details));
             return Ok(self.decide(cx, failed));
         };
-        let declared = req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let required = match body {
             BodyRule::Schema { required, .. } | BodyRule::OpenApi { required, .. } => *required,
         };
@@ -603,10 +595,7 @@ impl Policy for Validate {
             BodyRule::OpenApi { content, .. } => media
                 .as_ref()
                 .filter(|_| crate::media::identity_encoding(&req.headers))
-                .and_then(|m| {
-                    let chosen = openapi::pick(content, &m.essence)?;
-                    content.iter().position(|c| std::ptr::eq(c, chosen))
-                }),
+                .and_then(|m| openapi::pick(content, &m.essence)),
         };
         let Some(entry) = entry else {
             let r = Reply::refuse_with(
@@ -616,7 +605,7 @@ impl Policy for Validate {
             return Ok(self.decide(cx, Some(Refusal::Reply(r))));
         };
         cx.extensions.insert(Method(i, entry));
-        let json = media.as_ref().is_some_and(|m| openapi::is_json(&m.essence));
+        let json = media.as_ref().is_some_and(MediaType::is_json);
         let utf8 = media.as_ref().is_some_and(MediaType::is_utf8);
         if self.body_schema(cx).is_some() && json && !utf8 {
             // a JSON entry is never skipped by its charset
@@ -631,13 +620,10 @@ impl Policy for Validate {
             let failed = (!details.is_empty()).then_some(Refusal::Details(details));
             return Ok(self.decide(cx, failed));
         }
-        if declared.is_some_and(|n| n > self.max_body as u64) {
+        if let Some(r) = super::json_body::declared_over(&req.headers, self.max_body) {
             // enforced in both modes: the body cannot be read
             self.count(cx, "failed");
-            return Ok(Flow::Respond(Reply::refuse_with(
-                ErrorCode::PayloadTooLarge,
-                format!("the request body is larger than {} bytes", self.max_body),
-            )));
+            return Ok(Flow::Respond(r));
         }
         cx.extensions.insert(Pending(details));
         Ok(Flow::Continue)
@@ -710,7 +696,7 @@ impl Policy for Validate {
         }
         let media = MediaType::of(&resp.headers);
         let schema = match &rules.responses {
-            Responses::Success(_) => resp.status.is_success().then_some(0),
+            Responses::Success(_) => resp.status.is_success().then_some((0, 0)),
             Responses::ByStatus(statuses) => {
                 let code = resp.status.as_u16().to_string();
                 let range = format!("{}XX", &code[..1]);
@@ -718,10 +704,8 @@ impl Policy for Validate {
                     .iter()
                     .find_map(|k| statuses.iter().position(|(s, _)| s == k));
                 entry.and_then(|i| {
-                    let m = media.as_ref()?;
-                    let chosen = openapi::pick(&statuses[i].1, &m.essence)?;
-                    let j = statuses[i].1.iter().position(|c| std::ptr::eq(c, chosen))?;
-                    chosen.1.as_ref().map(|_| i * 1024 + j)
+                    let j = openapi::pick(&statuses[i].1, &media.as_ref()?.essence)?;
+                    statuses[i].1[j].1.as_ref().map(|_| (i, j))
                 })
             }
             Responses::None => None,
@@ -732,14 +716,9 @@ impl Policy for Validate {
             }
             return Ok(());
         };
-        cx.extensions.insert(Watched(schema));
-        let json = media
-            .as_ref()
-            .is_some_and(|m| m.is_utf8() && openapi::is_json(&m.essence));
-        let declared = resp
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        cx.extensions.insert(Watched(schema.0, schema.1));
+        let json = media.as_ref().is_some_and(|m| m.is_utf8() && m.is_json());
+        let declared = crate::media::content_length(&resp.headers);
         let copy = (json && crate::media::identity_encoding(&resp.headers))
             .then(|| BodyBuffer::start(cx, declared, self.max_body).ok())
             .flatten();
@@ -778,11 +757,8 @@ impl Policy for Validate {
             cx.extensions.get::<Watched>(),
         ) {
             (Some(Responses::Success(s)), _) => s,
-            (Some(Responses::ByStatus(statuses)), Some(Watched(k))) => {
-                match statuses
-                    .get(k / 1024)
-                    .and_then(|(_, c)| c.get(k % 1024)?.1.as_ref())
-                {
+            (Some(Responses::ByStatus(statuses)), Some(Watched(i, j))) => {
+                match statuses.get(*i).and_then(|(_, c)| c.get(*j)?.1.as_ref()) {
                     Some(s) => s,
                     None => return Ok(()),
                 }

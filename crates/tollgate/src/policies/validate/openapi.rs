@@ -534,7 +534,7 @@ fn operation(
                 .into_iter()
                 .flatten()
             {
-                let json = is_json(media);
+                let json = crate::media::is_json(&media.to_ascii_lowercase());
                 let schema = match (json, entry.get("schema")) {
                     (true, Some(_)) => {
                         let pointer =
@@ -598,20 +598,14 @@ fn operation(
     })
 }
 
-/// `application/json` and `application/*+json`.
-pub(crate) fn is_json(media: &str) -> bool {
-    let m = media.to_ascii_lowercase();
-    m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
-}
-
-/// The entry of `content` for media type `essence`: exact, then `type/*`, then `*/*`.
-pub(crate) fn pick<'a, T>(content: &'a [(String, T)], essence: &str) -> Option<&'a (String, T)> {
+/// The index of the entry of `content` for media type `essence`: exact, then
+/// `type/*`, then `*/*`.
+pub(crate) fn pick<T>(content: &[(String, T)], essence: &str) -> Option<usize> {
     let kind = essence.split('/').next().unwrap_or_default();
-    content
+    let wildcard = format!("{kind}/*");
+    [essence, wildcard.as_str(), "*/*"]
         .iter()
-        .find(|(m, _)| m == essence)
-        .or_else(|| content.iter().find(|(m, _)| *m == format!("{kind}/*")))
-        .or_else(|| content.iter().find(|(m, _)| m == "*/*"))
+        .find_map(|want| content.iter().position(|(m, _)| m == want))
 }
 
 #[cfg(test)]
@@ -667,9 +661,9 @@ mod tests {
             ("text/*".to_string(), 2),
             ("application/json".to_string(), 3),
         ];
-        assert_eq!(pick(&c, "application/json").map(|e| e.1), Some(3));
-        assert_eq!(pick(&c, "text/csv").map(|e| e.1), Some(2));
-        assert_eq!(pick(&c, "image/png").map(|e| e.1), Some(1));
+        assert_eq!(pick(&c, "application/json").map(|i| c[i].1), Some(3));
+        assert_eq!(pick(&c, "text/csv").map(|i| c[i].1), Some(2));
+        assert_eq!(pick(&c, "image/png").map(|i| c[i].1), Some(1));
         assert!(pick(&c[2..], "text/csv").is_none());
     }
 }

@@ -62,12 +62,6 @@ impl Detail {
     }
 }
 
-/// Where a schema came from, for error messages: `schemas/pet.json` or the inline
-/// table (`#`).
-pub(crate) fn source_name(file: Option<&str>) -> &str {
-    file.unwrap_or("")
-}
-
 /// Reads a schema value: `.json` files relative to `dir`, or an inline TOML table.
 ///
 /// # Errors
