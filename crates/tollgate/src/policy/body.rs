@@ -199,14 +199,20 @@ pub(crate) async fn read_request(
             session.as_mut().enable_retry_buffering();
             replaying = true;
         }
+        // the session's own read timeout is the same pause (the proxy sets it to
+        // body_timeout): whichever fires first, the answer is the 408
+        let paused = || {
+            Reply::refuse_with(
+                ErrorCode::RequestTimeout,
+                "the request body paused for too long",
+            )
+        };
         let piece = match tokio::time::timeout(pause, session.read_request_body()).await {
-            Ok(piece) => piece?,
-            Err(_) => {
-                return Ok(Err(Reply::refuse_with(
-                    ErrorCode::RequestTimeout,
-                    "the request body paused for too long",
-                )))
+            Ok(Err(e)) if *e.etype() == pingora::ErrorType::ReadTimedout => {
+                return Ok(Err(paused()))
             }
+            Ok(piece) => piece?,
+            Err(_) => return Ok(Err(paused())),
         };
         let Some(piece) = piece else {
             break;
